@@ -1,0 +1,44 @@
+"""ArrowQuant: post-training quantization for diffusion models."""
+
+from __future__ import annotations
+
+# pyarrow first: it loads the libarrow/libparquet that the C++ core is linked against.
+import pyarrow as _pyarrow  # noqa: F401
+
+from arrowquant import _core
+from arrowquant.checkpoint import Checkpoint, TensorInfo, load_checkpoint
+from arrowquant.errors import (
+    ArrowQuantError,
+    ArrowQuantIOError,
+    ConfigurationError,
+    LimitExceededError,
+    MalformedModelError,
+    MetadataError,
+    ModelNotFoundError,
+    QuantizationError,
+    ShapeMismatchError,
+    UnsafePathError,
+    UnsupportedError,
+    ValidationError,
+)
+
+__version__: str = _core.__version__
+
+__all__ = [
+    "ArrowQuantError",
+    "ArrowQuantIOError",
+    "Checkpoint",
+    "ConfigurationError",
+    "LimitExceededError",
+    "MalformedModelError",
+    "MetadataError",
+    "ModelNotFoundError",
+    "QuantizationError",
+    "ShapeMismatchError",
+    "TensorInfo",
+    "UnsafePathError",
+    "UnsupportedError",
+    "ValidationError",
+    "__version__",
+    "load_checkpoint",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from arrowquant.cli import main
+
+sys.exit(main())

@@ -1,0 +1,10 @@
+#pragma once
+
+#include <nanobind/nanobind.h>
+
+namespace arrowquant::py {
+
+void BindDtypes(nanobind::module_& m);
+void BindCheckpoint(nanobind::module_& m);
+
+}  // namespace arrowquant::py

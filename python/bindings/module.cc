@@ -1,0 +1,14 @@
+// arrowquant._core: the C++ core as seen from Python. Thin: argument conversion, GIL release,
+// Status -> exception. Everything else lives in the library.
+#include <nanobind/nanobind.h>
+
+#include "bindings.h"
+#include "status_error.h"
+
+NB_MODULE(_core, m) {
+  m.doc() = "ArrowQuant C++ core";
+  m.attr("__version__") = AQ_VERSION;
+  arrowquant::py::RegisterStatusTranslator(m);
+  arrowquant::py::BindDtypes(m);
+  arrowquant::py::BindCheckpoint(m);
+}
