@@ -5,7 +5,7 @@ from __future__ import annotations
 # pyarrow first: it loads the libarrow/libparquet that the C++ core is linked against.
 import pyarrow as _pyarrow  # noqa: F401
 
-from arrowquant import _core
+import arrowquant._core as _core
 from arrowquant.checkpoint import Checkpoint, TensorInfo, load_checkpoint
 from arrowquant.errors import (
     ArrowQuantError,

@@ -13,7 +13,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from arrowquant import _core
+import arrowquant._core as _core
 
 _VIEW_AS: dict[str, Any] = {
     "BF16": ml_dtypes.bfloat16,

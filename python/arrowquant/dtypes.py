@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from arrowquant import _core
+import arrowquant._core as _core
 
 
 def f16_bits_to_f32(bits: np.ndarray) -> np.ndarray:

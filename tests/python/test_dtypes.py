@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import ml_dtypes
 import numpy as np
+from arrowquant import dtypes
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from arrowquant import dtypes
 
 ALL16 = np.arange(65536, dtype=np.uint32).astype(np.uint16)
 
@@ -17,7 +16,7 @@ def _f32_probe_patterns() -> np.ndarray:
     f16_as_f32 = ALL16.view(np.float16).astype(np.float32).view(np.uint32)
     # Midpoints between adjacent f16 values sit 2^12 f32-ulps above a normal f16; probe around
     # them (this also covers the subnormal and overflow boundaries).
-    mids = (f16_as_f32[:, None].astype(np.int64) + np.array([0x0FFF, 0x1000, 0x1001, -1, 1]))
+    mids = f16_as_f32[:, None].astype(np.int64) + np.array([0x0FFF, 0x1000, 0x1001, -1, 1])
     sweep = np.arange(0, 2**32, 4093, dtype=np.int64)
     pats = np.concatenate([f16_as_f32.astype(np.int64), mids.ravel(), sweep]) % 2**32
     return pats.astype(np.uint32)

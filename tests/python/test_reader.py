@@ -7,16 +7,15 @@ import json
 import os
 from pathlib import Path
 
+import arrowquant
 import ml_dtypes
 import numpy as np
 import pytest
 import safetensors.numpy
 import safetensors.torch
 import torch
-from models_util import tiny_clip_text, tiny_unet
-
-import arrowquant
 from arrowquant import load_checkpoint
+from models_util import tiny_clip_text, tiny_unet
 
 NUMPY_DTYPES = {
     "F64": np.float64,
@@ -97,7 +96,9 @@ def test_views_are_zero_copy_read_only_and_outlive_the_checkpoint(tmp_path: Path
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_diffusers_sharded_save_pretrained_reads_bit_exact(tmp_path: Path, dtype: torch.dtype) -> None:
+def test_diffusers_sharded_save_pretrained_reads_bit_exact(
+    tmp_path: Path, dtype: torch.dtype
+) -> None:
     model = tiny_unet().to(dtype)
     model.save_pretrained(tmp_path / "unet", max_shard_size="60KB")
     shards = list((tmp_path / "unet").glob("*.safetensors"))

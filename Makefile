@@ -1,0 +1,74 @@
+# The two set-up commands of the README are `make demo` and `make test`; each installs what it
+# needs on a fresh machine: Debian -dev packages through apt-get (only those missing) and the
+# pinned Python packages of requirements.txt into .venv.
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+JOBS ?= $(shell nproc)
+
+DEB_PACKAGES := g++ python3-dev libgtest-dev libgmock-dev librapidcheck-dev libbenchmark-dev \
+	libhwy-dev nlohmann-json3-dev
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: deps apt-deps build-debug build-release cpp-test python py-test lint format test demo \
+	bench clean
+
+apt-deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install $$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.deps-stamp: requirements.txt
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	@touch $@
+
+deps: apt-deps $(VENV)/.deps-stamp
+
+# C++ core and tests under AddressSanitizer + UndefinedBehaviorSanitizer.
+build-debug: deps
+	cmake --preset debug >/dev/null
+	cmake --build --preset debug -j $(JOBS)
+
+cpp-test: build-debug
+	ctest --preset debug -j $(JOBS)
+
+# The Python package (Release build of the same core) installed into .venv.
+python: deps
+	$(PY) -m pip install -q --no-build-isolation .
+
+py-test: python
+	$(PY) -m pytest -q tests/python
+
+lint: deps
+	$(PY) -m ruff check python tests bench scripts
+	$(PY) -m ruff format --check python tests bench scripts
+	$(PY) -m mypy
+
+format: deps
+	$(PY) -m ruff format python tests bench scripts
+	$(PY) -m ruff check --fix python tests bench scripts
+	@command -v clang-format >/dev/null && \
+	  git ls-files '*.cc' '*.h' | xargs clang-format -i || echo "clang-format not installed"
+
+test: cpp-test py-test lint
+
+demo: python
+	$(PY) scripts/demo.py demo-out
+
+build-bench: deps
+	cmake --preset bench >/dev/null
+	cmake --build --preset bench -j $(JOBS)
+
+bench: build-bench python
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf build demo-out bench-out

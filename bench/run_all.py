@@ -1,0 +1,29 @@
+"""`make bench`: runs every benchmark in this folder and prints what each measured.
+
+Each benchmark compares against a baseline run in the same process (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build" / "bench" / "bench"
+
+
+def main() -> int:
+    runs = [
+        [str(BUILD / "bench_read_throughput"), str(ROOT / "bench-out" / "read.safetensors"), "1.0"]
+    ]
+    for cmd in runs:
+        print("$ " + " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd)), flush=True)
+        rc = subprocess.call(cmd)
+        if rc != 0:
+            return rc
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
