@@ -3,6 +3,8 @@
 # from the pyarrow wheel, so the Python package and the C++ core share one Arrow in one process.
 
 find_package(nlohmann_json 3.10 REQUIRED)
+find_package(hwy REQUIRED)
+find_package(Threads REQUIRED)
 
 if(NOT AQ_PYTHON_EXECUTABLE)
   if(DEFINED Python_EXECUTABLE)

@@ -1,0 +1,38 @@
+// Row kernels: the inner loops of quantization. `ref::` is the scalar reference and the spec;
+// the unqualified functions dispatch at run time (Highway) to the best SIMD target compiled in
+// and must give bit-identical results (tests/cpp/test_kernels.cc checks every target).
+//
+// A row of n values is split into groups of g (the last one shorter); per-group arrays are
+// indexed by group. Codes are unsigned, one per byte here (packing is separate).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "arrowquant/dtype.h"
+
+namespace arrowquant::kernels {
+
+namespace ref {
+void GroupMinMax(const float* x, size_t n, size_t g, float* mn, float* mx);
+// code = clamp(nearbyint((x + offset) * inv_scale), 0, qmax)
+void QuantizeGroups(const float* x, size_t n, size_t g, const float* inv_scale,
+                    const float* offset, float qmax, uint8_t* codes);
+// out = float(code) * scale - offset   (a multiply, then a subtract; never fused)
+void DequantizeGroups(const uint8_t* codes, size_t n, size_t g, const float* scale,
+                      const float* offset, float* out);
+// src holds n values of dtype F32, F16 or BF16.
+void ToF32(DType dtype, const void* src, size_t n, float* out);
+}  // namespace ref
+
+void GroupMinMax(const float* x, size_t n, size_t g, float* mn, float* mx);
+void QuantizeGroups(const float* x, size_t n, size_t g, const float* inv_scale,
+                    const float* offset, float qmax, uint8_t* codes);
+void DequantizeGroups(const uint8_t* codes, size_t n, size_t g, const float* scale,
+                      const float* offset, float* out);
+void ToF32(DType dtype, const void* src, size_t n, float* out);
+
+// Name of the SIMD target the dispatcher picks on this machine (e.g. "AVX2").
+const char* ActiveTarget();
+
+}  // namespace arrowquant::kernels

@@ -1,0 +1,165 @@
+// SIMD versions of kernels/row_kernels.h, compiled for every Highway target and dispatched at
+// run time. Each op mirrors the reference exactly (add, multiply, round-half-even, clamp; a
+// multiply then a subtract) so that codes and outputs are bit-identical.
+#include <algorithm>
+#include <cstring>
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/row_kernels_hwy.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "kernels/row_kernels.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace arrowquant::kernels {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+void GroupMinMaxImpl(const float* HWY_RESTRICT x, size_t n, size_t g, float* HWY_RESTRICT mn,
+                     float* HWY_RESTRICT mx) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  for (size_t start = 0, gi = 0; start < n; start += g, ++gi) {
+    const size_t len = std::min(g, n - start);
+    const float* p = x + start;
+    float lo = p[0], hi = p[0];
+    size_t i = 0;
+    if (len >= N) {
+      auto vlo = hn::LoadU(d, p);
+      auto vhi = vlo;
+      for (i = N; i + N <= len; i += N) {
+        const auto v = hn::LoadU(d, p + i);
+        vlo = hn::Min(vlo, v);
+        vhi = hn::Max(vhi, v);
+      }
+      lo = hn::GetLane(hn::MinOfLanes(d, vlo));
+      hi = hn::GetLane(hn::MaxOfLanes(d, vhi));
+    }
+    for (; i < len; ++i) {
+      lo = std::min(lo, p[i]);
+      hi = std::max(hi, p[i]);
+    }
+    mn[gi] = lo;
+    mx[gi] = hi;
+  }
+}
+
+void QuantizeGroupsImpl(const float* HWY_RESTRICT x, size_t n, size_t g,
+                        const float* HWY_RESTRICT inv_scale, const float* HWY_RESTRICT offset,
+                        float qmax, uint8_t* HWY_RESTRICT codes) {
+  const hn::ScalableTag<float> d;
+  const hn::Rebind<int32_t, decltype(d)> di;
+  const hn::Rebind<uint8_t, decltype(d)> du8;
+  const size_t N = hn::Lanes(d);
+  const auto vmax = hn::Set(d, qmax);
+  const auto vzero = hn::Zero(d);
+  for (size_t start = 0, gi = 0; start < n; start += g, ++gi) {
+    const size_t len = std::min(g, n - start);
+    const auto vinv = hn::Set(d, inv_scale[gi]);
+    const auto voff = hn::Set(d, offset[gi]);
+    size_t i = 0;
+    for (; i + N <= len; i += N) {
+      const auto v = hn::Mul(hn::Add(hn::LoadU(d, x + start + i), voff), vinv);
+      const auto r = hn::Min(hn::Max(hn::Round(v), vzero), vmax);
+      hn::StoreU(hn::DemoteTo(du8, hn::ConvertTo(di, r)), du8, codes + start + i);
+    }
+    if (i < len) {
+      ref::QuantizeGroups(x + start + i, len - i, len - i, inv_scale + gi, offset + gi, qmax,
+                          codes + start + i);
+    }
+  }
+}
+
+void DequantizeGroupsImpl(const uint8_t* HWY_RESTRICT codes, size_t n, size_t g,
+                          const float* HWY_RESTRICT scale, const float* HWY_RESTRICT offset,
+                          float* HWY_RESTRICT out) {
+  const hn::ScalableTag<float> d;
+  const hn::Rebind<int32_t, decltype(d)> di;
+  const hn::Rebind<uint8_t, decltype(d)> du8;
+  const size_t N = hn::Lanes(d);
+  for (size_t start = 0, gi = 0; start < n; start += g, ++gi) {
+    const size_t len = std::min(g, n - start);
+    const auto vs = hn::Set(d, scale[gi]);
+    const auto voff = hn::Set(d, offset[gi]);
+    size_t i = 0;
+    for (; i + N <= len; i += N) {
+      const auto c = hn::ConvertTo(d, hn::PromoteTo(di, hn::LoadU(du8, codes + start + i)));
+      hn::StoreU(hn::Sub(hn::Mul(c, vs), voff), d, out + start + i);
+    }
+    if (i < len) {
+      ref::DequantizeGroups(codes + start + i, len - i, len - i, scale + gi, offset + gi,
+                            out + start + i);
+    }
+  }
+}
+
+// Highway 1.0.3 emulates f16 -> f32 on targets without F16C and turns +inf into 65536 there
+// (found by tests/cpp/test_kernels.cc); those targets use the reference conversion.
+#if HWY_TARGET == HWY_SSE4 || HWY_TARGET == HWY_SSSE3 || HWY_TARGET == HWY_EMU128 || \
+    HWY_TARGET == HWY_SCALAR
+constexpr bool kNativeF16 = false;
+#else
+constexpr bool kNativeF16 = true;
+#endif
+
+void ToF32Impl(DType dtype, const void* src, size_t n, float* HWY_RESTRICT out) {
+  const hn::ScalableTag<float> d;
+  const hn::Rebind<uint16_t, decltype(d)> du16;
+  const hn::Rebind<uint32_t, decltype(d)> du32;
+  const hn::Rebind<hwy::float16_t, decltype(d)> df16;
+  const size_t N = hn::Lanes(d);
+  const auto* bytes = static_cast<const uint8_t*>(src);
+  size_t i = 0;
+  if (dtype == DType::kBF16) {
+    for (; i + N <= n; i += N) {
+      const auto h = hn::LoadU(du16, reinterpret_cast<const uint16_t*>(bytes + 2 * i));
+      const auto w = hn::ShiftLeft<16>(hn::PromoteTo(du32, h));
+      hn::StoreU(hn::BitCast(d, w), d, out + i);
+    }
+  } else if (dtype == DType::kF16 && kNativeF16) {
+    for (; i + N <= n; i += N) {
+      const auto h = hn::LoadU(df16, reinterpret_cast<const hwy::float16_t*>(bytes + 2 * i));
+      hn::StoreU(hn::PromoteTo(d, h), d, out + i);
+    }
+  }
+  ref::ToF32(dtype, bytes + ElementBytes(dtype) * i, n - i, out + i);
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace arrowquant::kernels
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace arrowquant::kernels {
+
+HWY_EXPORT(GroupMinMaxImpl);
+HWY_EXPORT(QuantizeGroupsImpl);
+HWY_EXPORT(DequantizeGroupsImpl);
+HWY_EXPORT(ToF32Impl);
+
+void GroupMinMax(const float* x, size_t n, size_t g, float* mn, float* mx) {
+  HWY_DYNAMIC_DISPATCH(GroupMinMaxImpl)(x, n, g, mn, mx);
+}
+void QuantizeGroups(const float* x, size_t n, size_t g, const float* inv_scale,
+                    const float* offset, float qmax, uint8_t* codes) {
+  HWY_DYNAMIC_DISPATCH(QuantizeGroupsImpl)(x, n, g, inv_scale, offset, qmax, codes);
+}
+void DequantizeGroups(const uint8_t* codes, size_t n, size_t g, const float* scale,
+                      const float* offset, float* out) {
+  HWY_DYNAMIC_DISPATCH(DequantizeGroupsImpl)(codes, n, g, scale, offset, out);
+}
+void ToF32(DType dtype, const void* src, size_t n, float* out) {
+  if (dtype == DType::kF32) {
+    std::memcpy(out, src, n * sizeof(float));
+    return;
+  }
+  HWY_DYNAMIC_DISPATCH(ToF32Impl)(dtype, src, n, out);
+}
+
+const char* ActiveTarget() {
+  const int64_t usable = hwy::SupportedTargets() & HWY_TARGETS;
+  return hwy::TargetName(usable & -usable);
+}
+
+}  // namespace arrowquant::kernels
+#endif  // HWY_ONCE

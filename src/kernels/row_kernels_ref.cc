@@ -1,0 +1,74 @@
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/row_kernels.h"
+
+namespace arrowquant::kernels::ref {
+
+void GroupMinMax(const float* x, size_t n, size_t g, float* mn, float* mx) {
+  for (size_t start = 0, gi = 0; start < n; start += g, ++gi) {
+    const size_t end = std::min(n, start + g);
+    float lo = x[start], hi = x[start];
+    for (size_t i = start + 1; i < end; ++i) {
+      lo = std::min(lo, x[i]);
+      hi = std::max(hi, x[i]);
+    }
+    mn[gi] = lo;
+    mx[gi] = hi;
+  }
+}
+
+void QuantizeGroups(const float* x, size_t n, size_t g, const float* inv_scale,
+                    const float* offset, float qmax, uint8_t* codes) {
+  for (size_t start = 0, gi = 0; start < n; start += g, ++gi) {
+    const size_t end = std::min(n, start + g);
+    const float inv = inv_scale[gi], off = offset[gi];
+    for (size_t i = start; i < end; ++i) {
+      const float v = std::nearbyint((x[i] + off) * inv);
+      codes[i] = static_cast<uint8_t>(std::min(std::max(v, 0.0f), qmax));
+    }
+  }
+}
+
+void DequantizeGroups(const uint8_t* codes, size_t n, size_t g, const float* scale,
+                      const float* offset, float* out) {
+  for (size_t start = 0, gi = 0; start < n; start += g, ++gi) {
+    const size_t end = std::min(n, start + g);
+    const float s = scale[gi], off = offset[gi];
+    for (size_t i = start; i < end; ++i) {
+      const float p = static_cast<float>(codes[i]) * s;
+      out[i] = p - off;
+    }
+  }
+}
+
+void ToF32(DType dtype, const void* src, size_t n, float* out) {
+  switch (dtype) {
+    case DType::kF32:
+      std::memcpy(out, src, n * sizeof(float));
+      return;
+    case DType::kF16: {
+      const auto* h = static_cast<const uint16_t*>(src);
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t v;
+        std::memcpy(&v, h + i, 2);  // src may be unaligned (SafeTensors offsets)
+        out[i] = F16BitsToF32(v);
+      }
+      return;
+    }
+    case DType::kBF16: {
+      const auto* h = static_cast<const uint16_t*>(src);
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t v;
+        std::memcpy(&v, h + i, 2);
+        out[i] = BF16BitsToF32(v);
+      }
+      return;
+    }
+    default:
+      return;
+  }
+}
+
+}  // namespace arrowquant::kernels::ref

@@ -1,0 +1,338 @@
+#include "quant/group_fit.h"
+
+#include <algorithm>
+#include <limits>
+
+#include "kernels/row_kernels.h"
+
+namespace arrowquant::quant {
+namespace {
+
+// Search settings of llama.cpp's k-quants (make_qkx2_quants): 21 candidate scalings of the
+// range, from (qmax - 1) to (qmax + 1) steps across it, each refitted by least squares.
+constexpr int kSteps = 20;
+constexpr float kRMin = -1.0f;
+constexpr float kRDelta = 0.1f;
+
+uint16_t F16Nearest(float v) { return F32ToF16Bits(v); }
+// Smallest f16 >= v (v >= 0): keeps the min/max grid's range covering the group.
+uint16_t F16Up(float v) {
+  uint16_t h = F32ToF16Bits(v);
+  if (F16BitsToF32(h) < v && h < 0x7c00u) ++h;
+  return h;
+}
+bool F16Finite(uint16_t h) { return (h & 0x7c00u) != 0x7c00u; }
+
+float Nearest(float v) { return std::nearbyint(v); }
+
+struct Candidate {
+  float scale = 0, offset = 0;
+};
+
+// Least-squares fit of x ~ s * L + mn for fixed codes L. Returns false if degenerate.
+bool FitLinear(const float* x, const float* L, size_t n, bool force_mn_nonpositive, float* s,
+               float* mn) {
+  double sl = 0, sl2 = 0, sxl = 0, sx = 0;
+  for (size_t i = 0; i < n; ++i) {
+    sl += L[i];
+    sl2 += static_cast<double>(L[i]) * L[i];
+    sxl += static_cast<double>(L[i]) * x[i];
+    sx += x[i];
+  }
+  const double D = static_cast<double>(n) * sl2 - sl * sl;
+  if (D <= 0) return false;
+  double ss = (static_cast<double>(n) * sxl - sx * sl) / D;
+  double mm = (sl2 * sx - sl * sxl) / D;
+  if (force_mn_nonpositive && mm > 0) {
+    mm = 0;
+    ss = sl2 > 0 ? sxl / sl2 : 0;
+  }
+  if (!(ss > 0)) return false;
+  *s = static_cast<float>(ss);
+  *mn = static_cast<float>(mm);
+  return true;
+}
+
+// Continuous asymmetric candidates (scale, offset = -min) for one group, best first by the
+// evaluator `eval(scale, offset) -> sse`, which applies the storage format.
+template <typename Eval>
+void SearchAsym(const float* x, size_t n, float lo, float hi, float qmax, bool m_nonneg,
+                std::vector<float>& L, Eval&& eval) {
+  const float range = hi - lo;
+  if (!(range > 0)) return;
+  L.resize(n);
+  for (int is = 0; is <= kSteps; ++is) {
+    const float iscale = (qmax + kRMin + kRDelta * static_cast<float>(is)) / range;
+    for (size_t i = 0; i < n; ++i) L[i] = std::min(std::max(Nearest(iscale * (x[i] - lo)), 0.0f), qmax);
+    float s, mn;
+    if (FitLinear(x, L.data(), n, m_nonneg, &s, &mn)) eval(s, -mn);
+  }
+}
+
+template <typename Eval>
+void SearchSym(const float* x, size_t n, float amax, float bias, std::vector<float>& L,
+               Eval&& eval) {
+  if (!(amax > 0)) return;
+  L.resize(n);
+  for (int is = 0; is <= kSteps; ++is) {
+    const float t = (bias - 1.0f) + 1.5f * static_cast<float>(is) / kSteps;
+    const float s0 = amax / t;
+    const float inv = 1.0f / s0;
+    double sxl = 0, sl2 = 0;
+    for (size_t i = 0; i < n; ++i) {
+      L[i] = std::min(std::max(Nearest(x[i] * inv), -bias), bias - 1.0f);
+      sxl += static_cast<double>(L[i]) * x[i];
+      sl2 += static_cast<double>(L[i]) * L[i];
+    }
+    if (sl2 > 0 && sxl > 0) eval(static_cast<float>(sxl / sl2));
+  }
+}
+
+// --- kF16 / kF32: a float scale per group, integer zero-point --------------------------------
+
+struct FloatStore {
+  const Format& f;
+  bool f16;
+  // Stored scale (as f32) from a continuous one; `up` rounds up (min/max grid coverage).
+  float Store(float s, bool up, uint16_t* bits) const {
+    if (!f16) return s;
+    *bits = up ? F16Up(s) : F16Nearest(s);
+    return F16BitsToF32(*bits);
+  }
+};
+
+void FitFloatRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st,
+                 const float* mn, const float* mx, std::vector<float>& L, bool* ok) {
+  const bool f16 = f.spec.scales == ScaleStorage::kF16;
+  const bool search = f.spec.grid == Grid::kSearch;
+  FloatStore store{f, f16};
+  for (size_t start = 0, gi = 0; start < n; start += g, ++gi) {
+    const size_t len = std::min(g, n - start);
+    const float* xg = x + start;
+    uint16_t best_bits = 0;
+    float best_s = 0;
+    uint8_t best_z = f.sym ? 0 : 0;
+    double best_sse = std::numeric_limits<double>::infinity();
+    auto consider = [&](float s_store, uint16_t bits, float z) {
+      const float off = f.sym ? s_store * f.bias : s_store * z;
+      const double sse = GroupSse(xg, len, s_store, off, f.qmax);
+      if (sse < best_sse) {
+        best_sse = sse;
+        best_s = s_store;
+        best_bits = bits;
+        best_z = static_cast<uint8_t>(z);
+      }
+    };
+    if (f.sym) {
+      const float amax = std::max(std::fabs(mn[gi]), std::fabs(mx[gi]));
+      uint16_t bits = 0;
+      const float s = store.Store(amax / (f.bias - 1.0f), /*up=*/true, &bits);
+      if (!std::isfinite(s)) *ok = false;
+      consider(s, bits, 0);
+      if (search) {
+        SearchSym(xg, len, amax, f.bias, L, [&](float cs) {
+          uint16_t b = 0;
+          const float ss = store.Store(cs, false, &b);
+          consider(ss, b, 0);
+        });
+      }
+    } else {
+      const float lo = std::min(mn[gi], 0.0f) + 0.0f;  // + 0.0f: -0 -> +0
+      const float hi = std::max(mx[gi], 0.0f);
+      uint16_t bits = 0;
+      const float s = store.Store((hi - lo) / f.qmax, /*up=*/true, &bits);
+      if (!std::isfinite(s)) *ok = false;
+      const float z = s > 0 ? std::min(std::max(Nearest(-lo / s), 0.0f), f.qmax) : 0.0f;
+      consider(s, bits, z);
+      if (search) {
+        SearchAsym(xg, len, lo, hi, f.qmax, /*m_nonneg=*/true, L, [&](float cs, float coff) {
+          uint16_t b = 0;
+          const float ss = store.Store(cs, false, &b);
+          if (!(ss > 0)) return;
+          const float cz = std::min(std::max(Nearest(coff / ss), 0.0f), f.qmax);
+          consider(ss, b, cz);
+        });
+      }
+    }
+    if (f16) {
+      st.scale_f16[gi] = best_bits;
+      if (!F16Finite(best_bits)) *ok = false;
+    } else {
+      st.scale_f32[gi] = best_s;
+    }
+    if (!f.sym) st.zero[gi] = best_z;
+  }
+}
+
+// --- kQ6: 6-bit scale/offset codes under per-row f16 super-scales -----------------------------
+
+void FitQ6Row(const Format& f, const float* x, size_t n, size_t g, RowStored& st,
+              const float* mn, const float* mx, std::vector<float>& L, bool* ok) {
+  const size_t groups = (n + g - 1) / g;
+  const bool search = f.spec.grid == Grid::kSearch;
+  std::vector<float> s(groups), m(groups), hi(groups);
+  // Stage 1: continuous (scale, offset) per group.
+  for (size_t start = 0, gi = 0; start < n; start += g, ++gi) {
+    const size_t len = std::min(g, n - start);
+    const float* xg = x + start;
+    if (f.sym) {
+      const float amax = std::max(std::fabs(mn[gi]), std::fabs(mx[gi]));
+      s[gi] = amax / (f.bias - 1.0f);
+      m[gi] = 0;
+      if (search) {
+        double best = GroupSse(xg, len, s[gi], s[gi] * f.bias, f.qmax);
+        SearchSym(xg, len, amax, f.bias, L, [&](float cs) {
+          const double e = GroupSse(xg, len, cs, cs * f.bias, f.qmax);
+          if (e < best) {
+            best = e;
+            s[gi] = cs;
+          }
+        });
+      }
+    } else {
+      const float lo = std::min(mn[gi], 0.0f) + 0.0f;
+      hi[gi] = std::max(mx[gi], 0.0f);
+      s[gi] = (hi[gi] - lo) / f.qmax;
+      m[gi] = -lo;
+      if (search) {
+        double best = GroupSse(xg, len, s[gi], m[gi], f.qmax);
+        SearchAsym(xg, len, lo, mx[gi], f.qmax, /*m_nonneg=*/true, L, [&](float cs, float coff) {
+          const double e = GroupSse(xg, len, cs, coff, f.qmax);
+          if (e < best) {
+            best = e;
+            s[gi] = cs;
+            m[gi] = coff;
+          }
+        });
+      }
+    }
+  }
+  // Stage 2: row super-scales and 6-bit codes.
+  float max_m = 0;
+  for (size_t gi = 0; gi < groups; ++gi) max_m = std::max(max_m, m[gi]);
+  if (!f.sym) {
+    st.dmin = search ? F16Nearest(max_m / kQ6Max) : F16Up(max_m / kQ6Max);
+    if (!F16Finite(st.dmin)) *ok = false;
+  }
+  const float dmin = F16BitsToF32(st.dmin);
+  for (size_t gi = 0; gi < groups && !f.sym; ++gi) {
+    float lm = dmin > 0 ? (search ? Nearest(m[gi] / dmin) : std::ceil(m[gi] / dmin)) : 0.0f;
+    lm = std::min(lm, static_cast<float>(kQ6Max));
+    if (!search) {
+      while (lm < kQ6Max && dmin * lm < m[gi]) lm += 1.0f;
+      // The min/max grid must still reach the group's top once the offset is rounded up.
+      s[gi] = (hi[gi] + dmin * lm) / f.qmax;
+    }
+    st.lm[gi] = static_cast<uint8_t>(lm);
+  }
+  float max_s = 0;
+  for (size_t gi = 0; gi < groups; ++gi) max_s = std::max(max_s, s[gi]);
+  st.d = search ? F16Nearest(max_s / kQ6Max) : F16Up(max_s / kQ6Max);
+  if (!F16Finite(st.d)) *ok = false;
+  const float d = F16BitsToF32(st.d);
+  for (size_t start = 0, gi = 0; start < n; start += g, ++gi) {
+    const size_t len = std::min(g, n - start);
+    float ls = d > 0 ? (search ? Nearest(s[gi] / d) : std::ceil(s[gi] / d)) : 0.0f;
+    ls = std::min(ls, static_cast<float>(kQ6Max));
+    if (!search) {
+      while (ls < kQ6Max && d * ls < s[gi]) ls += 1.0f;
+      st.ls[gi] = static_cast<uint8_t>(ls);
+      continue;
+    }
+    // Search: the neighbouring codes of the rounded scale (and offset), by actual error.
+    const float* xg = x + start;
+    const int ls0 = static_cast<int>(ls);
+    const int lm0 = f.sym ? 0 : st.lm[gi];
+    double best = std::numeric_limits<double>::infinity();
+    int best_ls = ls0, best_lm = lm0;
+    for (int a = -1; a <= 1; ++a) {
+      for (int b = f.sym ? 0 : -1; b <= (f.sym ? 0 : 1); ++b) {
+        const int cls = ls0 + a, clm = lm0 + b;
+        if (cls < 0 || cls > kQ6Max || clm < 0 || clm > kQ6Max) continue;
+        st.ls[gi] = static_cast<uint8_t>(cls);
+        if (!f.sym) st.lm[gi] = static_cast<uint8_t>(clm);
+        float sc, off;
+        DecodeGroup(f, st, gi, &sc, &off);
+        const double e = GroupSse(xg, len, sc, off, f.qmax);
+        if (e < best) {
+          best = e;
+          best_ls = cls;
+          best_lm = clm;
+        }
+      }
+    }
+    st.ls[gi] = static_cast<uint8_t>(best_ls);
+    if (!f.sym) st.lm[gi] = static_cast<uint8_t>(best_lm);
+  }
+}
+
+}  // namespace
+
+void RowStored::Resize(const Format& f, size_t groups) {
+  switch (f.spec.scales) {
+    case ScaleStorage::kF16: scale_f16.resize(groups); break;
+    case ScaleStorage::kF32: scale_f32.resize(groups); break;
+    case ScaleStorage::kQ6:
+      ls.resize(groups);
+      lm.resize(f.sym ? 0 : groups);
+      break;
+  }
+  if (f.spec.scales != ScaleStorage::kQ6) zero.resize(f.sym ? 0 : groups);
+}
+
+void DecodeGroup(const Format& f, const RowStored& st, size_t gi, float* scale, float* offset) {
+  float s = 0, off = 0;
+  switch (f.spec.scales) {
+    case ScaleStorage::kF16: s = F16BitsToF32(st.scale_f16[gi]); break;
+    case ScaleStorage::kF32: s = st.scale_f32[gi]; break;
+    case ScaleStorage::kQ6: s = F16BitsToF32(st.d) * static_cast<float>(st.ls[gi]); break;
+  }
+  if (f.sym) {
+    off = s * f.bias;
+  } else if (f.spec.scales == ScaleStorage::kQ6) {
+    off = F16BitsToF32(st.dmin) * static_cast<float>(st.lm[gi]);
+  } else {
+    off = s * static_cast<float>(st.zero[gi]);
+  }
+  *scale = s;
+  *offset = off;
+}
+
+void DecodeRow(const Format& f, const RowStored& st, size_t groups, RowParams& p) {
+  p.Resize(groups);
+  for (size_t gi = 0; gi < groups; ++gi) {
+    DecodeGroup(f, st, gi, &p.scale[gi], &p.offset[gi]);
+    p.inv_scale[gi] = InvScale(p.scale[gi]);
+  }
+}
+
+double GroupSse(const float* x, size_t len, float scale, float offset, float qmax) {
+  const float inv = InvScale(scale);
+  double sse = 0;
+  for (size_t i = 0; i < len; ++i) {
+    const float q = std::min(std::max(std::nearbyint((x[i] + offset) * inv), 0.0f), qmax);
+    const float p = q * scale;
+    const float e = (p - offset) - x[i];
+    sse += static_cast<double>(e) * e;
+  }
+  return sse;
+}
+
+bool FitRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st, RowParams& p) {
+  const size_t groups = (n + g - 1) / g;
+  st.Resize(f, groups);
+  thread_local std::vector<float> mn, mx, L;
+  mn.resize(groups);
+  mx.resize(groups);
+  kernels::GroupMinMax(x, n, g, mn.data(), mx.data());
+  bool ok = true;
+  if (f.spec.scales == ScaleStorage::kQ6) {
+    FitQ6Row(f, x, n, g, st, mn.data(), mx.data(), L, &ok);
+  } else {
+    FitFloatRow(f, x, n, g, st, mn.data(), mx.data(), L, &ok);
+  }
+  DecodeRow(f, st, groups, p);
+  return ok;
+}
+
+}  // namespace arrowquant::quant

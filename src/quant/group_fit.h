@@ -1,0 +1,64 @@
+// Choosing each group's scale and offset (the "grid") for one row, and the stored form of those
+// parameters. DecodeGroup() is the one definition of how stored values become the (scale,
+// offset) pair the codes use; quantization, dequantization and the search all go through it.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "arrowquant/dtype.h"
+#include "arrowquant/quantize.h"
+
+namespace arrowquant::quant {
+
+constexpr int kQ6Max = 63;  // 6-bit scale codes
+
+struct Format {
+  explicit Format(const QuantSpec& s)
+      : spec(s),
+        qmax(static_cast<float>((1 << s.bits) - 1)),
+        bias(static_cast<float>(1 << (s.bits - 1))),
+        sym(s.scheme == Scheme::kSymmetric) {}
+  QuantSpec spec;
+  float qmax;  // largest code
+  float bias;  // symmetric codes are stored as signed + bias
+  bool sym;
+};
+
+// Stored parameters of one row, unpacked.
+struct RowStored {
+  std::vector<uint16_t> scale_f16;  // kF16
+  std::vector<float> scale_f32;     // kF32
+  std::vector<uint8_t> zero;        // kF16/kF32 asymmetric: integer zero-point
+  std::vector<uint8_t> ls, lm;      // kQ6: scale and offset codes
+  uint16_t d = 0, dmin = 0;         // kQ6: row super-scales (f16 bits)
+  void Resize(const Format& f, size_t groups);
+};
+
+// Decoding parameters of one row's groups, as the kernels take them.
+struct RowParams {
+  std::vector<float> scale, offset, inv_scale;
+  void Resize(size_t groups) {
+    scale.resize(groups);
+    offset.resize(groups);
+    inv_scale.resize(groups);
+  }
+};
+
+inline float InvScale(float s) { return s > 0.0f ? 1.0f / s : 0.0f; }
+
+// Stored -> decode parameters of group gi.
+void DecodeGroup(const Format& f, const RowStored& st, size_t gi, float* scale, float* offset);
+void DecodeRow(const Format& f, const RowStored& st, size_t groups, RowParams& p);
+
+// Fits every group of row x (length n, groups of g): fills `st` and `p`.
+// Returns false if a scale does not fit the storage format (f16 overflow).
+bool FitRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st, RowParams& p);
+
+// Sum of squared errors of a group quantized with (scale, offset) to the nearest code, using
+// exactly the kernels' arithmetic.
+double GroupSse(const float* x, size_t len, float scale, float offset, float qmax);
+
+}  // namespace arrowquant::quant

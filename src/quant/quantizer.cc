@@ -1,0 +1,344 @@
+// Quantize / Dequantize / MeasureError: rows in parallel, each row converted to f32, fitted
+// (quant/group_fit), coded by the SIMD kernels and packed.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "arrowquant/quantize.h"
+#include "kernels/pack.h"
+#include "kernels/row_kernels.h"
+#include "pipeline/parallel.h"
+#include "quant/group_fit.h"
+#include "quant/inspect.h"
+
+namespace arrowquant {
+namespace {
+
+using quant::Format;
+using quant::RowParams;
+using quant::RowStored;
+
+struct Layout {
+  uint64_t rows = 0, cols = 0, g = 0, groups = 0;
+  size_t code_row_bytes = 0, scale_row_bytes = 0, zero_row_bytes = 0, super_row_bytes = 0;
+};
+
+Layout MakeLayout(const QuantSpec& spec, uint64_t rows, uint64_t cols) {
+  Layout l;
+  l.rows = rows;
+  l.cols = cols;
+  l.g = spec.group_size == 0 ? std::max<uint64_t>(cols, 1) : static_cast<uint64_t>(spec.group_size);
+  l.groups = cols == 0 ? 0 : (cols + l.g - 1) / l.g;
+  const bool sym = spec.scheme == Scheme::kSymmetric;
+  l.code_row_bytes = kernels::PackedBytes(cols, spec.bits);
+  switch (spec.scales) {
+    case ScaleStorage::kF16:
+      l.scale_row_bytes = 2 * l.groups;
+      l.zero_row_bytes = sym ? 0 : kernels::PackedBytes(l.groups, spec.bits);
+      break;
+    case ScaleStorage::kF32:
+      l.scale_row_bytes = 4 * l.groups;
+      l.zero_row_bytes = sym ? 0 : kernels::PackedBytes(l.groups, spec.bits);
+      break;
+    case ScaleStorage::kQ6:
+      l.scale_row_bytes = kernels::PackedBytes(l.groups, 6);
+      l.zero_row_bytes = sym ? 0 : kernels::PackedBytes(l.groups, 6);
+      l.super_row_bytes = sym ? 2 : 4;
+      break;
+  }
+  return l;
+}
+
+Layout MakeLayout(const QuantizedTensor& q) { return MakeLayout(q.spec, q.rows, q.cols); }
+
+void StoreRow(const QuantSpec& spec, const Layout& l, const RowStored& st, uint64_t r,
+              QuantizedTensor& q) {
+  uint8_t* sc = q.scales.data() + r * l.scale_row_bytes;
+  uint8_t* zp = q.zeros.data() + r * l.zero_row_bytes;
+  switch (spec.scales) {
+    case ScaleStorage::kF16: std::memcpy(sc, st.scale_f16.data(), l.scale_row_bytes); break;
+    case ScaleStorage::kF32: std::memcpy(sc, st.scale_f32.data(), l.scale_row_bytes); break;
+    case ScaleStorage::kQ6: {
+      kernels::PackCodes(st.ls.data(), l.groups, 6, sc);
+      uint8_t* sp = q.super_scales.data() + r * l.super_row_bytes;
+      std::memcpy(sp, &st.d, 2);
+      if (spec.scheme == Scheme::kAsymmetric) {
+        kernels::PackCodes(st.lm.data(), l.groups, 6, zp);
+        std::memcpy(sp + 2, &st.dmin, 2);
+      }
+      return;
+    }
+  }
+  if (spec.scheme == Scheme::kAsymmetric) kernels::PackCodes(st.zero.data(), l.groups, spec.bits, zp);
+}
+
+void LoadRow(const QuantizedTensor& q, const Layout& l, uint64_t r, RowStored& st) {
+  const Format f(q.spec);
+  st.Resize(f, l.groups);
+  const uint8_t* sc = q.scales.data() + r * l.scale_row_bytes;
+  const uint8_t* zp = q.zeros.data() + r * l.zero_row_bytes;
+  const bool asym = q.spec.scheme == Scheme::kAsymmetric;
+  switch (q.spec.scales) {
+    case ScaleStorage::kF16: std::memcpy(st.scale_f16.data(), sc, l.scale_row_bytes); break;
+    case ScaleStorage::kF32: std::memcpy(st.scale_f32.data(), sc, l.scale_row_bytes); break;
+    case ScaleStorage::kQ6: {
+      kernels::UnpackCodes(sc, l.groups, 6, st.ls.data());
+      const uint8_t* sp = q.super_scales.data() + r * l.super_row_bytes;
+      std::memcpy(&st.d, sp, 2);
+      if (asym) {
+        kernels::UnpackCodes(zp, l.groups, 6, st.lm.data());
+        std::memcpy(&st.dmin, sp + 2, 2);
+      }
+      return;
+    }
+  }
+  if (asym) kernels::UnpackCodes(zp, l.groups, q.spec.bits, st.zero.data());
+}
+
+// Dequantizes row r into out (cols floats).
+void DequantizeRow(const QuantizedTensor& q, const Layout& l, uint64_t r, RowStored& st,
+                   RowParams& p, std::vector<uint8_t>& codes, float* out) {
+  LoadRow(q, l, r, st);
+  quant::DecodeRow(Format(q.spec), st, l.groups, p);
+  codes.resize(l.cols);
+  kernels::UnpackCodes(q.codes.data() + r * l.code_row_bytes, l.cols, q.spec.bits, codes.data());
+  kernels::DequantizeGroups(codes.data(), l.cols, l.g, p.scale.data(), p.offset.data(), out);
+}
+
+Status CheckWeight(const TensorView& w) {
+  const std::string name(w.name);
+  if (!Traits(w.dtype).quantizable) {
+    return Status(StatusCode::kUnsupported, "tensor '" + name + "': dtype " +
+                                                std::string(Traits(w.dtype).safetensors_name) +
+                                                " is not quantized (F32, F16 and BF16 are)");
+  }
+  if (w.shape.empty()) {
+    return Status(StatusCode::kInvalidArgument, "tensor '" + name + "': a scalar cannot be quantized");
+  }
+  uint64_t n = 1;
+  for (uint64_t d : w.shape) {
+    if (__builtin_mul_overflow(n, d, &n)) {
+      return Status(StatusCode::kShapeOverflow, "tensor '" + name + "': shape overflows");
+    }
+  }
+  if (n * ElementBytes(w.dtype) != w.data.size()) {
+    return Status(StatusCode::kSizeMismatch,
+                  "tensor '" + name + "': shape needs " + std::to_string(n * ElementBytes(w.dtype)) +
+                      " bytes, got " + std::to_string(w.data.size()));
+  }
+  return Status::OK();
+}
+
+void RowsCols(const std::vector<uint64_t>& shape, uint64_t* rows, uint64_t* cols) {
+  uint64_t n = 1;
+  for (uint64_t d : shape) n *= d;
+  *rows = shape.size() >= 2 ? shape[0] : 1;
+  *cols = *rows ? n / *rows : 0;
+}
+
+}  // namespace
+
+Status QuantSpec::Validate() const {
+  if (bits != 2 && bits != 4 && bits != 8) {
+    return Status(StatusCode::kInvalidArgument, "bits must be 2, 4 or 8, got " + std::to_string(bits));
+  }
+  if (group_size != 0 && group_size != 32 && group_size != 64 && group_size != 128 &&
+      group_size != 256) {
+    return Status(StatusCode::kInvalidArgument,
+                  "group_size must be 32, 64, 128, 256 or 0 (per channel), got " +
+                      std::to_string(group_size));
+  }
+  return Status::OK();
+}
+
+std::string QuantSpec::ToString() const {
+  std::string s = "int" + std::to_string(bits);
+  s += scheme == Scheme::kSymmetric ? "-sym" : "-asym";
+  s += group_size == 0 ? "-channel" : "-g" + std::to_string(group_size);
+  s += scales == ScaleStorage::kF16 ? "-f16" : scales == ScaleStorage::kF32 ? "-f32" : "-q6";
+  s += grid == Grid::kSearch ? "-search" : "-minmax";
+  return s;
+}
+
+QuantSpec QuantSpec::Recommended(int bits) {
+  QuantSpec s;
+  s.bits = bits;
+  s.group_size = 32;
+  s.scheme = Scheme::kAsymmetric;
+  s.grid = Grid::kSearch;
+  s.scales = ScaleStorage::kQ6;
+  return s;
+}
+
+uint64_t QuantizedTensor::groups_per_row() const { return MakeLayout(*this).groups; }
+uint64_t QuantizedTensor::group_len() const { return MakeLayout(*this).g; }
+
+Result<QuantizedTensor> Quantize(const TensorView& w, const QuantSpec& spec,
+                                 const QuantOptions& options) {
+  AQ_RETURN_IF_ERROR(spec.Validate());
+  AQ_RETURN_IF_ERROR(CheckWeight(w));
+  QuantizedTensor q;
+  q.spec = spec;
+  q.source_dtype = w.dtype;
+  q.shape = w.shape;
+  RowsCols(w.shape, &q.rows, &q.cols);
+  const Layout l = MakeLayout(spec, q.rows, q.cols);
+  q.codes.assign(l.rows * l.code_row_bytes, 0);
+  q.scales.assign(l.rows * l.scale_row_bytes, 0);
+  q.zeros.assign(l.rows * l.zero_row_bytes, 0);
+  q.super_scales.assign(l.rows * l.super_row_bytes, 0);
+  if (l.cols == 0 || l.rows == 0) return q;
+
+  const Format f(spec);
+  const size_t esize = ElementBytes(w.dtype);
+  std::vector<uint64_t> bad(l.rows, 0);
+  std::vector<uint8_t> overflow(l.rows, 0);
+  ParallelFor(l.rows, options.threads, [&](size_t begin, size_t end, int) {
+    std::vector<float> x(l.cols);
+    std::vector<uint8_t> codes(l.cols);
+    RowStored st;
+    RowParams p;
+    for (size_t r = begin; r < end; ++r) {
+      kernels::ToF32(w.dtype, w.data.data() + r * l.cols * esize, l.cols, x.data());
+      uint64_t nonfinite = 0;
+      for (float v : x) nonfinite += !std::isfinite(v);
+      if (nonfinite) {
+        bad[r] = nonfinite;
+        continue;
+      }
+      if (!quant::FitRow(f, x.data(), l.cols, l.g, st, p)) overflow[r] = 1;
+      kernels::QuantizeGroups(x.data(), l.cols, l.g, p.inv_scale.data(), p.offset.data(), f.qmax,
+                              codes.data());
+      kernels::PackCodes(codes.data(), l.cols, spec.bits, q.codes.data() + r * l.code_row_bytes);
+      StoreRow(spec, l, st, r, q);
+    }
+  });
+  uint64_t total_bad = 0;
+  for (uint64_t b : bad) total_bad += b;
+  if (total_bad) {
+    return Status(StatusCode::kInvalidArgument,
+                  "tensor '" + std::string(w.name) + "': " + std::to_string(total_bad) +
+                      " NaN or Inf values; such tensors are not quantized");
+  }
+  if (std::find(overflow.begin(), overflow.end(), 1) != overflow.end()) {
+    return Status(StatusCode::kUnsupported,
+                  "tensor '" + std::string(w.name) +
+                      "': values too large for f16 scales; use f32 scale storage");
+  }
+  return q;
+}
+
+Status Dequantize(const QuantizedTensor& q, DType dtype, std::span<std::byte> out,
+                  const QuantOptions& options) {
+  if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) {
+    return Status(StatusCode::kInvalidArgument, "dequantize to F32, F16 or BF16 only");
+  }
+  const Layout l = MakeLayout(q);
+  const size_t esize = ElementBytes(dtype);
+  if (out.size() != l.rows * l.cols * esize) {
+    return Status(StatusCode::kSizeMismatch, "dequantize: output buffer has " +
+                                                 std::to_string(out.size()) + " bytes, need " +
+                                                 std::to_string(l.rows * l.cols * esize));
+  }
+  if (q.codes.size() != l.rows * l.code_row_bytes || q.scales.size() != l.rows * l.scale_row_bytes ||
+      q.zeros.size() != l.rows * l.zero_row_bytes ||
+      q.super_scales.size() != l.rows * l.super_row_bytes) {
+    return Status(StatusCode::kSizeMismatch, "dequantize: buffers do not match shape and format " +
+                                                 q.spec.ToString());
+  }
+  ParallelFor(l.rows, options.threads, [&](size_t begin, size_t end, int) {
+    std::vector<float> row(l.cols);
+    std::vector<uint16_t> half(dtype == DType::kF32 ? 0 : l.cols);
+    std::vector<uint8_t> codes;
+    RowStored st;
+    RowParams p;
+    for (size_t r = begin; r < end; ++r) {
+      DequantizeRow(q, l, r, st, p, codes, row.data());
+      std::byte* o = out.data() + r * l.cols * esize;  // may be unaligned: copy bytes
+      if (dtype == DType::kF32) {
+        std::memcpy(o, row.data(), l.cols * 4);
+        continue;
+      }
+      if (dtype == DType::kF16) F32ToF16(row, half);
+      else F32ToBF16(row, half);
+      std::memcpy(o, half.data(), l.cols * 2);
+    }
+  });
+  return Status::OK();
+}
+
+Result<ErrorMetrics> MeasureError(const QuantizedTensor& q, const TensorView& w,
+                                  const QuantOptions& options) {
+  AQ_RETURN_IF_ERROR(CheckWeight(w));
+  if (w.shape != q.shape) {
+    return Status(StatusCode::kSizeMismatch,
+                  "tensor '" + std::string(w.name) + "': shape differs from the quantized tensor");
+  }
+  const Layout l = MakeLayout(q);
+  struct RowSums {
+    double sse = 0, ww = 0, qq = 0, wq = 0, max_abs = 0;
+  };
+  std::vector<RowSums> sums(l.rows);
+  const size_t esize = ElementBytes(w.dtype);
+  ParallelFor(l.rows, options.threads, [&](size_t begin, size_t end, int) {
+    std::vector<float> x(l.cols), y(l.cols);
+    std::vector<uint8_t> codes;
+    RowStored st;
+    RowParams p;
+    for (size_t r = begin; r < end; ++r) {
+      kernels::ToF32(w.dtype, w.data.data() + r * l.cols * esize, l.cols, x.data());
+      DequantizeRow(q, l, r, st, p, codes, y.data());
+      RowSums s;
+      for (size_t i = 0; i < l.cols; ++i) {
+        const double a = x[i], b = y[i], e = a - b;
+        s.sse += e * e;
+        s.ww += a * a;
+        s.qq += b * b;
+        s.wq += a * b;
+        s.max_abs = std::max(s.max_abs, std::fabs(e));
+      }
+      sums[r] = s;
+    }
+  });
+  RowSums t;
+  for (const auto& s : sums) {
+    t.sse += s.sse;
+    t.ww += s.ww;
+    t.qq += s.qq;
+    t.wq += s.wq;
+    t.max_abs = std::max(t.max_abs, s.max_abs);
+  }
+  ErrorMetrics m;
+  m.count = l.rows * l.cols;
+  m.mse = m.count ? t.sse / static_cast<double>(m.count) : 0;
+  m.rel_rmse = t.ww > 0 ? std::sqrt(t.sse / t.ww) : (t.sse > 0 ? INFINITY : 0);
+  m.sqnr_db = t.sse > 0 ? 10 * std::log10(t.ww / t.sse) : INFINITY;
+  m.cosine = (t.ww > 0 && t.qq > 0) ? t.wq / std::sqrt(t.ww * t.qq) : (t.ww == t.qq ? 1.0 : 0.0);
+  m.max_abs = t.max_abs;
+  return m;
+}
+
+}  // namespace arrowquant
+
+namespace arrowquant::quant {
+
+Decoded DecodeAll(const QuantizedTensor& q) {
+  const Layout l = MakeLayout(q);
+  Decoded d;
+  d.scale.resize(l.rows * l.groups);
+  d.offset.resize(l.rows * l.groups);
+  d.codes.resize(l.rows * l.cols);
+  RowStored st;
+  RowParams p;
+  for (uint64_t r = 0; r < l.rows; ++r) {
+    LoadRow(q, l, r, st);
+    DecodeRow(Format(q.spec), st, l.groups, p);
+    std::copy(p.scale.begin(), p.scale.end(), d.scale.begin() + r * l.groups);
+    std::copy(p.offset.begin(), p.offset.end(), d.offset.begin() + r * l.groups);
+    kernels::UnpackCodes(q.codes.data() + r * l.code_row_bytes, l.cols, q.spec.bits,
+                         d.codes.data() + r * l.cols);
+  }
+  return d;
+}
+
+}  // namespace arrowquant::quant

@@ -1,0 +1,114 @@
+// Packing golden bytes, and every compiled SIMD target against the scalar reference.
+#include <gtest/gtest.h>
+#include <rapidcheck.h>
+
+#include <cstring>
+#include <random>
+
+#include "hwy/targets.h"
+#include "kernels/pack.h"
+#include "kernels/row_kernels.h"
+
+namespace arrowquant::kernels {
+namespace {
+
+std::vector<uint8_t> Pack(const std::vector<uint8_t>& codes, int bits) {
+  std::vector<uint8_t> out(PackedBytes(codes.size(), bits), 0xAA);
+  PackCodes(codes.data(), codes.size(), bits, out.data());
+  return out;
+}
+
+TEST(Pack, GoldenBytes) {
+  EXPECT_EQ(Pack({1, 2, 3}, 4), (std::vector<uint8_t>{0x21, 0x03}));
+  EXPECT_EQ(Pack({1, 2, 3, 0, 1}, 2), (std::vector<uint8_t>{0x39, 0x01}));
+  EXPECT_EQ(Pack({7, 255}, 8), (std::vector<uint8_t>{7, 255}));
+  // 6-bit: 1 | 2 << 6 | 3 << 12 | 4 << 18 = 0x103081, little-endian.
+  EXPECT_EQ(Pack({1, 2, 3, 4}, 6), (std::vector<uint8_t>{0x81, 0x30, 0x10}));
+  EXPECT_EQ(Pack({63}, 6), (std::vector<uint8_t>{0x3f}));
+}
+
+TEST(Pack, RoundTripProperty) {
+  for (int bits : {2, 4, 6, 8}) {
+    const bool ok = rc::check("unpack(pack(codes)) == codes", [bits](std::vector<uint8_t> codes) {
+      for (auto& c : codes) c &= static_cast<uint8_t>((1u << bits) - 1u);
+      const auto packed = Pack(codes, bits);
+      RC_ASSERT(packed.size() == (codes.size() * bits + 7) / 8);
+      std::vector<uint8_t> back(codes.size());
+      UnpackCodes(packed.data(), codes.size(), bits, back.data());
+      RC_ASSERT(back == codes);
+      if (!codes.empty() && (codes.size() * bits) % 8) {  // padding bits are zero
+        RC_ASSERT((packed.back() >> ((codes.size() * bits) % 8)) == 0);
+      }
+    });
+    EXPECT_TRUE(ok) << bits;
+  }
+}
+
+class PerTarget : public ::testing::Test {
+ protected:
+  void TearDown() override { hwy::SetSupportedTargetsForTest(0); }
+};
+
+TEST_F(PerTarget, KernelsMatchReferenceBitForBit) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  const auto targets = hwy::SupportedAndGeneratedTargets();
+  ASSERT_FALSE(targets.empty());
+  int tested = 0;
+  std::string names;
+  for (int64_t target : targets) {
+    names += std::string(names.empty() ? "" : ", ") + hwy::TargetName(target);
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(hwy::TargetName(target));
+    for (size_t n : {1u, 7u, 31u, 32u, 33u, 100u, 256u, 1000u}) {
+      for (size_t g : {size_t{32}, size_t{64}, size_t{128}, size_t{256}, n}) {
+        std::vector<float> x(n);
+        for (auto& v : x) v = normal(rng);
+        if (n > 3) x[3] = 0.0f, x[2] = -0.0f;
+        const size_t groups = (n + g - 1) / g;
+        std::vector<float> mn(groups), mx(groups), rmn(groups), rmx(groups);
+        GroupMinMax(x.data(), n, g, mn.data(), mx.data());
+        ref::GroupMinMax(x.data(), n, g, rmn.data(), rmx.data());
+        for (size_t i = 0; i < groups; ++i) {
+          ASSERT_EQ(mn[i], rmn[i]);
+          ASSERT_EQ(mx[i], rmx[i]);
+        }
+        std::vector<float> inv(groups), off(groups), sc(groups);
+        for (size_t i = 0; i < groups; ++i) {
+          sc[i] = (rmx[i] - rmn[i]) / 15.0f;
+          inv[i] = sc[i] > 0 ? 1.0f / sc[i] : 0.0f;
+          off[i] = -rmn[i] + 0.0f;
+        }
+        std::vector<uint8_t> q(n), rq(n);
+        QuantizeGroups(x.data(), n, g, inv.data(), off.data(), 15.0f, q.data());
+        ref::QuantizeGroups(x.data(), n, g, inv.data(), off.data(), 15.0f, rq.data());
+        ASSERT_EQ(q, rq);
+        std::vector<float> y(n), ry(n);
+        DequantizeGroups(q.data(), n, g, sc.data(), off.data(), y.data());
+        ref::DequantizeGroups(q.data(), n, g, sc.data(), off.data(), ry.data());
+        ASSERT_EQ(0, std::memcmp(y.data(), ry.data(), n * 4));
+      }
+    }
+    // f16 / bf16 -> f32 for every 16-bit pattern that is not a NaN.
+    std::vector<uint16_t> all;
+    for (uint32_t h = 0; h < 65536; ++h) {
+      if ((h & 0x7c00u) == 0x7c00u && (h & 0x3ffu)) continue;
+      all.push_back(static_cast<uint16_t>(h));
+    }
+    std::vector<float> a(all.size()), b(all.size());
+    ToF32(DType::kF16, all.data(), all.size(), a.data());
+    ref::ToF32(DType::kF16, all.data(), all.size(), b.data());
+    ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4));
+    ToF32(DType::kBF16, all.data(), all.size(), a.data());
+    ref::ToF32(DType::kBF16, all.data(), all.size(), b.data());
+    ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4));
+    ++tested;
+  }
+  hwy::SetSupportedTargetsForTest(0);
+  RecordProperty("targets_tested", names);
+  std::printf("SIMD targets checked against the reference: %s (dispatch picks %s)\n", names.c_str(),
+              ActiveTarget());
+}
+
+}  // namespace
+}  // namespace arrowquant::kernels
