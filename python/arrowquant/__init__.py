@@ -21,6 +21,7 @@ from arrowquant.errors import (
     UnsupportedError,
     ValidationError,
 )
+from arrowquant.quantize import QuantizedTensor, quantize
 
 __version__: str = _core.__version__
 
@@ -33,6 +34,7 @@ __all__ = [
     "MalformedModelError",
     "MetadataError",
     "ModelNotFoundError",
+    "QuantizedTensor",
     "QuantizationError",
     "ShapeMismatchError",
     "TensorInfo",
@@ -41,4 +43,5 @@ __all__ = [
     "ValidationError",
     "__version__",
     "load_checkpoint",
+    "quantize",
 ]

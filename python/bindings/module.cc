@@ -11,4 +11,5 @@ NB_MODULE(_core, m) {
   arrowquant::py::RegisterStatusTranslator(m);
   arrowquant::py::BindDtypes(m);
   arrowquant::py::BindCheckpoint(m);
+  arrowquant::py::BindQuantize(m);
 }

@@ -1,0 +1,148 @@
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include "arrowquant/quantize.h"
+#include "bindings.h"
+#include "status_error.h"
+
+namespace nb = nanobind;
+
+namespace arrowquant::py {
+namespace {
+
+using InArray = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu>;
+
+DType ParseDType(const std::string& s) {
+  if (auto d = DTypeFromSafeTensorsName(s)) return *d;
+  throw StatusError(Status(StatusCode::kInvalidArgument, "unknown dtype '" + s + "'"));
+}
+
+TensorView ViewOf(const InArray& a, const std::string& dtype, const std::string& name) {
+  TensorView v;
+  v.name = name;
+  v.dtype = ParseDType(dtype);
+  for (size_t i = 0; i < a.ndim(); ++i) v.shape.push_back(static_cast<uint64_t>(a.shape(i)));
+  const size_t item = a.itemsize();
+  if (item != ElementBytes(v.dtype)) {
+    throw StatusError(Status(StatusCode::kInvalidArgument,
+                             "tensor '" + name + "': array items are " + std::to_string(item) +
+                                 " bytes, " + dtype + " needs " + std::to_string(ElementBytes(v.dtype))));
+  }
+  v.data = {static_cast<const std::byte*>(a.data()), a.size() * item};
+  return v;
+}
+
+template <typename T>
+nb::ndarray<nb::numpy, const uint8_t> BufferView(const std::vector<T>& buf) {
+  const size_t shape[1] = {buf.size() * sizeof(T)};
+  return nb::ndarray<nb::numpy, const uint8_t>(reinterpret_cast<const uint8_t*>(buf.data()), 1, shape,
+                                               nb::handle());
+}
+
+Scheme ParseScheme(const std::string& s) {
+  if (s == "asym") return Scheme::kAsymmetric;
+  if (s == "sym") return Scheme::kSymmetric;
+  throw StatusError(Status(StatusCode::kInvalidArgument, "scheme must be 'asym' or 'sym', got '" + s + "'"));
+}
+Grid ParseGrid(const std::string& s) {
+  if (s == "minmax") return Grid::kMinMax;
+  if (s == "search") return Grid::kSearch;
+  throw StatusError(Status(StatusCode::kInvalidArgument, "method must be 'minmax' or 'search', got '" + s + "'"));
+}
+ScaleStorage ParseStorage(const std::string& s) {
+  if (s == "f16") return ScaleStorage::kF16;
+  if (s == "f32") return ScaleStorage::kF32;
+  if (s == "q6") return ScaleStorage::kQ6;
+  throw StatusError(Status(StatusCode::kInvalidArgument, "scale_dtype must be 'f16', 'f32' or 'q6', got '" + s + "'"));
+}
+
+nb::dict SpecDict(const QuantSpec& s) {
+  nb::dict d;
+  d["bits"] = s.bits;
+  d["group_size"] = s.group_size;
+  d["scheme"] = s.scheme == Scheme::kSymmetric ? "sym" : "asym";
+  d["method"] = s.grid == Grid::kSearch ? "search" : "minmax";
+  d["scale_dtype"] = s.scales == ScaleStorage::kF16 ? "f16" : s.scales == ScaleStorage::kF32 ? "f32" : "q6";
+  d["format"] = s.ToString();
+  return d;
+}
+
+}  // namespace
+
+void BindQuantize(nb::module_& m) {
+  nb::class_<QuantizedTensor>(m, "QuantizedTensor")
+      .def_prop_ro("codes", [](const QuantizedTensor& q) { return BufferView(q.codes); },
+                   nb::rv_policy::reference_internal)
+      .def_prop_ro("scales", [](const QuantizedTensor& q) { return BufferView(q.scales); },
+                   nb::rv_policy::reference_internal)
+      .def_prop_ro("zeros", [](const QuantizedTensor& q) { return BufferView(q.zeros); },
+                   nb::rv_policy::reference_internal)
+      .def_prop_ro("super_scales", [](const QuantizedTensor& q) { return BufferView(q.super_scales); },
+                   nb::rv_policy::reference_internal)
+      .def_prop_ro("shape", [](const QuantizedTensor& q) { return q.shape; })
+      .def_prop_ro("rows", [](const QuantizedTensor& q) { return q.rows; })
+      .def_prop_ro("cols", [](const QuantizedTensor& q) { return q.cols; })
+      .def_prop_ro("groups_per_row", &QuantizedTensor::groups_per_row)
+      .def_prop_ro("source_dtype",
+                   [](const QuantizedTensor& q) { return std::string(Traits(q.source_dtype).safetensors_name); })
+      .def_prop_ro("spec", [](const QuantizedTensor& q) { return SpecDict(q.spec); })
+      .def_prop_ro("nbytes", &QuantizedTensor::nbytes)
+      .def_prop_ro("bits_per_weight", &QuantizedTensor::bits_per_weight)
+      .def(
+          "dequantize",
+          [](const QuantizedTensor& q, const std::string& dtype, int threads) {
+            const DType dt = ParseDType(dtype);
+            const size_t n = q.num_elements();
+            const size_t es = ElementBytes(dt);
+            auto* buf = new std::byte[n * es];
+            nb::capsule owner(buf, [](void* p) noexcept { delete[] static_cast<std::byte*>(p); });
+            {
+              nb::gil_scoped_release release;
+              ThrowIfError(Dequantize(q, dt, {buf, n * es}, QuantOptions{threads}));
+            }
+            std::vector<size_t> shape(q.shape.begin(), q.shape.end());
+            nb::dlpack::dtype d = dt == DType::kF32 ? nb::dtype<float>()
+                                  : dt == DType::kF16
+                                      ? nb::dlpack::dtype{static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1}
+                                      : nb::dtype<uint16_t>();
+            return nb::ndarray<nb::numpy>(buf, shape.size(), shape.data(), owner, nullptr, d);
+          },
+          nb::arg("dtype") = "F32", nb::arg("threads") = 1)
+      .def(
+          "measure_error",
+          [](const QuantizedTensor& q, InArray a, const std::string& dtype, int threads) {
+            const TensorView v = ViewOf(a, dtype, "reference");
+            ErrorMetrics e;
+            {
+              nb::gil_scoped_release release;
+              e = ValueOrThrow(MeasureError(q, v, QuantOptions{threads}));
+            }
+            nb::dict d;
+            d["mse"] = e.mse;
+            d["rel_rmse"] = e.rel_rmse;
+            d["sqnr_db"] = e.sqnr_db;
+            d["cosine"] = e.cosine;
+            d["max_abs"] = e.max_abs;
+            d["count"] = e.count;
+            return d;
+          },
+          nb::arg("reference"), nb::arg("dtype"), nb::arg("threads") = 1);
+
+  m.def(
+      "quantize",
+      [](InArray a, const std::string& dtype, const std::string& name, int bits, int group_size,
+         const std::string& scheme, const std::string& method, const std::string& scale_dtype,
+         int threads) {
+        QuantSpec spec{bits, group_size, ParseScheme(scheme), ParseGrid(method), ParseStorage(scale_dtype)};
+        const TensorView v = ViewOf(a, dtype, name);
+        nb::gil_scoped_release release;
+        return ValueOrThrow(Quantize(v, spec, QuantOptions{threads}));
+      },
+      nb::arg("array"), nb::arg("dtype"), nb::arg("name"), nb::arg("bits"), nb::arg("group_size"),
+      nb::arg("scheme"), nb::arg("method"), nb::arg("scale_dtype"), nb::arg("threads") = 1);
+  m.def("recommended_spec", [](int bits) { return SpecDict(QuantSpec::Recommended(bits)); });
+}
+
+}  // namespace arrowquant::py
