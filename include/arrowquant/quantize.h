@@ -10,10 +10,10 @@
 //   ScaleStorage::kF16 / kF32: one scale per group in that float format; asymmetric groups also
 //       store an integer zero-point z in code range (offset = scale * z); symmetric groups use
 //       z = 2^(bits-1) implicitly (signed codes stored with that bias).
-//   ScaleStorage::kQ6: per group a 6-bit scale code ls (and, asymmetric, a 6-bit offset code lm);
-//       per row an f16 super-scale d (and dmin): scale = d * ls, offset = dmin * lm
-//       (symmetric: offset = scale * 2^(bits-1)). The k-quant idea of GGUF, with the row as the
-//       super-block.
+//   ScaleStorage::kCoded: per group a `scale_bits`-bit scale code ls (and, asymmetric, an offset
+//       code lm of the same width); per row an f16 super-scale d (and dmin): scale = d * ls,
+//       offset = dmin * lm (symmetric: offset = scale * 2^(bits-1)). The k-quant idea of GGUF,
+//       with the row as the super-block.
 // Byte layouts are in docs/format.md and fixed by golden tests.
 #pragma once
 
@@ -34,17 +34,18 @@ enum class Scheme : uint8_t { kAsymmetric = 0, kSymmetric = 1 };
 // squares, keeping the candidate with the lowest squared error (in the spirit of llama.cpp's
 // make_qkx and HQQ); the min/max candidate is always among those tried.
 enum class Grid : uint8_t { kMinMax = 0, kSearch = 1 };
-enum class ScaleStorage : uint8_t { kF16 = 0, kF32 = 1, kQ6 = 2 };
+enum class ScaleStorage : uint8_t { kF16 = 0, kF32 = 1, kCoded = 2 };
 
 struct QuantSpec {
   int bits = 4;
   int group_size = 32;  // 32, 64, 128, 256; 0 = per channel (whole row)
   Scheme scheme = Scheme::kAsymmetric;
   Grid grid = Grid::kSearch;
-  ScaleStorage scales = ScaleStorage::kQ6;
+  ScaleStorage scales = ScaleStorage::kCoded;
+  int scale_bits = 6;  // kCoded only: 6, 7 or 8
 
   Status Validate() const;
-  std::string ToString() const;  // "int4-asym-g32-q6-search"
+  std::string ToString() const;  // "int4-asym-g32-q7-search"
   // The format recommended at a width: the one docs/benchmarks.md measures against GGUF/NF4.
   static QuantSpec Recommended(int bits);
 };
@@ -57,11 +58,11 @@ struct QuantizedTensor {
   uint64_t cols = 0;
   // Codes, packed row by row; each row starts on a byte boundary.
   std::vector<uint8_t> codes;
-  // kF16: u16 bits per group; kF32: f32 per group; kQ6: 6-bit codes, packed row by row.
+  // kF16: u16 bits per group; kF32: f32 per group; kCoded: scale codes, packed row by row.
   std::vector<uint8_t> scales;
-  // Asymmetric only. kF16/kF32: zero-points packed at `bits` like the codes; kQ6: 6-bit codes.
+  // Asymmetric only. kF16/kF32: zero-points packed at `bits` like the codes; kCoded: offset codes.
   std::vector<uint8_t> zeros;
-  // kQ6 only: per row f16 d, then (asymmetric) f16 dmin.
+  // kCoded only: per row f16 d, then (asymmetric) f16 dmin.
   std::vector<uint8_t> super_scales;
 
   uint64_t groups_per_row() const;

@@ -51,11 +51,16 @@ Grid ParseGrid(const std::string& s) {
   if (s == "search") return Grid::kSearch;
   throw StatusError(Status(StatusCode::kInvalidArgument, "method must be 'minmax' or 'search', got '" + s + "'"));
 }
-ScaleStorage ParseStorage(const std::string& s) {
-  if (s == "f16") return ScaleStorage::kF16;
-  if (s == "f32") return ScaleStorage::kF32;
-  if (s == "q6") return ScaleStorage::kQ6;
-  throw StatusError(Status(StatusCode::kInvalidArgument, "scale_dtype must be 'f16', 'f32' or 'q6', got '" + s + "'"));
+void ParseStorage(const std::string& s, QuantSpec& spec) {
+  if (s == "f16") spec.scales = ScaleStorage::kF16;
+  else if (s == "f32") spec.scales = ScaleStorage::kF32;
+  else if (s == "q6" || s == "q7" || s == "q8") {
+    spec.scales = ScaleStorage::kCoded;
+    spec.scale_bits = s[1] - '0';
+  } else {
+    throw StatusError(Status(StatusCode::kInvalidArgument,
+                             "scale_dtype must be 'f16', 'f32', 'q6', 'q7' or 'q8', got '" + s + "'"));
+  }
 }
 
 nb::dict SpecDict(const QuantSpec& s) {
@@ -64,7 +69,9 @@ nb::dict SpecDict(const QuantSpec& s) {
   d["group_size"] = s.group_size;
   d["scheme"] = s.scheme == Scheme::kSymmetric ? "sym" : "asym";
   d["method"] = s.grid == Grid::kSearch ? "search" : "minmax";
-  d["scale_dtype"] = s.scales == ScaleStorage::kF16 ? "f16" : s.scales == ScaleStorage::kF32 ? "f32" : "q6";
+  d["scale_dtype"] = s.scales == ScaleStorage::kF16   ? std::string("f16")
+                     : s.scales == ScaleStorage::kF32 ? std::string("f32")
+                                                      : "q" + std::to_string(s.scale_bits);
   d["format"] = s.ToString();
   return d;
 }
@@ -135,7 +142,8 @@ void BindQuantize(nb::module_& m) {
       [](InArray a, const std::string& dtype, const std::string& name, int bits, int group_size,
          const std::string& scheme, const std::string& method, const std::string& scale_dtype,
          int threads) {
-        QuantSpec spec{bits, group_size, ParseScheme(scheme), ParseGrid(method), ParseStorage(scale_dtype)};
+        QuantSpec spec{bits, group_size, ParseScheme(scheme), ParseGrid(method)};
+        ParseStorage(scale_dtype, spec);
         const TensorView v = ViewOf(a, dtype, name);
         nb::gil_scoped_release release;
         return ValueOrThrow(Quantize(v, spec, QuantOptions{threads}));

@@ -164,9 +164,9 @@ void FitFloatRow(const Format& f, const float* x, size_t n, size_t g, RowStored&
   }
 }
 
-// --- kQ6: 6-bit scale/offset codes under per-row f16 super-scales -----------------------------
+// --- kCoded: scale/offset codes under per-row f16 super-scales -----------------------------
 
-void FitQ6Row(const Format& f, const float* x, size_t n, size_t g, RowStored& st,
+void FitCodedRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st,
               const float* mn, const float* mx, std::vector<float>& L, bool* ok) {
   const size_t groups = (n + g - 1) / g;
   const bool search = f.spec.grid == Grid::kSearch;
@@ -211,15 +211,17 @@ void FitQ6Row(const Format& f, const float* x, size_t n, size_t g, RowStored& st
   float max_m = 0;
   for (size_t gi = 0; gi < groups; ++gi) max_m = std::max(max_m, m[gi]);
   if (!f.sym) {
-    st.dmin = search ? F16Nearest(max_m / kQ6Max) : F16Up(max_m / kQ6Max);
+    // Rounded up so that the largest group still reaches its range (matters when the
+    // super-scale is an f16 subnormal, i.e. for very small weights).
+    st.dmin = F16Up(max_m / f.cmax);
     if (!F16Finite(st.dmin)) *ok = false;
   }
   const float dmin = F16BitsToF32(st.dmin);
   for (size_t gi = 0; gi < groups && !f.sym; ++gi) {
     float lm = dmin > 0 ? (search ? Nearest(m[gi] / dmin) : std::ceil(m[gi] / dmin)) : 0.0f;
-    lm = std::min(lm, static_cast<float>(kQ6Max));
+    lm = std::min(lm, static_cast<float>(f.cmax));
     if (!search) {
-      while (lm < kQ6Max && dmin * lm < m[gi]) lm += 1.0f;
+      while (lm < f.cmax && dmin * lm < m[gi]) lm += 1.0f;
       // The min/max grid must still reach the group's top once the offset is rounded up.
       s[gi] = (hi[gi] + dmin * lm) / f.qmax;
     }
@@ -227,15 +229,15 @@ void FitQ6Row(const Format& f, const float* x, size_t n, size_t g, RowStored& st
   }
   float max_s = 0;
   for (size_t gi = 0; gi < groups; ++gi) max_s = std::max(max_s, s[gi]);
-  st.d = search ? F16Nearest(max_s / kQ6Max) : F16Up(max_s / kQ6Max);
+  st.d = F16Up(max_s / f.cmax);
   if (!F16Finite(st.d)) *ok = false;
   const float d = F16BitsToF32(st.d);
   for (size_t start = 0, gi = 0; start < n; start += g, ++gi) {
     const size_t len = std::min(g, n - start);
     float ls = d > 0 ? (search ? Nearest(s[gi] / d) : std::ceil(s[gi] / d)) : 0.0f;
-    ls = std::min(ls, static_cast<float>(kQ6Max));
+    ls = std::min(ls, static_cast<float>(f.cmax));
     if (!search) {
-      while (ls < kQ6Max && d * ls < s[gi]) ls += 1.0f;
+      while (ls < f.cmax && d * ls < s[gi]) ls += 1.0f;
       st.ls[gi] = static_cast<uint8_t>(ls);
       continue;
     }
@@ -248,7 +250,7 @@ void FitQ6Row(const Format& f, const float* x, size_t n, size_t g, RowStored& st
     for (int a = -1; a <= 1; ++a) {
       for (int b = f.sym ? 0 : -1; b <= (f.sym ? 0 : 1); ++b) {
         const int cls = ls0 + a, clm = lm0 + b;
-        if (cls < 0 || cls > kQ6Max || clm < 0 || clm > kQ6Max) continue;
+        if (cls < 0 || cls > f.cmax || clm < 0 || clm > f.cmax) continue;
         st.ls[gi] = static_cast<uint8_t>(cls);
         if (!f.sym) st.lm[gi] = static_cast<uint8_t>(clm);
         float sc, off;
@@ -272,12 +274,12 @@ void RowStored::Resize(const Format& f, size_t groups) {
   switch (f.spec.scales) {
     case ScaleStorage::kF16: scale_f16.resize(groups); break;
     case ScaleStorage::kF32: scale_f32.resize(groups); break;
-    case ScaleStorage::kQ6:
+    case ScaleStorage::kCoded:
       ls.resize(groups);
       lm.resize(f.sym ? 0 : groups);
       break;
   }
-  if (f.spec.scales != ScaleStorage::kQ6) zero.resize(f.sym ? 0 : groups);
+  if (f.spec.scales != ScaleStorage::kCoded) zero.resize(f.sym ? 0 : groups);
 }
 
 void DecodeGroup(const Format& f, const RowStored& st, size_t gi, float* scale, float* offset) {
@@ -285,11 +287,11 @@ void DecodeGroup(const Format& f, const RowStored& st, size_t gi, float* scale, 
   switch (f.spec.scales) {
     case ScaleStorage::kF16: s = F16BitsToF32(st.scale_f16[gi]); break;
     case ScaleStorage::kF32: s = st.scale_f32[gi]; break;
-    case ScaleStorage::kQ6: s = F16BitsToF32(st.d) * static_cast<float>(st.ls[gi]); break;
+    case ScaleStorage::kCoded: s = F16BitsToF32(st.d) * static_cast<float>(st.ls[gi]); break;
   }
   if (f.sym) {
     off = s * f.bias;
-  } else if (f.spec.scales == ScaleStorage::kQ6) {
+  } else if (f.spec.scales == ScaleStorage::kCoded) {
     off = F16BitsToF32(st.dmin) * static_cast<float>(st.lm[gi]);
   } else {
     off = s * static_cast<float>(st.zero[gi]);
@@ -326,8 +328,8 @@ bool FitRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st, 
   mx.resize(groups);
   kernels::GroupMinMax(x, n, g, mn.data(), mx.data());
   bool ok = true;
-  if (f.spec.scales == ScaleStorage::kQ6) {
-    FitQ6Row(f, x, n, g, st, mn.data(), mx.data(), L, &ok);
+  if (f.spec.scales == ScaleStorage::kCoded) {
+    FitCodedRow(f, x, n, g, st, mn.data(), mx.data(), L, &ok);
   } else {
     FitFloatRow(f, x, n, g, st, mn.data(), mx.data(), L, &ok);
   }

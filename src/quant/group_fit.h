@@ -13,18 +13,18 @@
 
 namespace arrowquant::quant {
 
-constexpr int kQ6Max = 63;  // 6-bit scale codes
-
 struct Format {
   explicit Format(const QuantSpec& s)
       : spec(s),
         qmax(static_cast<float>((1 << s.bits) - 1)),
         bias(static_cast<float>(1 << (s.bits - 1))),
-        sym(s.scheme == Scheme::kSymmetric) {}
+        sym(s.scheme == Scheme::kSymmetric),
+        cmax((1 << s.scale_bits) - 1) {}
   QuantSpec spec;
   float qmax;  // largest code
   float bias;  // symmetric codes are stored as signed + bias
   bool sym;
+  int cmax;    // largest scale code (kCoded)
 };
 
 // Stored parameters of one row, unpacked.
@@ -32,8 +32,8 @@ struct RowStored {
   std::vector<uint16_t> scale_f16;  // kF16
   std::vector<float> scale_f32;     // kF32
   std::vector<uint8_t> zero;        // kF16/kF32 asymmetric: integer zero-point
-  std::vector<uint8_t> ls, lm;      // kQ6: scale and offset codes
-  uint16_t d = 0, dmin = 0;         // kQ6: row super-scales (f16 bits)
+  std::vector<uint8_t> ls, lm;      // kCoded: scale and offset codes
+  uint16_t d = 0, dmin = 0;         // kCoded: row super-scales (f16 bits)
   void Resize(const Format& f, size_t groups);
 };
 

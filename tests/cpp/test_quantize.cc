@@ -56,8 +56,12 @@ std::vector<QuantSpec> AllSpecs() {
   for (int bits : {2, 4, 8})
     for (Scheme sc : {Scheme::kAsymmetric, Scheme::kSymmetric})
       for (Grid gr : {Grid::kMinMax, Grid::kSearch})
-        for (ScaleStorage ss : {ScaleStorage::kF16, ScaleStorage::kF32, ScaleStorage::kQ6})
-          for (int g : {32, 64, 128, 256, 0}) out.push_back(QuantSpec{bits, g, sc, gr, ss});
+        for (int ss = 0; ss < 5; ++ss)  // f16, f32, q6, q7, q8
+          for (int g : {32, 64, 128, 256, 0}) {
+            QuantSpec s{bits, g, sc, gr, ss < 2 ? ScaleStorage(ss) : ScaleStorage::kCoded};
+            s.scale_bits = ss < 2 ? 6 : 4 + ss;
+            out.push_back(s);
+          }
   return out;
 }
 
@@ -118,7 +122,7 @@ TEST(Quantize, SearchNeverWorseThanMinMaxPerGroup) {
   std::mt19937 rng(5);
   std::student_t_distribution<float> t5(5.0f);
   for (const auto& spec : AllSpecs()) {
-    if (spec.scales == ScaleStorage::kQ6 || spec.grid != Grid::kSearch) continue;
+    if (spec.scales == ScaleStorage::kCoded || spec.grid != Grid::kSearch) continue;
     std::vector<float> v(4 * 512);
     for (auto& e : v) e = t5(rng) * 0.02f;
     auto t = MakeTensor(v, {4, 512});

@@ -18,7 +18,7 @@ FORMATS = [
     for g in (32, 64, 128, 256, 0)
     for s in ("asym", "sym")
     for m in ("minmax", "search")
-    for d in ("f16", "f32", "q6")
+    for d in ("f16", "f32", "q6", "q7")
 ]
 
 
@@ -36,7 +36,8 @@ def test_recommended_defaults_and_sizes() -> None:
     w = np.random.default_rng(0).normal(0, 0.02, (64, 512)).astype(np.float32)
     for bits in (2, 4, 8):
         q = aq.quantize(w, bits=bits)
-        assert q.metadata["format"] == f"int{bits}-asym-g32-q6-search"
+        sb = 7 if bits == 4 else 6
+        assert q.metadata["format"] == f"int{bits}-asym-g32-q{sb}-search"
         assert q.shape == (64, 512)
         stored = q.codes.nbytes + q.scales.nbytes + q.zeros.nbytes + q.super_scales.nbytes
         assert q.nbytes == stored
@@ -80,7 +81,7 @@ def test_every_format_round_trips_within_its_grid(fmt: dict[str, object]) -> Non
     bits=st.sampled_from([2, 4, 8]),
     group=st.sampled_from([32, 64, 0]),
     scheme=st.sampled_from(["asym", "sym"]),
-    storage=st.sampled_from(["f16", "f32", "q6"]),
+    storage=st.sampled_from(["f16", "f32", "q6", "q7", "q8"]),
 )
 def test_minmax_error_is_at_most_half_a_step(
     w: np.ndarray, bits: int, group: int, scheme: str, storage: str
@@ -106,11 +107,12 @@ def test_minmax_error_is_at_most_half_a_step(
         elif storage == "f16":  # rounded up to the next f16
             bound = 0.5 * np.maximum(step * (1 + 2**-10), f16_tiny)
         else:
-            # q6: offsets round up to a multiple of dmin, the step up to a multiple of d, both
-            # row super-scales (f16, rounded up) of the largest group's offset and step / 63.
-            dmin = ((-lo).max() / 63 * (1 + 2**-10) + f16_tiny) if scheme == "asym" else 0.0
+            # qN: offsets round up to a multiple of dmin, the step up to a multiple of d, both
+            # row super-scales (f16, rounded up) of the largest group's offset and step / cmax.
+            cmax = 2 ** int(storage[1]) - 1
+            dmin = ((-lo).max() / cmax * (1 + 2**-10) + f16_tiny) if scheme == "asym" else 0.0
             t = step + dmin / qmax
-            d = t.max() / 63 * (1 + 2**-10) + f16_tiny
+            d = t.max() / cmax * (1 + 2**-10) + f16_tiny
             bound = 0.5 * (t + d)
         for k, seg in enumerate(segs):
             e = np.abs(y.reshape(rows, -1)[r, k * g : k * g + len(seg)] - seg).max()
@@ -122,7 +124,7 @@ def test_minmax_error_is_at_most_half_a_step(
 @given(c=st.floats(-1000, 1000, width=32).filter(lambda v: v == 0 or abs(v) > 1e-3))
 def test_constant_tensors_have_no_nan(c: float) -> None:
     w = np.full((3, 96), c, np.float32)
-    for storage in ("f16", "f32", "q6"):
+    for storage in ("f16", "f32", "q6", "q7"):
         y = aq.quantize(w, bits=4, scale_dtype=storage).dequantize()
         assert np.isfinite(y).all()
         if c == 0:
