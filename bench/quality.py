@@ -62,6 +62,7 @@ def gguf_quant(name: str) -> Quantizer:
 def gguf_q4k(w: np.ndarray) -> tuple[np.ndarray, float]:
     import gguf
     from gguf import quants
+
     from q4k_ref import quantize_q4_k
 
     raw = np.frombuffer(quantize_q4_k(w), np.uint8).reshape(w.shape[0], -1)
@@ -171,11 +172,13 @@ def main() -> int:
     out = "\n".join(lines)
     print("\n".join(lines[-len(checks) :]))
     if args.markdown:
-        import gguf
+        from importlib.metadata import version
 
         meta = (
-            f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {args.rows}x{args.cols} per input, "
-            f"arrowquant {aq.__version__}, gguf {getattr(gguf, '__version__', '0.19.0')}"
+            f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, "
+            f"{args.rows}x{args.cols} per input, "
+            f"arrowquant {aq.__version__}, gguf {version('gguf')}, "
+            f"bitsandbytes {version('bitsandbytes')}"
         )
         args.markdown.write_text(f"<!-- bench/quality.py: {meta} -->\n{out}\n")
     return 0 if all(ok for _, ok in checks) else 1

@@ -4,6 +4,8 @@
 
 namespace arrowquant::kernels {
 
+namespace ref {
+
 void PackCodes(const uint8_t* codes, size_t n, int bits, uint8_t* out) {
   if (n == 0) return;
   switch (bits) {
@@ -41,6 +43,8 @@ void PackCodes(const uint8_t* codes, size_t n, int bits, uint8_t* out) {
     }
   }
 }
+
+}  // namespace ref
 
 void UnpackCodes(const uint8_t* packed, size_t n, int bits, uint8_t* codes) {
   if (n == 0) return;

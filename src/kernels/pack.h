@@ -29,7 +29,11 @@ static_assert(PackedBytes(4, 6) == 3, "6-bit codes: four in three bytes");
 static_assert(PackInt4Pair(0x1, 0x2) == 0x21, "INT4: element 2k is the low nibble");
 static_assert(PackInt2Quad(1, 2, 3, 0) == 0b00111001, "INT2: element 4k is bits 0-1");
 
-// Packs n codes (each < 2^bits) into PackedBytes(n, bits) bytes at `out`. bits in {2,4,6,8}.
+// Packs n codes (each < 2^bits) into PackedBytes(n, bits) bytes at `out`; bits in 2..8.
+// ref:: is the scalar spec; the other dispatches to SIMD for INT2/INT4 (same bytes).
+namespace ref {
+void PackCodes(const uint8_t* codes, size_t n, int bits, uint8_t* out);
+}  // namespace ref
 void PackCodes(const uint8_t* codes, size_t n, int bits, uint8_t* out);
 // Inverse of PackCodes.
 void UnpackCodes(const uint8_t* packed, size_t n, int bits, uint8_t* codes);

@@ -15,7 +15,7 @@ namespace arrowquant::kernels {
 
 namespace ref {
 void GroupMinMax(const float* x, size_t n, size_t g, float* mn, float* mx);
-// code = clamp(nearbyint((x + offset) * inv_scale), 0, qmax)
+// code = round_half_even(clamp((x + offset) * inv_scale, 0, qmax))
 void QuantizeGroups(const float* x, size_t n, size_t g, const float* inv_scale,
                     const float* offset, float qmax, uint8_t* codes);
 // out = float(code) * scale - offset   (a multiply, then a subtract; never fused)
@@ -23,6 +23,10 @@ void DequantizeGroups(const uint8_t* codes, size_t n, size_t g, const float* sca
                       const float* offset, float* out);
 // src holds n values of dtype F32, F16 or BF16.
 void ToF32(DType dtype, const void* src, size_t n, float* out);
+// Number of NaN and Inf values.
+size_t CountNonFinite(const float* x, size_t n);
+// The smallest f16 >= x[i] (x[i] >= 0), as bits; +inf when x[i] exceeds the f16 range.
+void F32ToF16Up(const float* x, size_t n, uint16_t* out);
 }  // namespace ref
 
 void GroupMinMax(const float* x, size_t n, size_t g, float* mn, float* mx);
@@ -31,6 +35,8 @@ void QuantizeGroups(const float* x, size_t n, size_t g, const float* inv_scale,
 void DequantizeGroups(const uint8_t* codes, size_t n, size_t g, const float* scale,
                       const float* offset, float* out);
 void ToF32(DType dtype, const void* src, size_t n, float* out);
+size_t CountNonFinite(const float* x, size_t n);
+void F32ToF16Up(const float* x, size_t n, uint16_t* out);
 
 // Name of the SIMD target the dispatcher picks on this machine (e.g. "AVX2").
 const char* ActiveTarget();

@@ -1,5 +1,5 @@
 // SIMD versions of kernels/row_kernels.h, compiled for every Highway target and dispatched at
-// run time. Each op mirrors the reference exactly (add, multiply, round-half-even, clamp; a
+// run time. Each op mirrors the reference exactly (add, multiply, clamp, round-half-even; a
 // multiply then a subtract) so that codes and outputs are bit-identical.
 #include <algorithm>
 #include <cstring>
@@ -8,6 +8,7 @@
 #define HWY_TARGET_INCLUDE "kernels/row_kernels_hwy.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+#include "kernels/pack.h"
 #include "kernels/row_kernels.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -60,7 +61,7 @@ void QuantizeGroupsImpl(const float* HWY_RESTRICT x, size_t n, size_t g,
     size_t i = 0;
     for (; i + N <= len; i += N) {
       const auto v = hn::Mul(hn::Add(hn::LoadU(d, x + start + i), voff), vinv);
-      const auto r = hn::Min(hn::Max(hn::Round(v), vzero), vmax);
+      const auto r = hn::Round(hn::Min(hn::Max(v, vzero), vmax));
       hn::StoreU(hn::DemoteTo(du8, hn::ConvertTo(di, r)), du8, codes + start + i);
     }
     if (i < len) {
@@ -125,6 +126,71 @@ void ToF32Impl(DType dtype, const void* src, size_t n, float* HWY_RESTRICT out) 
   ref::ToF32(dtype, bytes + ElementBytes(dtype) * i, n - i, out + i);
 }
 
+// INT4 and INT2 packing: adjacent codes are read as one wider lane and folded into a byte.
+void PackCodesImpl(const uint8_t* HWY_RESTRICT codes, size_t n, int bits, uint8_t* HWY_RESTRICT out) {
+  size_t i = 0;
+  if (bits == 4) {
+    const hn::ScalableTag<uint16_t> d16;
+    const hn::Rebind<uint8_t, decltype(d16)> d8;
+    const hn::RebindToSigned<decltype(d16)> di16;
+    const size_t N = hn::Lanes(d16);
+    const auto lo = hn::Set(d16, 0x000f), hi = hn::Set(d16, 0x00f0);
+    for (; i + 2 * N <= n; i += 2 * N) {
+      const auto v = hn::LoadU(d16, reinterpret_cast<const uint16_t*>(codes + i));
+      const auto p = hn::Or(hn::And(v, lo), hn::And(hn::ShiftRight<4>(v), hi));
+      hn::StoreU(hn::DemoteTo(d8, hn::BitCast(di16, p)), d8, out + i / 2);
+    }
+  } else if (bits == 2) {
+    const hn::ScalableTag<uint32_t> d32;
+    const hn::Rebind<uint8_t, decltype(d32)> d8;
+    const hn::RebindToSigned<decltype(d32)> di32;
+    const size_t N = hn::Lanes(d32);
+    const auto m0 = hn::Set(d32, 0x03u), m1 = hn::Set(d32, 0x0cu), m2 = hn::Set(d32, 0x30u),
+               m3 = hn::Set(d32, 0xc0u);
+    for (; i + 4 * N <= n; i += 4 * N) {
+      const auto v = hn::LoadU(d32, reinterpret_cast<const uint32_t*>(codes + i));
+      auto p = hn::And(v, m0);
+      p = hn::Or(p, hn::And(hn::ShiftRight<6>(v), m1));
+      p = hn::Or(p, hn::And(hn::ShiftRight<12>(v), m2));
+      p = hn::Or(p, hn::And(hn::ShiftRight<18>(v), m3));
+      hn::StoreU(hn::DemoteTo(d8, hn::BitCast(di32, p)), d8, out + i / 4);
+    }
+  }
+  ref::PackCodes(codes + i, n - i, bits, out + i * static_cast<size_t>(bits) / 8);
+}
+
+void F32ToF16UpImpl(const float* HWY_RESTRICT x, size_t n, uint16_t* HWY_RESTRICT out) {
+  size_t i = 0;
+  if constexpr (kNativeF16) {
+    const hn::ScalableTag<float> d;
+    const hn::Rebind<hwy::float16_t, decltype(d)> df16;
+    const hn::Rebind<uint16_t, decltype(d)> du16;
+    const hn::Rebind<uint32_t, decltype(d)> du32;
+    const hn::Rebind<int32_t, decltype(d)> di32;
+    const size_t N = hn::Lanes(d);
+    const auto inf = hn::Set(du32, 0x7c00u);
+    const auto one = hn::Set(du32, 1u);
+    for (; i + N <= n; i += N) {
+      const auto v = hn::LoadU(d, x + i);
+      const auto h = hn::DemoteTo(df16, v);  // IEEE round to nearest even
+      const auto below = hn::Lt(hn::PromoteTo(d, h), v);
+      auto bits = hn::PromoteTo(du32, hn::BitCast(du16, h));
+      const auto bump = hn::And(hn::RebindMask(du32, below), hn::Lt(bits, inf));
+      bits = hn::IfThenElse(bump, hn::Add(bits, one), bits);
+      hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di32, bits)), du16, out + i);
+    }
+  }
+  ref::F32ToF16Up(x + i, n - i, out + i);
+}
+
+size_t CountNonFiniteImpl(const float* HWY_RESTRICT x, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t count = 0, i = 0;
+  for (; i + N <= n; i += N) count += hn::CountTrue(d, hn::Not(hn::IsFinite(hn::LoadU(d, x + i))));
+  return count + ref::CountNonFinite(x + i, n - i);
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace arrowquant::kernels
 HWY_AFTER_NAMESPACE();
@@ -136,6 +202,21 @@ HWY_EXPORT(GroupMinMaxImpl);
 HWY_EXPORT(QuantizeGroupsImpl);
 HWY_EXPORT(DequantizeGroupsImpl);
 HWY_EXPORT(ToF32Impl);
+HWY_EXPORT(PackCodesImpl);
+HWY_EXPORT(CountNonFiniteImpl);
+HWY_EXPORT(F32ToF16UpImpl);
+
+void F32ToF16Up(const float* x, size_t n, uint16_t* out) {
+  HWY_DYNAMIC_DISPATCH(F32ToF16UpImpl)(x, n, out);
+}
+
+void PackCodes(const uint8_t* codes, size_t n, int bits, uint8_t* out) {
+  if (bits == 2 || bits == 4) return HWY_DYNAMIC_DISPATCH(PackCodesImpl)(codes, n, bits, out);
+  ref::PackCodes(codes, n, bits, out);
+}
+size_t CountNonFinite(const float* x, size_t n) {
+  return HWY_DYNAMIC_DISPATCH(CountNonFiniteImpl)(x, n);
+}
 
 void GroupMinMax(const float* x, size_t n, size_t g, float* mn, float* mx) {
   HWY_DYNAMIC_DISPATCH(GroupMinMaxImpl)(x, n, g, mn, mx);

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/round.h"
 #include "kernels/row_kernels.h"
 
 namespace arrowquant::kernels::ref {
@@ -25,8 +26,7 @@ void QuantizeGroups(const float* x, size_t n, size_t g, const float* inv_scale,
     const size_t end = std::min(n, start + g);
     const float inv = inv_scale[gi], off = offset[gi];
     for (size_t i = start; i < end; ++i) {
-      const float v = std::nearbyint((x[i] + off) * inv);
-      codes[i] = static_cast<uint8_t>(std::min(std::max(v, 0.0f), qmax));
+      codes[i] = static_cast<uint8_t>(ClampRound((x[i] + off) * inv, qmax));
     }
   }
 }
@@ -40,6 +40,20 @@ void DequantizeGroups(const uint8_t* codes, size_t n, size_t g, const float* sca
       const float p = static_cast<float>(codes[i]) * s;
       out[i] = p - off;
     }
+  }
+}
+
+size_t CountNonFinite(const float* x, size_t n) {
+  size_t count = 0;
+  for (size_t i = 0; i < n; ++i) count += !std::isfinite(x[i]);
+  return count;
+}
+
+void F32ToF16Up(const float* x, size_t n, uint16_t* out) {
+  for (size_t i = 0; i < n; ++i) {
+    uint16_t h = F32ToF16Bits(x[i]);
+    if (F16BitsToF32(h) < x[i] && h < 0x7c00u) ++h;
+    out[i] = h;
   }
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "kernels/round.h"
 #include "kernels/row_kernels.h"
 
 namespace arrowquant::quant {
@@ -23,6 +24,9 @@ uint16_t F16Up(float v) {
 }
 bool F16Finite(uint16_t h) { return (h & 0x7c00u) != 0x7c00u; }
 
+using kernels::ClampRound;
+
+// Round half to even for values that may be large (outside any code range).
 float Nearest(float v) { return std::nearbyint(v); }
 
 struct Candidate {
@@ -63,7 +67,7 @@ void SearchAsym(const float* x, size_t n, float lo, float hi, float qmax, bool m
   L.resize(n);
   for (int is = 0; is <= kSteps; ++is) {
     const float iscale = (qmax + kRMin + kRDelta * static_cast<float>(is)) / range;
-    for (size_t i = 0; i < n; ++i) L[i] = std::min(std::max(Nearest(iscale * (x[i] - lo)), 0.0f), qmax);
+    for (size_t i = 0; i < n; ++i) L[i] = ClampRound(iscale * (x[i] - lo), qmax);
     float s, mn;
     if (FitLinear(x, L.data(), n, m_nonneg, &s, &mn)) eval(s, -mn);
   }
@@ -80,7 +84,7 @@ void SearchSym(const float* x, size_t n, float amax, float bias, std::vector<flo
     const float inv = 1.0f / s0;
     double sxl = 0, sl2 = 0;
     for (size_t i = 0; i < n; ++i) {
-      L[i] = std::min(std::max(Nearest(x[i] * inv), -bias), bias - 1.0f);
+      L[i] = ClampRound(x[i] * inv + bias, 2.0f * bias - 1.0f) - bias;
       sxl += static_cast<double>(L[i]) * x[i];
       sl2 += static_cast<double>(L[i]) * L[i];
     }
@@ -101,6 +105,34 @@ struct FloatStore {
   }
 };
 
+// The min/max grid needs no search: every step is a loop over the row's groups.
+void FitFloatRowMinMax(const Format& f, size_t groups, RowStored& st, const float* mn,
+                       const float* mx, bool* ok) {
+  thread_local std::vector<float> s, lo;
+  s.resize(groups);
+  lo.resize(groups);
+  for (size_t gi = 0; gi < groups; ++gi) {
+    if (f.sym) {
+      s[gi] = std::max(std::fabs(mn[gi]), std::fabs(mx[gi])) / (f.bias - 1.0f);
+    } else {
+      lo[gi] = std::min(mn[gi], 0.0f) + 0.0f;  // + 0.0f: -0 -> +0
+      s[gi] = (std::max(mx[gi], 0.0f) - lo[gi]) / f.qmax;
+    }
+  }
+  if (f.spec.scales == ScaleStorage::kF16) {
+    kernels::F32ToF16Up(s.data(), groups, st.scale_f16.data());
+    for (size_t gi = 0; gi < groups; ++gi) *ok &= F16Finite(st.scale_f16[gi]);
+    kernels::ToF32(DType::kF16, st.scale_f16.data(), groups, s.data());
+  } else {
+    for (size_t gi = 0; gi < groups; ++gi) *ok &= std::isfinite(s[gi]);
+    std::copy(s.begin(), s.end(), st.scale_f32.begin());
+  }
+  if (f.sym) return;
+  for (size_t gi = 0; gi < groups; ++gi) {
+    st.zero[gi] = static_cast<uint8_t>(s[gi] > 0 ? ClampRound(-lo[gi] / s[gi], f.qmax) : 0.0f);
+  }
+}
+
 void FitFloatRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st,
                  const float* mn, const float* mx, std::vector<float>& L, bool* ok) {
   const bool f16 = f.spec.scales == ScaleStorage::kF16;
@@ -115,7 +147,8 @@ void FitFloatRow(const Format& f, const float* x, size_t n, size_t g, RowStored&
     double best_sse = std::numeric_limits<double>::infinity();
     auto consider = [&](float s_store, uint16_t bits, float z) {
       const float off = f.sym ? s_store * f.bias : s_store * z;
-      const double sse = GroupSse(xg, len, s_store, off, f.qmax);
+      // The min/max grid has a single candidate: no need to measure it.
+      const double sse = search ? GroupSse(xg, len, s_store, off, f.qmax) : 0.0;
       if (sse < best_sse) {
         best_sse = sse;
         best_s = s_store;
@@ -302,21 +335,49 @@ void DecodeGroup(const Format& f, const RowStored& st, size_t gi, float* scale, 
 
 void DecodeRow(const Format& f, const RowStored& st, size_t groups, RowParams& p) {
   p.Resize(groups);
-  for (size_t gi = 0; gi < groups; ++gi) {
-    DecodeGroup(f, st, gi, &p.scale[gi], &p.offset[gi]);
-    p.inv_scale[gi] = InvScale(p.scale[gi]);
+  // Same arithmetic as DecodeGroup, as loops over the row (they vectorize).
+  switch (f.spec.scales) {
+    case ScaleStorage::kF16: kernels::ToF32(DType::kF16, st.scale_f16.data(), groups, p.scale.data()); break;
+    case ScaleStorage::kF32: std::copy(st.scale_f32.begin(), st.scale_f32.end(), p.scale.begin()); break;
+    case ScaleStorage::kCoded: {
+      const float d = F16BitsToF32(st.d);
+      for (size_t gi = 0; gi < groups; ++gi) p.scale[gi] = d * static_cast<float>(st.ls[gi]);
+      break;
+    }
   }
+  if (f.sym) {
+    for (size_t gi = 0; gi < groups; ++gi) p.offset[gi] = p.scale[gi] * f.bias;
+  } else if (f.spec.scales == ScaleStorage::kCoded) {
+    const float dmin = F16BitsToF32(st.dmin);
+    for (size_t gi = 0; gi < groups; ++gi) p.offset[gi] = dmin * static_cast<float>(st.lm[gi]);
+  } else {
+    for (size_t gi = 0; gi < groups; ++gi) p.offset[gi] = p.scale[gi] * static_cast<float>(st.zero[gi]);
+  }
+  for (size_t gi = 0; gi < groups; ++gi) p.inv_scale[gi] = InvScale(p.scale[gi]);
 }
 
 double GroupSse(const float* x, size_t len, float scale, float offset, float qmax) {
   const float inv = InvScale(scale);
+  // Eight partial sums in a fixed order: vectorizes, and stays deterministic.
+  constexpr size_t kLanes = 8;
+  float part[kLanes] = {};
+  size_t i = 0;
+  for (; i + kLanes <= len; i += kLanes) {
+    for (size_t k = 0; k < kLanes; ++k) {
+      const float q = ClampRound((x[i + k] + offset) * inv, qmax);
+      const float p = q * scale;
+      const float e = (p - offset) - x[i + k];
+      part[k] += e * e;
+    }
+  }
   double sse = 0;
-  for (size_t i = 0; i < len; ++i) {
-    const float q = std::min(std::max(std::nearbyint((x[i] + offset) * inv), 0.0f), qmax);
+  for (; i < len; ++i) {
+    const float q = ClampRound((x[i] + offset) * inv, qmax);
     const float p = q * scale;
     const float e = (p - offset) - x[i];
     sse += static_cast<double>(e) * e;
   }
+  for (float v : part) sse += v;
   return sse;
 }
 
@@ -330,6 +391,8 @@ bool FitRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st, 
   bool ok = true;
   if (f.spec.scales == ScaleStorage::kCoded) {
     FitCodedRow(f, x, n, g, st, mn.data(), mx.data(), L, &ok);
+  } else if (f.spec.grid == Grid::kMinMax) {
+    FitFloatRowMinMax(f, groups, st, mn.data(), mx.data(), &ok);
   } else {
     FitFloatRow(f, x, n, g, st, mn.data(), mx.data(), L, &ok);
   }

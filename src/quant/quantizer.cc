@@ -209,8 +209,7 @@ Result<QuantizedTensor> Quantize(const TensorView& w, const QuantSpec& spec,
     RowParams p;
     for (size_t r = begin; r < end; ++r) {
       kernels::ToF32(w.dtype, w.data.data() + r * l.cols * esize, l.cols, x.data());
-      uint64_t nonfinite = 0;
-      for (float v : x) nonfinite += !std::isfinite(v);
+      const uint64_t nonfinite = kernels::CountNonFinite(x.data(), l.cols);
       if (nonfinite) {
         bad[r] = nonfinite;
         continue;

@@ -3,11 +3,13 @@
 #include <rapidcheck.h>
 
 #include <cstring>
+#include <limits>
 #include <random>
 
 #include "hwy/targets.h"
 #include "kernels/pack.h"
 #include "kernels/row_kernels.h"
+#include "arrowquant/dtype.h"
 
 namespace arrowquant::kernels {
 namespace {
@@ -83,12 +85,34 @@ TEST_F(PerTarget, KernelsMatchReferenceBitForBit) {
         QuantizeGroups(x.data(), n, g, inv.data(), off.data(), 15.0f, q.data());
         ref::QuantizeGroups(x.data(), n, g, inv.data(), off.data(), 15.0f, rq.data());
         ASSERT_EQ(q, rq);
+        for (int bits : {2, 4, 8}) {
+          std::vector<uint8_t> c(n), p(PackedBytes(n, bits)), rp(p.size());
+          for (size_t i = 0; i < n; ++i) c[i] = q[i] & ((1 << bits) - 1);
+          PackCodes(c.data(), n, bits, p.data());
+          ref::PackCodes(c.data(), n, bits, rp.data());
+          ASSERT_EQ(p, rp) << bits;
+        }
+        if (n > 5) x[5] = std::numeric_limits<float>::quiet_NaN();
+        if (n > 6) x[n - 1] = -std::numeric_limits<float>::infinity();
+        ASSERT_EQ(CountNonFinite(x.data(), n), ref::CountNonFinite(x.data(), n));
+        ASSERT_EQ(CountNonFinite(x.data(), n), (n > 5) + (n > 6));
         std::vector<float> y(n), ry(n);
         DequantizeGroups(q.data(), n, g, sc.data(), off.data(), y.data());
         ref::DequantizeGroups(q.data(), n, g, sc.data(), off.data(), ry.data());
         ASSERT_EQ(0, std::memcmp(y.data(), ry.data(), n * 4));
       }
     }
+    // Round-up f32 -> f16 on every non-negative f16 value and its f32 neighbours.
+    std::vector<float> up;
+    for (uint32_t h = 0; h < 0x7c00; ++h) {
+      const float v = F16BitsToF32(static_cast<uint16_t>(h));
+      up.insert(up.end(), {v, std::nextafter(v, 0.0f), std::nextafter(v, 1e9f)});
+    }
+    up.push_back(1e30f);
+    std::vector<uint16_t> u(up.size()), ru(up.size());
+    F32ToF16Up(up.data(), up.size(), u.data());
+    ref::F32ToF16Up(up.data(), up.size(), ru.data());
+    ASSERT_EQ(u, ru);
     // f16 / bf16 -> f32 for every 16-bit pattern that is not a NaN.
     std::vector<uint16_t> all;
     for (uint32_t h = 0; h < 65536; ++h) {

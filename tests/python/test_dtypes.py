@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ml_dtypes
 import numpy as np
-from arrowquant import dtypes
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from arrowquant import dtypes
 
 ALL16 = np.arange(65536, dtype=np.uint32).astype(np.uint16)
 

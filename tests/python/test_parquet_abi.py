@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import arrowquant
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import safetensors.numpy
+
+import arrowquant
 
 DATA_PAGE_V2 = 3  # parquet.thrift PageType
 

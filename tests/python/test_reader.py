@@ -7,13 +7,14 @@ import json
 import os
 from pathlib import Path
 
-import arrowquant
 import ml_dtypes
 import numpy as np
 import pytest
 import safetensors.numpy
 import safetensors.torch
 import torch
+
+import arrowquant
 from arrowquant import load_checkpoint
 from models_util import tiny_clip_text, tiny_unet
 
