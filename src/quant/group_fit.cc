@@ -36,12 +36,32 @@ struct Candidate {
 // Least-squares fit of x ~ s * L + mn for fixed codes L. Returns false if degenerate.
 bool FitLinear(const float* x, const float* L, size_t n, bool force_mn_nonpositive, float* s,
                float* mn) {
+  // Eight float partial sums in a fixed order (vectorizes; codes are small integers, so the
+  // code sums are exact), combined in double.
+  constexpr size_t kLanes = 8;
+  float pl[kLanes] = {}, pl2[kLanes] = {}, pxl[kLanes] = {}, px[kLanes] = {};
+  size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (size_t k = 0; k < kLanes; ++k) {
+      const float l = L[i + k], v = x[i + k];
+      pl[k] += l;
+      pl2[k] += l * l;
+      pxl[k] += v * l;
+      px[k] += v;
+    }
+  }
   double sl = 0, sl2 = 0, sxl = 0, sx = 0;
-  for (size_t i = 0; i < n; ++i) {
+  for (; i < n; ++i) {
     sl += L[i];
     sl2 += static_cast<double>(L[i]) * L[i];
     sxl += static_cast<double>(L[i]) * x[i];
     sx += x[i];
+  }
+  for (size_t k = 0; k < kLanes; ++k) {
+    sl += pl[k];
+    sl2 += pl2[k];
+    sxl += pxl[k];
+    sx += px[k];
   }
   const double D = static_cast<double>(n) * sl2 - sl * sl;
   if (D <= 0) return false;

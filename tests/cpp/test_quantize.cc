@@ -89,6 +89,12 @@ void CheckInvariants(const QuantizedTensor& q, const std::vector<float>& x) {
         const float alt = std::fabs(static_cast<float>(nc) * s - off - x[i]);
         ASSERT_LE(err, alt + 1e-6f * (std::fabs(x[i]) + s)) << q.spec.ToString() << " at " << i;
       }
+      // Clipped-grid bound (any grid): half a step inside the grid's range, the distance to
+      // the nearer end outside it.
+      const float lo_grid = -off, hi_grid = qmax * s - off;
+      const float outside = std::max({0.0f, lo_grid - x[i], x[i] - hi_grid});
+      ASSERT_LE(err, std::max(0.5f * s, outside) * (1 + 1e-5f) + 1e-6f * std::fabs(x[i]))
+          << q.spec.ToString() << " at " << i;
       // The min/max grid covers the group: error at most half a step.
       if (q.spec.grid == Grid::kMinMax) {
         ASSERT_LE(err, 0.5f * s * (1 + 1e-5f) + 1e-6f * std::fabs(x[i]))
