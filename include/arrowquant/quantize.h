@@ -65,7 +65,11 @@ struct QuantizedTensor {
   // kCoded only: per row f16 d, then (asymmetric) f16 dmin.
   std::vector<uint8_t> super_scales;
 
+  // Checks that the buffers have the sizes that shape and format imply (e.g. after reading).
+  Status Validate() const;
   uint64_t groups_per_row() const;
+  // Bytes of one row across all four buffers (rows can be split between files' rows).
+  uint64_t bytes_per_row() const;
   uint64_t group_len() const;  // the group size actually used (cols for per-channel)
   uint64_t num_elements() const { return rows * cols; }
   uint64_t nbytes() const {

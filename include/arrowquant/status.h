@@ -42,6 +42,9 @@ enum class StatusCode : int32_t {
   kAmbiguousLayout,      // a folder holds several candidate weight files
   kNotAModel,            // nothing that looks like a checkpoint
   kLimitExceeded,        // a configured cap (tensor count, bytes) was hit
+  // Quantized model files (Parquet).
+  kFormatInvalid,        // not an ArrowQuant model file, or a required column is missing/mistyped
+  kCorrupt,              // unreadable or inconsistent content (checksum, lengths, truncation)
 };
 
 // Stable, human-readable code name ("HeaderTooLarge"); used as the Python exception's `code`.

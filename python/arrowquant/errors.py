@@ -77,6 +77,8 @@ _BY_CODE: dict[str, type[ArrowQuantError]] = {
     "MetadataInvalid": MetadataError,
     "PathEscape": UnsafePathError,
     "LimitExceeded": LimitExceededError,
+    "FormatInvalid": MalformedModelError,
+    "Corrupt": MalformedModelError,
 }
 
 

@@ -30,6 +30,8 @@ std::string_view StatusCodeName(StatusCode code) {
     case StatusCode::kAmbiguousLayout: return "AmbiguousLayout";
     case StatusCode::kNotAModel: return "NotAModel";
     case StatusCode::kLimitExceeded: return "LimitExceeded";
+    case StatusCode::kFormatInvalid: return "FormatInvalid";
+    case StatusCode::kCorrupt: return "Corrupt";
   }
   return "Unknown";
 }

@@ -180,6 +180,37 @@ QuantSpec QuantSpec::Recommended(int bits) {
 }
 
 uint64_t QuantizedTensor::groups_per_row() const { return MakeLayout(*this).groups; }
+
+uint64_t QuantizedTensor::bytes_per_row() const {
+  const Layout l = MakeLayout(*this);
+  return l.code_row_bytes + l.scale_row_bytes + l.zero_row_bytes + l.super_row_bytes;
+}
+
+Status QuantizedTensor::Validate() const {
+  AQ_RETURN_IF_ERROR(spec.Validate());
+  uint64_t n = 1;
+  for (uint64_t d : shape) {
+    if (__builtin_mul_overflow(n, d, &n)) return Status(StatusCode::kShapeOverflow, "shape overflows");
+  }
+  uint64_t r = 0, c = 0;
+  RowsCols(shape, &r, &c);
+  if (shape.empty() || r != rows || c != cols) {
+    return Status(StatusCode::kCorrupt, "rows/cols do not match the shape");
+  }
+  const Layout l = MakeLayout(*this);
+  auto check = [&](const std::vector<uint8_t>& b, size_t per_row, const char* what) {
+    if (b.size() != l.rows * per_row) {
+      return Status(StatusCode::kCorrupt, std::string(what) + " hold " + std::to_string(b.size()) +
+                                              " bytes; shape and format " + spec.ToString() +
+                                              " need " + std::to_string(l.rows * per_row));
+    }
+    return Status::OK();
+  };
+  AQ_RETURN_IF_ERROR(check(codes, l.code_row_bytes, "codes"));
+  AQ_RETURN_IF_ERROR(check(scales, l.scale_row_bytes, "scales"));
+  AQ_RETURN_IF_ERROR(check(zeros, l.zero_row_bytes, "zero-points"));
+  return check(super_scales, l.super_row_bytes, "super-scales");
+}
 uint64_t QuantizedTensor::group_len() const { return MakeLayout(*this).g; }
 
 Result<QuantizedTensor> Quantize(const TensorView& w, const QuantSpec& spec,
@@ -248,12 +279,7 @@ Status Dequantize(const QuantizedTensor& q, DType dtype, std::span<std::byte> ou
                                                  std::to_string(out.size()) + " bytes, need " +
                                                  std::to_string(l.rows * l.cols * esize));
   }
-  if (q.codes.size() != l.rows * l.code_row_bytes || q.scales.size() != l.rows * l.scale_row_bytes ||
-      q.zeros.size() != l.rows * l.zero_row_bytes ||
-      q.super_scales.size() != l.rows * l.super_row_bytes) {
-    return Status(StatusCode::kSizeMismatch, "dequantize: buffers do not match shape and format " +
-                                                 q.spec.ToString());
-  }
+  AQ_RETURN_IF_ERROR(q.Validate());
   ParallelFor(l.rows, options.threads, [&](size_t begin, size_t end, int) {
     std::vector<float> row(l.cols);
     std::vector<uint16_t> half(dtype == DType::kF32 ? 0 : l.cols);
