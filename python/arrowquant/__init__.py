@@ -21,6 +21,7 @@ from arrowquant.errors import (
     UnsupportedError,
     ValidationError,
 )
+from arrowquant.model import QuantizedModel, export_safetensors, load_state_dict, open, save
 from arrowquant.quantize import QuantizedTensor, quantize
 
 __version__: str = _core.__version__
@@ -34,6 +35,7 @@ __all__ = [
     "MalformedModelError",
     "MetadataError",
     "ModelNotFoundError",
+    "QuantizedModel",
     "QuantizedTensor",
     "QuantizationError",
     "ShapeMismatchError",
@@ -42,6 +44,10 @@ __all__ = [
     "UnsupportedError",
     "ValidationError",
     "__version__",
+    "export_safetensors",
     "load_checkpoint",
+    "load_state_dict",
+    "open",
     "quantize",
+    "save",
 ]

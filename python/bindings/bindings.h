@@ -7,5 +7,6 @@ namespace arrowquant::py {
 void BindDtypes(nanobind::module_& m);
 void BindCheckpoint(nanobind::module_& m);
 void BindQuantize(nanobind::module_& m);
+void BindModelFile(nanobind::module_& m);
 
 }  // namespace arrowquant::py

@@ -12,4 +12,5 @@ NB_MODULE(_core, m) {
   arrowquant::py::BindDtypes(m);
   arrowquant::py::BindCheckpoint(m);
   arrowquant::py::BindQuantize(m);
+  arrowquant::py::BindModelFile(m);
 }

@@ -44,8 +44,6 @@ void PackCodes(const uint8_t* codes, size_t n, int bits, uint8_t* out) {
   }
 }
 
-}  // namespace ref
-
 void UnpackCodes(const uint8_t* packed, size_t n, int bits, uint8_t* codes) {
   if (n == 0) return;
   switch (bits) {
@@ -69,5 +67,7 @@ void UnpackCodes(const uint8_t* packed, size_t n, int bits, uint8_t* codes) {
     }
   }
 }
+
+}  // namespace ref
 
 }  // namespace arrowquant::kernels

@@ -35,7 +35,10 @@ namespace ref {
 void PackCodes(const uint8_t* codes, size_t n, int bits, uint8_t* out);
 }  // namespace ref
 void PackCodes(const uint8_t* codes, size_t n, int bits, uint8_t* out);
-// Inverse of PackCodes.
+// Inverse of PackCodes (SIMD for INT2/INT4, same bytes as ref::UnpackCodes).
+namespace ref {
+void UnpackCodes(const uint8_t* packed, size_t n, int bits, uint8_t* codes);
+}  // namespace ref
 void UnpackCodes(const uint8_t* packed, size_t n, int bits, uint8_t* codes);
 
 }  // namespace arrowquant::kernels

@@ -27,6 +27,8 @@ void ToF32(DType dtype, const void* src, size_t n, float* out);
 size_t CountNonFinite(const float* x, size_t n);
 // The smallest f16 >= x[i] (x[i] >= 0), as bits; +inf when x[i] exceeds the f16 range.
 void F32ToF16Up(const float* x, size_t n, uint16_t* out);
+// f32 -> F16 or BF16 bits with the dtype table's rounding (round to nearest even).
+void FromF32(DType dtype, const float* x, size_t n, uint16_t* out);
 }  // namespace ref
 
 void GroupMinMax(const float* x, size_t n, size_t g, float* mn, float* mx);
@@ -37,6 +39,7 @@ void DequantizeGroups(const uint8_t* codes, size_t n, size_t g, const float* sca
 void ToF32(DType dtype, const void* src, size_t n, float* out);
 size_t CountNonFinite(const float* x, size_t n);
 void F32ToF16Up(const float* x, size_t n, uint16_t* out);
+void FromF32(DType dtype, const float* x, size_t n, uint16_t* out);
 
 // Name of the SIMD target the dispatcher picks on this machine (e.g. "AVX2").
 const char* ActiveTarget();

@@ -183,6 +183,67 @@ void F32ToF16UpImpl(const float* HWY_RESTRICT x, size_t n, uint16_t* HWY_RESTRIC
   ref::F32ToF16Up(x + i, n - i, out + i);
 }
 
+// f16: the hardware conversion rounds to nearest even like the table, except that NaN payloads
+// are handled differently, so lanes holding NaN take the reference. bf16: the table's integer
+// rounding, lane by lane.
+void FromF32Impl(DType dtype, const float* HWY_RESTRICT x, size_t n, uint16_t* HWY_RESTRICT out) {
+  const hn::ScalableTag<float> d;
+  const hn::Rebind<uint32_t, decltype(d)> du32;
+  const hn::Rebind<int32_t, decltype(d)> di32;
+  const hn::Rebind<uint16_t, decltype(d)> du16;
+  const hn::Rebind<hwy::float16_t, decltype(d)> df16;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  if (dtype == DType::kBF16) {
+    const auto bias = hn::Set(du32, 0x7fffu);
+    const auto one = hn::Set(du32, 1u);
+    for (; i + N <= n; i += N) {
+      const auto v = hn::LoadU(d, x + i);
+      if (!hn::AllFalse(d, hn::IsNaN(v))) break;
+      const auto b = hn::BitCast(du32, v);
+      const auto r = hn::ShiftRight<16>(hn::Add(b, hn::Add(bias, hn::And(hn::ShiftRight<16>(b), one))));
+      hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di32, r)), du16, out + i);
+    }
+  } else if (kNativeF16) {
+    for (; i + N <= n; i += N) {
+      const auto v = hn::LoadU(d, x + i);
+      if (!hn::AllFalse(d, hn::IsNaN(v))) break;
+      hn::StoreU(hn::BitCast(du16, hn::DemoteTo(df16, v)), du16, out + i);
+    }
+  }
+  ref::FromF32(dtype, x + i, n - i, out + i);
+}
+
+void UnpackCodesImpl(const uint8_t* HWY_RESTRICT packed, size_t n, int bits, uint8_t* HWY_RESTRICT codes) {
+  size_t i = 0;  // codes done
+  if (bits == 4) {
+    const hn::ScalableTag<uint16_t> d16;
+    const hn::Rebind<uint8_t, decltype(d16)> d8;
+    const size_t N = hn::Lanes(d16);
+    const auto lo = hn::Set(d16, 0x000f), hi = hn::Set(d16, 0x00f0);
+    for (; i + 2 * N <= n; i += 2 * N) {
+      const auto b = hn::PromoteTo(d16, hn::LoadU(d8, packed + i / 2));
+      const auto v = hn::Or(hn::And(b, lo), hn::ShiftLeft<4>(hn::And(b, hi)));
+      hn::StoreU(v, d16, reinterpret_cast<uint16_t*>(codes + i));
+    }
+  } else if (bits == 2) {
+    const hn::ScalableTag<uint32_t> d32;
+    const hn::Rebind<uint8_t, decltype(d32)> d8;
+    const size_t N = hn::Lanes(d32);
+    const auto m0 = hn::Set(d32, 0x03u), m1 = hn::Set(d32, 0x0cu), m2 = hn::Set(d32, 0x30u),
+               m3 = hn::Set(d32, 0xc0u);
+    for (; i + 4 * N <= n; i += 4 * N) {
+      const auto b = hn::PromoteTo(d32, hn::LoadU(d8, packed + i / 4));
+      auto v = hn::And(b, m0);
+      v = hn::Or(v, hn::ShiftLeft<6>(hn::And(b, m1)));
+      v = hn::Or(v, hn::ShiftLeft<12>(hn::And(b, m2)));
+      v = hn::Or(v, hn::ShiftLeft<18>(hn::And(b, m3)));
+      hn::StoreU(v, d32, reinterpret_cast<uint32_t*>(codes + i));
+    }
+  }
+  ref::UnpackCodes(packed + i * static_cast<size_t>(bits) / 8, n - i, bits, codes + i);
+}
+
 size_t CountNonFiniteImpl(const float* HWY_RESTRICT x, size_t n) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
@@ -205,6 +266,17 @@ HWY_EXPORT(ToF32Impl);
 HWY_EXPORT(PackCodesImpl);
 HWY_EXPORT(CountNonFiniteImpl);
 HWY_EXPORT(F32ToF16UpImpl);
+HWY_EXPORT(FromF32Impl);
+HWY_EXPORT(UnpackCodesImpl);
+
+void UnpackCodes(const uint8_t* packed, size_t n, int bits, uint8_t* codes) {
+  if (bits == 2 || bits == 4) return HWY_DYNAMIC_DISPATCH(UnpackCodesImpl)(packed, n, bits, codes);
+  ref::UnpackCodes(packed, n, bits, codes);
+}
+
+void FromF32(DType dtype, const float* x, size_t n, uint16_t* out) {
+  HWY_DYNAMIC_DISPATCH(FromF32Impl)(dtype, x, n, out);
+}
 
 void F32ToF16Up(const float* x, size_t n, uint16_t* out) {
   HWY_DYNAMIC_DISPATCH(F32ToF16UpImpl)(x, n, out);

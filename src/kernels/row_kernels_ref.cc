@@ -57,6 +57,14 @@ void F32ToF16Up(const float* x, size_t n, uint16_t* out) {
   }
 }
 
+void FromF32(DType dtype, const float* x, size_t n, uint16_t* out) {
+  if (dtype == DType::kF16) {
+    for (size_t i = 0; i < n; ++i) out[i] = F32ToF16Bits(x[i]);
+  } else {
+    for (size_t i = 0; i < n; ++i) out[i] = F32ToBF16Bits(x[i]);
+  }
+}
+
 void ToF32(DType dtype, const void* src, size_t n, float* out) {
   switch (dtype) {
     case DType::kF32:

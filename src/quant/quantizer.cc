@@ -293,8 +293,7 @@ Status Dequantize(const QuantizedTensor& q, DType dtype, std::span<std::byte> ou
         std::memcpy(o, row.data(), l.cols * 4);
         continue;
       }
-      if (dtype == DType::kF16) F32ToF16(row, half);
-      else F32ToBF16(row, half);
+      kernels::FromF32(dtype, row.data(), l.cols, half.data());
       std::memcpy(o, half.data(), l.cols * 2);
     }
   });

@@ -91,6 +91,11 @@ TEST_F(PerTarget, KernelsMatchReferenceBitForBit) {
           PackCodes(c.data(), n, bits, p.data());
           ref::PackCodes(c.data(), n, bits, rp.data());
           ASSERT_EQ(p, rp) << bits;
+          std::vector<uint8_t> u(n), ru(n);
+          UnpackCodes(p.data(), n, bits, u.data());
+          ref::UnpackCodes(p.data(), n, bits, ru.data());
+          ASSERT_EQ(u, ru) << bits;
+          ASSERT_EQ(u, c) << bits;
         }
         if (n > 5) x[5] = std::numeric_limits<float>::quiet_NaN();
         if (n > 6) x[n - 1] = -std::numeric_limits<float>::infinity();
@@ -113,6 +118,19 @@ TEST_F(PerTarget, KernelsMatchReferenceBitForBit) {
     F32ToF16Up(up.data(), up.size(), u.data());
     ref::F32ToF16Up(up.data(), up.size(), ru.data());
     ASSERT_EQ(u, ru);
+    // f32 -> f16 / bf16 on every 16-bit value, midpoints, NaNs and overflow.
+    std::vector<float> fx;
+    for (uint32_t h = 0; h < 65536; ++h) {
+      const float v = F16BitsToF32(static_cast<uint16_t>(h));
+      fx.insert(fx.end(), {v, std::nextafter(v, 0.0f), BF16BitsToF32(static_cast<uint16_t>(h))});
+    }
+    fx.push_back(1e30f);
+    for (DType dt : {DType::kF16, DType::kBF16}) {
+      std::vector<uint16_t> o(fx.size()), ro(fx.size());
+      FromF32(dt, fx.data(), fx.size(), o.data());
+      ref::FromF32(dt, fx.data(), fx.size(), ro.data());
+      ASSERT_EQ(o, ro);
+    }
     // f16 / bf16 -> f32 for every 16-bit pattern that is not a NaN.
     std::vector<uint16_t> all;
     for (uint32_t h = 0; h < 65536; ++h) {

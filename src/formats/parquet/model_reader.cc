@@ -32,7 +32,10 @@ struct ModelReader::Impl {
 
   Status Err(StatusCode code, const std::string& msg) const { return Status(code, path + ": " + msg); }
   Result<std::shared_ptr<arrow::Array>> ReadCell(int rg, const char* column) const;
-  Result<std::string> ReadPayload(const ModelTensorInfo& t, const char* column) const;
+  // Appends the tensor's bytes of `column` (all its rows) to `out`.
+  Status ReadPayload(const ModelTensorInfo& t, const char* column, std::vector<uint8_t>& out) const;
+  // Fills q (reusing its buffers' capacity) with a packed tensor.
+  Status ReadQuantizedInto(const ModelTensorInfo& t, QuantizedTensor& q) const;
 };
 
 namespace {
@@ -56,12 +59,6 @@ Result<std::string> Str(const std::shared_ptr<arrow::Array>& a, int64_t i) {
   if (a->type_id() == arrow::Type::STRING) return static_cast<const arrow::StringArray&>(*a).GetString(i);
   if (a->type_id() == arrow::Type::LARGE_STRING) return static_cast<const arrow::LargeStringArray&>(*a).GetString(i);
   return Status(StatusCode::kFormatInvalid, "expected a string column, found " + a->type()->ToString());
-}
-
-Result<std::string> Bytes(const std::shared_ptr<arrow::Array>& a, int64_t i) {
-  if (a->type_id() == arrow::Type::LARGE_BINARY) return static_cast<const arrow::LargeBinaryArray&>(*a).GetString(i);
-  if (a->type_id() == arrow::Type::BINARY) return static_cast<const arrow::BinaryArray&>(*a).GetString(i);
-  return Status(StatusCode::kFormatInvalid, "expected a binary column, found " + a->type()->ToString());
 }
 
 template <typename T>
@@ -133,17 +130,22 @@ Result<std::shared_ptr<arrow::Array>> ModelReader::Impl::ReadCell(int rg, const 
   return flat;
 }
 
-Result<std::string> ModelReader::Impl::ReadPayload(const ModelTensorInfo& t, const char* column) const {
-  std::string out;
+Status ModelReader::Impl::ReadPayload(const ModelTensorInfo& t, const char* column,
+                                      std::vector<uint8_t>& out) const {
+  out.clear();
   for (const auto& [rg, idx] : t.rows) {
     auto cell = ReadCell(rg, column);
     if (!cell.ok()) {
       return Status(cell.status().code(), "tensor '" + t.name + "': " + cell.status().message());
     }
-    AQ_ASSIGN_OR_RETURN(std::string b, Bytes(*cell, idx));
-    out += b;
+    const auto& a = *cell;
+    std::string_view v;
+    if (a->type_id() == arrow::Type::LARGE_BINARY) v = static_cast<const arrow::LargeBinaryArray&>(*a).GetView(idx);
+    else if (a->type_id() == arrow::Type::BINARY) v = static_cast<const arrow::BinaryArray&>(*a).GetView(idx);
+    else return Err(StatusCode::kFormatInvalid, std::string("column ") + column + " is not binary");
+    out.insert(out.end(), v.begin(), v.end());
   }
-  return out;
+  return Status::OK();
 }
 
 ModelReader::ModelReader(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -162,7 +164,8 @@ Result<std::unique_ptr<ModelReader>> ModelReader::Open(const std::string& path,
   auto impl = std::make_unique<Impl>();
   impl->path = path;
   AQ_RETURN_IF_ERROR(FromArrow(arrow::SetCpuThreadPoolCapacity(std::max(1, options.arrow_threads)), path));
-  auto file = arrow::io::ReadableFile::Open(path);
+  // Memory-mapped: uncompressed payload pages are then slices of the map, not fresh copies.
+  auto file = arrow::io::MemoryMappedFile::Open(path, arrow::io::FileMode::READ);
   if (!file.ok()) {
     const bool missing = file.status().ToString().find("No such file") != std::string::npos;
     return Status(missing ? StatusCode::kNotFound : StatusCode::kIoError,
@@ -377,14 +380,13 @@ Result<std::unique_ptr<ModelReader>> ModelReader::Open(const std::string& path,
   return std::unique_ptr<ModelReader>(new ModelReader(std::move(impl)));
 }
 
-Result<QuantizedTensor> ModelReader::ReadQuantized(const std::string& name) const {
-  const ModelTensorInfo* t = Find(name);
-  if (!t) return impl_->Err(StatusCode::kNotFound, "no tensor named '" + name + "'");
+Status ModelReader::Impl::ReadQuantizedInto(const ModelTensorInfo& tinfo, QuantizedTensor& q) const {
+  const ModelTensorInfo* t = &tinfo;
+  const std::string& name = t->name;
   if (!t->spec) {
-    return impl_->Err(StatusCode::kInvalidArgument, "tensor '" + name + "' is " + t->quant_type +
-                                                        ", not an ArrowQuant-packed tensor");
+    return Err(StatusCode::kInvalidArgument, "tensor '" + name + "' is " + t->quant_type +
+                                                 ", not an ArrowQuant-packed tensor");
   }
-  QuantizedTensor q;
   q.spec = *t->spec;
   q.shape = t->shape;
   q.rows = t->shape.size() >= 2 ? t->shape[0] : 1;
@@ -393,12 +395,17 @@ Result<QuantizedTensor> ModelReader::ReadQuantized(const std::string& name) cons
   q.source_dtype = sd.value_or(DType::kF32);
   const char* cols[4] = {col::kData, col::kScales, col::kZeros, col::kSuper};
   std::vector<uint8_t>* bufs[4] = {&q.codes, &q.scales, &q.zeros, &q.super_scales};
-  for (int k = 0; k < 4; ++k) {
-    AQ_ASSIGN_OR_RETURN(std::string b, impl_->ReadPayload(*t, cols[k]));
-    bufs[k]->assign(b.begin(), b.end());
-  }
+  for (int k = 0; k < 4; ++k) AQ_RETURN_IF_ERROR(ReadPayload(*t, cols[k], *bufs[k]));
   const Status st = q.Validate();
-  if (!st.ok()) return impl_->Err(StatusCode::kCorrupt, "tensor '" + name + "': " + st.message());
+  if (!st.ok()) return Err(StatusCode::kCorrupt, "tensor '" + name + "': " + st.message());
+  return Status::OK();
+}
+
+Result<QuantizedTensor> ModelReader::ReadQuantized(const std::string& name) const {
+  const ModelTensorInfo* t = Find(name);
+  if (!t) return impl_->Err(StatusCode::kNotFound, "no tensor named '" + name + "'");
+  QuantizedTensor q;
+  AQ_RETURN_IF_ERROR(impl_->ReadQuantizedInto(*t, q));
   return q;
 }
 
@@ -408,7 +415,8 @@ Result<std::vector<std::byte>> ModelReader::ReadRaw(const std::string& name) con
   if (t->quant_type != "raw") {
     return impl_->Err(StatusCode::kInvalidArgument, "tensor '" + name + "' is quantized (" + t->quant_type + ")");
   }
-  AQ_ASSIGN_OR_RETURN(std::string b, impl_->ReadPayload(*t, col::kData));
+  std::vector<uint8_t> b;
+  AQ_RETURN_IF_ERROR(impl_->ReadPayload(*t, col::kData, b));
   if (b.size() != t->num_params * ElementBytes(t->raw_dtype)) {
     return impl_->Err(StatusCode::kCorrupt, "tensor '" + name + "': " + std::to_string(b.size()) +
                                                 " bytes, shape and dtype need " +
@@ -439,8 +447,11 @@ Status ModelReader::Dequantize(const std::string& name, DType dtype, std::span<s
   }
   std::vector<float> f32;
   if (t->spec) {
-    AQ_ASSIGN_OR_RETURN(QuantizedTensor q, ReadQuantized(name));
-    return arrowquant::Dequantize(q, dtype, out, QuantOptions{threads});
+    // Per-thread scratch: loading a model dequantizes hundreds of tensors in a row, and fresh
+    // buffers for each would be paid for in page faults.
+    thread_local QuantizedTensor scratch;
+    AQ_RETURN_IF_ERROR(impl_->ReadQuantizedInto(*t, scratch));
+    return arrowquant::Dequantize(scratch, dtype, out, QuantOptions{threads});
   }
   if (t->quant_type == "raw") {
     if (!Traits(t->raw_dtype).quantizable) {
@@ -465,7 +476,8 @@ Status ModelReader::Dequantize(const std::string& name, DType dtype, std::span<s
   } else {
     // Seed rows: one code per byte, w = (code - zero_point[g]) * scale[g] over groups of
     // group_size consecutive elements (docs/format.md, "Seed schema").
-    AQ_ASSIGN_OR_RETURN(std::string codes, impl_->ReadPayload(*t, col::kData));
+    std::vector<uint8_t> codes;
+    AQ_RETURN_IF_ERROR(impl_->ReadPayload(*t, col::kData, codes));
     const auto& [scales, zeros] = impl_->legacy_params.at(name);
     auto gcell = impl_->ReadCell(t->rows[0].first, col::kGroupSize);
     if (!gcell.ok()) return gcell.status();

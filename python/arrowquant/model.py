@@ -1,0 +1,248 @@
+"""The quantized model file (Extended Parquet V2): open it, load it into PyTorch, export it.
+
+model = arrowquant.open("model.aq.parquet")       # lazy: reads names and metadata only
+model.names(); model.metadata; model.tensor(name) # QuantizedTensor
+sd = arrowquant.load_state_dict(path, dtype=torch.float16)
+arrowquant.export_safetensors(path, "model.safetensors", dtype="float16")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+import arrowquant._core as _core
+from arrowquant.errors import ConfigurationError
+from arrowquant.quantize import QuantizedTensor, _as_array, _default_threads
+
+_TORCH_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+def _core_dtype(dtype: Any) -> str:
+    if isinstance(dtype, str):
+        name = dtype.lower()
+    elif type(dtype).__module__.startswith("torch"):
+        name = str(dtype).replace("torch.", "")
+    else:
+        name = np.dtype(dtype).name
+    name = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "half": "float16"}.get(
+        name, name
+    )
+    if name not in _TORCH_NAMES:
+        raise ConfigurationError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+    return _TORCH_NAMES[name]
+
+
+class QuantizedModel:
+    """A model file opened for reading. Tensors are read on demand."""
+
+    def __init__(self, core: _core.ModelReader) -> None:
+        self._core = core
+        self._infos = {d["name"]: d for d in core.tensors()}
+
+    @property
+    def path(self) -> str:
+        return self._core.path
+
+    @property
+    def legacy(self) -> bool:
+        """True for files in the seed project's base V2 schema."""
+        return self._core.legacy
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Footer key/values; JSON values (recipe, source, totals) are decoded."""
+        out: dict[str, Any] = {}
+        for k, v in self._core.metadata.items():
+            try:
+                out[k] = json.loads(v) if v[:1] in "{[" else v
+            except json.JSONDecodeError:
+                out[k] = v
+        return out
+
+    def names(self) -> list[str]:
+        return list(self._infos)
+
+    def info(self, name: str) -> dict[str, Any]:
+        return dict(self._infos[name]) if name in self._infos else self._missing(name)
+
+    def tensor(self, name: str) -> QuantizedTensor:
+        return QuantizedTensor(self._core.read_quantized(name))
+
+    def raw(self, name: str) -> np.ndarray:
+        """An unquantized tensor as stored (bf16 as ml_dtypes.bfloat16)."""
+        arr = self._core.read_raw(name)
+        return arr.view(ml_dtypes.bfloat16) if self._infos[name]["dtype"] == "BF16" else arr
+
+    def dequantize(
+        self, name: str, dtype: Any = np.float32, threads: int | None = None
+    ) -> np.ndarray:
+        return self.load([name], dtype, threads)[0]
+
+    def load(
+        self, names: list[str], dtype: Any = np.float16, threads: int | None = None
+    ) -> list[np.ndarray]:
+        """Dequantizes `names` in parallel in C++; integer tensors keep their dtype."""
+        want = _core_dtype(
+            np.dtype(dtype).name
+            if not isinstance(dtype, str) and "torch" not in str(dtype)
+            else dtype
+        )
+        arrays = self._core.load(list(names), want, threads or _default_threads())
+        return [
+            a.view(ml_dtypes.bfloat16) if want == "BF16" and a.dtype == np.uint16 else a
+            for a in arrays
+        ]
+
+    def _missing(self, name: str) -> Any:
+        from arrowquant.errors import ModelNotFoundError
+
+        raise ModelNotFoundError(f"{self.path}: no tensor named '{name}'", "NotFound")
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._infos
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._infos)
+
+    def __repr__(self) -> str:
+        return f"QuantizedModel({self.path!r}, tensors={len(self)})"
+
+
+def open(path: str | os.PathLike[str], verify_checksums: bool = True) -> QuantizedModel:  # noqa: A001
+    """Opens a model file (validates footer, schema and version; reads no payload)."""
+    return QuantizedModel(_core.ModelReader.open(str(path), verify_checksums))
+
+
+def load_state_dict(
+    path: str | os.PathLike[str],
+    dtype: Any = None,
+    threads: int | None = None,
+    out: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Every tensor as a torch tensor with its original name and shape (default float16).
+
+    With `out` (e.g. ``module.state_dict()``), float tensors named in it are dequantized straight
+    into those existing CPU tensors, in their dtype, without allocating new ones; the returned
+    dict holds them too.
+    """
+    import torch
+
+    model = open(path)
+    dtype = torch.float16 if dtype is None else dtype
+    want = _core_dtype(dtype)
+    names = model.names()
+    result: dict[str, Any] = {}
+    if out is not None:
+        groups: dict[str, tuple[list[str], list[np.ndarray]]] = {}
+        for name in names:
+            dst = out.get(name)
+            if dst is None or dst.device.type != "cpu" or not dst.is_contiguous():
+                continue
+            if dst.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+                continue
+            key = _core_dtype(dst.dtype)
+            view = (
+                dst.detach().view(torch.int16).numpy()
+                if dst.dtype == torch.bfloat16
+                else dst.detach().numpy()
+            )
+            groups.setdefault(key, ([], []))[0].append(name)
+            groups[key][1].append(view)
+            result[name] = dst
+        for key, (ns, views) in groups.items():
+            model._core.load_into(ns, views, key, threads or _default_threads())
+        names = [n for n in names if n not in result]
+    arrays = model._core.load(names, want, threads or _default_threads())
+    for name, a in zip(names, arrays, strict=True):
+        if want == "BF16" and a.dtype == np.uint16:
+            result[name] = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+        else:
+            result[name] = torch.from_numpy(a)
+    return result
+
+
+def export_safetensors(
+    path: str | os.PathLike[str], dest: str | os.PathLike[str], dtype: Any = "float16"
+) -> None:
+    """Writes the dequantized model as a .safetensors file (temporary name, then rename)."""
+    import safetensors.torch
+
+    sd = load_state_dict(path, dtype=dtype)
+    dest = Path(dest)
+    tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
+    try:
+        safetensors.torch.save_file(sd, str(tmp), metadata={"arrowquant.source": str(path)})
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, Any],
+    *,
+    recipe: Mapping[str, Any] | None = None,
+    source: Mapping[str, Any] | None = None,
+    modality: str = "",
+    components: Mapping[str, str] | None = None,
+    metrics: Mapping[str, Mapping[str, float]] | None = None,
+    max_chunk_bytes: int = 1 << 30,
+) -> None:
+    """Writes QuantizedTensors (and arrays kept as they are) to a model file."""
+    from arrowquant import __version__
+
+    w = _core.ModelWriter.open(
+        str(path),
+        __version__,
+        json.dumps(dict(recipe or {})),
+        json.dumps(dict(source or {})),
+        modality,
+        True,
+        {},
+        max_chunk_bytes,
+    )
+    try:
+        for name, t in tensors.items():
+            comp = (components or {}).get(name, "")
+            if isinstance(t, QuantizedTensor):
+                w.write_quantized(name, comp, t._core, (metrics or {}).get(name))
+            else:
+                arr, core = _raw_array(t)
+                w.write_raw(name, comp, arr, core)
+        w.close()
+    except BaseException:
+        w.abort()
+        raise
+
+
+def _raw_array(t: Any) -> tuple[np.ndarray, str]:
+    try:
+        return _as_array(t)
+    except ConfigurationError:
+        pass
+    if type(t).__module__.startswith("torch"):
+        t = t.detach().cpu().contiguous().numpy()
+    a = np.ascontiguousarray(t)
+    names = {
+        np.dtype(np.float64): "F64",
+        np.dtype(np.int64): "I64",
+        np.dtype(np.int32): "I32",
+        np.dtype(np.int16): "I16",
+        np.dtype(np.int8): "I8",
+        np.dtype(np.uint8): "U8",
+        np.dtype(np.bool_): "BOOL",
+    }
+    if a.dtype not in names:
+        raise ConfigurationError(f"cannot store dtype {a.dtype}")
+    return a, names[a.dtype]
