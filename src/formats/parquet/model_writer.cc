@@ -11,6 +11,8 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <arrow/array/concatenate.h>
+
 #include <set>
 
 #include "arrowquant/model_file.h"
@@ -29,6 +31,12 @@ struct ModelWriter::Impl {
   std::unique_ptr<parquet::arrow::FileWriter> writer;
   std::set<std::string> names;
   bool done = false;
+  // Small rows wait here (their payload copied) and share one row group: every row group costs
+  // ~3 KB of footer, which would dominate a model made of many biases and norms.
+  std::vector<std::vector<std::shared_ptr<arrow::Array>>> pending;
+  uint64_t pending_bytes = 0;
+  Status FlushPending();
+  Status WriteRowGroup(const std::vector<std::vector<std::shared_ptr<arrow::Array>>>& rows);
   uint64_t tensors = 0, params = 0, quantized_params = 0, payload_bytes = 0, source_bytes = 0;
 };
 
@@ -80,6 +88,10 @@ template <typename T>
 std::optional<T> Opt(bool has, const T& v) {
   return has ? std::optional<T>(v) : std::nullopt;
 }
+
+constexpr uint64_t kSmallRowBytes = 256 << 10;  // rows below this share row groups
+constexpr uint64_t kPendingLimit = 4 << 20;     // ... up to this many payload bytes
+constexpr size_t kPendingRows = 256;            // ... or rows
 
 struct Chunk {
   int index, count;
@@ -273,17 +285,60 @@ Status ModelWriter::Write(const TensorRecord& r) {
       cols[schema->GetFieldIndex(payload_cols[k])] = BorrowedBinary(ch.payload[k], ch.sizes[k]);
       m.payload_bytes += static_cast<uint64_t>(ch.sizes[k]);
     }
-    AQ_RETURN_IF_ERROR(FromArrow(m.writer->NewRowGroup(), where));
-    for (const auto& c : cols) AQ_RETURN_IF_ERROR(FromArrow(m.writer->WriteColumnChunk(*c), where));
+    const uint64_t row_bytes = static_cast<uint64_t>(ch.sizes[0] + ch.sizes[1] + ch.sizes[2] + ch.sizes[3]);
+    if (row_bytes >= kSmallRowBytes) {
+      AQ_RETURN_IF_ERROR(m.FlushPending());
+      AQ_RETURN_IF_ERROR(m.WriteRowGroup({cols}));
+      continue;
+    }
+    // The caller's buffers may go away after Write(): copy the (small) payload.
+    for (const char* c : payload_cols) {
+      auto& a = cols[schema->GetFieldIndex(c)];
+      std::shared_ptr<arrow::Array> copy;
+      AQ_RETURN_IF_ERROR(FromArrow(arrow::Concatenate({a}).Value(&copy), where));
+      a = copy;
+    }
+    m.pending.push_back(std::move(cols));
+    m.pending_bytes += row_bytes;
+    if (m.pending_bytes >= kPendingLimit || m.pending.size() >= kPendingRows) {
+      AQ_RETURN_IF_ERROR(m.FlushPending());
+    }
   }
   ++m.tensors;
   m.params += params;
   return Status::OK();
 }
 
+Status ModelWriter::Impl::WriteRowGroup(
+    const std::vector<std::vector<std::shared_ptr<arrow::Array>>>& rows) {
+  if (rows.empty()) return Status::OK();
+  AQ_RETURN_IF_ERROR(FromArrow(writer->NewRowGroup(), path));
+  for (size_t c = 0; c < rows[0].size(); ++c) {
+    std::shared_ptr<arrow::Array> column = rows[0][c];
+    if (rows.size() > 1) {
+      arrow::ArrayVector parts;
+      for (const auto& r : rows) parts.push_back(r[c]);
+      AQ_RETURN_IF_ERROR(FromArrow(arrow::Concatenate(parts).Value(&column), path));
+    }
+    AQ_RETURN_IF_ERROR(FromArrow(writer->WriteColumnChunk(*column), path));
+  }
+  return Status::OK();
+}
+
+Status ModelWriter::Impl::FlushPending() {
+  Status st = WriteRowGroup(pending);
+  pending.clear();
+  pending_bytes = 0;
+  return st;
+}
+
 Status ModelWriter::Close() {
   Impl& m = *impl_;
   if (m.done) return Status(StatusCode::kInvalidArgument, m.path + ": writer already closed");
+  if (Status st = m.FlushPending(); !st.ok()) {
+    Abort();
+    return st;
+  }
   const std::string totals =
       "{\"tensors\":" + std::to_string(m.tensors) + ",\"parameters\":" + std::to_string(m.params) +
       ",\"quantized_parameters\":" + std::to_string(m.quantized_params) +
