@@ -5,7 +5,7 @@ safetensors.torch.load_file of the same model stored as f16, in the same run.
 
 Weights: every tensor of Stable Diffusion 1.5's UNet (bench/sd15_unet_shapes.txt), N(0, 0.02);
 rank >= 2 tensors quantized with the recommended INT4 format, the rest stored as f16. Both files
-are read once before timing (page cache warm); best of 3. GB/s counts the f16 bytes produced.
+are read once before timing (page cache warm); best of 5. GB/s counts the f16 bytes produced.
 
 What is timed is getting the weights into a model: each loader's state dict is copied into
 preallocated f16 parameters (what `module.load_state_dict` does). This matters for the baseline:
@@ -51,7 +51,7 @@ def build(out: Path, threads: int) -> tuple[Path, Path]:
     return st_path, aq_path
 
 
-def timed(fn, reps: int = 3) -> float:  # type: ignore[no-untyped-def]
+def timed(fn, reps: int = 5) -> float:  # type: ignore[no-untyped-def]
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()

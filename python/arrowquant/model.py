@@ -135,10 +135,27 @@ def load_state_dict(
     into those existing CPU tensors, in their dtype, without allocating new ones; the returned
     dict holds them too.
     """
+    import gc
+
     import torch
 
     model = open(path)
     dtype = torch.float16 if dtype is None else dtype
+    # Hundreds of new arrays in a row would trigger full collections for nothing.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _load(model, dtype, threads, out)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _load(
+    model: QuantizedModel, dtype: Any, threads: int | None, out: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    import torch
+
     want = _core_dtype(dtype)
     names = model.names()
     result: dict[str, Any] = {}

@@ -291,9 +291,16 @@ void BindModelFile(nb::module_& m) {
             std::vector<Status> errors(names.size());
             {
               nb::gil_scoped_release release;
+              // Largest first, so that no worker is left with a big tensor at the end.
+              std::vector<size_t> order(names.size());
+              for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+              std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return spans[a].size() > spans[b].size(); });
               std::atomic<size_t> next{0};
               auto work = [&] {
-                for (size_t i; (i = next.fetch_add(1)) < names.size();) errors[i] = s.r->Dequantize(names[i], dt, spans[i], 1);
+                for (size_t k; (k = next.fetch_add(1)) < order.size();) {
+                  const size_t i = order[k];
+                  errors[i] = s.r->Dequantize(names[i], dt, spans[i], 1);
+                }
               };
               std::vector<std::thread> pool;
               for (int t = 1; t < std::max(1, threads); ++t) pool.emplace_back(work);

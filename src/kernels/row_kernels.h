@@ -29,6 +29,10 @@ size_t CountNonFinite(const float* x, size_t n);
 void F32ToF16Up(const float* x, size_t n, uint16_t* out);
 // f32 -> F16 or BF16 bits with the dtype table's rounding (round to nearest even).
 void FromF32(DType dtype, const float* x, size_t n, uint16_t* out);
+// Unpack + dequantize + convert in one: a packed row (bits 2/4/8) to n values of `dtype`
+// (F32/F16/BF16) at `out` (may be unaligned). Defined as UnpackCodes, DequantizeGroups, FromF32.
+void DequantizePacked(const uint8_t* packed, int bits, size_t n, size_t g, const float* scale,
+                      const float* offset, DType dtype, void* out);
 }  // namespace ref
 
 void GroupMinMax(const float* x, size_t n, size_t g, float* mn, float* mx);
@@ -40,6 +44,8 @@ void ToF32(DType dtype, const void* src, size_t n, float* out);
 size_t CountNonFinite(const float* x, size_t n);
 void F32ToF16Up(const float* x, size_t n, uint16_t* out);
 void FromF32(DType dtype, const float* x, size_t n, uint16_t* out);
+void DequantizePacked(const uint8_t* packed, int bits, size_t n, size_t g, const float* scale,
+                      const float* offset, DType dtype, void* out);
 
 // Name of the SIMD target the dispatcher picks on this machine (e.g. "AVX2").
 const char* ActiveTarget();

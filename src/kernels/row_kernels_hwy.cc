@@ -241,7 +241,76 @@ void UnpackCodesImpl(const uint8_t* HWY_RESTRICT packed, size_t n, int bits, uin
       hn::StoreU(v, d32, reinterpret_cast<uint32_t*>(codes + i));
     }
   }
+  if (bits != 2 && bits != 4 && bits != 8) {
+    // Other widths (6/7-bit scale codes): eight codes fill exactly `bits` bytes.
+    const uint64_t mask = (1u << bits) - 1u;
+    for (; i + 8 <= n; i += 8) {
+      uint64_t v = 0;
+      std::memcpy(&v, packed + i * static_cast<size_t>(bits) / 8, static_cast<size_t>(bits));  // little-endian
+      for (int j = 0; j < 8; ++j) codes[i + j] = static_cast<uint8_t>((v >> (j * bits)) & mask);
+    }
+  }
   ref::UnpackCodes(packed + i * static_cast<size_t>(bits) / 8, n - i, bits, codes + i);
+}
+
+// One pass per row: codes are unpacked 256 at a time (blocks start on whole bytes for any code
+// width) into a stack buffer, then dequantized group segment by group segment, converted in
+// registers and stored straight into the output (no f32 row, no extra copy).
+void DequantizePackedImpl(const uint8_t* HWY_RESTRICT packed, int bits, size_t n, size_t g,
+                          const float* HWY_RESTRICT scale, const float* HWY_RESTRICT offset,
+                          DType dtype, void* HWY_RESTRICT out) {
+  if (dtype == DType::kF16 && !kNativeF16) {
+    ref::DequantizePacked(packed, bits, n, g, scale, offset, dtype, out);
+    return;
+  }
+  const hn::ScalableTag<float> d;
+  const hn::Rebind<int32_t, decltype(d)> di32;
+  const hn::Rebind<uint32_t, decltype(d)> du32;
+  const hn::Rebind<uint16_t, decltype(d)> du16;
+  const hn::Rebind<uint8_t, decltype(d)> du8;
+  const hn::Rebind<hwy::float16_t, decltype(d)> df16;
+  const size_t N = hn::Lanes(d);
+  const size_t esize = ElementBytes(dtype);
+  auto* o = static_cast<uint8_t*>(out);
+  const auto bias = hn::Set(du32, 0x7fffu);
+  const auto one = hn::Set(du32, 1u);
+  constexpr size_t kBlock = 256;
+  alignas(64) uint8_t codes[kBlock];
+  for (size_t b0 = 0; b0 < n; b0 += kBlock) {
+    const size_t blk = std::min(kBlock, n - b0);
+    UnpackCodesImpl(packed + b0 * static_cast<size_t>(bits) / 8, blk, bits, codes);
+    for (size_t i = 0; i < blk;) {
+      const size_t gi = (b0 + i) / g;
+      const size_t seg_end = std::min(blk, std::min(n, (gi + 1) * g) - b0);
+      const float s = scale[gi], off = offset[gi];
+      const auto vs = hn::Set(d, s);
+      const auto voff = hn::Set(d, off);
+      uint8_t* dst = o + b0 * esize;
+      for (; i + N <= seg_end; i += N) {
+        const auto c = hn::ConvertTo(d, hn::BitCast(di32, hn::PromoteTo(du32, hn::LoadU(du8, codes + i))));
+        const auto v = hn::Sub(hn::Mul(c, vs), voff);
+        if (dtype == DType::kF32) {
+          hn::StoreU(v, d, reinterpret_cast<float*>(dst + 4 * i));
+        } else if (dtype == DType::kF16) {
+          hn::StoreU(hn::BitCast(du16, hn::DemoteTo(df16, v)), du16, reinterpret_cast<uint16_t*>(dst + 2 * i));
+        } else {  // bf16: the table's integer rounding (values here are finite)
+          const auto b = hn::BitCast(du32, v);
+          const auto r = hn::ShiftRight<16>(hn::Add(b, hn::Add(bias, hn::And(hn::ShiftRight<16>(b), one))));
+          hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di32, r)), du16, reinterpret_cast<uint16_t*>(dst + 2 * i));
+        }
+      }
+      for (; i < seg_end; ++i) {
+        const float p = static_cast<float>(codes[i]) * s;
+        const float v = p - off;
+        if (dtype == DType::kF32) {
+          std::memcpy(dst + 4 * i, &v, 4);
+        } else {
+          const uint16_t h = dtype == DType::kF16 ? F32ToF16Bits(v) : F32ToBF16Bits(v);
+          std::memcpy(dst + 2 * i, &h, 2);
+        }
+      }
+    }
+  }
 }
 
 size_t CountNonFiniteImpl(const float* HWY_RESTRICT x, size_t n) {
@@ -268,10 +337,16 @@ HWY_EXPORT(CountNonFiniteImpl);
 HWY_EXPORT(F32ToF16UpImpl);
 HWY_EXPORT(FromF32Impl);
 HWY_EXPORT(UnpackCodesImpl);
+HWY_EXPORT(DequantizePackedImpl);
+
+void DequantizePacked(const uint8_t* packed, int bits, size_t n, size_t g, const float* scale,
+                      const float* offset, DType dtype, void* out) {
+  HWY_DYNAMIC_DISPATCH(DequantizePackedImpl)(packed, bits, n, g, scale, offset, dtype, out);
+}
 
 void UnpackCodes(const uint8_t* packed, size_t n, int bits, uint8_t* codes) {
-  if (bits == 2 || bits == 4) return HWY_DYNAMIC_DISPATCH(UnpackCodesImpl)(packed, n, bits, codes);
-  ref::UnpackCodes(packed, n, bits, codes);
+  if (bits == 8) return ref::UnpackCodes(packed, n, bits, codes);
+  HWY_DYNAMIC_DISPATCH(UnpackCodesImpl)(packed, n, bits, codes);
 }
 
 void FromF32(DType dtype, const float* x, size_t n, uint16_t* out) {

@@ -1,6 +1,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
+
+#include "kernels/pack.h"
 
 #include "kernels/round.h"
 #include "kernels/row_kernels.h"
@@ -63,6 +66,21 @@ void FromF32(DType dtype, const float* x, size_t n, uint16_t* out) {
   } else {
     for (size_t i = 0; i < n; ++i) out[i] = F32ToBF16Bits(x[i]);
   }
+}
+
+void DequantizePacked(const uint8_t* packed, int bits, size_t n, size_t g, const float* scale,
+                      const float* offset, DType dtype, void* out) {
+  std::vector<uint8_t> codes(n);
+  std::vector<float> f(n);
+  UnpackCodes(packed, n, bits, codes.data());
+  DequantizeGroups(codes.data(), n, g, scale, offset, f.data());
+  if (dtype == DType::kF32) {
+    std::memcpy(out, f.data(), n * 4);
+    return;
+  }
+  std::vector<uint16_t> h(n);
+  FromF32(dtype, f.data(), n, h.data());
+  std::memcpy(out, h.data(), n * 2);
 }
 
 void ToF32(DType dtype, const void* src, size_t n, float* out) {

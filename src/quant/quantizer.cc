@@ -96,13 +96,13 @@ void LoadRow(const QuantizedTensor& q, const Layout& l, uint64_t r, RowStored& s
 }
 
 // Dequantizes row r into out (cols floats).
+// Dequantizes row r into `out` (cols values of `dtype`, F32/F16/BF16; may be unaligned).
 void DequantizeRow(const QuantizedTensor& q, const Layout& l, uint64_t r, RowStored& st,
-                   RowParams& p, std::vector<uint8_t>& codes, float* out) {
+                   RowParams& p, DType dtype, void* out) {
   LoadRow(q, l, r, st);
   quant::DecodeRow(Format(q.spec), st, l.groups, p);
-  codes.resize(l.cols);
-  kernels::UnpackCodes(q.codes.data() + r * l.code_row_bytes, l.cols, q.spec.bits, codes.data());
-  kernels::DequantizeGroups(codes.data(), l.cols, l.g, p.scale.data(), p.offset.data(), out);
+  kernels::DequantizePacked(q.codes.data() + r * l.code_row_bytes, q.spec.bits, l.cols, l.g,
+                            p.scale.data(), p.offset.data(), dtype, out);
 }
 
 Status CheckWeight(const TensorView& w) {
@@ -281,20 +281,10 @@ Status Dequantize(const QuantizedTensor& q, DType dtype, std::span<std::byte> ou
   }
   AQ_RETURN_IF_ERROR(q.Validate());
   ParallelFor(l.rows, options.threads, [&](size_t begin, size_t end, int) {
-    std::vector<float> row(l.cols);
-    std::vector<uint16_t> half(dtype == DType::kF32 ? 0 : l.cols);
-    std::vector<uint8_t> codes;
     RowStored st;
     RowParams p;
     for (size_t r = begin; r < end; ++r) {
-      DequantizeRow(q, l, r, st, p, codes, row.data());
-      std::byte* o = out.data() + r * l.cols * esize;  // may be unaligned: copy bytes
-      if (dtype == DType::kF32) {
-        std::memcpy(o, row.data(), l.cols * 4);
-        continue;
-      }
-      kernels::FromF32(dtype, row.data(), l.cols, half.data());
-      std::memcpy(o, half.data(), l.cols * 2);
+      DequantizeRow(q, l, r, st, p, dtype, out.data() + r * l.cols * esize);
     }
   });
   return Status::OK();
@@ -315,12 +305,11 @@ Result<ErrorMetrics> MeasureError(const QuantizedTensor& q, const TensorView& w,
   const size_t esize = ElementBytes(w.dtype);
   ParallelFor(l.rows, options.threads, [&](size_t begin, size_t end, int) {
     std::vector<float> x(l.cols), y(l.cols);
-    std::vector<uint8_t> codes;
     RowStored st;
     RowParams p;
     for (size_t r = begin; r < end; ++r) {
       kernels::ToF32(w.dtype, w.data.data() + r * l.cols * esize, l.cols, x.data());
-      DequantizeRow(q, l, r, st, p, codes, y.data());
+      DequantizeRow(q, l, r, st, p, DType::kF32, y.data());
       RowSums s;
       for (size_t i = 0; i < l.cols; ++i) {
         const double a = x[i], b = y[i], e = a - b;

@@ -85,7 +85,7 @@ TEST_F(PerTarget, KernelsMatchReferenceBitForBit) {
         QuantizeGroups(x.data(), n, g, inv.data(), off.data(), 15.0f, q.data());
         ref::QuantizeGroups(x.data(), n, g, inv.data(), off.data(), 15.0f, rq.data());
         ASSERT_EQ(q, rq);
-        for (int bits : {2, 4, 8}) {
+        for (int bits : {2, 4, 6, 7, 8}) {
           std::vector<uint8_t> c(n), p(PackedBytes(n, bits)), rp(p.size());
           for (size_t i = 0; i < n; ++i) c[i] = q[i] & ((1 << bits) - 1);
           PackCodes(c.data(), n, bits, p.data());
@@ -96,6 +96,14 @@ TEST_F(PerTarget, KernelsMatchReferenceBitForBit) {
           ref::UnpackCodes(p.data(), n, bits, ru.data());
           ASSERT_EQ(u, ru) << bits;
           ASSERT_EQ(u, c) << bits;
+          for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
+            if (bits != 2 && bits != 4 && bits != 8) break;  // weights are 2/4/8-bit
+            const size_t es = ElementBytes(dt);
+            std::vector<uint8_t> o(n * es + 1), ro(n * es + 1);  // +1: write unaligned
+            DequantizePacked(p.data(), bits, n, g, sc.data(), off.data(), dt, o.data() + 1);
+            ref::DequantizePacked(p.data(), bits, n, g, sc.data(), off.data(), dt, ro.data() + 1);
+            ASSERT_EQ(o, ro) << bits << " " << Traits(dt).safetensors_name;
+          }
         }
         if (n > 5) x[5] = std::numeric_limits<float>::quiet_NaN();
         if (n > 6) x[n - 1] = -std::numeric_limits<float>::infinity();
