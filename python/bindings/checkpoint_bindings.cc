@@ -9,6 +9,7 @@
 #include "arrowquant/checkpoint.h"
 #include "arrowquant/tensor_table.h"
 #include "bindings.h"
+#include "convert.h"
 #include "status_error.h"
 
 namespace nb = nanobind;
@@ -28,29 +29,6 @@ const CheckpointTensor& Lookup(const PyCheckpoint& self, const std::string& name
     throw StatusError(Status(StatusCode::kNotFound, self.ck->path() + ": no tensor named '" + name + "'"));
   }
   return *t;
-}
-
-// numpy has no bfloat16/float8: those come out as raw unsigned integers of the same width and
-// the Python layer views them with ml_dtypes.
-nb::dlpack::dtype NumpyStorage(DType d) {
-  switch (d) {
-    case DType::kF64: return nb::dtype<double>();
-    case DType::kF32: return nb::dtype<float>();
-    case DType::kF16: return {static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
-    case DType::kBF16: return nb::dtype<uint16_t>();
-    case DType::kI64: return nb::dtype<int64_t>();
-    case DType::kI32: return nb::dtype<int32_t>();
-    case DType::kI16: return nb::dtype<int16_t>();
-    case DType::kI8: return nb::dtype<int8_t>();
-    case DType::kU64: return nb::dtype<uint64_t>();
-    case DType::kU32: return nb::dtype<uint32_t>();
-    case DType::kU16: return nb::dtype<uint16_t>();
-    case DType::kU8: return nb::dtype<uint8_t>();
-    case DType::kBool: return nb::dtype<bool>();
-    case DType::kF8E4M3: return nb::dtype<uint8_t>();
-    case DType::kF8E5M2: return nb::dtype<uint8_t>();
-  }
-  return nb::dtype<uint8_t>();
 }
 
 nb::object View(const PyCheckpoint& self, const std::string& name, bool raw) {

@@ -12,6 +12,7 @@
 
 #include "arrowquant/model_file.h"
 #include "bindings.h"
+#include "convert.h"
 #include "status_error.h"
 
 namespace nb = nanobind;
@@ -21,47 +22,11 @@ namespace {
 
 using InArray = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu>;
 
-DType ParseDTypeName(const std::string& s) {
-  if (auto d = DTypeFromSafeTensorsName(s)) return *d;
-  throw StatusError(Status(StatusCode::kInvalidArgument, "unknown dtype '" + s + "'"));
-}
-
-nb::dlpack::dtype NumpyDType(DType d) {
-  switch (d) {
-    case DType::kF64: return nb::dtype<double>();
-    case DType::kF32: return nb::dtype<float>();
-    case DType::kF16: return {static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
-    case DType::kI64: return nb::dtype<int64_t>();
-    case DType::kI32: return nb::dtype<int32_t>();
-    case DType::kI16: return nb::dtype<int16_t>();
-    case DType::kI8: return nb::dtype<int8_t>();
-    case DType::kU64: return nb::dtype<uint64_t>();
-    case DType::kU32: return nb::dtype<uint32_t>();
-    case DType::kBool: return nb::dtype<bool>();
-    case DType::kBF16:
-    case DType::kU16: return nb::dtype<uint16_t>();
-    default: return nb::dtype<uint8_t>();
-  }
-}
-
 // Owns a heap buffer until numpy is done with it.
 nb::object OwnedArray(std::byte* buf, const std::vector<uint64_t>& shape, DType dtype) {
   nb::capsule owner(buf, [](void* p) noexcept { delete[] static_cast<std::byte*>(p); });
   std::vector<size_t> s(shape.begin(), shape.end());
-  return nb::ndarray<nb::numpy>(buf, s.size(), s.data(), owner, nullptr, NumpyDType(dtype)).cast();
-}
-
-nb::dict SpecToDict(const QuantSpec& s) {
-  nb::dict d;
-  d["bits"] = s.bits;
-  d["group_size"] = s.group_size;
-  d["scheme"] = s.scheme == Scheme::kSymmetric ? "sym" : "asym";
-  d["method"] = s.grid == Grid::kSearch ? "search" : "minmax";
-  d["scale_dtype"] = s.scales == ScaleStorage::kF16   ? std::string("f16")
-                     : s.scales == ScaleStorage::kF32 ? std::string("f32")
-                                                      : "q" + std::to_string(s.scale_bits);
-  d["format"] = s.ToString();
-  return d;
+  return nb::ndarray<nb::numpy>(buf, s.size(), s.data(), owner, nullptr, NumpyStorage(dtype)).cast();
 }
 
 nb::dict InfoDict(const ModelTensorInfo& t) {
@@ -73,7 +38,7 @@ nb::dict InfoDict(const ModelTensorInfo& t) {
   d["quant_type"] = t.quant_type;
   d["num_params"] = t.num_params;
   d["rows"] = t.rows.size();
-  d["spec"] = t.spec ? nb::object(SpecToDict(*t.spec)) : nb::none();
+  d["spec"] = t.spec ? nb::object(SpecDict(*t.spec)) : nb::none();
   if (t.metrics) {
     nb::dict m;
     m["cosine"] = t.metrics->cosine;
@@ -162,7 +127,7 @@ void BindModelFile(nb::module_& m) {
             TensorRecord r;
             r.name = name;
             r.component = component;
-            r.raw_dtype = ParseDTypeName(dtype);
+            r.raw_dtype = ParseDType(dtype);
             for (size_t i = 0; i < a.ndim(); ++i) r.raw_shape.push_back(a.shape(i));
             r.raw = {static_cast<const std::byte*>(a.data()), a.size() * a.itemsize()};
             nb::gil_scoped_release release;
@@ -215,7 +180,7 @@ void BindModelFile(nb::module_& m) {
           [](const PyReader& s, const std::vector<std::string>& names, const std::string& dtype,
              int threads) {
             // Dequantizes many tensors, one per worker at a time (largest first), GIL released.
-            const DType dt = ParseDTypeName(dtype);
+            const DType dt = ParseDType(dtype);
             std::vector<const ModelTensorInfo*> infos;
             for (const auto& n : names) {
               const ModelTensorInfo* t = s.r->Find(n);
@@ -271,7 +236,7 @@ void BindModelFile(nb::module_& m) {
              std::vector<nb::ndarray<nb::c_contig, nb::device::cpu>> outs, const std::string& dtype,
              int threads) {
             // Dequantizes straight into existing buffers (a model's parameters), GIL released.
-            const DType dt = ParseDTypeName(dtype);
+            const DType dt = ParseDType(dtype);
             if (names.size() != outs.size()) {
               throw StatusError(Status(StatusCode::kInvalidArgument, "names and outputs differ in length"));
             }

@@ -5,6 +5,7 @@
 
 #include "arrowquant/quantize.h"
 #include "bindings.h"
+#include "convert.h"
 #include "status_error.h"
 
 namespace nb = nanobind;
@@ -13,11 +14,6 @@ namespace arrowquant::py {
 namespace {
 
 using InArray = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu>;
-
-DType ParseDType(const std::string& s) {
-  if (auto d = DTypeFromSafeTensorsName(s)) return *d;
-  throw StatusError(Status(StatusCode::kInvalidArgument, "unknown dtype '" + s + "'"));
-}
 
 TensorView ViewOf(const InArray& a, const std::string& dtype, const std::string& name) {
   TensorView v;
@@ -61,19 +57,6 @@ void ParseStorage(const std::string& s, QuantSpec& spec) {
     throw StatusError(Status(StatusCode::kInvalidArgument,
                              "scale_dtype must be 'f16', 'f32', 'q6', 'q7' or 'q8', got '" + s + "'"));
   }
-}
-
-nb::dict SpecDict(const QuantSpec& s) {
-  nb::dict d;
-  d["bits"] = s.bits;
-  d["group_size"] = s.group_size;
-  d["scheme"] = s.scheme == Scheme::kSymmetric ? "sym" : "asym";
-  d["method"] = s.grid == Grid::kSearch ? "search" : "minmax";
-  d["scale_dtype"] = s.scales == ScaleStorage::kF16   ? std::string("f16")
-                     : s.scales == ScaleStorage::kF32 ? std::string("f32")
-                                                      : "q" + std::to_string(s.scale_bits);
-  d["format"] = s.ToString();
-  return d;
 }
 
 }  // namespace

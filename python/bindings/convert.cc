@@ -1,0 +1,50 @@
+#include "convert.h"
+
+#include <nanobind/stl/string.h>
+
+#include "status_error.h"
+
+namespace nb = nanobind;
+
+namespace arrowquant::py {
+
+nb::dlpack::dtype NumpyStorage(DType d) {
+  switch (d) {
+    case DType::kF64: return nb::dtype<double>();
+    case DType::kF32: return nb::dtype<float>();
+    case DType::kF16: return {static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
+    case DType::kI64: return nb::dtype<int64_t>();
+    case DType::kI32: return nb::dtype<int32_t>();
+    case DType::kI16: return nb::dtype<int16_t>();
+    case DType::kI8: return nb::dtype<int8_t>();
+    case DType::kU64: return nb::dtype<uint64_t>();
+    case DType::kU32: return nb::dtype<uint32_t>();
+    case DType::kBool: return nb::dtype<bool>();
+    case DType::kBF16:
+    case DType::kU16: return nb::dtype<uint16_t>();
+    case DType::kU8:
+    case DType::kF8E4M3:
+    case DType::kF8E5M2: return nb::dtype<uint8_t>();
+  }
+  return nb::dtype<uint8_t>();
+}
+
+DType ParseDType(const std::string& s) {
+  if (auto d = DTypeFromSafeTensorsName(s)) return *d;
+  throw StatusError(Status(StatusCode::kInvalidArgument, "unknown dtype '" + s + "'"));
+}
+
+nb::dict SpecDict(const QuantSpec& s) {
+  nb::dict d;
+  d["bits"] = s.bits;
+  d["group_size"] = s.group_size;
+  d["scheme"] = s.scheme == Scheme::kSymmetric ? "sym" : "asym";
+  d["method"] = s.grid == Grid::kSearch ? "search" : "minmax";
+  d["scale_dtype"] = s.scales == ScaleStorage::kF16   ? std::string("f16")
+                     : s.scales == ScaleStorage::kF32 ? std::string("f32")
+                                                      : "q" + std::to_string(s.scale_bits);
+  d["format"] = s.ToString();
+  return d;
+}
+
+}  // namespace arrowquant::py
