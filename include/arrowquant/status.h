@@ -45,6 +45,8 @@ enum class StatusCode : int32_t {
   // Quantized model files (Parquet).
   kFormatInvalid,        // not an ArrowQuant model file, or a required column is missing/mistyped
   kCorrupt,              // unreadable or inconsistent content (checksum, lengths, truncation)
+  kCancelled,            // the caller cancelled the run (progress callback, Ctrl-C)
+  kThresholdMissed,      // a layer missed its quality threshold (with fail-fast)
 };
 
 // Stable, human-readable code name ("HeaderTooLarge"); used as the Python exception's `code`.

@@ -66,6 +66,10 @@ class ValidationError(ArrowQuantError):
     """Quality validation failed (a threshold was missed)."""
 
 
+class CancelledError(ArrowQuantError):
+    """The run was cancelled (progress callback returned False or raised, or Ctrl-C)."""
+
+
 _BY_CODE: dict[str, type[ArrowQuantError]] = {
     "InvalidArgument": ConfigurationError,
     "NotFound": ModelNotFoundError,
@@ -79,6 +83,8 @@ _BY_CODE: dict[str, type[ArrowQuantError]] = {
     "LimitExceeded": LimitExceededError,
     "FormatInvalid": MalformedModelError,
     "Corrupt": MalformedModelError,
+    "Cancelled": CancelledError,
+    "ThresholdMissed": ValidationError,
 }
 
 

@@ -32,6 +32,8 @@ std::string_view StatusCodeName(StatusCode code) {
     case StatusCode::kLimitExceeded: return "LimitExceeded";
     case StatusCode::kFormatInvalid: return "FormatInvalid";
     case StatusCode::kCorrupt: return "Corrupt";
+    case StatusCode::kCancelled: return "Cancelled";
+    case StatusCode::kThresholdMissed: return "ThresholdMissed";
   }
   return "Unknown";
 }

@@ -1,0 +1,81 @@
+// The main job: a checkpoint in, a quantized model file out. Tensors stream through
+// selection -> quantization -> validation -> fallback -> the Parquet writer, several at a time,
+// with memory bounded by the tensors in flight.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "arrowquant/checkpoint.h"
+#include "arrowquant/model_file.h"
+#include "arrowquant/quantize.h"
+#include "arrowquant/status.h"
+
+namespace arrowquant {
+
+// An ordered selection rule: the first whose regex matches (a search in the qualified tensor
+// name, e.g. "unet/conv_in.weight") decides. bits 0 = keep in higher precision.
+struct SelectionRule {
+  std::string pattern;
+  int bits = 0;
+  std::string why;
+};
+
+// Rules for tensors that stay in higher precision (norms, embeddings, time embedding, adaLN
+// modulation, first and last layers), for a modality ("image", "video", "audio", "text", "code").
+std::vector<SelectionRule> DefaultSelectionRules(const std::string& modality);
+
+struct PipelineConfig {
+  int bits = 4;                         // target width; fallback climbs 2 -> 4 -> 8 -> keep
+  std::optional<QuantSpec> spec;        // format at `bits` (default: QuantSpec::Recommended)
+  double max_rel_rmse = 0.12;           // validation threshold on weights, per layer
+  std::vector<SelectionRule> rules;     // user overrides first, then the defaults
+  std::string modality;                 // "" = detect
+  DType keep_dtype = DType::kF16;       // float tensors kept unquantized are stored as this
+  int threads = 1;
+  uint64_t min_elements = 1024;         // smaller weights are kept (not worth their scales)
+  bool fail_fast = false;               // stop at the first layer that misses its threshold
+  std::string recipe_json = "{}";       // stored in the file as given
+  std::string tool_version;
+};
+
+struct LayerReport {
+  std::string name;
+  std::vector<uint64_t> shape;
+  std::string source_dtype;
+  std::string action;  // "quantized" or "kept"
+  std::string format;  // e.g. "int4-asym-g32-q7-search", or the kept dtype
+  int bits = 0;
+  std::optional<ErrorMetrics> metrics;
+  std::vector<std::string> fallbacks;  // why each lower width was rejected
+  std::string why;                     // for kept tensors: the rule or reason
+  uint64_t source_bytes = 0;
+  uint64_t stored_bytes = 0;
+};
+
+struct PipelineReport {
+  std::string modality;
+  std::string modality_reason;
+  std::vector<LayerReport> layers;
+  uint64_t source_bytes = 0;
+  uint64_t stored_bytes = 0;
+  uint64_t quantized_params = 0;
+  uint64_t total_params = 0;
+  bool threshold_missed = false;  // some layer fell back to `keep` because no width held
+};
+
+// Progress: bytes of source tensors done, of total. Return false to cancel.
+using ProgressFn = std::function<bool(uint64_t done, uint64_t total, const std::string& tensor)>;
+
+// The modality and how it was decided.
+std::pair<std::string, std::string> DetectModality(const Checkpoint& ck);
+
+// Runs the job; the output appears complete or not at all. A cancelled run returns kCancelled,
+// a fail-fast run that misses a threshold kThresholdMissed; neither leaves a file behind.
+Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_path,
+                                   const PipelineConfig& config, const ProgressFn& progress = {});
+
+}  // namespace arrowquant

@@ -1,0 +1,254 @@
+// RunPipeline: workers take tensors in file order and quantize/validate them; the calling
+// thread writes finished tensors in that same order (so the output does not depend on the
+// thread count) and reports progress. At most `threads + 2` tensors are in flight.
+#include <algorithm>
+#include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <regex>
+#include <thread>
+
+#include "arrowquant/pipeline.h"
+#include "kernels/row_kernels.h"
+#include <cstring>
+
+namespace arrowquant {
+namespace {
+
+struct Outcome {
+  LayerReport report;
+  std::optional<QuantizedTensor> q;
+  std::vector<std::byte> raw;  // kept tensors (converted to the keep dtype when float)
+  DType raw_dtype = DType::kF32;
+  Status status;
+  bool missed = false;
+};
+
+const char* KeptName(DType d) { return Traits(d).safetensors_name.data(); }
+
+// Kept float tensors become keep_dtype unless that would overflow (|v| > 65504 for f16).
+void Keep(const CheckpointTensor& t, DType keep, Outcome& o) {
+  const DType src = t.info->dtype;
+  const auto bytes = t.data();
+  DType out = src;
+  if (Traits(src).quantizable && src != keep) {
+    std::vector<float> f(t.info->num_elements());
+    kernels::ToF32(src, bytes.data(), f.size(), f.data());
+    bool fits = true;
+    if (keep == DType::kF16) {
+      for (float v : f) fits &= !(std::fabs(v) > 65504.0f);
+    }
+    if (fits) {
+      out = keep;
+      o.raw.resize(f.size() * ElementBytes(keep));
+      if (keep == DType::kF32) std::memcpy(o.raw.data(), f.data(), o.raw.size());
+      else kernels::FromF32(keep, f.data(), f.size(), reinterpret_cast<uint16_t*>(o.raw.data()));
+    } else {
+      o.report.why += " (values beyond f16 range: kept as " + std::string(KeptName(src)) + ")";
+    }
+  }
+  if (out == src) o.raw.assign(bytes.begin(), bytes.end());
+  o.raw_dtype = out;
+  o.report.action = "kept";
+  o.report.format = KeptName(out);
+  o.report.stored_bytes = o.raw.size();
+}
+
+QuantSpec SpecFor(const PipelineConfig& c, int bits) {
+  QuantSpec s = c.spec ? *c.spec : QuantSpec::Recommended(bits);
+  if (c.spec && s.bits != bits) {
+    const QuantSpec rec = QuantSpec::Recommended(bits);
+    s.bits = bits;
+    if (s.scales == ScaleStorage::kCoded) s.scale_bits = rec.scale_bits;
+  }
+  return s;
+}
+
+void Process(const CheckpointTensor& t, const PipelineConfig& c,
+             const std::vector<std::pair<std::regex, SelectionRule>>& rules, Outcome& o) {
+  LayerReport& r = o.report;
+  r.name = t.name;
+  r.shape = t.info->shape;
+  r.source_dtype = std::string(Traits(t.info->dtype).safetensors_name);
+  r.source_bytes = t.info->nbytes();
+  int bits = c.bits;
+  std::string why;
+  for (const auto& [re, rule] : rules) {
+    if (std::regex_search(t.name, re)) {
+      bits = rule.bits;
+      why = rule.why.empty() ? "rule '" + rule.pattern + "'" : rule.why;
+      break;
+    }
+  }
+  if (!Traits(t.info->dtype).quantizable) {
+    bits = 0;
+    why = "dtype " + r.source_dtype + " is not quantized";
+  } else if (t.info->shape.size() < 2) {
+    bits = 0;
+    why = "1-D tensor (bias, norm or scale)";
+  } else if (t.info->num_elements() < c.min_elements) {
+    bits = 0;
+    why = "fewer than " + std::to_string(c.min_elements) + " elements";
+  }
+  if (bits == 0 || bits >= 16) {
+    r.why = why.empty() ? "kept by rule" : why;
+    Keep(t, c.keep_dtype, o);
+    return;
+  }
+  const TensorView view{t.name, t.info->dtype, t.info->shape, t.data()};
+  const std::vector<int> ladder = bits <= 2 ? std::vector<int>{2, 4, 8} : bits <= 4 ? std::vector<int>{4, 8}
+                                                                                   : std::vector<int>{8};
+  for (int b : ladder) {
+    auto q = Quantize(view, SpecFor(c, b), QuantOptions{1});
+    if (!q.ok()) {
+      o.status = q.status();
+      return;
+    }
+    auto m = MeasureError(*q, view, QuantOptions{1});
+    if (!m.ok()) {
+      o.status = m.status();
+      return;
+    }
+    if (m->rel_rmse <= c.max_rel_rmse) {
+      r.action = "quantized";
+      r.bits = b;
+      r.format = q->spec.ToString();
+      r.metrics = *m;
+      r.stored_bytes = q->nbytes();
+      o.q = std::move(*q);
+      return;
+    }
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "int%d: relative RMSE %.4f > %.4f", b, m->rel_rmse, c.max_rel_rmse);
+    r.fallbacks.push_back(buf);
+  }
+  o.missed = true;
+  r.why = "no width met the threshold";
+  Keep(t, c.keep_dtype, o);
+}
+
+}  // namespace
+
+Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_path,
+                                   const PipelineConfig& config, const ProgressFn& progress) {
+  if (config.bits != 2 && config.bits != 4 && config.bits != 8) {
+    return Status(StatusCode::kInvalidArgument, "bits must be 2, 4 or 8, got " + std::to_string(config.bits));
+  }
+  if (!(config.max_rel_rmse > 0)) {
+    return Status(StatusCode::kInvalidArgument, "max_rel_rmse must be positive");
+  }
+  PipelineReport report;
+  if (config.modality.empty()) {
+    std::tie(report.modality, report.modality_reason) = DetectModality(ck);
+  } else {
+    report.modality = config.modality;
+    report.modality_reason = "given";
+  }
+  std::vector<std::pair<std::regex, SelectionRule>> rules;
+  auto all_rules = config.rules;
+  for (auto& r : DefaultSelectionRules(report.modality)) all_rules.push_back(r);
+  for (const auto& r : all_rules) {
+    try {
+      rules.emplace_back(std::regex(r.pattern, std::regex::ECMAScript), r);
+    } catch (const std::regex_error& e) {
+      return Status(StatusCode::kInvalidArgument, "selection rule '" + r.pattern + "': " + e.what());
+    }
+  }
+
+  ModelMetadata meta;
+  meta.tool_version = config.tool_version;
+  meta.recipe_json = config.recipe_json;
+  meta.modality = report.modality;
+  meta.source_json = "{\"path\":\"" + ck.path() + "\",\"layout\":\"" +
+                     std::string(CheckpointLayoutName(ck.layout())) + "\"}";
+  AQ_ASSIGN_OR_RETURN(std::unique_ptr<ModelWriter> writer, ModelWriter::Open(out_path, meta));
+
+  const auto& tensors = ck.tensors();
+  const size_t n = tensors.size();
+  uint64_t total = 0;
+  for (const auto& t : tensors) total += t.info->nbytes();
+  const size_t window = static_cast<size_t>(std::max(1, config.threads)) + 2;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::unique_ptr<Outcome>> ready(n);  // slot per tensor
+  size_t next_task = 0, next_write = 0;
+  bool stop = false;
+  auto worker = [&] {
+    for (;;) {
+      size_t i;
+      {
+        std::unique_lock lk(mu);
+        cv.wait(lk, [&] { return stop || next_task >= n || next_task < next_write + window; });
+        if (stop || next_task >= n) return;
+        i = next_task++;
+      }
+      auto o = std::make_unique<Outcome>();
+      Process(tensors[i], config, rules, *o);
+      {
+        std::lock_guard lk(mu);
+        ready[i] = std::move(o);
+      }
+      cv.notify_all();
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 0; t < std::max(1, config.threads); ++t) pool.emplace_back(worker);
+  auto finish = [&](Status st) -> Status {
+    {
+      std::lock_guard lk(mu);
+      stop = true;
+    }
+    cv.notify_all();
+    for (auto& t : pool) t.join();
+    if (!st.ok()) writer->Abort();
+    return st;
+  };
+
+  uint64_t done = 0;
+  for (size_t i = 0; i < n; ++i) {
+    std::unique_ptr<Outcome> o;
+    {
+      std::unique_lock lk(mu);
+      cv.wait(lk, [&] { return ready[i] != nullptr; });
+      o = std::move(ready[i]);
+      next_write = i + 1;
+    }
+    cv.notify_all();
+    if (!o->status.ok()) return finish(o->status);
+    if (o->missed && config.fail_fast) {
+      return finish(Status(StatusCode::kThresholdMissed,
+                           "tensor '" + o->report.name + "': " +
+                               (o->report.fallbacks.empty() ? std::string("threshold missed") : o->report.fallbacks.back())));
+    }
+    const auto& t = tensors[i];
+    TensorRecord rec;
+    rec.name = t.name;
+    rec.component = t.component;
+    if (o->q) {
+      rec.quantized = &*o->q;
+      rec.metrics = o->report.metrics;
+    } else {
+      rec.raw = o->raw;
+      rec.raw_dtype = o->raw_dtype;
+      rec.raw_shape = t.info->shape;
+    }
+    if (Status st = writer->Write(rec); !st.ok()) return finish(st);
+    report.threshold_missed |= o->missed;
+    report.source_bytes += o->report.source_bytes;
+    report.stored_bytes += o->report.stored_bytes;
+    report.total_params += t.info->num_elements();
+    if (o->q) report.quantized_params += t.info->num_elements();
+    report.layers.push_back(std::move(o->report));
+    done += t.info->nbytes();
+    if (progress && !progress(done, total, t.name)) {
+      return finish(Status(StatusCode::kCancelled, out_path + ": cancelled"));
+    }
+  }
+  AQ_RETURN_IF_ERROR(finish(Status::OK()));
+  AQ_RETURN_IF_ERROR(writer->Close());
+  return report;
+}
+
+}  // namespace arrowquant

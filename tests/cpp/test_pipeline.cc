@@ -1,0 +1,148 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "arrowquant/pipeline.h"
+#include "safetensors_builder.h"
+
+namespace arrowquant {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string F32(const std::vector<float>& v) {
+  std::string s(v.size() * 4, '\0');
+  std::memcpy(s.data(), v.data(), s.size());
+  return s;
+}
+
+std::vector<float> Normal(size_t n, uint32_t seed, float sd = 0.02f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, sd);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+class PipelineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing::TempDir(::testing::UnitTest::GetInstance()->current_test_info()->name());
+    // Outlier input channels (8 of 128 columns x6): INT2 error 0.36 vs 0.30 for plain weights.
+    auto hard = Normal(64 * 128, 9);
+    for (size_t r = 0; r < 64; ++r) {
+      for (size_t c = 3; c < 128; c += 17) hard[r * 128 + c] *= 6.0f;
+    }
+    std::string ids(8 * 4, '\0');
+    testing::WriteFile(dir_ / "model" / "diffusion_pytorch_model.safetensors",
+                       testing::ValidFile({{"conv_in.weight", "F32", {32, 4, 3, 3}, F32(Normal(32 * 36, 1))},
+                                           {"blocks.0.attn.to_q.weight", "F32", {64, 128}, F32(Normal(64 * 128, 2))},
+                                           {"blocks.0.attn.to_q.bias", "F32", {64}, F32(Normal(64, 3))},
+                                           {"blocks.0.ff.weight", "F32", {128, 64}, F32(Normal(128 * 64, 4))},
+                                           {"blocks.0.hard.weight", "F32", {64, 128}, F32(hard)},
+                                           {"blocks.0.norm1.weight", "F32", {64}, F32(Normal(64, 5))},
+                                           {"position_ids", "I32", {8}, ids}}));
+    testing::WriteFile(dir_ / "model" / "config.json", R"({"_class_name":"UNet2DModel"})");
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  fs::path dir_;
+};
+
+TEST_F(PipelineTest, QuantizesSelectsFallsBackAndReports) {
+  auto ck = Checkpoint::Open((dir_ / "model").string());
+  ASSERT_TRUE(ck.ok());
+  PipelineConfig cfg;
+  cfg.bits = 2;
+  cfg.max_rel_rmse = 0.33;
+  cfg.threads = 2;
+  const auto out = (dir_ / "out.parquet").string();
+  std::vector<std::string> seen;
+  auto rep = RunPipeline(**ck, out, cfg, [&](uint64_t done, uint64_t total, const std::string& name) {
+    EXPECT_LE(done, total);
+    seen.push_back(name);
+    return true;
+  });
+  ASSERT_TRUE(rep.ok()) << rep.status().ToString();
+  EXPECT_EQ(rep->modality, "image");
+  EXPECT_EQ(seen.size(), 7u);
+  std::map<std::string, LayerReport> by;
+  for (const auto& l : rep->layers) by[l.name] = l;
+  EXPECT_EQ(by["conv_in.weight"].action, "kept");
+  EXPECT_EQ(by["conv_in.weight"].why, "first or last layer");
+  EXPECT_EQ(by["blocks.0.attn.to_q.bias"].action, "kept");
+  EXPECT_EQ(by["blocks.0.attn.to_q.bias"].format, "F16");
+  EXPECT_EQ(by["position_ids"].format, "I32");
+  EXPECT_EQ(by["blocks.0.attn.to_q.weight"].action, "quantized");
+  EXPECT_EQ(by["blocks.0.attn.to_q.weight"].bits, 2);
+  // The heavy-tailed layer cannot hold 2 bits at this threshold: it climbs, with reasons.
+  const auto& hard = by["blocks.0.hard.weight"];
+  EXPECT_GT(hard.bits == 0 ? 16 : hard.bits, 2);
+  EXPECT_FALSE(hard.fallbacks.empty());
+  EXPECT_NE(hard.fallbacks[0].find("int2: relative RMSE"), std::string::npos);
+
+  auto r = ModelReader::Open(out);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ((*r)->tensors().size(), 7u);
+  const auto* q = (*r)->Find("blocks.0.attn.to_q.weight");
+  ASSERT_TRUE(q && q->spec && q->metrics);
+  EXPECT_NEAR(q->metrics->rel_rmse, by["blocks.0.attn.to_q.weight"].metrics->rel_rmse, 1e-12);
+  EXPECT_EQ((*r)->metadata().at("arrowquant.modality"), "image");
+  uint64_t stored = 0;
+  for (const auto& l : rep->layers) stored += l.stored_bytes;
+  EXPECT_EQ(stored, rep->stored_bytes);
+}
+
+TEST_F(PipelineTest, ThreadCountDoesNotChangeTheModel) {
+  auto ck = Checkpoint::Open((dir_ / "model").string());
+  ASSERT_TRUE(ck.ok());
+  PipelineConfig a, b;
+  a.threads = 1;
+  b.threads = 3;
+  ASSERT_TRUE(RunPipeline(**ck, (dir_ / "a.parquet").string(), a).ok());
+  ASSERT_TRUE(RunPipeline(**ck, (dir_ / "b.parquet").string(), b).ok());
+  auto ra = ModelReader::Open((dir_ / "a.parquet").string());
+  auto rb = ModelReader::Open((dir_ / "b.parquet").string());
+  ASSERT_TRUE(ra.ok() && rb.ok());
+  for (const auto& t : (*ra)->tensors()) {
+    std::vector<float> x(t.num_params), y(t.num_params);
+    if (t.quant_type == "raw" && !Traits(t.raw_dtype).quantizable) continue;
+    ASSERT_TRUE((*ra)->Dequantize(t.name, DType::kF32, std::as_writable_bytes(std::span<float>(x))).ok());
+    ASSERT_TRUE((*rb)->Dequantize(t.name, DType::kF32, std::as_writable_bytes(std::span<float>(y))).ok());
+    EXPECT_EQ(x, y) << t.name;
+  }
+}
+
+TEST_F(PipelineTest, CancelFailFastAndOverridesLeaveNothingOrObey) {
+  auto ck = Checkpoint::Open((dir_ / "model").string());
+  ASSERT_TRUE(ck.ok());
+  const auto out = (dir_ / "c.parquet").string();
+  int calls = 0;
+  auto rep = RunPipeline(**ck, out, PipelineConfig{}, [&](uint64_t, uint64_t, const std::string&) { return ++calls < 2; });
+  EXPECT_EQ(rep.status().code(), StatusCode::kCancelled);
+  EXPECT_FALSE(fs::exists(out));
+  for (const auto& e : fs::directory_iterator(dir_)) EXPECT_EQ(e.path().string().find(".tmp-"), std::string::npos);
+
+  PipelineConfig strict;
+  strict.max_rel_rmse = 1e-6;
+  strict.fail_fast = true;
+  EXPECT_EQ(RunPipeline(**ck, out, strict).status().code(), StatusCode::kThresholdMissed);
+  EXPECT_FALSE(fs::exists(out));
+
+  PipelineConfig over;
+  over.rules = {{R"(ff\.weight)", 8, "user override"}, {R"(to_q\.weight)", 0, "keep"}};
+  auto o = RunPipeline(**ck, out, over);
+  ASSERT_TRUE(o.ok());
+  for (const auto& l : o->layers) {
+    if (l.name == "blocks.0.ff.weight") EXPECT_EQ(l.bits, 8);
+    if (l.name == "blocks.0.attn.to_q.weight") EXPECT_EQ(l.action, "kept");
+  }
+  PipelineConfig bad;
+  bad.rules = {{"(", 4, ""}};
+  EXPECT_EQ(RunPipeline(**ck, out + "2", bad).status().code(), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace arrowquant
