@@ -17,11 +17,13 @@
 namespace arrowquant {
 
 // An ordered selection rule: the first whose regex matches (a search in the qualified tensor
-// name, e.g. "unet/conv_in.weight") decides. bits 0 = keep in higher precision.
+// name, e.g. "unet/conv_in.weight") decides. bits: 2/4/8, 0 = keep unquantized, -1 = the target
+// width. threshold_scale tightens the validation threshold for sensitive layers.
 struct SelectionRule {
   std::string pattern;
   int bits = 0;
   std::string why;
+  double threshold_scale = 1.0;
 };
 
 // Rules for tensors that stay in higher precision (norms, embeddings, time embedding, adaLN

@@ -6,10 +6,13 @@ from __future__ import annotations
 import pyarrow as _pyarrow  # noqa: F401
 
 import arrowquant._core as _core
+from arrowquant.api import ArrowQuantV2
 from arrowquant.checkpoint import Checkpoint, TensorInfo, load_checkpoint
+from arrowquant.config import DiffusionQuantConfig
 from arrowquant.errors import (
     ArrowQuantError,
     ArrowQuantIOError,
+    CancelledError,
     ConfigurationError,
     LimitExceededError,
     MalformedModelError,
@@ -23,10 +26,15 @@ from arrowquant.errors import (
 )
 from arrowquant.model import QuantizedModel, export_safetensors, load_state_dict, open, save
 from arrowquant.quantize import QuantizedTensor, quantize
+from arrowquant.report import QuantizationReport
 
 __version__: str = _core.__version__
 
 __all__ = [
+    "ArrowQuantV2",
+    "DiffusionQuantConfig",
+    "QuantizationReport",
+    "CancelledError",
     "ArrowQuantError",
     "ArrowQuantIOError",
     "Checkpoint",

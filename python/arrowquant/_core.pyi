@@ -117,3 +117,21 @@ class ModelReader:
     def load_into(
         self, names: list[str], outputs: list[npt.NDArray[Any]], dtype: str, threads: int = 1
     ) -> None: ...
+
+def run_pipeline(
+    model_path: str,
+    out_path: str,
+    bits: int,
+    spec: tuple[int, str, str, str, int] | None,
+    max_rel_rmse: float,
+    rules: list[tuple[str, int, str]],
+    modality: str,
+    keep_dtype: str,
+    threads: int,
+    min_elements: int,
+    fail_fast: bool,
+    recipe_json: str,
+    tool_version: str,
+    progress: Any,
+) -> dict[str, Any]: ...
+def default_rules(modality: str) -> list[tuple[str, int, str]]: ...

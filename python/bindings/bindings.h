@@ -8,5 +8,6 @@ void BindDtypes(nanobind::module_& m);
 void BindCheckpoint(nanobind::module_& m);
 void BindQuantize(nanobind::module_& m);
 void BindModelFile(nanobind::module_& m);
+void BindPipeline(nanobind::module_& m);
 
 }  // namespace arrowquant::py

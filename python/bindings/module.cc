@@ -13,4 +13,5 @@ NB_MODULE(_core, m) {
   arrowquant::py::BindCheckpoint(m);
   arrowquant::py::BindQuantize(m);
   arrowquant::py::BindModelFile(m);
+  arrowquant::py::BindPipeline(m);
 }

@@ -73,10 +73,12 @@ void Process(const CheckpointTensor& t, const PipelineConfig& c,
   r.source_dtype = std::string(Traits(t.info->dtype).safetensors_name);
   r.source_bytes = t.info->nbytes();
   int bits = c.bits;
+  double threshold = c.max_rel_rmse;
   std::string why;
   for (const auto& [re, rule] : rules) {
     if (std::regex_search(t.name, re)) {
-      bits = rule.bits;
+      bits = rule.bits < 0 ? c.bits : rule.bits;
+      threshold = c.max_rel_rmse * rule.threshold_scale;
       why = rule.why.empty() ? "rule '" + rule.pattern + "'" : rule.why;
       break;
     }
@@ -91,8 +93,9 @@ void Process(const CheckpointTensor& t, const PipelineConfig& c,
     bits = 0;
     why = "fewer than " + std::to_string(c.min_elements) + " elements";
   }
+  r.why = why;  // the rule that chose the width, if any
   if (bits == 0 || bits >= 16) {
-    r.why = why.empty() ? "kept by rule" : why;
+    if (r.why.empty()) r.why = "kept by rule";
     Keep(t, c.keep_dtype, o);
     return;
   }
@@ -110,7 +113,7 @@ void Process(const CheckpointTensor& t, const PipelineConfig& c,
       o.status = m.status();
       return;
     }
-    if (m->rel_rmse <= c.max_rel_rmse) {
+    if (m->rel_rmse <= threshold) {
       r.action = "quantized";
       r.bits = b;
       r.format = q->spec.ToString();
@@ -120,7 +123,7 @@ void Process(const CheckpointTensor& t, const PipelineConfig& c,
       return;
     }
     char buf[160];
-    std::snprintf(buf, sizeof buf, "int%d: relative RMSE %.4f > %.4f", b, m->rel_rmse, c.max_rel_rmse);
+    std::snprintf(buf, sizeof buf, "int%d: relative RMSE %.4f > %.4f", b, m->rel_rmse, threshold);
     r.fallbacks.push_back(buf);
   }
   o.missed = true;

@@ -1,0 +1,142 @@
+"""DiffusionQuantConfig: what `quantize_diffusion_model` and `arrowquant quantize` do.
+
+Profiles (the seed's edge / local / cloud): 2, 4 and 8-bit weights. The seed's group sizes
+256/128/64 are replaced by 32-element groups with coded scales, which measure better at fewer
+bits (docs/benchmarks.md), and its "min accuracy" (weight cosine 0.65/0.85/0.95, which INT4
+passes whether or not the layer is fine) by a maximum relative RMSE per layer that the recommended
+format meets on ordinary weights at that width and outlier-heavy layers do not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from arrowquant.errors import ConfigurationError
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "edge": {"bits": 2, "max_rel_rmse": 0.40, "time_groups": 5},
+    "local": {"bits": 4, "max_rel_rmse": 0.12, "time_groups": 10},
+    "cloud": {"bits": 8, "max_rel_rmse": 0.02, "time_groups": 20},
+}
+_OVERRIDE = re.compile(r"^(?P<pattern>.+)=(?P<bits>2|4|8|16|keep)$")
+
+
+@dataclass
+class DiffusionQuantConfig:
+    profile: str = "local"
+    bits: int = 4
+    group_size: int | None = None  # None: the recommended format of `bits`
+    scheme: str | None = None
+    method: str | None = None
+    scale_dtype: str | None = None
+    max_rel_rmse: float = 0.12
+    time_groups: int = 10  # stored in the recipe; used by calibration (not yet implemented)
+    modality: str = ""  # "" = detect
+    overrides: list[str] = field(default_factory=list)  # "REGEX=BITS" (BITS 2/4/8/16/keep)
+    keep_dtype: str = "F16"
+    threads: int = 0  # 0 = all cores
+    min_elements: int = 1024
+    fail_fast: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_profile(cls, profile: str, **changes: Any) -> DiffusionQuantConfig:
+        if profile not in PROFILES:
+            raise ConfigurationError(
+                f"profile must be one of {', '.join(PROFILES)}, got {profile!r}"
+            )
+        return cls(profile=profile, **(PROFILES[profile] | changes))
+
+    def validate(self) -> None:
+        def bad(name: str, why: str) -> None:
+            raise ConfigurationError(f"{name}: {why} (got {getattr(self, name)!r})")
+
+        if self.profile not in PROFILES:
+            bad("profile", f"must be one of {', '.join(PROFILES)}")
+        if self.bits not in (2, 4, 8):
+            bad("bits", "must be 2, 4 or 8")
+        if self.group_size is not None and self.group_size not in (0, 32, 64, 128, 256):
+            bad("group_size", "must be 32, 64, 128, 256 or 0 (per channel)")
+        if self.scheme is not None and self.scheme not in ("asym", "sym"):
+            bad("scheme", "must be 'asym' or 'sym'")
+        if self.method is not None and self.method not in ("search", "minmax"):
+            bad("method", "must be 'search' or 'minmax'")
+        if self.scale_dtype is not None and self.scale_dtype not in (
+            "f16",
+            "f32",
+            "q6",
+            "q7",
+            "q8",
+        ):
+            bad("scale_dtype", "must be f16, f32, q6, q7 or q8")
+        if not (0 < self.max_rel_rmse < 10):
+            bad("max_rel_rmse", "must be in (0, 10)")
+        if self.time_groups < 1:
+            bad("time_groups", "must be at least 1")
+        if self.modality not in ("", "image", "video", "audio", "text", "code"):
+            bad("modality", "must be image, video, audio, text, code or empty (detect)")
+        if self.keep_dtype not in ("F16", "BF16", "F32"):
+            bad("keep_dtype", "must be F16, BF16 or F32")
+        if self.threads < 0:
+            bad("threads", "must be >= 0")
+        for o in self.overrides:
+            m = _OVERRIDE.match(o)
+            if not m:
+                bad("overrides", f"{o!r} is not REGEX=BITS with BITS in 2, 4, 8, 16, keep")
+            try:
+                re.compile(m.group("pattern"))  # type: ignore[union-attr]
+            except re.error as e:
+                bad("overrides", f"{o!r}: {e}")
+
+    def rules(self) -> list[tuple[str, int, str]]:
+        out = []
+        for o in self.overrides:
+            m = _OVERRIDE.match(o)
+            assert m
+            b = m.group("bits")
+            out.append((m.group("pattern"), 0 if b in ("16", "keep") else int(b), f"override {o}"))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DiffusionQuantConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigurationError(f"unknown config fields: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def with_env(self, environ: dict[str, str] | None = None) -> DiffusionQuantConfig:
+        """ARROW_QUANT_<FIELD> overrides; a value that does not parse is an error."""
+        env = os.environ if environ is None else environ
+        changes: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            key = f"ARROW_QUANT_{f.name.upper()}"
+            if key not in env:
+                continue
+            raw = env[key]
+            cur = getattr(self, f.name)
+            try:
+                if isinstance(cur, bool):
+                    if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                        raise ValueError(raw)
+                    changes[f.name] = raw.lower() in ("1", "true", "yes")
+                elif isinstance(cur, int) or f.name == "group_size":
+                    changes[f.name] = int(raw)
+                elif isinstance(cur, float):
+                    changes[f.name] = float(raw)
+                elif isinstance(cur, list):
+                    changes[f.name] = [s for s in raw.split(",") if s]
+                else:
+                    changes[f.name] = raw
+            except ValueError:
+                raise ConfigurationError(f"{key}={raw!r} is not a valid {f.name}") from None
+        return dataclasses.replace(self, **changes)

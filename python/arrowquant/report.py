@@ -1,0 +1,99 @@
+"""QuantizationReport: what the job did to every layer, with totals; JSON and Markdown."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class QuantizationReport:
+    model_path: str
+    output_path: str
+    modality: str
+    modality_reason: str
+    config: dict[str, Any]
+    layers: list[dict[str, Any]]
+    source_bytes: int
+    stored_bytes: int
+    file_bytes: int
+    quantized_params: int
+    total_params: int
+    threshold_missed: bool
+    seconds: float
+    peak_rss_bytes: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.source_bytes / self.file_bytes if self.file_bytes else 0.0
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per parameter over all tensors (kept ones included)."""
+        return 8 * self.stored_bytes / self.total_params if self.total_params else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        by_action: dict[str, int] = {}
+        for layer in self.layers:
+            key = layer["format"] if layer["action"] == "quantized" else f"kept {layer['format']}"
+            by_action[key] = by_action.get(key, 0) + 1
+        return {
+            "tensors": len(self.layers),
+            "formats": by_action,
+            "source_bytes": self.source_bytes,
+            "file_bytes": self.file_bytes,
+            "compression_ratio": round(self.compression_ratio, 3),
+            "bits_per_weight": round(self.bits_per_weight, 3),
+            "quantized_params": self.quantized_params,
+            "total_params": self.total_params,
+            "fallbacks": sum(1 for layer in self.layers if layer["fallbacks"]),
+            "threshold_missed": self.threshold_missed,
+            "seconds": round(self.seconds, 3),
+            "peak_rss_bytes": self.peak_rss_bytes,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_path": self.model_path,
+            "output_path": self.output_path,
+            "modality": self.modality,
+            "modality_reason": self.modality_reason,
+            "config": self.config,
+            "summary": self.summary(),
+            "layers": self.layers,
+        }
+
+    def to_markdown(self) -> str:
+        s = self.summary()
+        lines = [
+            "# ArrowQuant report",
+            "",
+            f"- model: `{self.model_path}` ({self.modality}; {self.modality_reason})",
+            f"- output: `{self.output_path}`",
+            f"- size: {s['source_bytes'] / 2**20:.2f} MiB -> {s['file_bytes'] / 2**20:.2f} MiB "
+            f"({s['compression_ratio']:.2f}x), {s['bits_per_weight']:.3f} bits per weight overall",
+            f"- formats: {', '.join(f'{k} x{v}' for k, v in s['formats'].items())}",
+            f"- layers that fell back to more bits: {s['fallbacks']}",
+            f"- time {s['seconds']:.2f} s, peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB",
+            "",
+            "| tensor | shape | action | format | rel RMSE | SQNR dB | why / fallbacks |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for layer in self.layers:
+            m = layer["metrics"] or {}
+            rel = f"{m['rel_rmse']:.4f}" if m else ""
+            sq = f"{m['sqnr_db']:.1f}" if m else ""
+            note = "; ".join(layer["fallbacks"]) or layer["why"]
+            shape = "x".join(str(d) for d in layer["shape"])
+            lines.append(
+                f"| {layer['name']} | {shape} | {layer['action']} | {layer['format']} | {rel} | "
+                f"{sq} | {note} |"
+            )
+        return "\n".join(lines) + "\n"
+
+    def write(self, folder: Path) -> None:
+        (folder / "report.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        (folder / "report.md").write_text(self.to_markdown())

@@ -1,0 +1,124 @@
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include "arrowquant/pipeline.h"
+#include "bindings.h"
+#include "convert.h"
+#include "status_error.h"
+
+namespace nb = nanobind;
+
+namespace arrowquant::py {
+namespace {
+
+nb::dict LayerDict(const LayerReport& l) {
+  nb::dict d;
+  d["name"] = l.name;
+  d["shape"] = nb::cast(l.shape);
+  d["source_dtype"] = l.source_dtype;
+  d["action"] = l.action;
+  d["format"] = l.format;
+  d["bits"] = l.bits;
+  d["why"] = l.why;
+  d["fallbacks"] = nb::cast(l.fallbacks);
+  d["source_bytes"] = l.source_bytes;
+  d["stored_bytes"] = l.stored_bytes;
+  if (l.metrics) {
+    nb::dict m;
+    m["rel_rmse"] = l.metrics->rel_rmse;
+    m["sqnr_db"] = l.metrics->sqnr_db;
+    m["cosine"] = l.metrics->cosine;
+    m["max_abs"] = l.metrics->max_abs;
+    m["mse"] = l.metrics->mse;
+    d["metrics"] = m;
+  } else {
+    d["metrics"] = nb::none();
+  }
+  return d;
+}
+
+}  // namespace
+
+void BindPipeline(nb::module_& m) {
+  m.def(
+      "run_pipeline",
+      [](const std::string& model_path, const std::string& out_path, int bits,
+         std::optional<std::tuple<int, std::string, std::string, std::string, int>> spec, double max_rel_rmse,
+         const std::vector<std::tuple<std::string, int, std::string>>& rules, const std::string& modality,
+         const std::string& keep_dtype, int threads, uint64_t min_elements, bool fail_fast,
+         const std::string& recipe_json, const std::string& tool_version, nb::object progress) {
+        PipelineConfig c;
+        c.bits = bits;
+        if (spec) {
+          const auto& [group, scheme, method, scales, scale_bits] = *spec;
+          QuantSpec s{bits, group, scheme == "sym" ? Scheme::kSymmetric : Scheme::kAsymmetric,
+                      method == "minmax" ? Grid::kMinMax : Grid::kSearch,
+                      scales == "f16" ? ScaleStorage::kF16 : scales == "f32" ? ScaleStorage::kF32 : ScaleStorage::kCoded};
+          s.scale_bits = scale_bits;
+          ThrowIfError(s.Validate());
+          c.spec = s;
+        }
+        c.max_rel_rmse = max_rel_rmse;
+        for (const auto& [p, b, why] : rules) c.rules.push_back({p, b, why});
+        c.modality = modality;
+        c.keep_dtype = ParseDType(keep_dtype);
+        c.threads = threads;
+        c.min_elements = min_elements;
+        c.fail_fast = fail_fast;
+        c.recipe_json = recipe_json;
+        c.tool_version = tool_version;
+        // The callback runs on this (the calling) thread with the GIL held; an exception in it,
+        // or Ctrl-C, cancels the run and is re-raised afterwards.
+        std::optional<nb::python_error> pending_error;
+        ProgressFn fn = [&](uint64_t done, uint64_t total, const std::string& name) {
+          nb::gil_scoped_acquire gil;
+          if (PyErr_CheckSignals() != 0) {
+            pending_error.emplace();  // takes the pending KeyboardInterrupt
+            return false;
+          }
+          if (progress.is_none()) return true;
+          try {
+            nb::object r = progress(done, total, name);
+            return r.is_none() || nb::cast<bool>(r);
+          } catch (nb::python_error& e) {
+            pending_error.emplace(std::move(e));
+            return false;
+          }
+        };
+        Result<PipelineReport> rep = Status();
+        {
+          nb::gil_scoped_release release;
+          auto ck = Checkpoint::Open(model_path);
+          if (!ck.ok()) rep = ck.status();
+          else rep = RunPipeline(**ck, out_path, c, fn);
+        }
+        if (pending_error) throw std::move(*pending_error);
+        if (!rep.ok()) throw StatusError(rep.status());
+        nb::dict d;
+        d["modality"] = rep->modality;
+        d["modality_reason"] = rep->modality_reason;
+        nb::list layers;
+        for (const auto& l : rep->layers) layers.append(LayerDict(l));
+        d["layers"] = layers;
+        d["source_bytes"] = rep->source_bytes;
+        d["stored_bytes"] = rep->stored_bytes;
+        d["quantized_params"] = rep->quantized_params;
+        d["total_params"] = rep->total_params;
+        d["threshold_missed"] = rep->threshold_missed;
+        return d;
+      },
+      nb::arg("model_path"), nb::arg("out_path"), nb::arg("bits"), nb::arg("spec").none(),
+      nb::arg("max_rel_rmse"), nb::arg("rules"), nb::arg("modality"), nb::arg("keep_dtype"),
+      nb::arg("threads"), nb::arg("min_elements"), nb::arg("fail_fast"), nb::arg("recipe_json"),
+      nb::arg("tool_version"), nb::arg("progress").none());
+  m.def("default_rules", [](const std::string& modality) {
+    std::vector<std::tuple<std::string, int, std::string>> out;
+    for (const auto& r : DefaultSelectionRules(modality)) out.emplace_back(r.pattern, r.bits, r.why);
+    return out;
+  });
+}
+
+}  // namespace arrowquant::py
