@@ -72,6 +72,15 @@ struct PipelineReport {
 // Progress: bytes of source tensors done, of total. Return false to cancel.
 using ProgressFn = std::function<bool(uint64_t done, uint64_t total, const std::string& tensor)>;
 
+// What the selection rules decide for each tensor, without quantizing anything (--dry-run).
+struct PlannedTensor {
+  std::string name;
+  int bits = 0;  // 0: kept unquantized
+  double threshold = 0;
+  std::string why;
+};
+Result<std::vector<PlannedTensor>> PlanSelection(const Checkpoint& ck, const PipelineConfig& config);
+
 // The modality and how it was decided.
 std::pair<std::string, std::string> DetectModality(const Checkpoint& ck);
 

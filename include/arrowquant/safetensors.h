@@ -68,6 +68,9 @@ class SafeTensorsFile {
   const SafeTensorsHeader& header() const { return header_; }
   const TensorInfo* Find(std::string_view name) const;
   std::span<const std::byte> Data(const TensorInfo& info) const;
+  // Done with this tensor: release its pages from the resident set (memory stays bounded by
+  // the tensors in flight, not the file). Spans stay valid; touching them faults pages back in.
+  void Evict(const TensorInfo& info) const;
 
  private:
   SafeTensorsFile(std::string path, std::unique_ptr<MappedFile> map, SafeTensorsHeader header);

@@ -135,3 +135,11 @@ def run_pipeline(
     progress: Any,
 ) -> dict[str, Any]: ...
 def default_rules(modality: str) -> list[tuple[str, int, str]]: ...
+def plan(
+    model_path: str,
+    bits: int,
+    max_rel_rmse: float,
+    rules: list[tuple[str, int, str]],
+    modality: str,
+    min_elements: int,
+) -> list[tuple[str, int, float, str]]: ...

@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from arrowquant.errors import ArrowQuantError, ValidationError
 
@@ -101,6 +101,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if args.override:
         changes["overrides"] = list(args.override)
     cfg = DiffusionQuantConfig.from_profile(args.profile, **changes).with_env()
+    if args.dry_run:
+        return _dry_run(args, cfg)
     tty = sys.stderr.isatty() and not args.json
 
     def progress(done: int, total: int, name: str) -> bool:
@@ -127,6 +129,29 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         )
         print(f"report: {args.out}/report.md, {args.out}/report.json")
     return 1 if report.threshold_missed and cfg.fail_fast else EXIT_OK
+
+
+def _dry_run(args: argparse.Namespace, cfg: Any) -> int:
+    import arrowquant._core as _core
+
+    plan = _core.plan(
+        args.model, cfg.bits, cfg.max_rel_rmse, cfg.rules(), cfg.modality, cfg.min_elements
+    )
+    rules = cfg.rules() + _core.default_rules(cfg.modality or "image")
+    if args.json:
+        rows = [{"name": n, "bits": b, "threshold": t, "why": w} for n, b, t, w in plan]
+        json.dump({"rules": rules, "tensors": rows}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    print("selection rules, first match wins (user overrides, then defaults):")
+    for pattern, bits, why in rules:
+        target = "keep" if bits == 0 else "target width" if bits < 0 else f"int{bits}"
+        print(f"  {pattern}  ->  {target}  ({why})")
+    width = max((len(n) for n, *_ in plan), default=4)
+    for name, bits, threshold, why in plan:
+        action = f"int{bits} (max relRMSE {threshold:.3f})" if bits else "keep"
+        print(f"{name:<{width}}  {action:<28} {why}")
+    return EXIT_OK
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -206,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--fail-fast", action="store_true", help="exit 1 at the first layer that misses")
     q.add_argument("--overwrite", action="store_true")
     q.add_argument("--json", action="store_true")
+    q.add_argument(
+        "--dry-run", action="store_true", help="show what the rules decide; write nothing"
+    )
     q.set_defaults(func=_cmd_quantize)
 
     i = sub.add_parser("inspect", help="list the tensors of a quantized model")

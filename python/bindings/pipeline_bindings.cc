@@ -114,6 +114,27 @@ void BindPipeline(nb::module_& m) {
       nb::arg("max_rel_rmse"), nb::arg("rules"), nb::arg("modality"), nb::arg("keep_dtype"),
       nb::arg("threads"), nb::arg("min_elements"), nb::arg("fail_fast"), nb::arg("recipe_json"),
       nb::arg("tool_version"), nb::arg("progress").none());
+  m.def(
+      "plan",
+      [](const std::string& model_path, int bits, double max_rel_rmse,
+         const std::vector<std::tuple<std::string, int, std::string>>& rules, const std::string& modality,
+         uint64_t min_elements) {
+        PipelineConfig c;
+        c.bits = bits;
+        c.max_rel_rmse = max_rel_rmse;
+        for (const auto& [p, b, why] : rules) c.rules.push_back({p, b, why});
+        c.modality = modality;
+        c.min_elements = min_elements;
+        std::vector<std::tuple<std::string, int, double, std::string>> out;
+        {
+          nb::gil_scoped_release release;
+          auto ck = ValueOrThrow(Checkpoint::Open(model_path));
+          for (const auto& p : ValueOrThrow(PlanSelection(*ck, c))) out.emplace_back(p.name, p.bits, p.threshold, p.why);
+        }
+        return out;
+      },
+      nb::arg("model_path"), nb::arg("bits"), nb::arg("max_rel_rmse"), nb::arg("rules"), nb::arg("modality"),
+      nb::arg("min_elements"));
   m.def("default_rules", [](const std::string& modality) {
     std::vector<std::tuple<std::string, int, std::string>> out;
     for (const auto& r : DefaultSelectionRules(modality)) out.emplace_back(r.pattern, r.bits, r.why);

@@ -65,36 +65,57 @@ QuantSpec SpecFor(const PipelineConfig& c, int bits) {
   return s;
 }
 
-void Process(const CheckpointTensor& t, const PipelineConfig& c,
-             const std::vector<std::pair<std::regex, SelectionRule>>& rules, Outcome& o) {
+using CompiledRules = std::vector<std::pair<std::regex, SelectionRule>>;
+
+PlannedTensor Decide(const CheckpointTensor& t, const PipelineConfig& c, const CompiledRules& rules) {
+  PlannedTensor p{t.name, c.bits, c.max_rel_rmse, ""};
+  for (const auto& [re, rule] : rules) {
+    if (std::regex_search(t.name, re)) {
+      p.bits = rule.bits < 0 ? c.bits : rule.bits;
+      p.threshold = c.max_rel_rmse * rule.threshold_scale;
+      p.why = rule.why.empty() ? "rule '" + rule.pattern + "'" : rule.why;
+      break;
+    }
+  }
+  if (!Traits(t.info->dtype).quantizable) {
+    p.bits = 0;
+    p.why = "dtype " + std::string(Traits(t.info->dtype).safetensors_name) + " is not quantized";
+  } else if (t.info->shape.size() < 2) {
+    p.bits = 0;
+    p.why = "1-D tensor (bias, norm or scale)";
+  } else if (t.info->num_elements() < c.min_elements) {
+    p.bits = 0;
+    p.why = "fewer than " + std::to_string(c.min_elements) + " elements";
+  }
+  if (p.bits >= 16) p.bits = 0;
+  return p;
+}
+
+Result<CompiledRules> Compile(const PipelineConfig& config, const std::string& modality) {
+  CompiledRules rules;
+  auto all_rules = config.rules;
+  for (auto& r : DefaultSelectionRules(modality)) all_rules.push_back(r);
+  for (const auto& r : all_rules) {
+    try {
+      rules.emplace_back(std::regex(r.pattern, std::regex::ECMAScript), r);
+    } catch (const std::regex_error& e) {
+      return Status(StatusCode::kInvalidArgument, "selection rule '" + r.pattern + "': " + e.what());
+    }
+  }
+  return rules;
+}
+
+void Process(const CheckpointTensor& t, const PipelineConfig& c, const CompiledRules& rules, Outcome& o) {
   LayerReport& r = o.report;
   r.name = t.name;
   r.shape = t.info->shape;
   r.source_dtype = std::string(Traits(t.info->dtype).safetensors_name);
   r.source_bytes = t.info->nbytes();
-  int bits = c.bits;
-  double threshold = c.max_rel_rmse;
-  std::string why;
-  for (const auto& [re, rule] : rules) {
-    if (std::regex_search(t.name, re)) {
-      bits = rule.bits < 0 ? c.bits : rule.bits;
-      threshold = c.max_rel_rmse * rule.threshold_scale;
-      why = rule.why.empty() ? "rule '" + rule.pattern + "'" : rule.why;
-      break;
-    }
-  }
-  if (!Traits(t.info->dtype).quantizable) {
-    bits = 0;
-    why = "dtype " + r.source_dtype + " is not quantized";
-  } else if (t.info->shape.size() < 2) {
-    bits = 0;
-    why = "1-D tensor (bias, norm or scale)";
-  } else if (t.info->num_elements() < c.min_elements) {
-    bits = 0;
-    why = "fewer than " + std::to_string(c.min_elements) + " elements";
-  }
-  r.why = why;  // the rule that chose the width, if any
-  if (bits == 0 || bits >= 16) {
+  const PlannedTensor plan = Decide(t, c, rules);
+  const int bits = plan.bits;
+  const double threshold = plan.threshold;
+  r.why = plan.why;  // the rule that chose the width, if any
+  if (bits == 0) {
     if (r.why.empty()) r.why = "kept by rule";
     Keep(t, c.keep_dtype, o);
     return;
@@ -133,6 +154,14 @@ void Process(const CheckpointTensor& t, const PipelineConfig& c,
 
 }  // namespace
 
+Result<std::vector<PlannedTensor>> PlanSelection(const Checkpoint& ck, const PipelineConfig& config) {
+  const std::string modality = config.modality.empty() ? DetectModality(ck).first : config.modality;
+  AQ_ASSIGN_OR_RETURN(CompiledRules rules, Compile(config, modality));
+  std::vector<PlannedTensor> out;
+  for (const auto& t : ck.tensors()) out.push_back(Decide(t, config, rules));
+  return out;
+}
+
 Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_path,
                                    const PipelineConfig& config, const ProgressFn& progress) {
   if (config.bits != 2 && config.bits != 4 && config.bits != 8) {
@@ -148,16 +177,7 @@ Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_
     report.modality = config.modality;
     report.modality_reason = "given";
   }
-  std::vector<std::pair<std::regex, SelectionRule>> rules;
-  auto all_rules = config.rules;
-  for (auto& r : DefaultSelectionRules(report.modality)) all_rules.push_back(r);
-  for (const auto& r : all_rules) {
-    try {
-      rules.emplace_back(std::regex(r.pattern, std::regex::ECMAScript), r);
-    } catch (const std::regex_error& e) {
-      return Status(StatusCode::kInvalidArgument, "selection rule '" + r.pattern + "': " + e.what());
-    }
-  }
+  AQ_ASSIGN_OR_RETURN(CompiledRules rules, Compile(config, report.modality));
 
   ModelMetadata meta;
   meta.tool_version = config.tool_version;
@@ -238,6 +258,7 @@ Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_
       rec.raw_shape = t.info->shape;
     }
     if (Status st = writer->Write(rec); !st.ok()) return finish(st);
+    t.file->Evict(*t.info);
     report.threshold_missed |= o->missed;
     report.source_bytes += o->report.source_bytes;
     report.stored_bytes += o->report.stored_bytes;

@@ -229,3 +229,17 @@ def test_config_validation_profiles_and_env() -> None:
     with pytest.raises(aq.ConfigurationError, match="ARROW_QUANT_FAIL_FAST"):
         c.with_env({"ARROW_QUANT_FAIL_FAST": "maybe"})
     assert "bits=8" in repr(c)
+
+
+def test_dry_run_shows_rules_and_writes_nothing(models: dict[str, Path], tmp_path: Path) -> None:
+    r = _run(
+        "quantize", str(models["unet"]), str(tmp_path / "o"), "--dry-run", "--override", "to_k=8"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "first match wins" in r.stdout and "to_k  ->  int8" in r.stdout
+    assert "unet/conv_in.weight" in r.stdout and "first or last layer" in r.stdout
+    r = _run("quantize", str(models["unet"]), str(tmp_path / "o"), "--dry-run", "--json")
+    plan = {t["name"]: t for t in json.loads(r.stdout)["tensors"]}
+    assert plan["unet/conv_in.weight"]["bits"] == 0
+    assert plan["unet/down_blocks.0.resnets.0.conv1.weight"]["bits"] == 4
+    assert not (tmp_path / "o").exists()

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 
 namespace arrowquant {
@@ -41,6 +42,14 @@ Result<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
   // Tensors are mostly consumed front to back; let the kernel read ahead aggressively.
   ::madvise(addr, size, MADV_SEQUENTIAL);
   return std::unique_ptr<MappedFile>(new MappedFile(static_cast<const std::byte*>(addr), size));
+}
+
+void MappedFile::Evict(size_t offset, size_t length) const {
+  if (data_ == nullptr || length == 0) return;
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t begin = (offset + page - 1) / page * page;
+  const size_t end = std::min(size_, offset + length) / page * page;
+  if (end > begin) ::madvise(const_cast<std::byte*>(data_) + begin, end - begin, MADV_DONTNEED);
 }
 
 MappedFile::~MappedFile() {

@@ -18,6 +18,9 @@ class MappedFile {
   MappedFile& operator=(const MappedFile&) = delete;
 
   std::span<const std::byte> bytes() const { return {data_, size_}; }
+  // Drops the whole pages inside [offset, offset + length) from this process's resident set
+  // (they stay in the page cache and fault back in if touched again).
+  void Evict(size_t offset, size_t length) const;
 
  private:
   MappedFile(const std::byte* data, size_t size) : data_(data), size_(size) {}

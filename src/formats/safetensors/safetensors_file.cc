@@ -26,6 +26,10 @@ const TensorInfo* SafeTensorsFile::Find(std::string_view name) const {
   return it == by_name_.end() ? nullptr : &header_.tensors[it->second];
 }
 
+void SafeTensorsFile::Evict(const TensorInfo& info) const {
+  map_->Evict(header_.data_offset() + info.begin, info.nbytes());
+}
+
 std::span<const std::byte> SafeTensorsFile::Data(const TensorInfo& info) const {
   return map_->bytes().subspan(header_.data_offset() + info.begin, info.nbytes());
 }
