@@ -100,7 +100,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     }
     if args.override:
         changes["overrides"] = list(args.override)
-    cfg = DiffusionQuantConfig.from_profile(args.profile, **changes).with_env()
+    if args.config:
+        base = DiffusionQuantConfig.from_yaml(args.config)
+        cfg = DiffusionQuantConfig.from_dict(base.to_dict() | changes).with_env()
+    else:
+        cfg = DiffusionQuantConfig.from_profile(args.profile, **changes).with_env()
     if args.dry_run:
         return _dry_run(args, cfg)
     tty = sys.stderr.isatty() and not args.json
@@ -215,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("model", help=".safetensors file, sharded index, or (diffusers) model folder")
     q.add_argument("out", help="output folder (model.aq.parquet, report.json, report.md)")
     q.add_argument("--profile", choices=["edge", "local", "cloud"], default="local")
+    q.add_argument("--config", metavar="YAML", help="DiffusionQuantConfig as YAML (flags win)")
     q.add_argument("--bits", type=int, choices=[2, 4, 8])
     q.add_argument("--group-size", type=int, choices=[0, 32, 64, 128, 256])
     q.add_argument("--scale-dtype", choices=["f16", "f32", "q6", "q7", "q8"])

@@ -114,6 +114,28 @@ class DiffusionQuantConfig:
             raise ConfigurationError(f"unknown config fields: {', '.join(sorted(unknown))}")
         return cls(**d)
 
+    def to_yaml(self) -> str:
+        import yaml
+
+        return str(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_yaml(cls, source: str | os.PathLike[str]) -> DiffusionQuantConfig:
+        """From a YAML file path or YAML text; unknown or invalid fields are errors."""
+        import yaml
+
+        text = str(source)
+        if "\n" not in text and os.path.exists(text):
+            with open(text, encoding="utf-8") as f:
+                text = f.read()
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigurationError(f"config is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigurationError("config YAML must be a mapping of field: value")
+        return cls.from_dict(data)
+
     def with_env(self, environ: dict[str, str] | None = None) -> DiffusionQuantConfig:
         """ARROW_QUANT_<FIELD> overrides; a value that does not parse is an error."""
         env = os.environ if environ is None else environ

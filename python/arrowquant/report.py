@@ -97,3 +97,31 @@ class QuantizationReport:
     def write(self, folder: Path) -> None:
         (folder / "report.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         (folder / "report.md").write_text(self.to_markdown())
+        self.plot(folder / "report.png")
+
+    def plot(self, path: Path) -> None:
+        """Per-layer weight error and bits, in file order (matplotlib, no display needed)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        idx = list(range(len(self.layers)))
+        rel = [(layer["metrics"] or {}).get("rel_rmse", float("nan")) for layer in self.layers]
+        bits = [layer["bits"] if layer["action"] == "quantized" else 16 for layer in self.layers]
+        fig, (a, b) = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
+        a.scatter(idx, rel, s=6)
+        a.axhline(
+            self.config.get("max_rel_rmse", float("nan")), color="red", lw=0.8, label="threshold"
+        )
+        a.set_ylabel("weight rel. RMSE")
+        a.legend(loc="upper right")
+        b.scatter(idx, bits, s=6)
+        b.set_ylabel("bits (16 = kept)")
+        b.set_xlabel("tensor (file order)")
+        fig.suptitle(
+            f"{Path(self.model_path).name}: {self.bits_per_weight:.2f} bits/weight overall"
+        )
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)

@@ -108,6 +108,7 @@ def test_local_profile_file_is_small_and_matches_its_report(
         assert modulation and all(by[n]["action"] == "quantized" for n in modulation)
     md = (out / "report.md").read_text()
     assert "| tensor |" in md and "bits per weight" in md
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_hard_layer_falls_back_and_says_why(tmp_path: Path) -> None:
@@ -229,6 +230,12 @@ def test_config_validation_profiles_and_env() -> None:
     with pytest.raises(aq.ConfigurationError, match="ARROW_QUANT_FAIL_FAST"):
         c.with_env({"ARROW_QUANT_FAIL_FAST": "maybe"})
     assert "bits=8" in repr(c)
+    y = c.to_yaml()
+    assert aq.DiffusionQuantConfig.from_yaml(y) == c
+    with pytest.raises(aq.ConfigurationError, match="max_rel_rmse"):
+        aq.DiffusionQuantConfig.from_yaml("bits: 4\nmax_rel_rmse: -2\n")
+    with pytest.raises(aq.ConfigurationError, match="YAML"):
+        aq.DiffusionQuantConfig.from_yaml("bits: [4\n")
 
 
 def test_dry_run_shows_rules_and_writes_nothing(models: dict[str, Path], tmp_path: Path) -> None:
@@ -243,3 +250,60 @@ def test_dry_run_shows_rules_and_writes_nothing(models: dict[str, Path], tmp_pat
     assert plan["unet/conv_in.weight"]["bits"] == 0
     assert plan["unet/down_blocks.0.resnets.0.conv1.weight"]["bits"] == 4
     assert not (tmp_path / "o").exists()
+
+
+def test_config_file_on_the_command_line(models: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(aq.DiffusionQuantConfig.from_profile("cloud").to_yaml())
+    r = _run(
+        "quantize",
+        str(models["dit"]),
+        str(tmp_path / "o"),
+        "--config",
+        str(tmp_path / "c.yaml"),
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["config"]["bits"] == 8
+    (tmp_path / "bad.yaml").write_text("bits: 5\n")
+    r = _run(
+        "quantize", str(models["dit"]), str(tmp_path / "o2"), "--config", str(tmp_path / "bad.yaml")
+    )
+    assert r.returncode == 2 and "bits" in r.stderr
+
+
+def test_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    rng = np.random.default_rng(0)
+    weights = {
+        f"blocks.{i}.ff.weight": rng.normal(0, 0.02, (1024, 1024)).astype(np.float32)
+        for i in range(48)
+    }
+    safetensors.numpy.save_file(weights, tmp_path / "m.safetensors")
+    out = tmp_path / "out"
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "arrowquant",
+            "quantize",
+            str(tmp_path / "m.safetensors"),
+            str(out),
+            "--threads",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not any(x.name.startswith(".out.tmp") for x in tmp_path.iterdir()):
+        assert time.monotonic() < deadline and p.poll() is None, p.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside the run
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["m.safetensors"]
