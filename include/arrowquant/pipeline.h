@@ -40,6 +40,10 @@ struct PipelineConfig {
   int threads = 1;
   uint64_t min_elements = 1024;         // smaller weights are kept (not worth their scales)
   bool fail_fast = false;               // stop at the first layer that misses its threshold
+  // > 0: a size budget in bits per weight over all tensors. Every layer the rules give the
+  // target width is measured at 2, 4 and 8 bits, and widths are assigned to minimise the total
+  // squared weight error within the budget (the threshold fallback is then not used).
+  double target_bpw = 0;
   std::string recipe_json = "{}";       // stored in the file as given
   std::string tool_version;
 };
@@ -67,6 +71,7 @@ struct PipelineReport {
   uint64_t quantized_params = 0;
   uint64_t total_params = 0;
   bool threshold_missed = false;  // some layer fell back to `keep` because no width held
+  std::string budget_note;        // with target_bpw: how the budget was met (or why not)
 };
 
 // Progress: bytes of source tensors done, of total. Return false to cancel.
@@ -78,6 +83,7 @@ struct PlannedTensor {
   int bits = 0;  // 0: kept unquantized
   double threshold = 0;
   std::string why;
+  bool target_width = false;  // the width is the job's target (free for a size budget)
 };
 Result<std::vector<PlannedTensor>> PlanSelection(const Checkpoint& ck, const PipelineConfig& config);
 

@@ -132,6 +132,7 @@ def run_pipeline(
     fail_fast: bool,
     recipe_json: str,
     tool_version: str,
+    target_bpw: float,
     progress: Any,
 ) -> dict[str, Any]: ...
 def default_rules(modality: str) -> list[tuple[str, int, str]]: ...

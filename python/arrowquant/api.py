@@ -81,6 +81,7 @@ class ArrowQuantV2:
                 cfg.fail_fast,
                 json.dumps(recipe),
                 __version__,
+                cfg.target_bpw,
                 progress_callback,
             )
             seconds = time.perf_counter() - t0
@@ -99,6 +100,7 @@ class ArrowQuantV2:
                 threshold_missed=raw["threshold_missed"],
                 seconds=seconds,
                 peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                extra={"budget": raw["budget_note"]} if raw["budget_note"] else {},
             )
             report.write(tmp)
             if out.exists():

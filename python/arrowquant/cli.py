@@ -95,6 +95,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             "modality": args.modality,
             "threads": args.threads,
             "fail_fast": args.fail_fast or None,
+            "target_bpw": args.target_bpw,
         }.items()
         if v is not None
     }
@@ -231,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="REGEX=BITS",
         help="BITS 2/4/8, or 16/keep to keep; first match wins, before the defaults",
+    )
+    q.add_argument(
+        "--target-bpw",
+        type=float,
+        metavar="BITS",
+        help="size budget: bits per weight over the whole model; widths by sensitivity",
     )
     q.add_argument("--threads", type=int)
     q.add_argument("--fail-fast", action="store_true", help="exit 1 at the first layer that misses")

@@ -41,6 +41,7 @@ class DiffusionQuantConfig:
     threads: int = 0  # 0 = all cores
     min_elements: int = 1024
     fail_fast: bool = False
+    target_bpw: float = 0.0  # > 0: size budget in bits per weight (widths by measured sensitivity)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -83,6 +84,8 @@ class DiffusionQuantConfig:
             bad("modality", "must be image, video, audio, text, code or empty (detect)")
         if self.keep_dtype not in ("F16", "BF16", "F32"):
             bad("keep_dtype", "must be F16, BF16 or F32")
+        if self.target_bpw != 0 and not (1.0 <= self.target_bpw <= 16.0):
+            bad("target_bpw", "must be 0 (off) or between 1 and 16")
         if self.threads < 0:
             bad("threads", "must be >= 0")
         for o in self.overrides:

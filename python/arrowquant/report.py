@@ -53,7 +53,7 @@ class QuantizationReport:
             "threshold_missed": self.threshold_missed,
             "seconds": round(self.seconds, 3),
             "peak_rss_bytes": self.peak_rss_bytes,
-        }
+        } | self.extra
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +77,7 @@ class QuantizationReport:
             f"({s['compression_ratio']:.2f}x), {s['bits_per_weight']:.3f} bits per weight overall",
             f"- formats: {', '.join(f'{k} x{v}' for k, v in s['formats'].items())}",
             f"- layers that fell back to more bits: {s['fallbacks']}",
+            *([f"- size budget: {self.extra['budget']}"] if "budget" in self.extra else []),
             f"- time {s['seconds']:.2f} s, peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB",
             "",
             "| tensor | shape | action | format | rel RMSE | SQNR dB | why / fallbacks |",

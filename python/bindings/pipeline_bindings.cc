@@ -49,7 +49,8 @@ void BindPipeline(nb::module_& m) {
          std::optional<std::tuple<int, std::string, std::string, std::string, int>> spec, double max_rel_rmse,
          const std::vector<std::tuple<std::string, int, std::string>>& rules, const std::string& modality,
          const std::string& keep_dtype, int threads, uint64_t min_elements, bool fail_fast,
-         const std::string& recipe_json, const std::string& tool_version, nb::object progress) {
+         const std::string& recipe_json, const std::string& tool_version, double target_bpw,
+         nb::object progress) {
         PipelineConfig c;
         c.bits = bits;
         if (spec) {
@@ -70,6 +71,7 @@ void BindPipeline(nb::module_& m) {
         c.fail_fast = fail_fast;
         c.recipe_json = recipe_json;
         c.tool_version = tool_version;
+        c.target_bpw = target_bpw;
         // The callback runs on this (the calling) thread with the GIL held; an exception in it,
         // or Ctrl-C, cancels the run and is re-raised afterwards.
         std::optional<nb::python_error> pending_error;
@@ -108,12 +110,13 @@ void BindPipeline(nb::module_& m) {
         d["quantized_params"] = rep->quantized_params;
         d["total_params"] = rep->total_params;
         d["threshold_missed"] = rep->threshold_missed;
+        d["budget_note"] = rep->budget_note;
         return d;
       },
       nb::arg("model_path"), nb::arg("out_path"), nb::arg("bits"), nb::arg("spec").none(),
       nb::arg("max_rel_rmse"), nb::arg("rules"), nb::arg("modality"), nb::arg("keep_dtype"),
       nb::arg("threads"), nb::arg("min_elements"), nb::arg("fail_fast"), nb::arg("recipe_json"),
-      nb::arg("tool_version"), nb::arg("progress").none());
+      nb::arg("tool_version"), nb::arg("target_bpw"), nb::arg("progress").none());
   m.def(
       "plan",
       [](const std::string& model_path, int bits, double max_rel_rmse,

@@ -2,6 +2,8 @@
 // thread writes finished tensors in that same order (so the output does not depend on the
 // thread count) and reports progress. At most `threads + 2` tensors are in flight.
 #include <algorithm>
+#include <atomic>
+#include <map>
 #include <cmath>
 #include <condition_variable>
 #include <deque>
@@ -67,10 +69,23 @@ QuantSpec SpecFor(const PipelineConfig& c, int bits) {
 
 using CompiledRules = std::vector<std::pair<std::regex, SelectionRule>>;
 
+// Calls fn(i) for every i in [0, n), `threads` at a time, in no particular order.
+void ParallelForTensors(size_t n, int threads, const std::function<void(size_t)>& fn) {
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < n;) fn(i);
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < std::max(1, threads); ++t) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+}
+
 PlannedTensor Decide(const CheckpointTensor& t, const PipelineConfig& c, const CompiledRules& rules) {
-  PlannedTensor p{t.name, c.bits, c.max_rel_rmse, ""};
+  PlannedTensor p{t.name, c.bits, c.max_rel_rmse, "", true};
   for (const auto& [re, rule] : rules) {
     if (std::regex_search(t.name, re)) {
+      p.target_width = rule.bits < 0;
       p.bits = rule.bits < 0 ? c.bits : rule.bits;
       p.threshold = c.max_rel_rmse * rule.threshold_scale;
       p.why = rule.why.empty() ? "rule '" + rule.pattern + "'" : rule.why;
@@ -88,6 +103,7 @@ PlannedTensor Decide(const CheckpointTensor& t, const PipelineConfig& c, const C
     p.why = "fewer than " + std::to_string(c.min_elements) + " elements";
   }
   if (p.bits >= 16) p.bits = 0;
+  if (p.bits == 0) p.target_width = false;
   return p;
 }
 
@@ -105,24 +121,28 @@ Result<CompiledRules> Compile(const PipelineConfig& config, const std::string& m
   return rules;
 }
 
-void Process(const CheckpointTensor& t, const PipelineConfig& c, const CompiledRules& rules, Outcome& o) {
+// forced_bits > 0: the width chosen by the size budget (no fallback ladder).
+void Process(const CheckpointTensor& t, const PipelineConfig& c, const CompiledRules& rules,
+             int forced_bits, Outcome& o) {
   LayerReport& r = o.report;
   r.name = t.name;
   r.shape = t.info->shape;
   r.source_dtype = std::string(Traits(t.info->dtype).safetensors_name);
   r.source_bytes = t.info->nbytes();
   const PlannedTensor plan = Decide(t, c, rules);
-  const int bits = plan.bits;
-  const double threshold = plan.threshold;
-  r.why = plan.why;  // the rule that chose the width, if any
+  const int bits = forced_bits > 0 ? forced_bits : plan.bits;
+  const double threshold = forced_bits > 0 ? 1e30 : plan.threshold;
+  r.why = forced_bits > 0 ? "width from the size budget" : plan.why;
   if (bits == 0) {
     if (r.why.empty()) r.why = "kept by rule";
     Keep(t, c.keep_dtype, o);
     return;
   }
   const TensorView view{t.name, t.info->dtype, t.info->shape, t.data()};
-  const std::vector<int> ladder = bits <= 2 ? std::vector<int>{2, 4, 8} : bits <= 4 ? std::vector<int>{4, 8}
-                                                                                   : std::vector<int>{8};
+  const std::vector<int> ladder = forced_bits > 0 ? std::vector<int>{bits}
+                                  : bits <= 2     ? std::vector<int>{2, 4, 8}
+                                  : bits <= 4     ? std::vector<int>{4, 8}
+                                                  : std::vector<int>{8};
   for (int b : ladder) {
     auto q = Quantize(view, SpecFor(c, b), QuantOptions{1});
     if (!q.ok()) {
@@ -150,6 +170,89 @@ void Process(const CheckpointTensor& t, const PipelineConfig& c, const CompiledR
   o.missed = true;
   r.why = "no width met the threshold";
   Keep(t, c.keep_dtype, o);
+}
+
+// Measures each free layer at 2/4/8 bits, then starts everyone at 8 and repeatedly lowers the
+// layer whose next step down adds the least squared error per byte saved, until the model fits.
+Result<std::map<std::string, int>> AssignBudget(const Checkpoint& ck, const PipelineConfig& c,
+                                                const CompiledRules& rules, std::string* note) {
+  struct Option {
+    int bits;
+    double bytes, sse;
+  };
+  const auto& tensors = ck.tensors();
+  std::vector<std::vector<Option>> options(tensors.size());
+  std::vector<Status> errors(tensors.size());
+  double fixed_bytes = 0, params = 0;
+  std::vector<uint8_t> free(tensors.size(), 0);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const auto& t = tensors[i];
+    params += static_cast<double>(t.info->num_elements());
+    const PlannedTensor p = Decide(t, c, rules);
+    free[i] = p.target_width;
+    if (!free[i]) {
+      const uint64_t n = t.info->num_elements();
+      fixed_bytes += p.bits > 0 ? n * (p.bits + 0.5) / 8.0
+                                : static_cast<double>(n * (Traits(t.info->dtype).quantizable ? ElementBytes(c.keep_dtype)
+                                                                                           : ElementBytes(t.info->dtype)));
+    }
+  }
+  ParallelForTensors(tensors.size(), c.threads, [&](size_t i) {
+    if (!free[i]) return;
+    const auto& t = tensors[i];
+    const TensorView view{t.name, t.info->dtype, t.info->shape, t.data()};
+    double energy = 0;
+    for (int b : {2, 4, 8}) {
+      auto q = Quantize(view, SpecFor(c, b), QuantOptions{1});
+      if (!q.ok()) {
+        errors[i] = q.status();
+        return;
+      }
+      auto m = MeasureError(*q, view, QuantOptions{1});
+      if (!m.ok()) {
+        errors[i] = m.status();
+        return;
+      }
+      energy = m->mse * static_cast<double>(m->count);
+      options[i].push_back({b, static_cast<double>(q->nbytes()), energy});
+    }
+  });
+  for (const auto& e : errors) AQ_RETURN_IF_ERROR(e);
+  const double budget = c.target_bpw * params / 8.0;
+  std::vector<size_t> level(tensors.size(), 2);  // index into options: start at 8 bits
+  double total = fixed_bytes;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (free[i]) total += options[i][2].bytes;
+  }
+  while (total > budget) {
+    size_t best = SIZE_MAX;
+    double best_ratio = 0;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      if (!free[i] || level[i] == 0) continue;
+      const Option& cur = options[i][level[i]];
+      const Option& down = options[i][level[i] - 1];
+      const double saved = cur.bytes - down.bytes;
+      if (saved <= 0) continue;
+      const double ratio = (down.sse - cur.sse) / saved;
+      if (best == SIZE_MAX || ratio < best_ratio) {
+        best = i;
+        best_ratio = ratio;
+      }
+    }
+    if (best == SIZE_MAX) break;
+    total -= options[best][level[best]].bytes - options[best][level[best] - 1].bytes;
+    --level[best];
+  }
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "target %.3f bits/weight: %s at %.3f", c.target_bpw,
+                total <= budget ? "met" : "not reachable with the rules' fixed layers",
+                8.0 * total / std::max(1.0, params));
+  *note = buf;
+  std::map<std::string, int> out;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (free[i]) out[tensors[i].name] = options[i][level[i]].bits;
+  }
+  return out;
 }
 
 }  // namespace
@@ -189,6 +292,10 @@ Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_
 
   const auto& tensors = ck.tensors();
   const size_t n = tensors.size();
+  std::map<std::string, int> forced;
+  if (config.target_bpw > 0) {
+    AQ_ASSIGN_OR_RETURN(forced, AssignBudget(ck, config, rules, &report.budget_note));
+  }
   uint64_t total = 0;
   for (const auto& t : tensors) total += t.info->nbytes();
   const size_t window = static_cast<size_t>(std::max(1, config.threads)) + 2;
@@ -208,7 +315,8 @@ Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_
         i = next_task++;
       }
       auto o = std::make_unique<Outcome>();
-      Process(tensors[i], config, rules, *o);
+      const auto f = forced.find(tensors[i].name);
+      Process(tensors[i], config, rules, f == forced.end() ? 0 : f->second, *o);
       {
         std::lock_guard lk(mu);
         ready[i] = std::move(o);

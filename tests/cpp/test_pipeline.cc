@@ -144,5 +144,34 @@ TEST_F(PipelineTest, CancelFailFastAndOverridesLeaveNothingOrObey) {
   EXPECT_EQ(RunPipeline(**ck, out + "2", bad).status().code(), StatusCode::kInvalidArgument);
 }
 
+TEST_F(PipelineTest, SizeBudgetAssignsBitsBySensitivity) {
+  auto ck = Checkpoint::Open((dir_ / "model").string());
+  ASSERT_TRUE(ck.ok());
+  uint64_t params = 0;
+  for (const auto& t : (*ck)->tensors()) params += t.info->num_elements();
+  for (double target : {4.0, 6.0}) {
+    PipelineConfig cfg;
+    cfg.target_bpw = target;
+    cfg.threads = 2;
+    auto rep = RunPipeline(**ck, (dir_ / "budget.parquet").string(), cfg);
+    ASSERT_TRUE(rep.ok()) << rep.status().ToString();
+    EXPECT_LE(8.0 * rep->stored_bytes / params, target + 0.05) << rep->budget_note;
+    EXPECT_NE(rep->budget_note.find("met"), std::string::npos) << rep->budget_note;
+    std::map<std::string, int> bits;
+    for (const auto& l : rep->layers) bits[l.name] = l.bits;
+    // The outlier layer loses more per bit removed, so it never ends below the plain one.
+    EXPECT_GE(bits["blocks.0.hard.weight"], bits["blocks.0.ff.weight"]) << target;
+    EXPECT_EQ(bits["conv_in.weight"], 0);  // rules still apply
+  }
+  PipelineConfig tiny;
+  tiny.target_bpw = 1.0;  // below INT2 plus the kept layers: reported, all at the lowest width
+  auto rep = RunPipeline(**ck, (dir_ / "tiny.parquet").string(), tiny);
+  ASSERT_TRUE(rep.ok());
+  EXPECT_NE(rep->budget_note.find("not reachable"), std::string::npos) << rep->budget_note;
+  for (const auto& l : rep->layers) {
+    if (l.action == "quantized") EXPECT_EQ(l.bits, 2) << l.name;
+  }
+}
+
 }  // namespace
 }  // namespace arrowquant

@@ -307,3 +307,17 @@ def test_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> None:
     assert p.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert sorted(x.name for x in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def test_target_bpw_budget(models: dict[str, Path], tmp_path: Path) -> None:
+    r = _run("quantize", str(models["unet"]), str(tmp_path / "o"), "--target-bpw", "5", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["summary"]["bits_per_weight"] <= 5.05
+    assert "met" in rep["summary"]["budget"]
+    widths = {
+        layer["bits"] for layer in rep["layers"] if layer["why"] == "width from the size budget"
+    }
+    assert len(widths) >= 2, widths  # a mix of widths, chosen per layer
+    r = _run("quantize", str(models["unet"]), str(tmp_path / "o2"), "--target-bpw", "0.5")
+    assert r.returncode == 2 and "target_bpw" in r.stderr
