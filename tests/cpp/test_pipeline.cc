@@ -144,6 +144,33 @@ TEST_F(PipelineTest, CancelFailFastAndOverridesLeaveNothingOrObey) {
   EXPECT_EQ(RunPipeline(**ck, out + "2", bad).status().code(), StatusCode::kInvalidArgument);
 }
 
+TEST_F(PipelineTest, ModalityDetectionSaysHowItDecided) {
+  auto detect = [&](const std::string& folder) {
+    auto ck = Checkpoint::Open((dir_ / folder).string());
+    EXPECT_TRUE(ck.ok()) << ck.status().ToString();
+    return DetectModality(**ck);
+  };
+  const std::string w = testing::ValidFile({{"blocks.0.weight", "F32", {2, 2}, std::string(16, '\0')}});
+  testing::WriteFile(dir_ / "meta" / "model.safetensors",
+                     testing::ValidFile({{"w", "F32", {1}, std::string(4, '\0')}}, R"({"modality":"audio"})"));
+  EXPECT_EQ(detect("meta").first, "audio");
+  EXPECT_NE(detect("meta").second.find("__metadata__"), std::string::npos);
+  testing::WriteFile(dir_ / "video" / "model_index.json",
+                     R"({"_class_name":"AnimateDiffPipeline","unet":["diffusers","UNetMotionModel"]})");
+  testing::WriteFile(dir_ / "video" / "unet" / "diffusion_pytorch_model.safetensors", w);
+  EXPECT_EQ(detect("video").first, "video");
+  EXPECT_NE(detect("video").second.find("model_index.json"), std::string::npos);
+  testing::WriteFile(dir_ / "text" / "model.safetensors", w);
+  testing::WriteFile(dir_ / "text" / "config.json", R"({"model_type":"llada","architectures":["LLaDAModelLM"]})");
+  EXPECT_EQ(detect("text").first, "text");
+  testing::WriteFile(dir_ / "names" / "model.safetensors",
+                     testing::ValidFile({{"down.temporal_attn.weight", "F32", {1}, std::string(4, '\0')}}));
+  EXPECT_EQ(detect("names").first, "video");
+  EXPECT_NE(detect("names").second.find("tensor names"), std::string::npos);
+  testing::WriteFile(dir_ / "plain" / "model.safetensors", w);
+  EXPECT_EQ(detect("plain").second, "default (nothing else decided)");
+}
+
 TEST_F(PipelineTest, SizeBudgetAssignsBitsBySensitivity) {
   auto ck = Checkpoint::Open((dir_ / "model").string());
   ASSERT_TRUE(ck.ok());
