@@ -1,6 +1,7 @@
-"""`make demo`: builds a small diffusers pipeline, saves it sharded, reads it back, quantizes
-its UNet at 8, 4 and 2 bits into model files, loads each back into a diffusers UNet and compares
-the denoiser's output with the original's on the same noisy inputs.
+"""`make demo`: builds a small diffusers pipeline, saves it sharded, reads it back, runs the main
+job (`ArrowQuantV2().quantize_diffusion_model`, as `arrowquant quantize` does) with the cloud,
+local and edge profiles, loads each result back into a diffusers UNet and compares the
+denoiser's output with the original's on the same noisy inputs.
 
 The UNet is randomly initialised (seeded): the trained reference models and the sampling
 evaluation are still to come (issue 6), so this measures the quantization path, not image
@@ -69,55 +70,33 @@ def quantize_and_compare(ck: object, unet: torch.nn.Module, out: Path) -> None:
     t = torch.tensor([10, 250, 500, 900])
     with torch.no_grad():
         ref = unet(x, t).sample
-    src_bytes = sum(v.numel() * 2 for v in unet.state_dict().values())  # as f16
-    print("\nquantize the UNet (linear and conv weights; biases and norms stay f16), reload, run:")
+    src = out / "ddpm-tiny"
+    f16_bytes = sum(v.numel() * 2 for v in unet.state_dict().values())
+    print("\narrowquant quantize, one run per profile; each result is loaded back into a diffusers")
+    print("UNet and run on the same noisy inputs as the original:")
     print(
-        f"{'setting':<28} {'bits/weight':>11} {'file MiB':>9} {'vs f16':>7} "
-        f"{'weight relRMSE':>15} {'output relRMSE':>15} {'time s':>7}"
+        f"{'profile':<8} {'file MiB':>9} {'vs f16':>7} {'bits/weight':>11} {'formats':<72} "
+        f"{'output relRMSE':>14} {'time s':>7}"
     )
-    for bits in (8, 4, 2):
-        t0 = time.perf_counter()
-        tensors: dict[str, object] = {}
-        errs = []
-        for name in ck.names():  # type: ignore[attr-defined]
-            key = name.removeprefix("unet/")
-            w = ck.numpy(name)  # type: ignore[attr-defined]
-            if w.ndim >= 2 and w.size >= 256:
-                q = aq.quantize(w, bits=bits, name=key)
-                errs.append(q.error(w)["rel_rmse"])
-                tensors[key] = q
-            else:
-                tensors[key] = w.astype("float16")
-        path = out / f"ddpm-tiny-int{bits}.aq.parquet"
-        aq.save(path, tensors, recipe={"bits": bits, "default_format": True}, modality="image")
-        params = {k: v.clone() for k, v in unet.state_dict().items()}
+    for profile in ("cloud", "local", "edge"):
+        dest = out / f"ddpm-tiny-{profile}"
+        rep = aq.ArrowQuantV2().quantize_diffusion_model(
+            src, dest, aq.DiffusionQuantConfig.from_profile(profile), overwrite=True
+        )
+        params = {f"unet/{k}": v.clone() for k, v in unet.state_dict().items()}
+        aq.load_state_dict(dest / "model.aq.parquet", dtype=torch.float32, out=params)
         model = type(unet).from_config(unet.config)
-        aq.load_state_dict(path, dtype=torch.float32, out=params)
-        model.load_state_dict(params)
+        model.load_state_dict({k.removeprefix("unet/"): v for k, v in params.items()})
         with torch.no_grad():
             got = model(x, t).sample
-        dt = time.perf_counter() - t0
         rel = float(((got - ref).pow(2).sum() / ref.pow(2).sum()).sqrt())
-        size = path.stat().st_size
-        bpw = (
-            8
-            * sum(q.nbytes for q in tensors.values() if isinstance(q, aq.QuantizedTensor))
-            / sum(
-                q.shape[0] * int(torch.tensor(q.shape[1:]).prod())
-                for q in tensors.values()
-                if isinstance(q, aq.QuantizedTensor)
-            )
-        )
-        label = (
-            aq.open(path)
-            .tensor(next(k for k, v in tensors.items() if isinstance(v, aq.QuantizedTensor)))
-            .metadata["format"]
-        )
+        s = rep.summary()
+        formats = ", ".join(f"{k} x{v}" for k, v in s["formats"].items())
         print(
-            f"{label:<28} {bpw:>11.3f} {size / 2**20:>9.2f} {size / src_bytes:>7.1%} "
-            f"{sum(errs) / len(errs):>15.4f} {rel:>15.4f} {dt:>7.2f}"
+            f"{profile:<8} {s['file_bytes'] / 2**20:>9.2f} {s['file_bytes'] / f16_bytes:>7.1%} "
+            f"{s['bits_per_weight']:>11.3f} {formats:<72} {rel:>14.4f} {s['seconds']:>7.2f}"
         )
-    print(f"\nmodel files in {out}/ (open them with arrowquant.open, pyarrow, DuckDB or Polars)")
+    print(f"\nmodel files and reports (report.md, report.png) in {out}/ddpm-tiny-*/")
 
 
 if __name__ == "__main__":
