@@ -8,6 +8,7 @@
 #include <parquet/properties.h>
 
 #include <cstring>
+#include <mutex>
 #include <map>
 
 #include "arrowquant/model_file.h"
@@ -22,7 +23,16 @@ namespace col = pq::col;
 struct ModelReader::Impl {
   std::string path;
   bool legacy = false;
-  std::unique_ptr<parquet::arrow::FileReader> reader;
+  std::unique_ptr<parquet::arrow::FileReader> reader;  // used by Open()
+  // Tensors are read from several threads; Parquet readers are not shared between threads, so
+  // each read borrows one from this pool (all over the same memory map and parsed footer).
+  std::shared_ptr<arrow::io::RandomAccessFile> file;
+  parquet::ReaderProperties props = parquet::default_reader_properties();
+  std::shared_ptr<parquet::FileMetaData> footer;
+  mutable std::mutex pool_mu;
+  mutable std::vector<std::unique_ptr<parquet::arrow::FileReader>> idle;
+  Result<std::unique_ptr<parquet::arrow::FileReader>> Borrow() const;
+  void Return(std::unique_ptr<parquet::arrow::FileReader> r) const;
   std::map<std::string, std::string> metadata;
   std::vector<ModelTensorInfo> tensors;
   std::map<std::string, size_t> by_name;
@@ -117,12 +127,37 @@ std::optional<DType> LegacyDType(std::string s) {
 
 }  // namespace
 
+Result<std::unique_ptr<parquet::arrow::FileReader>> ModelReader::Impl::Borrow() const {
+  {
+    std::lock_guard lk(pool_mu);
+    if (!idle.empty()) {
+      auto r = std::move(idle.back());
+      idle.pop_back();
+      return r;
+    }
+  }
+  parquet::arrow::FileReaderBuilder builder;
+  AQ_RETURN_IF_ERROR(FromArrow(builder.Open(file, props, footer), path, StatusCode::kFormatInvalid));
+  parquet::ArrowReaderProperties aprops;
+  aprops.set_use_threads(false);
+  std::unique_ptr<parquet::arrow::FileReader> r;
+  AQ_RETURN_IF_ERROR(FromArrow(builder.properties(aprops)->Build(&r), path, StatusCode::kFormatInvalid));
+  return r;
+}
+
+void ModelReader::Impl::Return(std::unique_ptr<parquet::arrow::FileReader> r) const {
+  std::lock_guard lk(pool_mu);
+  idle.push_back(std::move(r));
+}
+
 Result<std::shared_ptr<arrow::Array>> ModelReader::Impl::ReadCell(int rg, const char* column) const {
   const auto it = columns.find(column);
   if (it == columns.end()) return Err(StatusCode::kFormatInvalid, std::string("no column '") + column + "'");
+  AQ_ASSIGN_OR_RETURN(std::unique_ptr<parquet::arrow::FileReader> r, Borrow());
   std::shared_ptr<arrow::ChunkedArray> chunked;
-  AQ_RETURN_IF_ERROR(FromArrow(reader->RowGroup(rg)->Column(it->second)->Read(&chunked),
-                               path + ": row group " + std::to_string(rg) + ", column " + column,
+  const arrow::Status read = r->RowGroup(rg)->Column(it->second)->Read(&chunked);
+  Return(std::move(r));
+  AQ_RETURN_IF_ERROR(FromArrow(read, path + ": row group " + std::to_string(rg) + ", column " + column,
                                StatusCode::kCorrupt));
   if (chunked->num_chunks() == 1) return chunked->chunk(0);
   std::shared_ptr<arrow::Array> flat;
@@ -171,16 +206,17 @@ Result<std::unique_ptr<ModelReader>> ModelReader::Open(const std::string& path,
     return Status(missing ? StatusCode::kNotFound : StatusCode::kIoError,
                   path + ": cannot open: " + file.status().message());
   }
-  parquet::ReaderProperties props = parquet::default_reader_properties();
-  props.set_page_checksum_verification(options.verify_checksums);
+  impl->file = *file;
+  impl->props.set_page_checksum_verification(options.verify_checksums);
   parquet::ArrowReaderProperties aprops;
   aprops.set_use_threads(false);
   parquet::arrow::FileReaderBuilder builder;
-  AQ_RETURN_IF_ERROR(FromArrow(builder.Open(*file, props), path + ": not a readable Parquet file",
+  AQ_RETURN_IF_ERROR(FromArrow(builder.Open(impl->file, impl->props), path + ": not a readable Parquet file",
                                StatusCode::kFormatInvalid));
   AQ_RETURN_IF_ERROR(FromArrow(builder.properties(aprops)->Build(&impl->reader), path, StatusCode::kFormatInvalid));
 
   const auto fmeta = impl->reader->parquet_reader()->metadata();
+  impl->footer = fmeta;
   if (const auto kv = fmeta->key_value_metadata()) {
     for (int64_t i = 0; i < kv->size(); ++i) {
       if (kv->key(i) != "ARROW:schema") impl->metadata[kv->key(i)] = kv->value(i);
