@@ -141,5 +141,15 @@ TEST_F(CheckpointTest, AmbiguousAndMissing) {
   EXPECT_EQ(Checkpoint::Open((dir_ / "emptydir").string()).status().code(), StatusCode::kNotAModel);
 }
 
+TEST_F(CheckpointTest, PickleFilesAreRefusedByName) {
+  WriteFile(dir_ / "model.ckpt", std::string("\x80\x02}q\x00.", 6));
+  WriteFile(dir_ / "model.pt", std::string("PK\x03\x04rest-of-zip", 16));
+  for (const char* f : {"model.ckpt", "model.pt"}) {
+    auto ck = Checkpoint::Open((dir_ / f).string());
+    EXPECT_EQ(ck.status().code(), StatusCode::kUnsupported) << f;
+    EXPECT_NE(ck.status().message().find("pickle"), std::string::npos) << ck.status().ToString();
+  }
+}
+
 }  // namespace
 }  // namespace arrowquant

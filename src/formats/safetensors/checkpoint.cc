@@ -173,6 +173,20 @@ void ReadConfig(Component& comp) {
   }
 }
 
+// PyTorch's own formats execute code when loaded (pickle); ArrowQuant never loads them. Say so
+// instead of reporting a nonsensical SafeTensors header length.
+Status RefusePickle(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  unsigned char head[4] = {0, 0, 0, 0};
+  in.read(reinterpret_cast<char*>(head), 4);
+  const bool zip = head[0] == 'P' && head[1] == 'K' && head[2] == 3 && head[3] == 4;
+  const bool pickle = head[0] == 0x80 && head[1] >= 2 && head[1] <= 5;
+  if (!zip && !pickle) return Status::OK();
+  return Status(StatusCode::kUnsupported,
+                p.string() + ": a PyTorch pickle/zip checkpoint, not SafeTensors; ArrowQuant does not "
+                             "unpickle model files (convert it to .safetensors first)");
+}
+
 }  // namespace
 
 std::string_view CheckpointLayoutName(CheckpointLayout layout) {
@@ -219,6 +233,7 @@ Result<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& path,
     return Status(StatusCode::kNotFound, path + ": no such file or folder");
   }
   if (fs::is_regular_file(st)) {
+    AQ_RETURN_IF_ERROR(RefusePickle(p));
     Component comp;
     const bool sharded = EndsWith(p.filename().string(), kIndexSuffix);
     ck->layout_ = sharded ? CheckpointLayout::kSharded : CheckpointLayout::kSingleFile;
