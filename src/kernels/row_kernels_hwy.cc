@@ -274,6 +274,56 @@ void DequantizePackedImpl(const uint8_t* HWY_RESTRICT packed, int bits, size_t n
   auto* o = static_cast<uint8_t*>(out);
   const auto bias = hn::Set(du32, 0x7fffu);
   const auto one = hn::Set(du32, 1u);
+  // Dequantize N codes (u8 lanes) with the group's scale/offset and store them at element k.
+  auto emit = [&](auto c8, const decltype(hn::Set(d, 0.0f))& vs, const decltype(hn::Set(d, 0.0f))& voff, size_t k) {
+    const auto c = hn::ConvertTo(d, hn::BitCast(di32, hn::PromoteTo(du32, c8)));
+    const auto v = hn::Sub(hn::Mul(c, vs), voff);
+    uint8_t* dst = o + k * esize;
+    if (dtype == DType::kF32) {
+      hn::StoreU(v, d, reinterpret_cast<float*>(dst));
+    } else if (dtype == DType::kF16) {
+      hn::StoreU(hn::BitCast(du16, hn::DemoteTo(df16, v)), du16, reinterpret_cast<uint16_t*>(dst));
+    } else {  // bf16: the table's integer rounding (values here are finite)
+      const auto b = hn::BitCast(du32, v);
+      const auto r = hn::ShiftRight<16>(hn::Add(b, hn::Add(bias, hn::And(hn::ShiftRight<16>(b), one))));
+      hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di32, r)), du16, reinterpret_cast<uint16_t*>(dst));
+    }
+  };
+  auto emit_scalar = [&](uint8_t code, float s, float off, size_t k) {
+    const float p = static_cast<float>(code) * s;
+    const float v = p - off;
+    if (dtype == DType::kF32) {
+      std::memcpy(o + 4 * k, &v, 4);
+    } else {
+      const uint16_t h = dtype == DType::kF16 ? F32ToF16Bits(v) : F32ToBF16Bits(v);
+      std::memcpy(o + 2 * k, &h, 2);
+    }
+  };
+#if HWY_TARGET != HWY_SCALAR
+  // INT4, the common case: N bytes hold 2N codes; low and high nibbles are interleaved in
+  // registers (element 2k is the low nibble of byte k), without a round trip through memory.
+  if (bits == 4 && g % 2 == 0) {
+    const auto mask = hn::Set(du8, 0x0f);
+    for (size_t start = 0, gi = 0; start < n; start += g, ++gi) {
+      const size_t len = std::min(g, n - start);
+      const float s = scale[gi], off = offset[gi];
+      const auto vs = hn::Set(d, s);
+      const auto voff = hn::Set(d, off);
+      size_t i = 0;
+      for (; i + 2 * N <= len; i += 2 * N) {
+        const auto b = hn::LoadU(du8, packed + (start + i) / 2);
+        const auto lo = hn::And(b, mask), hi = hn::ShiftRight<4>(b);
+        emit(hn::InterleaveLower(du8, lo, hi), vs, voff, start + i);
+        emit(hn::InterleaveUpper(du8, lo, hi), vs, voff, start + i + N);
+      }
+      for (; i < len; ++i) {
+        const size_t k = start + i;
+        emit_scalar(static_cast<uint8_t>((packed[k / 2] >> (4 * (k % 2))) & 0x0f), s, off, k);
+      }
+    }
+    return;
+  }
+#endif
   constexpr size_t kBlock = 256;
   alignas(64) uint8_t codes[kBlock];
   for (size_t b0 = 0; b0 < n; b0 += kBlock) {
@@ -285,30 +335,8 @@ void DequantizePackedImpl(const uint8_t* HWY_RESTRICT packed, int bits, size_t n
       const float s = scale[gi], off = offset[gi];
       const auto vs = hn::Set(d, s);
       const auto voff = hn::Set(d, off);
-      uint8_t* dst = o + b0 * esize;
-      for (; i + N <= seg_end; i += N) {
-        const auto c = hn::ConvertTo(d, hn::BitCast(di32, hn::PromoteTo(du32, hn::LoadU(du8, codes + i))));
-        const auto v = hn::Sub(hn::Mul(c, vs), voff);
-        if (dtype == DType::kF32) {
-          hn::StoreU(v, d, reinterpret_cast<float*>(dst + 4 * i));
-        } else if (dtype == DType::kF16) {
-          hn::StoreU(hn::BitCast(du16, hn::DemoteTo(df16, v)), du16, reinterpret_cast<uint16_t*>(dst + 2 * i));
-        } else {  // bf16: the table's integer rounding (values here are finite)
-          const auto b = hn::BitCast(du32, v);
-          const auto r = hn::ShiftRight<16>(hn::Add(b, hn::Add(bias, hn::And(hn::ShiftRight<16>(b), one))));
-          hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di32, r)), du16, reinterpret_cast<uint16_t*>(dst + 2 * i));
-        }
-      }
-      for (; i < seg_end; ++i) {
-        const float p = static_cast<float>(codes[i]) * s;
-        const float v = p - off;
-        if (dtype == DType::kF32) {
-          std::memcpy(dst + 4 * i, &v, 4);
-        } else {
-          const uint16_t h = dtype == DType::kF16 ? F32ToF16Bits(v) : F32ToBF16Bits(v);
-          std::memcpy(dst + 2 * i, &h, 2);
-        }
-      }
+      for (; i + N <= seg_end; i += N) emit(hn::LoadU(du8, codes + i), vs, voff, b0 + i);
+      for (; i < seg_end; ++i) emit_scalar(codes[i], s, off, b0 + i);
     }
   }
 }
