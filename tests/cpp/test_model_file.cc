@@ -246,6 +246,25 @@ TEST_F(ModelFileTest, SchemaAndVersionChecks) {
     return with_meta(t->SetColumn(i, arrow::field("group_size", arrow::utf8()), std::make_shared<arrow::ChunkedArray>(a)).ValueOrDie(), "2.0");
   });
   EXPECT_EQ(ModelReader::Open(P("type.parquet")).status().code(), StatusCode::kFormatInvalid);
+  // Codes one byte short of what shape and format need.
+  Rewrite(path, P("short.parquet"), [&](auto t) {
+    const int i = t->schema()->GetFieldIndex("data");
+    auto data = std::static_pointer_cast<arrow::LargeBinaryArray>(t->column(i)->chunk(0));
+    arrow::LargeBinaryBuilder b;
+    for (int64_t k = 0; k < data->length(); ++k) {
+      const auto v = data->GetView(k);
+      (void)b.Append(v.substr(0, k == 0 ? v.size() - 1 : v.size()));
+    }
+    std::shared_ptr<arrow::Array> a;
+    (void)b.Finish(&a);
+    return with_meta(t->SetColumn(i, t->schema()->field(i), std::make_shared<arrow::ChunkedArray>(a)).ValueOrDie(), "2.0");
+  });
+  auto shortr = ModelReader::Open(P("short.parquet"));
+  ASSERT_TRUE(shortr.ok()) << shortr.status().ToString();
+  const auto first = (*shortr)->tensors()[0].name;
+  auto q = (*shortr)->ReadQuantized(first);
+  EXPECT_EQ(q.status().code(), StatusCode::kCorrupt);
+  EXPECT_NE(q.status().message().find("codes hold"), std::string::npos) << q.status().ToString();
   Rewrite(path, P("nometa.parquet"), [&](auto t) { return t->ReplaceSchemaMetadata(nullptr); });
   auto plain = ModelReader::Open(P("nometa.parquet"));
   EXPECT_EQ(plain.status().code(), StatusCode::kFormatInvalid) << plain.status().ToString();
