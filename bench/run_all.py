@@ -14,9 +14,17 @@ BUILD = ROOT / "build" / "bench" / "bench"
 
 
 def main() -> int:
+    py = sys.executable
+    out = ROOT / "bench-out"
     runs = [
-        [str(BUILD / "bench_read_throughput"), str(ROOT / "bench-out" / "read.safetensors"), "1.0"]
+        [str(BUILD / "bench_read_throughput"), str(out / "read.safetensors"), "1.0"],
+        [py, str(ROOT / "bench" / "quality.py"), "--markdown", str(out / "quality.md")],
+        [str(BUILD / "bench_quant_speed"), str(ROOT / "bench" / "sd15_unet_shapes.txt"), "8"],
+        [py, str(ROOT / "bench" / "compression.py")],
+        [py, str(ROOT / "bench" / "load_speed.py"), "--dir", str(out)],
+        [py, str(ROOT / "bench" / "pipeline_rss.py"), "--dir", str(out)],
     ]
+    out.mkdir(exist_ok=True)
     for cmd in runs:
         print("$ " + " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd)), flush=True)
         rc = subprocess.call(cmd)
