@@ -10,11 +10,11 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 JOBS ?= $(shell nproc)
 
 DEB_PACKAGES := g++ python3-dev libgtest-dev libgmock-dev librapidcheck-dev libbenchmark-dev \
-	libhwy-dev nlohmann-json3-dev
+	libhwy-dev nlohmann-json3-dev clang libclang-rt-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps apt-deps build-debug build-release cpp-test python py-test lint format test demo \
-	bench clean
+	bench clean build-fuzz fuzz-smoke fuzz tsan
 
 apt-deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -48,17 +48,36 @@ py-test: python
 	$(PY) -m pytest -q tests/python
 
 lint: deps
-	$(PY) -m ruff check python tests bench scripts
-	$(PY) -m ruff format --check python tests bench scripts
+	$(PY) -m ruff check python tests bench scripts models
+	$(PY) -m ruff format --check python tests bench scripts models
 	$(PY) -m mypy
 
 format: deps
-	$(PY) -m ruff format python tests bench scripts
-	$(PY) -m ruff check --fix python tests bench scripts
+	$(PY) -m ruff format python tests bench scripts models
+	$(PY) -m ruff check --fix python tests bench scripts models
 	@command -v clang-format >/dev/null && \
 	  git ls-files '*.cc' '*.h' | xargs clang-format -i || echo "clang-format not installed"
 
-test: cpp-test py-test lint
+# libFuzzer targets (clang, ASan+UBSan) and the atheris config target: a short smoke run of each
+# in `make test`, long runs with `make fuzz` (FUZZ_SECONDS each).
+FUZZ_SECONDS ?= 1800
+build-fuzz: deps
+	cmake --preset fuzz >/dev/null
+	cmake --build --preset fuzz -j $(JOBS)
+
+fuzz-smoke: build-fuzz python
+	tests/fuzz/run.sh 30
+
+fuzz: build-fuzz python
+	tests/fuzz/run.sh $(FUZZ_SECONDS)
+
+# ThreadSanitizer over the thread pool, pipeline and reader tests (slow; run before a release).
+tsan: deps
+	cmake --preset tsan >/dev/null
+	cmake --build --preset tsan -j $(JOBS) --target test_pipeline test_model_file test_quantize
+	ctest --preset tsan -R 'Pipeline|ModelFile|Parallel|Thread' -j $(JOBS)
+
+test: cpp-test py-test lint fuzz-smoke
 
 demo: python
 	$(PY) scripts/demo.py demo-out

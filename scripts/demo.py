@@ -1,102 +1,93 @@
-"""`make demo`: builds a small diffusers pipeline, saves it sharded, reads it back, runs the main
-job (`ArrowQuantV2().quantize_diffusion_model`, as `arrowquant quantize` does) with the cloud,
-local and edge profiles, loads each result back into a diffusers UNet and compares the
-denoiser's output with the original's on the same noisy inputs.
+"""`make demo`: the main job on the bundled digits DDPM, judged by what it generates.
 
-The UNet is randomly initialised (seeded): the trained reference models and the sampling
-evaluation are still to come (issue 6), so this measures the quantization path, not image
-quality.
+1. `ArrowQuantV2().quantize_diffusion_model` (what `arrowquant quantize` runs) with the cloud,
+   local and edge profiles on models/digits-ddpm (a diffusers DDPMPipeline the project trained,
+   models/train_reference.py);
+2. each result loaded back into the diffusers UNet2DModel, 512 samples drawn with DDIM (50 steps)
+   from the same noise as the FP model (`arrowquant.eval`);
+3. a table: bits per weight, size, paired PSNR/SSIM to the FP samples, Fréchet distance to real
+   digits (the FP model's next to it), times; report and image grid in demo-out/.
 """
 
 from __future__ import annotations
 
-import shutil
+import json
 import sys
 import time
 from pathlib import Path
 
-import torch
-
-
-def build_pipeline(out: Path) -> torch.nn.Module:
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=32,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(32, 64, 64),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=8,
-    )
-    pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000))
-    pipe.save_pretrained(out, max_shard_size="1MB")
-    return unet
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "models" / "digits-ddpm"
+PROFILES = ("cloud", "local", "edge")
 
 
 def main(out_dir: str) -> int:
-    from arrowquant import load_checkpoint
-    from arrowquant.cli import main as cli_main
+    import arrowquant as aq
+    from arrowquant.eval import evaluate
 
     out = Path(out_dir)
-    model_dir = out / "ddpm-tiny"
-    shutil.rmtree(model_dir, ignore_errors=True)
-    unet = build_pipeline(model_dir)
-    print(f"wrote a diffusers DDPM pipeline to {model_dir} (sharded)\n")
-    rc = cli_main(["summary", str(model_dir)])
-
-    t0 = time.perf_counter()
-    ck = load_checkpoint(str(model_dir))
-    same = all(
-        ck.raw(f"unet/{k}").tobytes() == v.contiguous().view(torch.uint8).numpy().tobytes()
-        for k, v in unet.state_dict().items()
-    )
-    dt = time.perf_counter() - t0
-    print(f"\nread back {len(ck)} tensors in {dt * 1000:.1f} ms; bit-exact with the model: {same}")
-    if not same:
-        return 1
-    quantize_and_compare(ck, unet, out)
-    return rc
-
-
-def quantize_and_compare(ck: object, unet: torch.nn.Module, out: Path) -> None:
-    import arrowquant as aq
-
-    torch.manual_seed(1)
-    x = torch.randn(4, 1, 32, 32)
-    t = torch.tensor([10, 250, 500, 900])
-    with torch.no_grad():
-        ref = unet(x, t).sample
-    src = out / "ddpm-tiny"
-    f16_bytes = sum(v.numel() * 2 for v in unet.state_dict().values())
-    print("\narrowquant quantize, one run per profile; each result is loaded back into a diffusers")
-    print("UNet and run on the same noisy inputs as the original:")
-    print(
-        f"{'profile':<8} {'file MiB':>9} {'vs f16':>7} {'bits/weight':>11} {'formats':<72} "
-        f"{'output relRMSE':>14} {'time s':>7}"
-    )
-    for profile in ("cloud", "local", "edge"):
-        dest = out / f"ddpm-tiny-{profile}"
+    out.mkdir(parents=True, exist_ok=True)
+    src_bytes = sum(f.stat().st_size for f in (MODEL / "unet").glob("*.safetensors"))
+    print(f"model: {MODEL.relative_to(ROOT)} ({src_bytes / 2**20:.2f} MiB f32 safetensors)\n")
+    quant: dict[str, dict[str, float]] = {}
+    for profile in PROFILES:
+        dest = out / f"digits-ddpm-{profile}"
+        t0 = time.perf_counter()
         rep = aq.ArrowQuantV2().quantize_diffusion_model(
-            src, dest, aq.DiffusionQuantConfig.from_profile(profile), overwrite=True
+            MODEL, dest, aq.DiffusionQuantConfig.from_profile(profile), overwrite=True
         )
-        params = {f"unet/{k}": v.clone() for k, v in unet.state_dict().items()}
-        aq.load_state_dict(dest / "model.aq.parquet", dtype=torch.float32, out=params)
-        model = type(unet).from_config(unet.config)
-        model.load_state_dict({k.removeprefix("unet/"): v for k, v in params.items()})
-        with torch.no_grad():
-            got = model(x, t).sample
-        rel = float(((got - ref).pow(2).sum() / ref.pow(2).sum()).sqrt())
         s = rep.summary()
+        quant[profile] = {
+            "seconds": time.perf_counter() - t0,
+            "bits_per_weight": s["bits_per_weight"],
+            "file_bytes": s["file_bytes"],
+        }
         formats = ", ".join(f"{k} x{v}" for k, v in s["formats"].items())
-        print(
-            f"{profile:<8} {s['file_bytes'] / 2**20:>9.2f} {s['file_bytes'] / f16_bytes:>7.1%} "
-            f"{s['bits_per_weight']:>11.3f} {formats:<72} {rel:>14.4f} {s['seconds']:>7.2f}"
+        print(f"arrowquant quantize --profile {profile}: {formats}")
+
+    print("\nsampling FP and each profile from the same noise (512 samples, DDIM 50 steps)...")
+    t0 = time.perf_counter()
+    doc = evaluate(
+        MODEL,
+        {p: out / f"digits-ddpm-{p}" for p in PROFILES},
+        samples=512,
+        steps=50,
+        seed=0,
+        out_dir=out / "eval",
+        log=lambda m: print("  " + m),
+    )
+    eval_s = time.perf_counter() - t0
+    table = format_table(doc, quant, src_bytes)
+    print("\n" + table)
+    (out / "demo.md").write_text(table + "\n")
+    (out / "demo.json").write_text(json.dumps({"quantize": quant, "eval": doc}, indent=2) + "\n")
+    print(
+        f"\nevaluation {eval_s:.0f} s; report {out}/eval/eval.md, image grid {out}/eval/grid.png,"
+        f"\nmodel files and quantization reports in {out}/digits-ddpm-*/"
+    )
+    return 0
+
+
+def format_table(doc: dict, quant: dict[str, dict[str, float]], src_bytes: int) -> str:
+    ref = doc["reference"]
+    fd = ref["fd_real"]
+    rows = [
+        "| setting | bits/weight | size KiB | PSNR dB | SSIM | FD to real digits | "
+        "quantize s | sample+metrics s |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| FP (f32) | 32 | {src_bytes / 1024:.0f} | - | - | {fd['value']:.2f} "
+        f"[{fd['ci95'][0]:.2f}, {fd['ci95'][1]:.2f}] | - | {ref['seconds']:.1f} |",
+    ]
+    for s in doc["settings"]:
+        q = quant[s["name"]]
+        f = s["fd_real"]
+        rows.append(
+            f"| {s['name']} | {q['bits_per_weight']:.2f} | {q['file_bytes'] / 1024:.0f} "
+            f"| {s['psnr']['mean']:.2f} | {s['ssim']['mean']:.4f} "
+            f"| {f['value']:.2f} [{f['ci95'][0]:.2f}, {f['ci95'][1]:.2f}] "
+            f"| {q['seconds']:.2f} | {s['seconds']:.1f} |"
         )
-    print(f"\nmodel files and reports (report.md, report.png) in {out}/ddpm-tiny-*/")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

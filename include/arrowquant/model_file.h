@@ -126,9 +126,14 @@ class ModelReader {
   Result<QuantizedTensor> ReadQuantized(const std::string& name) const;
   // The bytes of a raw (unquantized) tensor, in its stored dtype.
   Result<std::vector<std::byte>> ReadRaw(const std::string& name) const;
-  // Any tensor to F32/F16/BF16; `out` holds num_params values of `dtype`.
+  // Any tensor to F32/F16/BF16; `out` holds num_params values of `dtype`. Equalized tensors
+  // (stored as W / s, SpatialParams) come back as W: the scales are multiplied back in.
   Status Dequantize(const std::string& name, DType dtype, std::span<std::byte> out,
                     int threads = 1) const;
+  // The values as stored: W / s for equalized tensors (for runtimes that multiply their
+  // activations by s, arrowquant.torch.apply).
+  Status DequantizeAsStored(const std::string& name, DType dtype, std::span<std::byte> out,
+                            int threads = 1) const;
 
  private:
   struct Impl;

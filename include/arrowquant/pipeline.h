@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -30,6 +31,15 @@ struct SelectionRule {
 // modulation, first and last layers), for a modality ("image", "video", "audio", "text", "code").
 std::vector<SelectionRule> DefaultSelectionRules(const std::string& modality);
 
+// What calibration found for one layer (keyed by the weight's qualified name). With spatial
+// equalization scales the weight is stored as W / s (quantized or kept) and the runtime multiplies
+// the layer's input by s; the time-aware activation grids were fitted on those scaled inputs.
+struct ActivationPlan {
+  std::optional<TimeAwareParams> time_aware;
+  std::optional<SpatialParams> spatial;
+  std::optional<ActivationStats> stats;
+};
+
 struct PipelineConfig {
   int bits = 4;                         // target width; fallback climbs 2 -> 4 -> 8 -> keep
   std::optional<QuantSpec> spec;        // format at `bits` (default: QuantSpec::Recommended)
@@ -40,10 +50,14 @@ struct PipelineConfig {
   int threads = 1;
   uint64_t min_elements = 1024;         // smaller weights are kept (not worth their scales)
   bool fail_fast = false;               // stop at the first layer that misses its threshold
+  // NaN/Inf in a weight: false = error naming the tensor and the count (default); true = keep
+  // that tensor unquantized (keep_dtype; NaN and Inf survive the f16 conversion).
+  bool keep_nonfinite = false;
   // > 0: a size budget in bits per weight over all tensors. Every layer the rules give the
   // target width is measured at 2, 4 and 8 bits, and widths are assigned to minimise the total
   // squared weight error within the budget (the threshold fallback is then not used).
   double target_bpw = 0;
+  std::map<std::string, ActivationPlan> activations;  // from calibration (may be empty)
   std::string recipe_json = "{}";       // stored in the file as given
   std::string tool_version;
 };

@@ -113,9 +113,16 @@ class ModelReader:
     def tensors(self) -> list[dict[str, Any]]: ...
     def read_quantized(self, name: str) -> QuantizedTensor: ...
     def read_raw(self, name: str) -> npt.NDArray[Any]: ...
-    def load(self, names: list[str], dtype: str, threads: int = 1) -> list[npt.NDArray[Any]]: ...
+    def load(
+        self, names: list[str], dtype: str, threads: int = 1, as_stored: bool = False
+    ) -> list[npt.NDArray[Any]]: ...
     def load_into(
-        self, names: list[str], outputs: list[npt.NDArray[Any]], dtype: str, threads: int = 1
+        self,
+        names: list[str],
+        outputs: list[npt.NDArray[Any]],
+        dtype: str,
+        threads: int = 1,
+        as_stored: bool = False,
     ) -> None: ...
 
 def run_pipeline(
@@ -134,6 +141,9 @@ def run_pipeline(
     tool_version: str,
     target_bpw: float,
     progress: Any,
+    activations: dict[str, Any] = ...,
+    keep_nonfinite: bool = False,
+    limits: tuple[int, int, int, int] = ...,
 ) -> dict[str, Any]: ...
 def default_rules(modality: str) -> list[tuple[str, int, str]]: ...
 def plan(
@@ -144,3 +154,46 @@ def plan(
     modality: str,
     min_elements: int,
 ) -> list[tuple[str, int, float, str]]: ...
+
+# Calibration (include/arrowquant/calibration.h)
+class ActivationCollector:
+    @staticmethod
+    def make(channels: int) -> ActivationCollector: ...
+    @property
+    def channels(self) -> int: ...
+    def add(
+        self, timestep: int, values: npt.NDArray[Any], outer: int, channels: int, inner: int
+    ) -> None: ...
+    def merge(
+        self,
+        timestep: int,
+        count: int,
+        min: npt.NDArray[Any],
+        max: npt.NDArray[Any],
+        absmax: npt.NDArray[Any],
+        histogram: npt.NDArray[Any],
+    ) -> None: ...
+    def stats(self) -> list[dict[str, Any]]: ...
+    def overall(self) -> dict[str, npt.NDArray[Any]]: ...
+
+def fit_time_groups(
+    collector: ActivationCollector,
+    groups: int,
+    adaptive: bool,
+    act_bits: int,
+    clip: str = "mse",
+    percentile: float = 99.99,
+    num_train_timesteps: int = 1000,
+) -> dict[str, Any]: ...
+def expected_act_error(
+    histogram: npt.NDArray[Any], scale: float, zero_point: int, bits: int
+) -> float: ...
+def equalization_scales(
+    weight_absmax: npt.NDArray[Any], act_absmax: npt.NDArray[Any], alpha: float = 0.5
+) -> npt.NDArray[Any]: ...
+def input_channel_absmax(
+    weight: npt.NDArray[Any], dtype: str, name: str = "weight"
+) -> npt.NDArray[Any]: ...
+
+HISTOGRAM: dict[str, int]
+HISTOGRAM_BIN_VALUES: npt.NDArray[Any]

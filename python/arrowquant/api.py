@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ class ArrowQuantV2:
         config: DiffusionQuantConfig | None = None,
         progress_callback: ProgressCallback | None = None,
         overwrite: bool = False,
+        allow_pickle: bool = False,
     ) -> QuantizationReport:
         """Writes `output_path/` with model.aq.parquet, report.json and report.md.
 
@@ -37,14 +39,35 @@ class ArrowQuantV2:
         beside it and renamed at the end. progress_callback(done_bytes, total_bytes, tensor) runs
         on this thread; returning False or raising cancels the run (the exception propagates).
         """
-        from arrowquant import __version__
-
         cfg = config or DiffusionQuantConfig.from_profile("local")
         out = Path(output_path)
-        if out.exists() and not overwrite:
-            raise ConfigurationError(f"{out}: already exists (pass overwrite=True / --overwrite)")
         if not out.parent.exists():
             raise ArrowQuantIOError(f"{out.parent}: no such folder", "IoError")
+        with output_lock(out):
+            if out.exists() and not overwrite:
+                raise ConfigurationError(
+                    f"{out}: already exists (pass overwrite=True / --overwrite)"
+                )
+            _remove_stale_temporaries(out)
+            from arrowquant.pickle_import import convert_pickle, is_pickle_path
+
+            if allow_pickle and is_pickle_path(model_path):
+                import tempfile
+
+                with tempfile.TemporaryDirectory(prefix="arrowquant-pickle-") as d:
+                    converted = convert_pickle(model_path, Path(d))
+                    return self._quantize_locked(converted, out, cfg, progress_callback)
+            return self._quantize_locked(model_path, out, cfg, progress_callback)
+
+    def _quantize_locked(
+        self,
+        model_path: str | os.PathLike[str],
+        out: Path,
+        cfg: DiffusionQuantConfig,
+        progress_callback: ProgressCallback | None,
+    ) -> QuantizationReport:
+        from arrowquant import __version__
+
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
@@ -64,9 +87,14 @@ class ArrowQuantV2:
                 sd,
                 int(sd[1]) if sd.startswith("q") else 6,
             )
-        recipe = {"config": cfg.to_dict(), "tool": f"arrowquant {__version__}"}
+        recipe: dict[str, Any] = {"config": cfg.to_dict(), "tool": f"arrowquant {__version__}"}
         t0 = time.perf_counter()
         try:
+            plans: dict[str, Any] = {}
+            if cfg.calibration:
+                from arrowquant.calibration import calibrate
+
+                plans, recipe["calibration"] = calibrate(model_path, cfg)
             raw = _core.run_pipeline(
                 str(model_path),
                 str(tmp / MODEL_FILE),
@@ -83,6 +111,9 @@ class ArrowQuantV2:
                 __version__,
                 cfg.target_bpw,
                 progress_callback,
+                plans,
+                cfg.nan_policy == "keep-fp16",
+                cfg.limits(),
             )
             seconds = time.perf_counter() - t0
             report = QuantizationReport(
@@ -100,12 +131,18 @@ class ArrowQuantV2:
                 threshold_missed=raw["threshold_missed"],
                 seconds=seconds,
                 peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                extra={"budget": raw["budget_note"]} if raw["budget_note"] else {},
+                extra=({"budget": raw["budget_note"]} if raw["budget_note"] else {})
+                | ({"calibration": recipe["calibration"]} if "calibration" in recipe else {}),
             )
             report.write(tmp)
+            _fsync_tree(tmp)
+            # The previous output moves aside in one rename, so a kill at any moment leaves the
+            # final name holding a complete model (old or new) or nothing - never half of one.
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
             if out.exists():
-                shutil.rmtree(out)
+                os.rename(out, old)
             os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
             return report
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -128,3 +165,75 @@ class ArrowQuantV2:
             err = model.tensor(name).error(ck.numpy(name))
             rows.append({"name": name, "format": info["spec"]["format"]} | err)
         return rows
+
+
+def _fsync_tree(folder: Path) -> None:
+    for f in folder.iterdir():
+        with f.open("rb") as fh:
+            os.fsync(fh.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Temporary folders of runs that were killed (their pid is gone); we hold the lock."""
+    if not out.parent.is_dir():
+        return
+    for p in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = p.name[len(out.name) + 2 :].partition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """An exclusive lock on OUT (flock on `.OUT.lock` beside it, released by the kernel if the
+    process dies): a second run writing the same output fails at once with a clear error."""
+    import fcntl
+
+    lock = out.with_name(f".{out.name}.lock")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ArrowQuantIOError(
+                f"{out}: cannot create {lock.name} ({e.strerror})", "IoError"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            finally:
+                os.close(fd)
+            raise ConfigurationError(
+                f"{out}: another arrowquant run (pid {holder or '?'}) is writing this output"
+            ) from None
+        # The lock file may have been removed by the previous holder after we opened it.
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from arrowquant.errors import ArrowQuantError, ValidationError
+from arrowquant.errors import ArrowQuantError, ConfigurationError, ValidationError
 
 EXIT_OK = 0
 EXIT_THRESHOLD = 1
@@ -96,6 +96,18 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             "threads": args.threads,
             "fail_fast": args.fail_fast or None,
             "target_bpw": args.target_bpw,
+            "calibration": args.calibration,
+            "calibration_samples": args.calibration_samples,
+            "calibration_steps": args.calibration_steps,
+            "time_groups": args.time_groups,
+            "adaptive_groups": args.adaptive_groups,
+            "equalize": args.equalize or None,
+            "act_bits": args.act_bits,
+            "nan_policy": args.nan_policy,
+            "max_header_bytes": args.max_header_bytes,
+            "max_tensors": args.max_tensors,
+            "max_tensor_bytes": args.max_tensor_bytes,
+            "max_total_bytes": args.max_total_bytes,
         }.items()
         if v is not None
     }
@@ -118,7 +130,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         return True
 
     report = ArrowQuantV2().quantize_diffusion_model(
-        args.model, args.out, cfg, progress_callback=progress, overwrite=args.overwrite
+        args.model,
+        args.out,
+        cfg,
+        progress_callback=progress,
+        overwrite=args.overwrite,
+        allow_pickle=args.allow_pickle,
     )
     if tty:
         sys.stderr.write("\n")
@@ -200,6 +217,40 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from arrowquant.eval import evaluate
+
+    settings: dict[str, str] = {}
+    for item in args.quantized:
+        name, sep, path = item.partition("=")
+        if not sep:
+            path = item
+            p = Path(item)
+            name = p.name if p.is_dir() else p.stem
+        if name in settings:
+            raise ConfigurationError(f"two settings named {name!r}; use NAME=PATH")
+        settings[name] = path
+    log = None if args.json else (lambda m: print(m, file=sys.stderr))
+    doc = evaluate(
+        args.model,
+        settings,
+        samples=args.samples,
+        steps=args.steps,
+        seed=args.seed,
+        out_dir=args.out,
+        log=log,
+    )
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    from arrowquant.eval.report import markdown
+
+    print(markdown(doc))
+    print(f"eval.json, eval.md and grid.png in {args.out}/")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from arrowquant import __version__
 
@@ -239,9 +290,45 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BITS",
         help="size budget: bits per weight over the whole model; widths by sensitivity",
     )
+    c = q.add_argument_group("calibration (activation quantization, time-aware, equalization)")
+    c.add_argument(
+        "--calibration",
+        metavar="PATH|synthetic[:N]",
+        help="calibration data: .jsonl / .parquet / saved datasets folder, or the FP model's "
+        "own samples",
+    )
+    c.add_argument("--calibration-samples", type=int, metavar="N")
+    c.add_argument("--calibration-steps", type=int, metavar="S", help="DDIM steps sampled")
+    c.add_argument("--time-groups", type=int, metavar="K")
+    c.add_argument(
+        "--adaptive-groups",
+        dest="adaptive_groups",
+        action="store_true",
+        default=None,
+        help="merge timesteps by measured error (default)",
+    )
+    c.add_argument("--uniform-groups", dest="adaptive_groups", action="store_false")
+    c.add_argument("--equalize", action="store_true", help="DiTAS channel equalization")
+    c.add_argument("--act-bits", type=int, choices=[4, 8])
+    q.add_argument(
+        "--nan-policy",
+        choices=["error", "keep-fp16"],
+        help="a weight with NaN/Inf: stop with an error naming it (default) or keep it in f16",
+    )
+    lim = q.add_argument_group("limits on the input (0 = none)")
+    lim.add_argument("--max-header-bytes", type=int, metavar="N")
+    lim.add_argument("--max-tensors", type=int, metavar="N")
+    lim.add_argument("--max-tensor-bytes", type=int, metavar="N")
+    lim.add_argument("--max-total-bytes", type=int, metavar="N")
     q.add_argument("--threads", type=int)
     q.add_argument("--fail-fast", action="store_true", help="exit 1 at the first layer that misses")
     q.add_argument("--overwrite", action="store_true")
+    q.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="accept a PyTorch pickle (.ckpt/.bin/.pt/.pth), loaded with "
+        "torch.load(weights_only=True); refused otherwise",
+    )
     q.add_argument("--json", action="store_true")
     q.add_argument(
         "--dry-run", action="store_true", help="show what the rules decide; write nothing"
@@ -258,6 +345,21 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("out")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_cmd_validate)
+
+    e = sub.add_parser(
+        "eval",
+        help="sample the FP model and quantized versions with the same noise; compare images",
+    )
+    e.add_argument("model", help="the FP diffusers model folder (UNet2DModel or DiT)")
+    e.add_argument(
+        "quantized", nargs="+", help="quantize output folders or .parquet files, as [NAME=]PATH"
+    )
+    e.add_argument("--samples", type=int, default=512)
+    e.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", default="eval-out", help="folder for eval.json, eval.md, grid.png")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_cmd_eval)
     return p
 
 

@@ -34,13 +34,31 @@ class DiffusionQuantConfig:
     method: str | None = None
     scale_dtype: str | None = None
     max_rel_rmse: float = 0.12
-    time_groups: int = 10  # stored in the recipe; used by calibration (not yet implemented)
+    # Calibration (activations): "" = none (weight-only), "synthetic[:N]", or a .jsonl /
+    # .parquet / saved `datasets` path. The rest applies only with calibration.
+    calibration: str = ""
+    calibration_samples: int = 64  # trajectories for plain "synthetic"
+    calibration_steps: int = 25  # DDIM steps sampled; each is a calibration timestep
+    calibration_cache: str = ""  # "" = $ARROW_QUANT_CACHE or ~/.cache/arrowquant/calibration
+    seed: int = 0
+    time_groups: int = 4  # K timestep groups, each with its own activation grid
+    adaptive_groups: bool = True  # merge adjacent timesteps by measured error (else uniform)
+    act_bits: int = 8
+    act_clip: str = "mse"  # minmax, percentile (99.99) or mse
+    equalize: bool = False  # DiTAS channel equalization (weights W/s, activations X*s)
+    equalize_alpha: float = 0.5
     modality: str = ""  # "" = detect
     overrides: list[str] = field(default_factory=list)  # "REGEX=BITS" (BITS 2/4/8/16/keep)
     keep_dtype: str = "F16"
     threads: int = 0  # 0 = all cores
     min_elements: int = 1024
     fail_fast: bool = False
+    # Caps on the input (0 = no cap): a file beyond one is refused with an error naming the cap.
+    max_header_bytes: int = 100_000_000
+    max_tensors: int = 10_000_000
+    max_tensor_bytes: int = 0
+    max_total_bytes: int = 0
+    nan_policy: str = "error"  # NaN/Inf in a weight: "error", or "keep-fp16" (keep it unquantized)
     target_bpw: float = 0.0  # > 0: size budget in bits per weight (widths by measured sensitivity)
 
     def __post_init__(self) -> None:
@@ -54,9 +72,31 @@ class DiffusionQuantConfig:
             )
         return cls(profile=profile, **(PROFILES[profile] | changes))
 
+    def _check_types(self) -> None:
+        """Every field has the type its annotation says (YAML and dicts can hold anything)."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            ann = str(f.type)
+            if v is None and ann.endswith("| None"):
+                continue
+            base = ann.split("|")[0].strip()
+            ok = {
+                "bool": isinstance(v, bool),
+                "int": isinstance(v, int) and not isinstance(v, bool),
+                "float": isinstance(v, (int, float)) and not isinstance(v, bool),
+                "str": isinstance(v, str),
+                "list[str]": isinstance(v, list) and all(isinstance(x, str) for x in v),
+            }.get(base, True)
+            if not ok:
+                raise ConfigurationError(f"{f.name}: must be {ann} (got {v!r})")
+            if base == "float":
+                object.__setattr__(self, f.name, float(v))
+
     def validate(self) -> None:
         def bad(name: str, why: str) -> None:
             raise ConfigurationError(f"{name}: {why} (got {getattr(self, name)!r})")
+
+        self._check_types()
 
         if self.profile not in PROFILES:
             bad("profile", f"must be one of {', '.join(PROFILES)}")
@@ -80,6 +120,21 @@ class DiffusionQuantConfig:
             bad("max_rel_rmse", "must be in (0, 10)")
         if self.time_groups < 1:
             bad("time_groups", "must be at least 1")
+        for cap in ("max_header_bytes", "max_tensors", "max_tensor_bytes", "max_total_bytes"):
+            if getattr(self, cap) < 0:
+                bad(cap, "must be >= 0 (0 = no cap)")
+        if self.nan_policy not in ("error", "keep-fp16"):
+            bad("nan_policy", "must be 'error' or 'keep-fp16'")
+        if self.act_bits not in (4, 8):
+            bad("act_bits", "must be 4 or 8")
+        if self.act_clip not in ("minmax", "percentile", "mse"):
+            bad("act_clip", "must be minmax, percentile or mse")
+        if not (0.0 <= self.equalize_alpha <= 1.0):
+            bad("equalize_alpha", "must be in [0, 1]")
+        if not (1 <= self.calibration_steps <= 1000):
+            bad("calibration_steps", "must be in 1..1000")
+        if self.calibration_samples < 1:
+            bad("calibration_samples", "must be at least 1")
         if self.modality not in ("", "image", "video", "audio", "text", "code"):
             bad("modality", "must be image, video, audio, text, code or empty (detect)")
         if self.keep_dtype not in ("F16", "BF16", "F32"):
@@ -96,6 +151,15 @@ class DiffusionQuantConfig:
                 re.compile(m.group("pattern"))  # type: ignore[union-attr]
             except re.error as e:
                 bad("overrides", f"{o!r}: {e}")
+
+    def limits(self) -> tuple[int, int, int, int]:
+        big = 2**64 - 1
+        return (
+            self.max_header_bytes or big,
+            self.max_tensors or big,
+            self.max_tensor_bytes or big,
+            self.max_total_bytes or big,
+        )
 
     def rules(self) -> list[tuple[str, int, str]]:
         out = []
@@ -114,7 +178,10 @@ class DiffusionQuantConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ConfigurationError(f"unknown config fields: {', '.join(sorted(unknown))}")
+            # YAML keys need not be strings (`on:` is the boolean True): print them, never sort
+            # mixed types (found by the fuzzer, tests/fuzz/fuzz_config.py).
+            names = ", ".join(sorted(repr(k) if not isinstance(k, str) else k for k in unknown))
+            raise ConfigurationError(f"unknown config fields: {names}")
         return cls(**d)
 
     def to_yaml(self) -> str:
@@ -133,8 +200,10 @@ class DiffusionQuantConfig:
                 text = f.read()
         try:
             data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigurationError(f"config is not valid YAML: {e}") from None
+        except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as e:
+            # ValueError / OverflowError: e.g. a timestamp or number PyYAML cannot build.
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigurationError(f"config is not valid YAML: {first}") from None
         if not isinstance(data, dict):
             raise ConfigurationError("config YAML must be a mapping of field: value")
         return cls.from_dict(data)

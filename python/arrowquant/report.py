@@ -78,6 +78,11 @@ class QuantizationReport:
             f"- formats: {', '.join(f'{k} x{v}' for k, v in s['formats'].items())}",
             f"- layers that fell back to more bits: {s['fallbacks']}",
             *([f"- size budget: {self.extra['budget']}"] if "budget" in self.extra else []),
+            *(
+                [_calibration_line(self.extra["calibration"])]
+                if "calibration" in self.extra
+                else []
+            ),
             f"- time {s['seconds']:.2f} s, peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB",
             "",
             "| tensor | shape | action | format | rel RMSE | SQNR dB | why / fallbacks |",
@@ -126,3 +131,14 @@ class QuantizationReport:
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
+
+
+def _calibration_line(c: dict[str, Any]) -> str:
+    eq = f", equalization alpha {c['equalize_alpha']}" if c.get("equalize") else ""
+    return (
+        f"- calibration: {c['source']} ({c['rows']} rows, {c['kind']}), {c['sampler']}, "
+        f"{len(c['timesteps'])} timesteps -> {c['time_groups']} "
+        f"{'adaptive' if c['adaptive_groups'] else 'uniform'} groups, A{c['act_bits']} "
+        f"({c['act_clip']} clipping){eq}; {c['layers']} layers; cache {c['cache']}, "
+        f"{c['seconds']} s"
+    )

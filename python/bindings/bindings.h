@@ -9,5 +9,6 @@ void BindCheckpoint(nanobind::module_& m);
 void BindQuantize(nanobind::module_& m);
 void BindModelFile(nanobind::module_& m);
 void BindPipeline(nanobind::module_& m);
+void BindCalibration(nanobind::module_& m);
 
 }  // namespace arrowquant::py

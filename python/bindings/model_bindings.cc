@@ -178,7 +178,7 @@ void BindModelFile(nb::module_& m) {
       .def(
           "load",
           [](const PyReader& s, const std::vector<std::string>& names, const std::string& dtype,
-             int threads) {
+             int threads, bool as_stored) {
             // Dequantizes many tensors, one per worker at a time (largest first), GIL released.
             const DType dt = ParseDType(dtype);
             std::vector<const ModelTensorInfo*> infos;
@@ -211,7 +211,8 @@ void BindModelFile(nb::module_& m) {
                   }
                   const size_t bytes = t->num_params * ElementBytes(dt);
                   bufs[i] = new std::byte[std::max<size_t>(1, bytes)];
-                  errors[i] = s.r->Dequantize(t->name, dt, {bufs[i], bytes}, 1);
+                  errors[i] = as_stored ? s.r->DequantizeAsStored(t->name, dt, {bufs[i], bytes}, 1)
+                                        : s.r->Dequantize(t->name, dt, {bufs[i], bytes}, 1);
                 }
               };
               std::vector<std::thread> pool;
@@ -229,12 +230,12 @@ void BindModelFile(nb::module_& m) {
             for (size_t i = 0; i < infos.size(); ++i) out.append(OwnedArray(bufs[i], infos[i]->shape, out_dtype[i]));
             return out;
           },
-          nb::arg("names"), nb::arg("dtype"), nb::arg("threads") = 1)
+          nb::arg("names"), nb::arg("dtype"), nb::arg("threads") = 1, nb::arg("as_stored") = false)
       .def(
           "load_into",
           [](const PyReader& s, const std::vector<std::string>& names,
              std::vector<nb::ndarray<nb::c_contig, nb::device::cpu>> outs, const std::string& dtype,
-             int threads) {
+             int threads, bool as_stored) {
             // Dequantizes straight into existing buffers (a model's parameters), GIL released.
             const DType dt = ParseDType(dtype);
             if (names.size() != outs.size()) {
@@ -264,7 +265,8 @@ void BindModelFile(nb::module_& m) {
               auto work = [&] {
                 for (size_t k; (k = next.fetch_add(1)) < order.size();) {
                   const size_t i = order[k];
-                  errors[i] = s.r->Dequantize(names[i], dt, spans[i], 1);
+                  errors[i] = as_stored ? s.r->DequantizeAsStored(names[i], dt, spans[i], 1)
+                                        : s.r->Dequantize(names[i], dt, spans[i], 1);
                 }
               };
               std::vector<std::thread> pool;
@@ -274,7 +276,8 @@ void BindModelFile(nb::module_& m) {
             }
             for (const auto& e : errors) ThrowIfError(e);
           },
-          nb::arg("names"), nb::arg("outputs"), nb::arg("dtype"), nb::arg("threads") = 1);
+          nb::arg("names"), nb::arg("outputs"), nb::arg("dtype"), nb::arg("threads") = 1,
+          nb::arg("as_stored") = false);
 }
 
 }  // namespace arrowquant::py

@@ -14,4 +14,5 @@ NB_MODULE(_core, m) {
   arrowquant::py::BindQuantize(m);
   arrowquant::py::BindModelFile(m);
   arrowquant::py::BindPipeline(m);
+  arrowquant::py::BindCalibration(m);
 }

@@ -1,5 +1,6 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/map.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
@@ -40,6 +41,43 @@ nb::dict LayerDict(const LayerReport& l) {
   return d;
 }
 
+template <typename T>
+std::vector<T> Vec(nb::handle d, const char* key) {
+  return nb::cast<std::vector<T>>(d[key]);
+}
+
+// {name: {"time_aware": {...} | None, "equalization_scales": [...] | None, "smoothing_alpha": a,
+//         "stats": {"min","max","absmax"} | None}} as produced by arrowquant.calibration.
+std::map<std::string, ActivationPlan> ParseActivationPlans(nb::dict plans) {
+  std::map<std::string, ActivationPlan> out;
+  for (auto [k, v] : plans) {
+    ActivationPlan p;
+    nb::dict d = nb::cast<nb::dict>(v);
+    if (d.contains("time_aware") && !d["time_aware"].is_none()) {
+      nb::handle t = d["time_aware"];
+      TimeAwareParams ta;
+      ta.group_bounds = Vec<int32_t>(t, "group_bounds");
+      ta.act_scales = Vec<float>(t, "act_scales");
+      ta.act_zero_points = Vec<int32_t>(t, "act_zero_points");
+      ta.act_bits = nb::cast<int32_t>(t["act_bits"]);
+      ta.num_groups = static_cast<int32_t>(ta.act_scales.size());
+      p.time_aware = std::move(ta);
+    }
+    if (d.contains("equalization_scales") && !d["equalization_scales"].is_none()) {
+      SpatialParams sp;
+      sp.equalization_scales = Vec<float>(d, "equalization_scales");
+      if (d.contains("smoothing_alpha")) sp.smoothing_alpha = nb::cast<float>(d["smoothing_alpha"]);
+      p.spatial = std::move(sp);
+    }
+    if (d.contains("stats") && !d["stats"].is_none()) {
+      nb::handle s = d["stats"];
+      p.stats = ActivationStats{Vec<float>(s, "min"), Vec<float>(s, "max"), Vec<float>(s, "absmax")};
+    }
+    out.emplace(nb::cast<std::string>(k), std::move(p));
+  }
+  return out;
+}
+
 }  // namespace
 
 void BindPipeline(nb::module_& m) {
@@ -50,8 +88,14 @@ void BindPipeline(nb::module_& m) {
          const std::vector<std::tuple<std::string, int, std::string>>& rules, const std::string& modality,
          const std::string& keep_dtype, int threads, uint64_t min_elements, bool fail_fast,
          const std::string& recipe_json, const std::string& tool_version, double target_bpw,
-         nb::object progress) {
+         nb::object progress, nb::dict activations, bool keep_nonfinite,
+         std::tuple<uint64_t, uint64_t, uint64_t, uint64_t> limits) {
+        ReaderLimits lim;
+        std::tie(lim.max_header_bytes, lim.max_tensors, lim.max_tensor_bytes, lim.max_total_bytes) =
+            limits;
         PipelineConfig c;
+        c.keep_nonfinite = keep_nonfinite;
+        c.activations = ParseActivationPlans(activations);
         c.bits = bits;
         if (spec) {
           const auto& [group, scheme, method, scales, scale_bits] = *spec;
@@ -93,7 +137,7 @@ void BindPipeline(nb::module_& m) {
         Result<PipelineReport> rep = Status();
         {
           nb::gil_scoped_release release;
-          auto ck = Checkpoint::Open(model_path);
+          auto ck = Checkpoint::Open(model_path, lim);
           if (!ck.ok()) rep = ck.status();
           else rep = RunPipeline(**ck, out_path, c, fn);
         }
@@ -116,7 +160,10 @@ void BindPipeline(nb::module_& m) {
       nb::arg("model_path"), nb::arg("out_path"), nb::arg("bits"), nb::arg("spec").none(),
       nb::arg("max_rel_rmse"), nb::arg("rules"), nb::arg("modality"), nb::arg("keep_dtype"),
       nb::arg("threads"), nb::arg("min_elements"), nb::arg("fail_fast"), nb::arg("recipe_json"),
-      nb::arg("tool_version"), nb::arg("target_bpw"), nb::arg("progress").none());
+      nb::arg("tool_version"), nb::arg("target_bpw"), nb::arg("progress").none(),
+      nb::arg("activations") = nb::dict(), nb::arg("keep_nonfinite") = false,
+      nb::arg("limits") = std::make_tuple(ReaderLimits{}.max_header_bytes, ReaderLimits{}.max_tensors,
+                                          ReaderLimits{}.max_tensor_bytes, ReaderLimits{}.max_total_bytes));
   m.def(
       "plan",
       [](const std::string& model_path, int bits, double max_rel_rmse,

@@ -25,21 +25,23 @@ struct Outcome {
   DType raw_dtype = DType::kF32;
   Status status;
   bool missed = false;
+  const ActivationPlan* plan = nullptr;  // calibration results for this layer, if any
+  std::vector<float> equalized;          // W / s, when the plan equalizes this layer
 };
 
 const char* KeptName(DType d) { return Traits(d).safetensors_name.data(); }
 
 // Kept float tensors become keep_dtype unless that would overflow (|v| > 65504 for f16).
-void Keep(const CheckpointTensor& t, DType keep, Outcome& o) {
-  const DType src = t.info->dtype;
-  const auto bytes = t.data();
+void Keep(const TensorView& t, DType keep, Outcome& o) {
+  const DType src = t.dtype;
+  const auto bytes = t.data;
   DType out = src;
   if (Traits(src).quantizable && src != keep) {
-    std::vector<float> f(t.info->num_elements());
+    std::vector<float> f(t.num_elements());
     kernels::ToF32(src, bytes.data(), f.size(), f.data());
     bool fits = true;
     if (keep == DType::kF16) {
-      for (float v : f) fits &= !(std::fabs(v) > 65504.0f);
+      for (float v : f) fits &= !(std::isfinite(v) && std::fabs(v) > 65504.0f);
     }
     if (fits) {
       out = keep;
@@ -121,6 +123,36 @@ Result<CompiledRules> Compile(const PipelineConfig& config, const std::string& m
   return rules;
 }
 
+uint64_t CountNonFinite(const TensorView& w) {
+  if (!Traits(w.dtype).quantizable) return 0;
+  const size_t n = w.num_elements(), chunk = 1 << 16, es = ElementBytes(w.dtype);
+  std::vector<float> buf(std::min(n, chunk));
+  uint64_t bad = 0;
+  for (size_t i = 0; i < n; i += chunk) {
+    const size_t m = std::min(chunk, n - i);
+    kernels::ToF32(w.dtype, w.data.data() + i * es, m, buf.data());
+    bad += kernels::CountNonFinite(buf.data(), m);
+  }
+  return bad;
+}
+
+// W / s along the input-channel axis (dim 1) into `out` (f32).
+Status Equalize(const TensorView& w, const std::vector<float>& s, std::vector<float>& out) {
+  if (!Traits(w.dtype).quantizable || w.shape.size() < 2 || w.shape[1] != s.size()) {
+    return Status(StatusCode::kInvalidArgument,
+                  "tensor '" + std::string(w.name) + "': " + std::to_string(s.size()) +
+                      " equalization scales do not fit a float weight [out, in, ...] with " +
+                      (w.shape.size() < 2 ? std::string("rank < 2") :
+                                            std::to_string(w.shape[1]) + " input channels"));
+  }
+  const size_t n = w.num_elements(), in = s.size();
+  const size_t inner = n / std::max<size_t>(1, w.shape[0] * in);
+  out.resize(n);
+  kernels::ToF32(w.dtype, w.data.data(), n, out.data());
+  for (size_t i = 0; i < n; ++i) out[i] /= s[(i / inner) % in];
+  return Status::OK();
+}
+
 // forced_bits > 0: the width chosen by the size budget (no fallback ladder).
 void Process(const CheckpointTensor& t, const PipelineConfig& c, const CompiledRules& rules,
              int forced_bits, Outcome& o) {
@@ -133,12 +165,30 @@ void Process(const CheckpointTensor& t, const PipelineConfig& c, const CompiledR
   const int bits = forced_bits > 0 ? forced_bits : plan.bits;
   const double threshold = forced_bits > 0 ? 1e30 : plan.threshold;
   r.why = forced_bits > 0 ? "width from the size budget" : plan.why;
+  TensorView view{t.name, t.info->dtype, t.info->shape, t.data()};
+  if (const auto p = c.activations.find(t.name); p != c.activations.end()) {
+    o.plan = &p->second;
+    if (o.plan->spatial && !o.plan->spatial->equalization_scales.empty()) {
+      if (Status st = Equalize(view, o.plan->spatial->equalization_scales, o.equalized); !st.ok()) {
+        o.status = st;
+        return;
+      }
+      view = TensorView{t.name, DType::kF32, t.info->shape,
+                        std::as_bytes(std::span<const float>(o.equalized))};
+    }
+  }
   if (bits == 0) {
     if (r.why.empty()) r.why = "kept by rule";
-    Keep(t, c.keep_dtype, o);
+    Keep(view, c.keep_dtype, o);
     return;
   }
-  const TensorView view{t.name, t.info->dtype, t.info->shape, t.data()};
+  if (c.keep_nonfinite) {
+    if (const uint64_t bad = CountNonFinite(view); bad) {
+      r.why = std::to_string(bad) + " NaN/Inf values (--nan-policy keep-fp16)";
+      Keep(view, c.keep_dtype, o);
+      return;
+    }
+  }
   const std::vector<int> ladder = forced_bits > 0 ? std::vector<int>{bits}
                                   : bits <= 2     ? std::vector<int>{2, 4, 8}
                                   : bits <= 4     ? std::vector<int>{4, 8}
@@ -169,7 +219,7 @@ void Process(const CheckpointTensor& t, const PipelineConfig& c, const CompiledR
   }
   o.missed = true;
   r.why = "no width met the threshold";
-  Keep(t, c.keep_dtype, o);
+  Keep(view, c.keep_dtype, o);
 }
 
 // Measures each free layer at 2/4/8 bits, then starts everyone at 8 and repeatedly lowers the
@@ -281,6 +331,12 @@ Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_
     report.modality_reason = "given";
   }
   AQ_ASSIGN_OR_RETURN(CompiledRules rules, Compile(config, report.modality));
+  for (const auto& [name, plan] : config.activations) {
+    if (!ck.Find(name)) {
+      return Status(StatusCode::kNotFound, "calibration results name tensor '" + name +
+                                               "', which " + ck.path() + " does not have");
+    }
+  }
 
   ModelMetadata meta;
   meta.tool_version = config.tool_version;
@@ -364,6 +420,11 @@ Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_
       rec.raw = o->raw;
       rec.raw_dtype = o->raw_dtype;
       rec.raw_shape = t.info->shape;
+    }
+    if (o->plan) {
+      rec.time_aware = o->plan->time_aware;
+      rec.spatial = o->plan->spatial;
+      rec.activation_stats = o->plan->stats;
     }
     if (Status st = writer->Write(rec); !st.ok()) return finish(st);
     t.file->Evict(*t.info);

@@ -500,6 +500,36 @@ Result<std::vector<std::byte>> ModelReader::ReadRaw(const std::string& name) con
 Status ModelReader::Dequantize(const std::string& name, DType dtype, std::span<std::byte> out,
                                int threads) const {
   const ModelTensorInfo* t = Find(name);
+  if (!t || !t->spatial || t->spatial->equalization_scales.empty()) {
+    return DequantizeAsStored(name, dtype, out, threads);
+  }
+  const std::vector<float>& s = t->spatial->equalization_scales;
+  if (t->shape.size() < 2 || t->shape[1] != s.size()) {
+    return impl_->Err(StatusCode::kCorrupt, "tensor '" + name + "': " + std::to_string(s.size()) +
+                                                " equalization scales for its input channels");
+  }
+  const size_t n = t->num_params;
+  if (out.size() != n * ElementBytes(dtype)) return DequantizeAsStored(name, dtype, out, threads);
+  std::vector<float> w(n);
+  AQ_RETURN_IF_ERROR(DequantizeAsStored(
+      name, DType::kF32, std::as_writable_bytes(std::span<float>(w)), threads));
+  // [out, in, inner...]: W = (W / s) * s along the input-channel axis.
+  const size_t in = s.size(), inner = n / std::max<size_t>(1, t->shape[0] * in);
+  for (size_t i = 0; i < n; ++i) w[i] *= s[(i / inner) % in];
+  if (dtype == DType::kF32) {
+    std::memcpy(out.data(), w.data(), n * 4);
+  } else {
+    std::vector<uint16_t> h(n);
+    if (dtype == DType::kF16) F32ToF16(w, h);
+    else F32ToBF16(w, h);
+    std::memcpy(out.data(), h.data(), n * 2);
+  }
+  return Status::OK();
+}
+
+Status ModelReader::DequantizeAsStored(const std::string& name, DType dtype,
+                                       std::span<std::byte> out, int threads) const {
+  const ModelTensorInfo* t = Find(name);
   if (!t) return impl_->Err(StatusCode::kNotFound, "no tensor named '" + name + "'");
   if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) {
     return Status(StatusCode::kInvalidArgument, "dequantize to F32, F16 or BF16 only");

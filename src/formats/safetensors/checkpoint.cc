@@ -45,9 +45,11 @@ Result<fs::path> ResolveInside(const fs::path& base, std::string_view rel, std::
                   referrer + ": " + std::string(what) + " '" + std::string(rel) + "' " + why);
   };
   const fs::path r(rel);
-  if (rel.empty() || r.is_absolute() || r.has_root_name()) return escape("is not a relative path");
+  if (rel.empty() || r.is_absolute() || r.has_root_name()) {
+    return escape("is not a relative path inside the model folder");
+  }
   for (const auto& part : r) {
-    if (part == "..") return escape("contains '..'");
+    if (part == "..") return escape("contains '..': refusing a path outside the model folder");
   }
   std::error_code ec;
   const fs::path real_base = fs::canonical(base, ec);
@@ -184,7 +186,8 @@ Status RefusePickle(const fs::path& p) {
   if (!zip && !pickle) return Status::OK();
   return Status(StatusCode::kUnsupported,
                 p.string() + ": a PyTorch pickle/zip checkpoint, not SafeTensors; ArrowQuant does not "
-                             "unpickle model files (convert it to .safetensors first)");
+                             "unpickle model files unless asked (--allow-pickle: torch.load with "
+                             "weights_only=True), or convert it to .safetensors first");
 }
 
 }  // namespace

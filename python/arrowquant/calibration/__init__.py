@@ -1,0 +1,142 @@
+"""Calibration: run the FP model on calibration inputs, record activations per layer and timestep,
+fit timestep-grouped activation parameters and (optionally) DiTAS channel equalization.
+
+    plans, summary = calibrate("models/digits-dit", config)
+
+`plans` goes to the C++ pipeline (stored per tensor in the model file); `summary` is the
+provenance written into the file's recipe and the report.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import arrowquant._core as _core
+from arrowquant.calibration import cache
+from arrowquant.calibration.capture import capture, quantizable_layers, weight_name
+from arrowquant.calibration.data import CalibrationSet, load_calibration
+
+__all__ = ["CalibrationSet", "calibrate", "load_calibration", "fit_plans", "capture_cached"]
+
+
+def capture_cached(
+    ref: Any,
+    calib: CalibrationSet,
+    steps: int,
+    seed: int,
+    scales: dict[str, np.ndarray] | None,
+    cache_folder: str,
+    model_digest: str,
+    log: Callable[[str], None] | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """(collectors, cache hit). The key covers the model's bytes, the calibration rows, the
+    sampler settings and the equalization scales applied."""
+    settings: dict[str, Any] = {"steps": steps, "seed": seed}
+    if scales is not None:
+        h = np.concatenate([scales[k] for k in sorted(scales)]).astype(np.float32).tobytes()
+        import hashlib
+
+        settings["scales"] = hashlib.sha256(h).hexdigest()
+    key = cache.cache_key(model_digest, calib.digest, settings)
+    path = cache.cache_dir(cache_folder) / f"{key}.npz"
+    got = cache.load(path)
+    if got is not None:
+        return got, True
+    collectors = capture(ref, calib, steps, seed, scales, log=log)
+    cache.save(path, collectors)
+    return collectors, False
+
+
+def fit_plans(
+    collectors: dict[str, Any],
+    raw_collectors: dict[str, Any],
+    scales: dict[str, np.ndarray] | None,
+    groups: int,
+    adaptive: bool,
+    act_bits: int,
+    clip: str,
+    num_train_timesteps: int,
+) -> dict[str, dict[str, Any]]:
+    plans: dict[str, dict[str, Any]] = {}
+    for name, col in collectors.items():
+        ta = _core.fit_time_groups(
+            col, groups, adaptive, act_bits, clip, 99.99, num_train_timesteps
+        )
+        overall = raw_collectors[name].overall()
+        plans[name] = {
+            "time_aware": ta,
+            "equalization_scales": None if scales is None else scales[name].tolist(),
+            "smoothing_alpha": 0.0,
+            "stats": {k: overall[k].tolist() for k in ("min", "max", "absmax")},
+        }
+    return plans
+
+
+def equalization(ref: Any, raw: dict[str, Any], alpha: float) -> dict[str, np.ndarray]:
+    """s per layer from its weight and the activations' absmax over all timesteps."""
+    out: dict[str, np.ndarray] = {}
+    for mod_name, m in quantizable_layers(ref.module).items():
+        name = weight_name(ref, mod_name)
+        if name not in raw:
+            continue  # never called while sampling
+        w = m.weight.detach().float().contiguous().numpy()
+        w_absmax = _core.input_channel_absmax(w, "F32", name)
+        x_absmax = np.asarray(raw[name].overall()["absmax"], dtype=np.float32)
+        out[name] = np.asarray(_core.equalization_scales(w_absmax, x_absmax, alpha))
+    return out
+
+
+def calibrate(
+    model_path: str | os.PathLike[str],
+    cfg: Any,
+    log: Callable[[str], None] | None = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """(plans for the pipeline, summary) for a DiffusionQuantConfig with `calibration` set."""
+    from arrowquant.eval.sampling import load_reference
+
+    t0 = time.perf_counter()
+    calib = load_calibration(cfg.calibration)
+    if cfg.calibration == "synthetic":
+        calib = CalibrationSet("synthetic", cfg.calibration_samples)
+    ref = load_reference(model_path)
+    digest = cache.model_digest(Path(model_path))
+    steps, seed = cfg.calibration_steps, cfg.seed
+    raw, hit = capture_cached(ref, calib, steps, seed, None, cfg.calibration_cache, digest, log)
+    scales = equalization(ref, raw, cfg.equalize_alpha) if cfg.equalize else None
+    used, hit2 = raw, hit
+    if scales is not None:
+        used, hit2 = capture_cached(
+            ref, calib, steps, seed, scales, cfg.calibration_cache, digest, log
+        )
+    plans = fit_plans(
+        used,
+        raw,
+        scales,
+        cfg.time_groups,
+        cfg.adaptive_groups,
+        cfg.act_bits,
+        cfg.act_clip,
+        int(ref.scheduler_config.get("num_train_timesteps", 1000)),
+    )
+    timesteps = sorted({s["timestep"] for c in raw.values() for s in c.stats()})
+    summary = calib.summary() | {
+        "denoiser": type(ref.module).__name__,
+        "sampler": f"DDIM eta=0, {steps} steps, seed {seed}",
+        "timesteps": timesteps,
+        "layers": len(plans),
+        "time_groups": cfg.time_groups,
+        "adaptive_groups": cfg.adaptive_groups,
+        "act_bits": cfg.act_bits,
+        "act_clip": cfg.act_clip,
+        "equalize": cfg.equalize,
+        "equalize_alpha": cfg.equalize_alpha if cfg.equalize else None,
+        "cache": "hit" if hit and hit2 else "miss",
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    return plans, summary

@@ -1,0 +1,93 @@
+"""On-disk cache of calibration statistics, keyed by model content, calibration set and settings.
+
+One ``.npz`` per key (numpy arrays only, loaded with ``allow_pickle=False``), written to a
+temporary name and renamed. The folder is ``$ARROW_QUANT_CACHE`` or ``~/.cache/arrowquant``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import arrowquant._core as _core
+
+FORMAT = 1
+
+
+def cache_dir(override: str = "") -> Path:
+    base = override or os.environ.get("ARROW_QUANT_CACHE", "")
+    return Path(base) if base else Path.home() / ".cache" / "arrowquant" / "calibration"
+
+
+def model_digest(folder: Path) -> str:
+    """sha256 over the weight files' bytes (name-sorted), i.e. the model's content."""
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*.safetensors")):
+        h.update(str(f.relative_to(folder)).encode())
+        with f.open("rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()
+
+
+def cache_key(model: str, calibration: str, settings: dict[str, Any]) -> str:
+    doc = json.dumps({"format": FORMAT, "model": model, "calibration": calibration} | settings)
+    return hashlib.sha256(doc.encode()).hexdigest()[:32]
+
+
+def save(path: Path, collectors: dict[str, Any]) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    names = sorted(collectors)
+    for i, name in enumerate(names):
+        for s in collectors[name].stats():
+            k = f"{i}/{s['timestep']}"
+            arrays[f"{k}/count"] = np.array([s["count"]], dtype=np.uint64)
+            for f in ("min", "max", "absmax", "histogram"):
+                arrays[f"{k}/{f}"] = s[f]
+    meta = {"format": FORMAT, "names": names, "channels": [collectors[n].channels for n in names]}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path) -> dict[str, Any] | None:
+    """The collectors saved at `path`, or None if absent or unreadable (then recomputed)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes())
+            if meta.get("format") != FORMAT:
+                return None
+            out = {
+                n: _core.ActivationCollector.make(c)
+                for n, c in zip(meta["names"], meta["channels"], strict=True)
+            }
+            for key in z.files:
+                if not key.endswith("/count"):
+                    continue
+                i, t, _ = key.split("/")
+                k = f"{i}/{t}"
+                out[meta["names"][int(i)]].merge(
+                    int(t),
+                    int(z[key][0]),
+                    z[f"{k}/min"],
+                    z[f"{k}/max"],
+                    z[f"{k}/absmax"],
+                    z[f"{k}/histogram"],
+                )
+            return out
+    except (OSError, ValueError, KeyError, IndexError):
+        return None

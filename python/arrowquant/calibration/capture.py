@@ -1,0 +1,129 @@
+"""Activation capture: forward pre-hooks on every Linear / Conv2d while the FP sampler runs.
+
+Each hook hands the layer's input tensor to a C++ ActivationCollector (per-channel min / max /
+absmax and a fixed-size histogram per timestep), reading the tensor's memory in place: nothing is
+kept between calls, so memory stays bounded by the collectors, whatever the number of samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import arrowquant._core as _core
+from arrowquant.calibration.data import CalibrationSet
+from arrowquant.errors import UnsupportedError
+from arrowquant.eval.sampling import Denoiser, sample
+
+
+def quantizable_layers(module: Any) -> dict[str, Any]:
+    """Module name -> nn.Linear / nn.Conv2d with a weight."""
+    from torch import nn
+
+    return {
+        name: m
+        for name, m in module.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and getattr(m, "weight", None) is not None
+    }
+
+
+def weight_name(ref: Denoiser, module_name: str) -> str:
+    prefix = f"{ref.component}/" if ref.component else ""
+    return f"{prefix}{module_name}.weight"
+
+
+def _layout(m: Any, x: Any) -> tuple[int, int, int]:
+    from torch import nn
+
+    if isinstance(m, nn.Conv2d):
+        return x.shape[0], x.shape[1], math.prod(x.shape[2:])
+    c = x.shape[-1]
+    return x.numel() // c, c, 1
+
+
+def conditioning(ref: Denoiser, calib: CalibrationSet) -> tuple[int, Any]:
+    """(number of trajectories, class labels or None) for this model and calibration set."""
+    import torch
+
+    if calib.texts is not None:
+        raise UnsupportedError(
+            f"{calib.source}: text prompts, but {type(ref.module).__name__} takes "
+            + ("class labels" if ref.num_classes else "no conditioning")
+            + "; text-conditioned pipelines are not supported by calibration yet"
+        )
+    if not ref.num_classes:
+        return calib.count, None
+    if calib.labels is not None:
+        bad = [v for v in calib.labels if v >= ref.num_classes]
+        if bad:
+            raise UnsupportedError(
+                f"{calib.source}: label {bad[0]} but the model has {ref.num_classes} classes"
+            )
+        return calib.count, torch.tensor(calib.labels, dtype=torch.long)
+    return calib.count, torch.arange(calib.count) % ref.num_classes
+
+
+def capture(
+    ref: Denoiser,
+    calib: CalibrationSet,
+    steps: int,
+    seed: int,
+    scales: dict[str, np.ndarray] | None = None,
+    batch: int = 64,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Weight name -> ActivationCollector over `steps` DDIM timesteps of the FP model.
+
+    With `scales` (equalization), a layer's input is recorded as X * s, as the runtime will see
+    it; the model itself runs unchanged.
+    """
+    import torch
+
+    from arrowquant.torch import TimestepTracker
+
+    layers = quantizable_layers(ref.module)
+    tracker = TimestepTracker(ref.module)
+    collectors: dict[str, Any] = {}
+    handles = []
+
+    def make_hook(name: str, m: Any) -> Callable[..., None]:
+        s = None
+        if scales is not None and name in scales:
+            s = torch.from_numpy(np.ascontiguousarray(scales[name], dtype=np.float32))
+
+        def hook(_m: Any, args: tuple[Any, ...]) -> None:
+            x = args[0].detach()
+            if s is not None:
+                shape = [1] * x.dim()
+                shape[1 if isinstance(m, torch.nn.Conv2d) else -1] = -1
+                x = x * s.view(shape)
+            x = x.float().contiguous()
+            outer, c, inner = _layout(m, x)
+            col = collectors.get(name)
+            if col is None:
+                col = collectors[name] = _core.ActivationCollector.make(c)
+            t = tracker.state.t
+            col.add(-1 if t is None else t, x.numpy().reshape(-1), outer, c, inner)
+
+        return hook
+
+    for mod_name, m in layers.items():
+        handles.append(m.register_forward_pre_hook(make_hook(weight_name(ref, mod_name), m)))
+    try:
+        count, labels = conditioning(ref, calib)
+        g = torch.Generator().manual_seed(seed)
+        for start in range(0, count, batch):
+            n = min(batch, count - start)
+            noise = torch.randn((n, ref.channels, ref.size, ref.size), generator=g)
+            lab = None if labels is None else labels[start : start + n]
+            sample(ref, ref.module, noise, lab, steps)
+            if log:
+                log(f"calibration: {start + n}/{count} trajectories x {steps} timesteps")
+    finally:
+        for h in handles:
+            h.remove()
+        tracker.remove()
+    return collectors

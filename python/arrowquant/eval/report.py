@@ -1,0 +1,113 @@
+"""eval.json, eval.md and grid.png (first 16 samples of FP and each setting, same seeds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GRID_COLUMNS = 16
+
+
+def _ci(block: dict[str, Any] | None, fmt: str, key: str = "mean") -> str:
+    if not block:
+        return "n/a"
+    lo, hi = block["ci95"]
+    return f"{block[key]:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    ref = doc["reference"]
+    lines = [
+        f"# Evaluation of {doc['model']}",
+        "",
+        f"{doc['denoiser']}, {doc['samples']} samples, {doc['sampler']}, {doc['steps']} steps, "
+        f"seed {doc['seed']}; {doc['tool']}. Brackets: bootstrap 95% intervals. "
+        f"PSNR/SSIM are to the paired FP sample (identical pairs count as {doc['psnr_cap_db']:g} "
+        "dB). FD: Fréchet distance in the digits classifier's feature space.",
+        "",
+    ]
+    if doc["metrics_note"]:
+        lines += [f"Note: {doc['metrics_note']}.", ""]
+    if "fd_real_halves" in ref:
+        lines += [
+            f"FD between two random halves of the real digits (the metric's noise floor): "
+            f"{ref['fd_real_halves']:.2f}. FD intervals: value +- 1.96 bootstrap standard errors.",
+            "",
+        ]
+    head = (
+        "| setting | bits/weight (file) | PSNR dB | SSIM | FD to real | FD to FP | "
+        "label agreement | accuracy | drift mean | one-step mean | time s |"
+    )
+    lines += [head, "|" + "---|" * 11]
+    acc = _ci(ref.get("accuracy"), ".3f")
+    lines.append(
+        f"| FP | 32 | - | - | {_ci(ref.get('fd_real'), '.2f', 'value')} | 0 | 1 | {acc} "
+        f"| 0 | 0 | {ref['seconds']:.1f} |"
+    )
+    for s in doc["settings"]:
+        bpw = f"{s['file_bits_per_weight']:.2f}" if "file_bits_per_weight" in s else "-"
+        fd_fp = f"{s['fd_fp']:.2f}" if "fd_fp" in s else "n/a"
+        lines.append(
+            f"| {s['name']} | {bpw} | {_ci(s['psnr'], '.2f')} | {_ci(s['ssim'], '.4f')} "
+            f"| {_ci(s.get('fd_real'), '.2f', 'value')} | {fd_fp} "
+            f"| {_ci(s.get('label_agreement'), '.3f')} | {_ci(s.get('accuracy'), '.3f')} "
+            f"| {s['drift']['trajectory_mean']:.4f} | {s['drift']['one_step_mean']:.4f} "
+            f"| {s['seconds']:.1f} |"
+        )
+    lines += ["", "Drift (denoiser output relative error) by timestep:", ""]
+    if doc["settings"]:
+        ts = doc["settings"][0]["drift"]["timesteps"]
+        pick = sorted({0, len(ts) // 4, len(ts) // 2, 3 * len(ts) // 4, len(ts) - 1})
+        lines.append("| setting | " + " | ".join(f"t={ts[i]}" for i in pick) + " |")
+        lines.append("|---|" + "---|" * len(pick))
+        for s in doc["settings"]:
+            d = s["drift"]["trajectory"]
+            lines.append(f"| {s['name']} | " + " | ".join(f"{d[i]:.4f}" for i in pick) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_grid(rows: list[tuple[str, np.ndarray]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(GRID_COLUMNS, rows[0][1].shape[0])
+    fig, axes = plt.subplots(len(rows), 1, figsize=(n * 0.55 + 1.2, len(rows) * 0.7 + 0.2))
+    axes = np.atleast_1d(axes)
+    for ax, (name, imgs) in zip(axes, rows, strict=True):
+        x = (np.clip(imgs[:n], -1, 1) + 1) / 2  # [n, C, H, W]
+        strip = np.concatenate([np.pad(im.mean(axis=0), 1, constant_values=1.0) for im in x], 1)
+        ax.imshow(strip, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_outputs(doc: dict[str, Any], rows: list[tuple[str, np.ndarray]], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "eval.json", (json.dumps(doc, indent=2) + "\n").encode())
+    _atomic_write(out / "eval.md", markdown(doc).encode())
+    tmp = out / ".grid.png.tmp.png"
+    write_grid(rows, tmp)
+    os.replace(tmp, out / "grid.png")

@@ -1,0 +1,62 @@
+"""Writes the seed corpora of the fuzz targets (committed under corpus/; rerun to refresh)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import safetensors.numpy
+
+import arrowquant as aq
+
+HERE = Path(__file__).resolve().parent / "corpus"
+
+
+def safetensors_seeds(d: Path) -> None:
+    rng = np.random.default_rng(0)
+    safetensors.numpy.save_file(
+        {"a": rng.normal(size=(4, 4)).astype(np.float32), "b": np.zeros(3, np.float16)},
+        d / "two.safetensors",
+        metadata={"format": "pt"},
+    )
+    safetensors.numpy.save_file({"e": np.zeros((0, 4), np.float32)}, d / "empty.safetensors")
+    header = b'{"x":{"dtype":"BF16","shape":[2,1],"data_offsets":[0,4]}}'
+    (d / "bf16.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    (d / "huge_claim.safetensors").write_bytes(struct.pack("<Q", 2**62) + b"{}")
+
+
+def index_seeds(d: Path) -> None:
+    (d / "ok.json").write_text(
+        json.dumps({"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}})
+    )
+    (d / "escape.json").write_text(json.dumps({"weight_map": {"z": "../outside.safetensors"}}))
+    (d / "meta.json").write_text(
+        json.dumps({"metadata": {"total_size": 16}, "weight_map": {"x": "a.safetensors"}})
+    )
+
+
+def model_seeds(d: Path) -> None:
+    rng = np.random.default_rng(1)
+    w = rng.normal(0, 0.02, (8, 64)).astype(np.float32)
+    tensors = {f"w{b}": aq.quantize(w, bits=b) for b in (2, 4, 8)}
+    tensors["bias"] = np.zeros(8, np.float16)  # type: ignore[assignment]
+    aq.save(d / "small.parquet", tensors)
+    aq.save(d / "one.parquet", {"w": aq.quantize(w[:2, :32], bits=4, group_size=32)})
+
+
+def main() -> None:
+    for name, fn in [
+        ("fuzz_safetensors", safetensors_seeds),
+        ("fuzz_sharded_index", index_seeds),
+        ("fuzz_model_reader", model_seeds),
+    ]:
+        d = HERE / name
+        d.mkdir(parents=True, exist_ok=True)
+        fn(d)
+        print(name, sorted(p.name for p in d.iterdir()))
+
+
+if __name__ == "__main__":
+    main()

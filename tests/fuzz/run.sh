@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for SECONDS each (default 45) - or, with FUZZ_RUNS=N set, for N
+# executions each - starting from the committed seeds plus
+# whatever earlier runs found (build/fuzz/corpus/). Prints executions per target; a crash stops
+# with the libFuzzer report and a non-zero exit (the crashing input is left in build/fuzz/).
+set -euo pipefail
+seconds=${1:-45}
+limit="-max_total_time=$seconds"
+[ -n "${FUZZ_RUNS:-}" ] && limit="-runs=$FUZZ_RUNS"
+root=$(cd "$(dirname "$0")/../.." && pwd)
+bin=$root/build/fuzz/tests/fuzz
+work=$root/build/fuzz/corpus
+mkdir -p "$work"
+summary=()
+run() {  # name, command...
+  local name=$1; shift
+  mkdir -p "$work/$name"
+  local log=$root/build/fuzz/$name.log
+  local t0=$SECONDS
+  if ! (cd "$root/build/fuzz" && "$@" "$limit" -print_final_stats=1 \
+        -rss_limit_mb=2048 -timeout=20 "$work/$name" "$root/tests/fuzz/corpus/$name") >"$log" 2>&1; then
+    tail -n 40 "$log"
+    echo "fuzz target $name FAILED (log: $log)"
+    exit 1
+  fi
+  local execs
+  execs=$(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)
+  [ -n "$execs" ] || execs=$(grep -o 'Done [0-9]* runs' "$log" | tail -1 | grep -o '[0-9]*' || echo "?")
+  summary+=("$name: $execs executions in $((SECONDS - t0)) s, no crash")
+}
+for t in fuzz_safetensors fuzz_sharded_index fuzz_model_reader; do
+  run "$t" "$bin/$t"
+done
+# The Python config loader under atheris (libFuzzer's engine); ASan is not involved there.
+run fuzz_config "$root/.venv/bin/python" "$root/tests/fuzz/fuzz_config.py"
+printf '%s\n' "${summary[@]}"

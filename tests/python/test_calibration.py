@@ -1,0 +1,246 @@
+"""Calibration data, activation statistics, time groups, equalization, and the torch runtime."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import arrowquant as aq
+import arrowquant._core as _core
+from arrowquant.calibration import calibrate, load_calibration
+from arrowquant.errors import ConfigurationError, UnsupportedError
+from arrowquant.eval.sampling import initial_noise, load_reference, sample
+from arrowquant.torch import _ActQuant, apply, fake_quant, timestep
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+DIT = MODELS / "digits-dit"
+DDPM = MODELS / "digits-ddpm"
+
+
+def test_jsonl_parquet_and_synthetic(tmp_path: Path) -> None:
+    f = tmp_path / "c.jsonl"
+    f.write_text('{"label": 3}\n\n{"class": 7}\n')
+    c = load_calibration(f)
+    assert c.count == 2 and c.labels == [3, 7] and len(c.digest) == 64
+    pq.write_table(pa.table({"prompt": ["a cat", "a dog", "a fox"]}), tmp_path / "p.parquet")
+    p = load_calibration(tmp_path / "p.parquet")
+    assert p.texts == ["a cat", "a dog", "a fox"]
+    assert load_calibration("synthetic:5").count == 5
+    assert load_calibration("synthetic:5").digest != load_calibration("synthetic:6").digest
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("", "no rows"),
+        ('{"label": 1}\nnot json\n', "c.jsonl:2"),
+        ("[1, 2]\n", "JSON object"),
+        ('{"label": -1}\n', "integer >= 0"),
+        ('{"image": "x.png"}\n', "has none of"),
+        ('{"label": 1}\n{"text": "a"}\n', "mix"),
+    ],
+)
+def test_bad_calibration_files(tmp_path: Path, content: str, needle: str) -> None:
+    f = tmp_path / "c.jsonl"
+    f.write_text(content)
+    with pytest.raises(ConfigurationError, match=needle):
+        load_calibration(f)
+
+
+def test_bad_calibration_specs(tmp_path: Path) -> None:
+    for spec, needle in [
+        ("synthetic:0", ">= 1"),
+        (str(tmp_path / "missing.jsonl"), "no such"),
+        (str(tmp_path), "not a saved"),
+    ]:
+        with pytest.raises(ConfigurationError, match=needle):
+            load_calibration(spec)
+    (tmp_path / "x.csv").write_text("label\n1\n")
+    with pytest.raises(ConfigurationError, match="jsonl"):
+        load_calibration(tmp_path / "x.csv")
+
+
+def test_saved_hf_dataset(tmp_path: Path) -> None:
+    import datasets
+
+    datasets.Dataset.from_dict({"label": [0, 1, 2, 3]}).save_to_disk(str(tmp_path / "ds"))
+    assert load_calibration(tmp_path / "ds").labels == [0, 1, 2, 3]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    arrays(
+        np.float32,
+        st.tuples(st.integers(1, 4), st.integers(1, 5), st.integers(1, 6)),
+        elements=st.floats(-1e4, 1e4, width=32),
+    )
+)
+def test_collector_matches_numpy(x: np.ndarray) -> None:
+    n, c, inner = x.shape
+    col = _core.ActivationCollector.make(c)
+    col.add(7, np.ascontiguousarray(x).reshape(-1), n, c, inner)
+    (s,) = col.stats()
+    assert s["timestep"] == 7 and s["count"] == x.size and int(s["histogram"].sum()) == x.size
+    np.testing.assert_array_equal(s["min"], x.min(axis=(0, 2)))
+    np.testing.assert_array_equal(s["max"], x.max(axis=(0, 2)))
+    np.testing.assert_array_equal(s["absmax"], np.abs(x).max(axis=(0, 2)))
+
+
+def test_collector_rejects_non_finite() -> None:
+    col = _core.ActivationCollector.make(2)
+    with pytest.raises(aq.ArrowQuantError, match="finite"):
+        col.add(0, np.array([1.0, np.inf], np.float32), 1, 2, 1)
+
+
+def test_fake_quant_and_group_choice() -> None:
+    x = torch.tensor([-1.0, 0.0, 0.26, 5.0])
+    np.testing.assert_allclose(fake_quant(x, 0.25, 4, 4), [-1.0, 0.0, 0.25, 2.75])
+    ta = {
+        "num_groups": 3,
+        "group_bounds": [0, 300, 700, 1000],
+        "act_bits": 8,
+        "act_scales": [0.1, 0.2, 0.3],
+        "act_zero_points": [0, 0, 0],
+    }
+    from arrowquant.torch import TimestepState
+
+    a = _ActQuant(-1, None, ta, TimestepState())
+    assert [a.group(t) for t in (0, 299, 300, 699, 700, 999, 5000)] == [0, 0, 1, 1, 2, 2, 2]
+    with pytest.raises(RuntimeError, match="timestep"):
+        a(torch.ones(2))
+
+
+def _cfg(tmp: Path, **kw: object) -> aq.DiffusionQuantConfig:
+    base = {
+        "calibration": "synthetic:8",
+        "calibration_steps": 5,
+        "calibration_cache": str(tmp / "cache"),
+        "time_groups": 2,
+    }
+    return aq.DiffusionQuantConfig.from_profile("cloud", **(base | kw))  # type: ignore[arg-type]
+
+
+def test_second_run_uses_the_cache(tmp_path: Path) -> None:
+    plans1, s1 = calibrate(DIT, _cfg(tmp_path))
+    plans2, s2 = calibrate(DIT, _cfg(tmp_path))
+    assert s1["cache"] == "miss" and s2["cache"] == "hit"
+    assert plans1 == plans2
+    assert len(s1["timesteps"]) == 5 and s1["layers"] == len(plans1) > 10
+    _, s3 = calibrate(DIT, _cfg(tmp_path, calibration_steps=4))  # other settings: a new entry
+    assert s3["cache"] == "miss"
+
+
+def test_conditioning_errors(tmp_path: Path) -> None:
+    f = tmp_path / "t.jsonl"
+    f.write_text('{"prompt": "a seven"}\n')
+    with pytest.raises(UnsupportedError, match="text prompts"):
+        calibrate(DIT, _cfg(tmp_path, calibration=str(f)))
+    f.write_text('{"label": 12}\n')
+    with pytest.raises(UnsupportedError, match="10 classes"):
+        calibrate(DIT, _cfg(tmp_path, calibration=str(f)))
+
+
+@pytest.fixture(scope="module")
+def dit_w8a8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("w8a8")
+    out = tmp / "out"
+    aq.ArrowQuantV2().quantize_diffusion_model(DIT, out, _cfg(tmp, equalize=True))
+    return out
+
+
+def test_file_carries_time_groups_and_equalization(dit_w8a8: Path) -> None:
+    m = aq.open(dit_w8a8 / "model.aq.parquet")
+    infos = [m.info(n) for n in m.names()]
+    with_ta = [i for i in infos if i["time_aware"]]
+    assert len(with_ta) > 10
+    ta = with_ta[0]["time_aware"]
+    assert ta["num_groups"] == 2 and ta["group_bounds"][0] == 0 and ta["group_bounds"][-1] == 1000
+    assert all(s > 0 for s in ta["act_scales"])
+    assert any(i["spatial"] and len(i["spatial"]["equalization_scales"]) for i in infos)
+    rep = json.loads((dit_w8a8 / "report.json").read_text())
+    assert rep["summary"]["calibration"]["equalize"] is True
+    assert "- calibration: synthetic:8" in (dit_w8a8 / "report.md").read_text()
+    assert "calibration" in m.metadata["arrowquant.recipe"]
+
+
+def test_equalized_weights_load_back_as_w(dit_w8a8: Path) -> None:
+    ref = load_reference(DIT)
+    orig = {f"transformer/{k}": v for k, v in ref.module.state_dict().items()}
+    loaded = aq.load_state_dict(dit_w8a8 / "model.aq.parquet", dtype=torch.float32)
+    m = aq.open(dit_w8a8 / "model.aq.parquet")
+    eq = [n for n in m.names() if (m.info(n)["spatial"] or {}).get("equalization_scales")]
+    assert eq
+    for n in eq:
+        w = orig[n].float()
+        rel = float((loaded[n] - w).norm() / w.norm())
+        assert rel < 0.02, (n, rel)  # W, not W / s
+
+
+def test_apply_runs_w8a8_in_diffusers(dit_w8a8: Path) -> None:
+    ref = load_reference(DIT)
+    noise, labels = initial_noise(ref, 16, seed=3)
+    fp = sample(ref, ref.module, noise, labels, 10).samples
+    model = load_reference(DIT).module
+    rep = apply(model, dit_w8a8)
+    assert rep.act_quantized and rep.equalized
+    q = sample(ref, model, noise, labels, 10).samples
+    rel = float((q - fp).norm() / fp.norm())
+    rep.set_act_quant(model, False)
+    w_only = sample(ref, model, noise, labels, 10).samples
+    rel_w = float((w_only - fp).norm() / fp.norm())
+    assert 0 < rel < 0.15 and rel_w < rel  # activation rounding adds error, and not much
+    with timestep(rep, 999):
+        assert rep.state.current == 999
+    assert rep.state.current != 999
+
+
+def test_cli_calibration_errors(tmp_path: Path) -> None:
+    f = tmp_path / "bad.jsonl"
+    f.write_text("{oops\n")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "arrowquant",
+            "quantize",
+            str(DIT),
+            str(tmp_path / "o"),
+            "--calibration",
+            str(f),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("arrowquant: error:") and "bad.jsonl:1" in last
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "profile: local\non: x\n",  # a boolean key (fuzzer finding)
+        "1: 2\nbits: 4\n",
+        "max_rel_rmse: abc\n",
+        "bits: true\n",
+        "overrides: [1, 2]\n",
+        "created: 2001-13-45\n",
+        "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n",
+    ],
+)
+def test_config_yaml_rejects_bad_types_cleanly(text: str) -> None:
+    with pytest.raises(ConfigurationError):
+        aq.DiffusionQuantConfig.from_yaml(text)
