@@ -32,6 +32,7 @@ import arrowquant._core as _core
 from arrowquant.calibration import equalization
 from arrowquant.calibration.capture import capture, quantizable_layers, weight_name
 from arrowquant.calibration.data import CalibrationSet
+from arrowquant.calibration.spatial import choose_equalization
 from arrowquant.eval.sampling import load_reference
 from arrowquant.torch import TimestepTracker, fake_quant
 
@@ -144,73 +145,78 @@ def time_groups(ref: Any, raw: dict[str, Any]) -> dict[str, Any]:
     return {"layers": len(raw), "moving": len(moving), "static": len(static), "rows": rows}
 
 
-def equalize(ref: Any, raw: dict[str, Any], calib: CalibrationSet) -> dict[str, Any]:
-    scales = equalization(ref, raw, 0.5)
-    eq_raw = capture(ref, calib, STEPS, 0, scales)
+def equalize(
+    ref: Any, raw: dict[str, Any], rows: dict[str, Any], calib: CalibrationSet
+) -> dict[str, Any]:
+    """W4A8 output error: no equalization, alpha 0.5 everywhere, and the per-layer search the
+    product runs (chosen on the calibration trajectories, measured on the held-out ones)."""
+    searched, choices = choose_equalization(ref, raw, rows, 4, 8)
+    variants = {"alpha 0.5": equalization(ref, raw, 0.5), "searched": searched}
     layers = {weight_name(ref, n): m for n, m in quantizable_layers(ref.module).items()}
-    wq: dict[str, torch.Tensor] = {}
-    wq_eq: dict[str, torch.Tensor] = {}
-    ta: dict[str, Any] = {}
-    ta_eq: dict[str, Any] = {}
-    for name, m in layers.items():
-        if name not in raw:
-            continue
-        w = m.weight.detach().float()
-        s = torch.from_numpy(scales[name])
-        shape = [1, -1] + [1] * (w.dim() - 2)
-        wq[name] = torch.from_numpy(aq.quantize(w.numpy(), bits=4).dequantize()).view_as(w)
-        w_over_s = (w / s.view(shape)).contiguous()
-        wq_eq[name] = torch.from_numpy(aq.quantize(w_over_s.numpy(), bits=4).dequantize()).view_as(
-            w
-        )
-        ta[name] = _core.fit_time_groups(raw[name], 4, True, 8, "mse", 99.99, 1000)
-        ta_eq[name] = _core.fit_time_groups(eq_raw[name], 4, True, 8, "mse", 99.99, 1000)
-    err = {k: dict.fromkeys(wq, 0.0) for k in ("none", "equalized", "smoothed", "energy")}
+    names = [n for n in layers if n in raw]
+    wq: dict[str, dict[str, torch.Tensor]] = {"none": {}}
+    ta: dict[str, dict[str, Any]] = {"none": {}}
+    sc: dict[str, dict[str, torch.Tensor]] = {"none": {}}
+    for name in names:
+        w = layers[name].weight.detach().float()
+        wq["none"][name] = torch.from_numpy(aq.quantize(w.numpy(), bits=4).dequantize()).view_as(w)
+        ta["none"][name] = _core.fit_time_groups(raw[name], 4, True, 8, "mse", 99.99, 1000)
+        sc["none"][name] = torch.ones(w.shape[1])
+    for label, scales in variants.items():
+        eq_raw = capture(ref, calib, STEPS, 0, scales) if scales else raw
+        wq[label], ta[label], sc[label] = {}, {}, {}
+        for name in names:
+            w = layers[name].weight.detach().float()
+            if name not in scales:
+                wq[label][name], ta[label][name] = wq["none"][name], ta["none"][name]
+                sc[label][name] = sc["none"][name]
+                continue
+            s = torch.from_numpy(scales[name])
+            shape = [1, -1] + [1] * (w.dim() - 2)
+            ws = (w / s.view(shape)).contiguous()
+            q = aq.quantize(ws.numpy(), bits=4).dequantize()
+            wq[label][name] = torch.from_numpy(q).view_as(w)
+            ta[label][name] = _core.fit_time_groups(eq_raw[name], 4, True, 8, "mse", 99.99, 1000)
+            sc[label][name] = s
+    kinds = ["none", *variants]
+    err = {k: dict.fromkeys(names, 0.0) for k in [*kinds, "smoothed", "energy"]}
 
     def fn(name: str, m: Any, x: torch.Tensor, y: torch.Tensor, t: int) -> None:
-        if name not in wq:
+        if name not in err["none"]:
             return
-        s = torch.from_numpy(scales[name])
-        y0 = layer_forward(m, fq(x, ta[name], t), wq[name])
-        y1 = layer_forward(m, fq(scale_input(m, x, s), ta_eq[name], t), wq_eq[name])
+        for k in kinds:
+            xk = fq(scale_input(m, x, sc[k][name]), ta[k][name], t)
+            err[k][name] += float((layer_forward(m, xk, wq[k][name]) - y).pow(2).sum())
         dims = tuple(d for d in range(x.dim()) if d != (1 if x.dim() == 4 else x.dim() - 1))
         xs = 0.9 * x + 0.1 * x.mean(dim=dims, keepdim=True)
-        y2 = layer_forward(m, fq(xs, ta[name], t), wq[name])
-        err["none"][name] += float((y0 - y).pow(2).sum())
-        err["equalized"][name] += float((y1 - y).pow(2).sum())
+        y2 = layer_forward(m, fq(xs, ta["none"][name], t), wq["none"][name])
         err["smoothed"][name] += float((y2 - y).pow(2).sum())
         err["energy"][name] += float(y.pow(2).sum())
 
     run_held_out(ref, fn)
     outlier = []
-    for name in wq:
+    for name in names:
         a = np.asarray(raw[name].overall()["absmax"])
         if len(a) > 1 and a.max() >= 5 * max(np.median(a), 1e-12):
             outlier.append(name)
-    rest = [n for n in wq if n not in outlier]
+    rest = [n for n in names if n not in outlier]
 
-    def total(kind: str, names: list[str]) -> float:
-        return sum(err[kind][n] for n in names)
+    def total(kind: str, sel: list[str]) -> float:
+        return sum(err[kind][n] for n in sel)
 
-    def rel(kind: str, names: list[str]) -> float:
-        return (total(kind, names) / max(total("energy", names), 1e-30)) ** 0.5
-
-    helped = [n for n in outlier if err["equalized"][n] <= 0.9 * err["none"][n]]
-    return {
-        "outlier_layers": len(outlier),
-        "other_layers": len(rest),
-        "outlier_rel_err_none": rel("none", outlier),
-        "outlier_rel_err_equalized": rel("equalized", outlier),
-        "other_rel_err_none": rel("none", rest),
-        "other_rel_err_equalized": rel("equalized", rest),
-        "outlier_mse_reduction": 1
-        - total("equalized", outlier) / max(total("none", outlier), 1e-30),
-        "other_mse_reduction": 1 - total("equalized", rest) / max(total("none", rest), 1e-30),
-        "outlier_layers_10pct_better": len(helped),
-        "smoothing_mse_change_all": total("smoothed", list(wq))
-        / max(total("none", list(wq)), 1e-30)
-        - 1,
-    }
+    out: dict[str, Any] = {"outlier_layers": len(outlier), "other_layers": len(rest)}
+    for k, scales in variants.items():
+        out[k] = {
+            "outlier_mse_reduction": 1 - total(k, outlier) / max(total("none", outlier), 1e-30),
+            "other_mse_reduction": 1 - total(k, rest) / max(total("none", rest), 1e-30),
+            "outlier_layers_10pct_better": sum(err[k][n] <= 0.9 * err["none"][n] for n in outlier),
+            "equalized_layers": len(scales),
+        }
+    out["searched"]["alphas"] = {n: c["alpha"] for n, c in choices.items()}
+    out["smoothing_mse_change_all"] = (
+        total("smoothed", names) / max(total("none", names), 1e-30) - 1
+    )
+    return out
 
 
 def main() -> int:
@@ -223,9 +229,10 @@ def main() -> int:
         t0 = time.perf_counter()
         ref = load_reference(path)
         calib = CalibrationSet("synthetic:32", 32)
-        raw = capture(ref, calib, STEPS, 0)
+        rows: dict[str, Any] = {}
+        raw = capture(ref, calib, STEPS, 0, row_samples=rows)
         tg = time_groups(ref, raw)
-        eq = equalize(ref, raw, calib)
+        eq = equalize(ref, raw, rows, calib)
         result[label] = {
             "time_groups": tg,
             "equalization": eq,
@@ -247,12 +254,20 @@ def main() -> int:
                 f"{r['moving_layers']} |"
             )
         print(
-            f"\nW4A8 equalization: {eq['outlier_layers']} layers with outlier channels: output "
-            f"MSE {eq['outlier_mse_reduction']:.1%} lower "
-            f"(rel err {eq['outlier_rel_err_none']:.4f} -> {eq['outlier_rel_err_equalized']:.4f}),"
-            f" {eq['outlier_layers_10pct_better']} of them >= 10% lower; other "
-            f"{eq['other_layers']} layers: {eq['other_mse_reduction']:.1%} lower; "
-            f"smoothing (a=0.1) changes output MSE by {eq['smoothing_mse_change_all']:+.1%}"
+            f"\nW4A8, {eq['outlier_layers']} layers with outlier input channels "
+            f"(max channel absmax >= 5x median) / {eq['other_layers']} other layers:"
+        )
+        for k in ("alpha 0.5", "searched"):
+            e = eq[k]
+            print(
+                f"  equalization {k} ({e['equalized_layers']} layers equalized): output MSE "
+                f"{e['outlier_mse_reduction']:.1%} lower on outlier layers "
+                f"({e['outlier_layers_10pct_better']} of them >= 10% lower), "
+                f"{e['other_mse_reduction']:.1%} lower on the others"
+            )
+        print(
+            f"  smoothing x' = 0.9 x + 0.1 mean(x): output MSE "
+            f"{eq['smoothing_mse_change_all']:+.1%} (all layers)"
         )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -47,6 +47,9 @@ class DiffusionQuantConfig:
     act_clip: str = "mse"  # minmax, percentile (99.99) or mse
     equalize: bool = False  # DiTAS channel equalization (weights W/s, activations X*s)
     equalize_alpha: float = 0.5
+    # Per layer, keep equalization only at the strength (none, 0.5, 0.75, equalize_alpha) that
+    # gives the lowest quantized output error on calibration inputs; False: alpha everywhere.
+    equalize_search: bool = True
     modality: str = ""  # "" = detect
     overrides: list[str] = field(default_factory=list)  # "REGEX=BITS" (BITS 2/4/8/16/keep)
     keep_dtype: str = "F16"

@@ -120,8 +120,12 @@ TEST_F(ModelFileTest, RoundTripIsBitIdentical) {
       EXPECT_EQ(back->super_scales, qs[i].super_scales);
       EXPECT_EQ(back->spec.ToString(), qs[i].spec.ToString());
       std::vector<float> y(qs[i].num_elements());
-      ASSERT_TRUE((*r)->Dequantize(name, DType::kF32, std::as_writable_bytes(std::span<float>(y))).ok());
+      ASSERT_TRUE((*r)->DequantizeAsStored(name, DType::kF32, std::as_writable_bytes(std::span<float>(y))).ok());
       EXPECT_EQ(y, Deq(qs[i]));
+      // Dequantize multiplies equalized tensors (stored W / s) back by s: q.0 has s = 1.5.
+      std::vector<float> w(y.size());
+      ASSERT_TRUE((*r)->Dequantize(name, DType::kF32, std::as_writable_bytes(std::span<float>(w))).ok());
+      for (size_t k = 0; k < w.size(); ++k) ASSERT_EQ(w[k], y[k] * (i == 0 ? 1.5f : 1.0f)) << name;
       const auto* info = (*r)->Find(name);
       ASSERT_TRUE(info->metrics.has_value());
       EXPECT_EQ(info->metrics->sqnr_db, 26.0);

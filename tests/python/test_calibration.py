@@ -244,3 +244,23 @@ def test_cli_calibration_errors(tmp_path: Path) -> None:
 def test_config_yaml_rejects_bad_types_cleanly(text: str) -> None:
     with pytest.raises(ConfigurationError):
         aq.DiffusionQuantConfig.from_yaml(text)
+
+
+def test_equalization_search_helps_where_activations_have_outlier_channels() -> None:
+    from types import SimpleNamespace
+
+    from arrowquant.calibration.spatial import choose_equalization
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32)
+    ref = SimpleNamespace(module=torch.nn.Sequential(lin), component="")
+    x = torch.randn(512, 64)
+    x[:, 3] *= 100.0  # one outlier channel
+    col = _core.ActivationCollector.make(64)
+    col.add(0, x.numpy().reshape(-1), 512, 64, 1)
+    scales, choices = choose_equalization(ref, {"0.weight": col}, {"0.weight": x}, 8, 4)
+    c = choices["0.weight"]
+    assert c["alpha"] is not None and "0.weight" in scales
+    assert c["errors"][str(c["alpha"])] < 0.9 * c["errors"]["none"]
+    # The outlier channel is scaled down (X * s with s < 1), the weights' column up.
+    assert scales["0.weight"][3] < 0.2 * np.median(scales["0.weight"])

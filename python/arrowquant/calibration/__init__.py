@@ -34,6 +34,7 @@ def capture_cached(
     cache_folder: str,
     model_digest: str,
     log: Callable[[str], None] | None = None,
+    row_samples: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """(collectors, cache hit). The key covers the model's bytes, the calibration rows, the
     sampler settings and the equalization scales applied."""
@@ -48,7 +49,7 @@ def capture_cached(
     got = cache.load(path)
     if got is not None:
         return got, True
-    collectors = capture(ref, calib, steps, seed, scales, log=log)
+    collectors = capture(ref, calib, steps, seed, scales, log=log, row_samples=row_samples)
     cache.save(path, collectors)
     return collectors, False
 
@@ -71,11 +72,51 @@ def fit_plans(
         overall = raw_collectors[name].overall()
         plans[name] = {
             "time_aware": ta,
-            "equalization_scales": None if scales is None else scales[name].tolist(),
+            "equalization_scales": (
+                None if scales is None or name not in scales else scales[name].tolist()
+            ),
             "smoothing_alpha": 0.0,
             "stats": {k: overall[k].tolist() for k in ("min", "max", "absmax")},
         }
     return plans
+
+
+def searched_equalization(
+    ref: Any,
+    calib: CalibrationSet,
+    cfg: Any,
+    digest: str,
+    raw: dict[str, Any],
+    rows: dict[str, Any],
+    log: Callable[[str], None] | None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any], bool]:
+    """Per-layer equalization chosen on real calibration inputs (spatial.py); cached by model,
+    calibration set and the quantizers it was chosen for."""
+    from arrowquant.calibration.spatial import choose_equalization
+
+    candidates = tuple(sorted({0.25, 0.5, 0.75, float(cfg.equalize_alpha)}))
+    key = cache.cache_key(
+        digest,
+        calib.digest,
+        {
+            "what": "equalization",
+            "steps": cfg.calibration_steps,
+            "seed": cfg.seed,
+            "bits": cfg.bits,
+            "act_bits": cfg.act_bits,
+            "candidates": candidates,
+        },
+    )
+    path = cache.cache_dir(cfg.calibration_cache) / f"{key}.npz"
+    got = cache.load_arrays(path)
+    if got is not None:
+        return got[0], got[1]["choices"], True
+    if not rows:  # statistics came from the cache: sample the inputs again
+        rows = {}
+        capture(ref, calib, cfg.calibration_steps, cfg.seed, log=log, row_samples=rows)
+    scales, choices = choose_equalization(ref, raw, rows, cfg.bits, cfg.act_bits, candidates)
+    cache.save_arrays(path, scales, {"choices": choices})
+    return scales, choices, False
 
 
 def equalization(ref: Any, raw: dict[str, Any], alpha: float) -> dict[str, np.ndarray]:
@@ -107,10 +148,28 @@ def calibrate(
     ref = load_reference(model_path)
     digest = cache.model_digest(Path(model_path))
     steps, seed = cfg.calibration_steps, cfg.seed
-    raw, hit = capture_cached(ref, calib, steps, seed, None, cfg.calibration_cache, digest, log)
-    scales = equalization(ref, raw, cfg.equalize_alpha) if cfg.equalize else None
+    rows: dict[str, Any] = {}
+    want_rows = cfg.equalize and cfg.equalize_search
+    raw, hit = capture_cached(
+        ref,
+        calib,
+        steps,
+        seed,
+        None,
+        cfg.calibration_cache,
+        digest,
+        log,
+        row_samples=rows if want_rows else None,
+    )
+    scales: dict[str, np.ndarray] | None = None
+    choices: dict[str, Any] = {}
+    if cfg.equalize and cfg.equalize_search:
+        scales, choices, hit_eq = searched_equalization(ref, calib, cfg, digest, raw, rows, log)
+        hit = hit and hit_eq
+    elif cfg.equalize:
+        scales = equalization(ref, raw, cfg.equalize_alpha)
     used, hit2 = raw, hit
-    if scales is not None:
+    if scales:
         used, hit2 = capture_cached(
             ref, calib, steps, seed, scales, cfg.calibration_cache, digest, log
         )
@@ -136,6 +195,9 @@ def calibrate(
         "act_clip": cfg.act_clip,
         "equalize": cfg.equalize,
         "equalize_alpha": cfg.equalize_alpha if cfg.equalize else None,
+        "equalize_search": cfg.equalize_search if cfg.equalize else None,
+        "equalized_layers": 0 if scales is None else len(scales),
+        "equalization_choices": {k: v["alpha"] for k, v in choices.items()},
         "cache": "hit" if hit and hit2 else "miss",
         "seconds": round(time.perf_counter() - t0, 2),
     }

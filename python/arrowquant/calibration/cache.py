@@ -91,3 +91,31 @@ def load(path: Path) -> dict[str, Any] | None:
             return out
     except (OSError, ValueError, KeyError, IndexError):
         return None
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Named float arrays plus a JSON document (e.g. the equalization choice)."""
+    out = {f"a/{k}": np.asarray(v) for k, v in arrays.items()}
+    out["meta"] = np.frombuffer(json.dumps(meta | {"format": FORMAT}).encode(), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **out)  # type: ignore[arg-type]
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_arrays(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes())
+            if meta.get("format") != FORMAT:
+                return None
+            return {k[2:]: z[k] for k in z.files if k.startswith("a/")}, meta
+    except (OSError, ValueError, KeyError):
+        return None

@@ -74,11 +74,15 @@ def capture(
     scales: dict[str, np.ndarray] | None = None,
     batch: int = 64,
     log: Callable[[str], None] | None = None,
+    row_samples: dict[str, Any] | None = None,
+    max_rows: int = 512,
 ) -> dict[str, Any]:
     """Weight name -> ActivationCollector over `steps` DDIM timesteps of the FP model.
 
     With `scales` (equalization), a layer's input is recorded as X * s, as the runtime will see
-    it; the model itself runs unchanged.
+    it; the model itself runs unchanged. With `row_samples` (a dict to fill), up to `max_rows`
+    random input rows per layer (unfolded patches for convolutions; at most 8 MiB a layer) are
+    kept too, spread over the timesteps, for choices that need real inputs (spatial.py).
     """
     import torch
 
@@ -107,17 +111,22 @@ def capture(
                 col = collectors[name] = _core.ActivationCollector.make(c)
             t = tracker.state.t
             col.add(-1 if t is None else t, x.numpy().reshape(-1), outer, c, inner)
+            if row_samples is not None and s is None:
+                _keep_rows(name, m, args[0].detach().float(), row_samples, per_call, max_rows, g)
 
         return hook
 
+    count, labels = conditioning(ref, calib)
+    calls = steps * math.ceil(count / batch)
+    per_call = max(1, math.ceil(max_rows / calls))
+    g = torch.Generator().manual_seed(seed + 1)
     for mod_name, m in layers.items():
         handles.append(m.register_forward_pre_hook(make_hook(weight_name(ref, mod_name), m)))
     try:
-        count, labels = conditioning(ref, calib)
-        g = torch.Generator().manual_seed(seed)
+        g_noise = torch.Generator().manual_seed(seed)
         for start in range(0, count, batch):
             n = min(batch, count - start)
-            noise = torch.randn((n, ref.channels, ref.size, ref.size), generator=g)
+            noise = torch.randn((n, ref.channels, ref.size, ref.size), generator=g_noise)
             lab = None if labels is None else labels[start : start + n]
             sample(ref, ref.module, noise, lab, steps)
             if log:
@@ -127,3 +136,26 @@ def capture(
             h.remove()
         tracker.remove()
     return collectors
+
+
+def _keep_rows(
+    name: str, m: Any, x: Any, out: dict[str, Any], per_call: int, max_rows: int, g: Any
+) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    if isinstance(m, torch.nn.Conv2d):
+        if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
+            return
+        rows = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # [N, C*k*k, L]
+        rows = rows.transpose(1, 2).reshape(-1, rows.shape[1])
+    else:
+        rows = x.reshape(-1, x.shape[-1])
+    cap = min(max_rows, max(1, (8 << 20) // (4 * rows.shape[1])))
+    have = out.get(name)
+    room = cap - (0 if have is None else have.shape[0])
+    if room <= 0:
+        return
+    pick = torch.randperm(rows.shape[0], generator=g)[: min(per_call, room)]
+    new = rows[pick].clone()
+    out[name] = new if have is None else torch.cat([have, new])
