@@ -134,7 +134,11 @@ class QuantizationReport:
 
 
 def _calibration_line(c: dict[str, Any]) -> str:
-    eq = f", equalization alpha {c['equalize_alpha']}" if c.get("equalize") else ""
+    eq = ""
+    if c.get("equalize") and c.get("equalize_search"):
+        eq = f", equalization chosen per layer ({c['equalized_layers']} layers equalized)"
+    elif c.get("equalize"):
+        eq = f", equalization alpha {c['equalize_alpha']}"
     return (
         f"- calibration: {c['source']} ({c['rows']} rows, {c['kind']}), {c['sampler']}, "
         f"{len(c['timesteps'])} timesteps -> {c['time_groups']} "

@@ -184,7 +184,10 @@ def calibrate(
         int(ref.scheduler_config.get("num_train_timesteps", 1000)),
     )
     timesteps = sorted({s["timestep"] for c in raw.values() for s in c.stats()})
-    summary = calib.summary() | {
+    summary = calib.summary()
+    if ref.num_classes and calib.labels is None:
+        summary["kind"] = f"class labels cycled over {ref.num_classes} classes"
+    summary |= {
         "denoiser": type(ref.module).__name__,
         "sampler": f"DDIM eta=0, {steps} steps, seed {seed}",
         "timesteps": timesteps,
