@@ -25,6 +25,7 @@ def main() -> int:
         [py, str(ROOT / "bench" / "pipeline_rss.py"), "--dir", str(out)],
         [py, str(ROOT / "bench" / "time_aware.py")],
         [py, str(ROOT / "bench" / "e2e_activations.py")],
+        [py, str(ROOT / "bench" / "compare.py")],
     ]
     out.mkdir(exist_ok=True)
     for cmd in runs:

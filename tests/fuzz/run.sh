@@ -11,6 +11,9 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=$root/build/fuzz/tests/fuzz
 work=$root/build/fuzz/corpus
 mkdir -p "$work"
+# Arrow's own allocator (jemalloc) keeps freed memory; with malloc, ASan sees every allocation and
+# the fuzzer's RSS reflects what is really live.
+export ARROW_DEFAULT_MEMORY_POOL=system
 summary=()
 run() {  # name, command...
   local name=$1; shift
