@@ -242,7 +242,6 @@ def peak_rss_mib() -> float:
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
 
 
-
 def worker(inp: str, tool: str, setting: str, dump: str) -> None:
     import torch
 
@@ -365,7 +364,7 @@ def main() -> int:
                 e2e[inp] = end_to_end(inp, ok, args.samples)
     doc = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {platform.processor() or '?'}, 2 threads",
+        "machine": f"{platform.machine()}, {cpu_name()}, 2 threads",
         "versions": versions(),
         "weights": results,
         "end_to_end": e2e,
@@ -376,6 +375,13 @@ def main() -> int:
     plot(doc)
     print("\n" + md)
     return 0
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "?"
 
 
 def versions() -> dict[str, str]:
