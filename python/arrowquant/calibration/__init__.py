@@ -9,6 +9,7 @@ provenance written into the file's recipe and the report.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -41,8 +42,6 @@ def capture_cached(
     settings: dict[str, Any] = {"steps": steps, "seed": seed}
     if scales is not None:
         h = np.concatenate([scales[k] for k in sorted(scales)]).astype(np.float32).tobytes()
-        import hashlib
-
         settings["scales"] = hashlib.sha256(h).hexdigest()
     key = cache.cache_key(model_digest, calib.digest, settings)
     path = cache.cache_dir(cache_folder) / f"{key}.npz"
@@ -142,9 +141,7 @@ def calibrate(
     from arrowquant.eval.sampling import load_reference
 
     t0 = time.perf_counter()
-    calib = load_calibration(cfg.calibration)
-    if cfg.calibration == "synthetic":
-        calib = CalibrationSet("synthetic", cfg.calibration_samples)
+    calib = load_calibration(cfg.calibration, cfg.calibration_samples)
     ref = load_reference(model_path)
     digest = cache.model_digest(Path(model_path))
     steps, seed = cfg.calibration_steps, cfg.seed

@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import arrowquant._core as _core
+from arrowquant._atomic import write_atomic
 
 FORMAT = 1
 
@@ -51,15 +51,7 @@ def save(path: Path, collectors: dict[str, Any]) -> None:
                 arrays[f"{k}/{f}"] = s[f]
     meta = {"format": FORMAT, "names": names, "channels": [collectors[n].channels for n in names]}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_npz(path, arrays)
 
 
 def load(path: Path) -> dict[str, Any] | None:
@@ -97,15 +89,12 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any])
     """Named float arrays plus a JSON document (e.g. the equalization choice)."""
     out = {f"a/{k}": np.asarray(v) for k, v in arrays.items()}
     out["meta"] = np.frombuffer(json.dumps(meta | {"format": FORMAT}).encode(), dtype=np.uint8)
+    _write_npz(path, out)
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **out)  # type: ignore[arg-type]
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda fh: np.savez(fh, **arrays))  # type: ignore[arg-type]
 
 
 def load_arrays(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:

@@ -115,11 +115,14 @@ def _hf_dataset(path: Path) -> CalibrationSet:
     return _from_rows(str(path), [dict(r) for r in ds], str(path))
 
 
-def load_calibration(spec: str | os.PathLike[str]) -> CalibrationSet:
-    """A calibration set from ``synthetic[:N]`` or a JSONL / Parquet / datasets path."""
+def load_calibration(
+    spec: str | os.PathLike[str], synthetic_samples: int = DEFAULT_SYNTHETIC
+) -> CalibrationSet:
+    """A calibration set from ``synthetic[:N]`` (N defaults to `synthetic_samples`) or a JSONL /
+    Parquet / datasets path."""
     text = str(spec)
     if text == "synthetic" or text.startswith("synthetic:"):
-        n_text = text.partition(":")[2] or str(DEFAULT_SYNTHETIC)
+        n_text = text.partition(":")[2] or str(synthetic_samples)
         if not n_text.isdigit() or int(n_text) < 1:
             raise ConfigurationError(f"calibration {text!r}: N in synthetic:N must be >= 1")
         return CalibrationSet(text, int(n_text))

@@ -25,14 +25,7 @@ from arrowquant.calibration.capture import quantizable_layers, weight_name
 DEFAULT_CANDIDATES = (0.25, 0.5, 0.75)
 
 
-def _output_error(
-    m: Any,
-    rows: Any,
-    w: Any,
-    s: Any,
-    bits: int,
-    act_bits: int,
-) -> float:
+def _output_error(rows: Any, w: Any, s: Any, bits: int, act_bits: int) -> float:
     import torch
 
     import arrowquant as aq
@@ -77,12 +70,12 @@ def choose_equalization(
         w_absmax = _core.input_channel_absmax(w.contiguous().numpy(), "F32", name)
         x_absmax = np.asarray(raw[name].overall()["absmax"], dtype=np.float32)
         best_alpha: float | None = None
-        best_err = _output_error(m, rows, w, torch.ones(w.shape[1]), bits, act_bits)
+        best_err = _output_error(rows, w, torch.ones(w.shape[1]), bits, act_bits)
         errors = {"none": best_err}
         best_s = None
         for a in candidates:
             s = np.asarray(_core.equalization_scales(w_absmax, x_absmax, a), dtype=np.float32)
-            e = _output_error(m, rows, w, torch.from_numpy(s), bits, act_bits)
+            e = _output_error(rows, w, torch.from_numpy(s), bits, act_bits)
             errors[str(a)] = e
             if e < best_err:
                 best_alpha, best_err, best_s = a, e, s

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
+
+from arrowquant._atomic import write_atomic
 
 GRID_COLUMNS = 16
 
@@ -71,7 +71,7 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_grid(rows: list[tuple[str, np.ndarray]], path: Path) -> None:
+def write_grid(rows: list[tuple[str, np.ndarray]], fh: IO[bytes]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,26 +88,13 @@ def write_grid(rows: list[tuple[str, np.ndarray]], path: Path) -> None:
         ax.set_yticks([])
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_outputs(doc: dict[str, Any], rows: list[tuple[str, np.ndarray]], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "eval.json", (json.dumps(doc, indent=2) + "\n").encode())
-    _atomic_write(out / "eval.md", markdown(doc).encode())
-    tmp = out / ".grid.png.tmp.png"
-    write_grid(rows, tmp)
-    os.replace(tmp, out / "grid.png")
+    text = json.dumps(doc, indent=2) + "\n"
+    write_atomic(out / "eval.json", lambda fh: fh.write(text.encode()))
+    write_atomic(out / "eval.md", lambda fh: fh.write(markdown(doc).encode()))
+    write_atomic(out / "grid.png", lambda fh: write_grid(rows, fh))

@@ -497,6 +497,18 @@ Result<std::vector<std::byte>> ModelReader::ReadRaw(const std::string& name) con
   return out;
 }
 
+// f32 values into `out` as F32, F16 or BF16 (round to nearest even); `out` may be unaligned.
+static void StoreF32(std::span<const float> f32, DType dtype, std::span<std::byte> out) {
+  if (dtype == DType::kF32) {
+    std::memcpy(out.data(), f32.data(), f32.size() * 4);
+    return;
+  }
+  std::vector<uint16_t> h(f32.size());
+  if (dtype == DType::kF16) F32ToF16(f32, h);
+  else F32ToBF16(f32, h);
+  std::memcpy(out.data(), h.data(), h.size() * 2);
+}
+
 Status ModelReader::Dequantize(const std::string& name, DType dtype, std::span<std::byte> out,
                                int threads) const {
   const ModelTensorInfo* t = Find(name);
@@ -516,14 +528,7 @@ Status ModelReader::Dequantize(const std::string& name, DType dtype, std::span<s
   // [out, in, inner...]: W = (W / s) * s along the input-channel axis.
   const size_t in = s.size(), inner = n / std::max<size_t>(1, t->shape[0] * in);
   for (size_t i = 0; i < n; ++i) w[i] *= s[(i / inner) % in];
-  if (dtype == DType::kF32) {
-    std::memcpy(out.data(), w.data(), n * 4);
-  } else {
-    std::vector<uint16_t> h(n);
-    if (dtype == DType::kF16) F32ToF16(w, h);
-    else F32ToBF16(w, h);
-    std::memcpy(out.data(), h.data(), n * 2);
-  }
+  StoreF32(w, dtype, out);
   return Status::OK();
 }
 
@@ -597,14 +602,7 @@ Status ModelReader::DequantizeAsStored(const std::string& name, DType dtype,
       f32[i] = (static_cast<float>(static_cast<uint8_t>(codes[i])) - zeros[gi]) * scales[gi];
     }
   }
-  if (dtype == DType::kF32) {
-    std::memcpy(out.data(), f32.data(), n * 4);
-  } else {
-    std::vector<uint16_t> h(n);
-    if (dtype == DType::kF16) F32ToF16(f32, h);
-    else F32ToBF16(f32, h);
-    std::memcpy(out.data(), h.data(), n * 2);
-  }
+  StoreF32(f32, dtype, out);
   return Status::OK();
 }
 
