@@ -115,7 +115,7 @@ class Trajectory:
     samples: Any  # [N, C, H, W] float32
     timesteps: list[int]
     eps: list[Any] = field(default_factory=list)  # denoiser output per step
-    inputs: list[Any] = field(default_factory=list)  # x_t per step
+    inputs: dict[int, Any] = field(default_factory=dict)  # x_t at the probed steps
     probe_eps: list[Any] = field(default_factory=list)  # output on another run's x_t
 
 
@@ -165,8 +165,8 @@ def sample(
         for i, t in enumerate(sched.timesteps):
             eps = _call(ref, module, x, t, labels)
             traj.eps.append(eps)
-            if keep_inputs:
-                traj.inputs.append(x)
+            if keep_inputs and i in probe_at:
+                traj.inputs[i] = x
             if probe is not None and i in probe_at:
                 traj.probe_eps.append((i, _call(ref, module, probe.inputs[i], t, labels)))
             x = sched.step(eps, t, x, eta=0.0).prev_sample
