@@ -101,27 +101,29 @@ Row Run(const std::vector<Tensor>& ts, DType dtype, const arrowquant::QuantSpec&
   std::vector<std::byte> dst(max_bytes);
   double t_copy = 1e30, t_q = 1e30;
   for (int rep = 0; rep < 2; ++rep) {
-    t_copy = std::min(t_copy, Time([&] {
-      for (size_t i = 0; i < ts.size(); i += stride) {
-        const auto* src = dtype == DType::kF32 ? reinterpret_cast<const std::byte*>(ts[i].f32.data())
-                                               : reinterpret_cast<const std::byte*>(ts[i].f16.data());
-        ParallelMemcpy(dst.data(), src, ts[i].n * (dtype == DType::kF32 ? 4 : 2), threads);
-      }
-    }));
+    t_copy = std::min(
+        t_copy, Time([&] {
+          for (size_t i = 0; i < ts.size(); i += stride) {
+            const auto* src = dtype == DType::kF32
+                                  ? reinterpret_cast<const std::byte*>(ts[i].f32.data())
+                                  : reinterpret_cast<const std::byte*>(ts[i].f16.data());
+            ParallelMemcpy(dst.data(), src, ts[i].n * (dtype == DType::kF32 ? 4 : 2), threads);
+          }
+        }));
     t_q = std::min(t_q, Time([&] {
-      for (size_t i = 0; i < ts.size(); i += stride) {
-        const auto& t = ts[i];
-        arrowquant::TensorView v{t.name, dtype, t.shape,
-                                 dtype == DType::kF32
-                                     ? std::as_bytes(std::span<const float>(t.f32))
-                                     : std::as_bytes(std::span<const uint16_t>(t.f16))};
-        auto q = arrowquant::Quantize(v, spec, {threads});
-        if (!q.ok()) {
-          std::fprintf(stderr, "%s\n", q.status().ToString().c_str());
-          std::exit(1);
-        }
-      }
-    }));
+                     for (size_t i = 0; i < ts.size(); i += stride) {
+                       const auto& t = ts[i];
+                       arrowquant::TensorView v{
+                           t.name, dtype, t.shape,
+                           dtype == DType::kF32 ? std::as_bytes(std::span<const float>(t.f32))
+                                                : std::as_bytes(std::span<const uint16_t>(t.f16))};
+                       auto q = arrowquant::Quantize(v, spec, {threads});
+                       if (!q.ok()) {
+                         std::fprintf(stderr, "%s\n", q.status().ToString().c_str());
+                         std::exit(1);
+                       }
+                     }
+                   }));
   }
   return {bytes / t_q / 1e9, bytes / t_copy / 1e9};
 }
@@ -134,14 +136,14 @@ int main(int argc, char** argv) {
   const auto ts = Load(shapes);
   uint64_t n = 0;
   for (const auto& t : ts) n += t.n;
-  std::printf("SD1.5 UNet weights: %zu tensors, %.1f M weights (%.2f GB as f32)\n", ts.size(), n / 1e6,
-              n * 4 / 1e9);
+  std::printf("SD1.5 UNet weights: %zu tensors, %.1f M weights (%.2f GB as f32)\n", ts.size(),
+              n / 1e6, n * 4 / 1e9);
   using arrowquant::Grid, arrowquant::QuantSpec, arrowquant::Scheme, arrowquant::ScaleStorage;
   const QuantSpec minmax{4, 128, Scheme::kAsymmetric, Grid::kMinMax, ScaleStorage::kF16};
   const QuantSpec search{4, 128, Scheme::kAsymmetric, Grid::kSearch, ScaleStorage::kF16};
   const QuantSpec rec = QuantSpec::Recommended(4);
-  std::printf("%-34s %-5s %7s %10s %12s %7s\n", "format", "input", "threads", "GB/s in", "memcpy GB/s",
-              "ratio");
+  std::printf("%-34s %-5s %7s %10s %12s %7s\n", "format", "input", "threads", "GB/s in",
+              "memcpy GB/s", "ratio");
   for (const auto& [spec, stride_used] :
        {std::pair{minmax, size_t{1}}, std::pair{search, stride}, std::pair{rec, stride}}) {
     for (DType dt : {DType::kF32, DType::kF16}) {

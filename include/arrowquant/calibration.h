@@ -13,9 +13,11 @@
 #include <map>
 #include <memory>
 #include <span>
+#include <string>
+#include <string_view>
 #include <vector>
 
-#include "arrowquant/model_file.h"
+#include "arrowquant/activation_params.h"
 #include "arrowquant/status.h"
 #include "arrowquant/tensor.h"
 
@@ -60,7 +62,7 @@ class ActivationCollector {
   // would poison every range derived from them.
   Status Add(int32_t timestep, std::span<const float> values, const ActivationLayout& layout);
   // Restores statistics saved earlier (the calibration cache).
-  Status Merge(const TimestepActivationStats& stats);
+  Status Merge(const TimestepActivationStats& in);
 
   uint64_t channels() const { return channels_; }
   const std::map<int32_t, TimestepActivationStats>& by_timestep() const { return stats_; }
@@ -76,9 +78,9 @@ class ActivationCollector {
 enum class ClipMethod { kMinMax, kPercentile, kMse };
 
 struct TimeGroupingOptions {
-  int groups = 1;            // K
-  bool adaptive = false;     // false: K groups of (nearly) equal numbers of timesteps
-  int act_bits = 8;          // 4 or 8
+  int groups = 1;         // K
+  bool adaptive = false;  // false: K groups of (nearly) equal numbers of timesteps
+  int act_bits = 8;       // 4 or 8
   ClipMethod clip = ClipMethod::kMse;
   double percentile = 99.99;  // for kPercentile: of the values on each side of zero
   int32_t num_train_timesteps = 1000;
@@ -116,5 +118,14 @@ Result<std::vector<float>> InputChannelAbsMax(const TensorView& weight);
 // Channels whose activations or weights are all zero get s_i = 1; s is clamped to [1e-4, 1e4].
 Result<std::vector<float>> EqualizationScales(std::span<const float> weight_absmax,
                                               std::span<const float> act_absmax, double alpha);
+
+// The one place equalization touches weights: values of a row-major f32 tensor of `shape`
+// [out, in, inner...] become W / s (kDivide: how they are stored) or W * s (kMultiply: back to
+// the original) along the input-channel axis 1; every kernel position of input channel i shares
+// s_i. Fails unless rank >= 2 and shape[1] == s.size().
+enum class Equalize : uint8_t { kDivide, kMultiply };
+Status ScaleInputChannels(std::span<float> values, std::span<const uint64_t> shape,
+                          std::span<const float> s, Equalize direction,
+                          std::string_view tensor = "tensor");
 
 }  // namespace arrowquant

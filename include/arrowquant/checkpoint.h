@@ -28,11 +28,11 @@ struct CheckpointTensor {
 };
 
 struct Component {
-  std::string name;        // key in model_index.json, "" for a lone model
-  std::string library;     // "diffusers", "transformers", or ""
-  std::string class_name;  // e.g. "UNet2DConditionModel"
-  std::string folder;      // absolute folder of the weights
-  std::string config_json; // raw config.json beside the weights, "" if absent
+  std::string name;         // key in model_index.json, "" for a lone model
+  std::string library;      // "diffusers", "transformers", or ""
+  std::string class_name;   // e.g. "UNet2DConditionModel"
+  std::string folder;       // absolute folder of the weights
+  std::string config_json;  // raw config.json beside the weights, "" if absent
   std::vector<std::shared_ptr<SafeTensorsFile>> files;  // shards in index order
 };
 

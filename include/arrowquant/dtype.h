@@ -37,7 +37,10 @@ enum class DType : uint8_t {
 struct DTypeTraits {
   DType dtype;
   std::string_view safetensors_name;  // as spelled in a SafeTensors header
-  uint8_t bits;                       // storage bits per element
+  // numpy / torch / ml_dtypes spelling ("float32", "bfloat16", "float8_e4m3fn": F8_E4M3 is the
+  // finite-only variant with NaN = S.1111.111, as in SafeTensors and torch).
+  std::string_view array_name;
+  uint8_t bits;  // storage bits per element
   bool floating;
   // Only F32/F16/BF16 weights are quantized; every other dtype is carried through unchanged
   // and reported, never coerced.
@@ -48,7 +51,12 @@ struct DTypeTraits {
 std::span<const DTypeTraits> AllDTypes();
 const DTypeTraits& Traits(DType dtype);
 std::optional<DType> DTypeFromSafeTensorsName(std::string_view name);
-inline size_t ElementBytes(DType dtype) { return Traits(dtype).bits / 8; }
+// Either spelling of the table, case-insensitive, plus "fp32"/"fp16"/"bf16"-style aliases (the
+// seed schema's dtype column).
+std::optional<DType> DTypeFromName(std::string_view name);
+inline size_t ElementBytes(DType dtype) {
+  return Traits(dtype).bits / 8;
+}
 
 float F16BitsToF32(uint16_t h);
 uint16_t F32ToF16Bits(float f);

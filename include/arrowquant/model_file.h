@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "arrowquant/activation_params.h"
 #include "arrowquant/dtype.h"
 #include "arrowquant/quantize.h"
 #include "arrowquant/status.h"
@@ -22,25 +23,6 @@ namespace arrowquant {
 
 inline constexpr const char* kModelFormatName = "arrowquant-parquet";
 inline constexpr const char* kModelFormatVersion = "2.0";
-
-// Activation quantization per timestep group (filled by calibration).
-struct TimeAwareParams {
-  int32_t num_groups = 0;
-  std::vector<int32_t> group_bounds;  // num_groups + 1 timestep boundaries, ascending
-  int32_t act_bits = 8;
-  std::vector<float> act_scales;         // one per group
-  std::vector<int32_t> act_zero_points;  // one per group
-};
-
-// DiTAS channel equalization: weights were stored as W / s, activations must be multiplied by s.
-struct SpatialParams {
-  std::vector<float> equalization_scales;  // one per input channel
-  float smoothing_alpha = 0.0f;
-};
-
-struct ActivationStats {
-  std::vector<float> min, max, absmax;  // per input channel
-};
 
 // One tensor to write: either quantized, or kept unchanged (raw bytes of `raw_dtype`).
 struct TensorRecord {
@@ -65,9 +47,10 @@ struct ModelMetadata {
   std::map<std::string, std::string> extra;  // more key/values, stored as given
 };
 
+// Neither the writer nor the reader uses or resizes Arrow's process-wide thread pools: a
+// program that also uses pyarrow keeps its own settings (pyarrow.cpu_count()).
 struct ModelWriterOptions {
   uint64_t max_chunk_bytes = 1ull << 30;  // keeps every value far below Parquet's 2 GiB
-  int arrow_threads = 1;
 };
 
 class ModelWriter {
@@ -91,8 +74,8 @@ struct ModelTensorInfo {
   std::string name;
   std::string component;
   std::vector<uint64_t> shape;
-  std::string source_dtype;  // "F32", "F16", ...
-  std::string quant_type;    // "int2", "int4", "int8", or "raw"
+  std::string source_dtype;       // "F32", "F16", ...
+  std::string quant_type;         // "int2", "int4", "int8", or "raw"
   std::optional<QuantSpec> spec;  // quantized tensors
   DType raw_dtype = DType::kF32;  // raw tensors
   uint64_t num_params = 0;
@@ -107,7 +90,19 @@ struct ModelTensorInfo {
 
 struct ModelReaderOptions {
   bool verify_checksums = true;
-  int arrow_threads = 1;
+};
+
+// The model file a path names: the path itself when it is a file, `<folder>/model.aq.parquet`
+// when it is the folder that `arrowquant quantize` writes. NotFound when there is neither.
+inline constexpr const char* kModelFileName = "model.aq.parquet";
+Result<std::string> ResolveModelPath(const std::string& path);
+
+// One tensor to load: `out` holds its num_params values of `dtype` (F32/F16/BF16; integer and
+// bool tensors only in their stored dtype, copied as they are).
+struct LoadRequest {
+  std::string name;
+  DType dtype = DType::kF16;
+  std::span<std::byte> out;
 };
 
 class ModelReader {
@@ -134,9 +129,14 @@ class ModelReader {
   // activations by s, arrowquant.torch.apply).
   Status DequantizeAsStored(const std::string& name, DType dtype, std::span<std::byte> out,
                             int threads = 1) const;
+  // Many tensors into caller-owned buffers, `threads` tensors at a time (largest first); safe
+  // to call from several threads. Every request is checked before any is read; the first
+  // failure (in request order) is returned. as_stored: DequantizeAsStored instead of Dequantize.
+  Status Load(std::span<const LoadRequest> requests, int threads, bool as_stored = false) const;
+
+  struct Impl;  // opaque: defined by the Parquet reader (it holds Arrow types)
 
  private:
-  struct Impl;
   explicit ModelReader(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

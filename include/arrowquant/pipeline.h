@@ -41,15 +41,15 @@ struct ActivationPlan {
 };
 
 struct PipelineConfig {
-  int bits = 4;                         // target width; fallback climbs 2 -> 4 -> 8 -> keep
-  std::optional<QuantSpec> spec;        // format at `bits` (default: QuantSpec::Recommended)
-  double max_rel_rmse = 0.12;           // validation threshold on weights, per layer
-  std::vector<SelectionRule> rules;     // user overrides first, then the defaults
-  std::string modality;                 // "" = detect
-  DType keep_dtype = DType::kF16;       // float tensors kept unquantized are stored as this
+  int bits = 4;                      // target width; fallback climbs 2 -> 4 -> 8 -> keep
+  std::optional<QuantSpec> spec;     // format at `bits` (default: QuantSpec::Recommended)
+  double max_rel_rmse = 0.12;        // validation threshold on weights, per layer
+  std::vector<SelectionRule> rules;  // user overrides first, then the defaults
+  std::string modality;              // "" = detect
+  DType keep_dtype = DType::kF16;    // float tensors kept unquantized are stored as this
   int threads = 1;
-  uint64_t min_elements = 1024;         // smaller weights are kept (not worth their scales)
-  bool fail_fast = false;               // stop at the first layer that misses its threshold
+  uint64_t min_elements = 1024;  // smaller weights are kept (not worth their scales)
+  bool fail_fast = false;        // stop at the first layer that misses its threshold
   // NaN/Inf in a weight: false = error naming the tensor and the count (default); true = keep
   // that tensor unquantized (keep_dtype; NaN and Inf survive the f16 conversion).
   bool keep_nonfinite = false;
@@ -58,8 +58,13 @@ struct PipelineConfig {
   // squared weight error within the budget (the threshold fallback is then not used).
   double target_bpw = 0;
   std::map<std::string, ActivationPlan> activations;  // from calibration (may be empty)
-  std::string recipe_json = "{}";       // stored in the file as given
+  std::string recipe_json = "{}";                     // stored in the file as given
   std::string tool_version;
+
+  // The format a layer gets at `width` bits: `spec` with that width (coded scales at that
+  // width's recommended code size), or the recommended format of the width. Calibration fits
+  // equalization with it, so that the search sees the format the layer is written in.
+  QuantSpec SpecFor(int width) const;
 };
 
 struct LayerReport {
@@ -99,7 +104,8 @@ struct PlannedTensor {
   std::string why;
   bool target_width = false;  // the width is the job's target (free for a size budget)
 };
-Result<std::vector<PlannedTensor>> PlanSelection(const Checkpoint& ck, const PipelineConfig& config);
+Result<std::vector<PlannedTensor>> PlanSelection(const Checkpoint& ck,
+                                                 const PipelineConfig& config);
 
 // The modality and how it was decided.
 std::pair<std::string, std::string> DetectModality(const Checkpoint& ck);

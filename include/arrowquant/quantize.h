@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "arrowquant/dtype.h"
@@ -46,9 +47,19 @@ struct QuantSpec {
 
   Status Validate() const;
   std::string ToString() const;  // "int4-asym-g32-q7-search"
+  // The spec from its stored fields (model file columns, Python arguments): bits, group size,
+  // scheme "asym"/"sym", method "search"/"minmax", scale dtype "f16"/"f32"/"q6"/"q7"/"q8".
+  // Unknown strings are an error, never a default.
+  static Result<QuantSpec> FromFields(int bits, int group_size, std::string_view scheme,
+                                      std::string_view method, std::string_view scale_dtype);
   // The format recommended at a width: the one docs/benchmarks.md measures against GGUF/NF4.
   static QuantSpec Recommended(int bits);
 };
+
+// The field names of a spec, as FromFields() reads them back.
+std::string_view SchemeName(Scheme s);
+std::string_view GridName(Grid g);
+std::string ScaleDTypeName(const QuantSpec& s);  // "f16", "f32", "q7"
 
 struct QuantizedTensor {
   QuantSpec spec;
@@ -77,8 +88,9 @@ struct QuantizedTensor {
   }
   // Every stored bit (codes, scales, zero-points, super-scales, row padding) per weight.
   double bits_per_weight() const {
-    return num_elements() ? 8.0 * static_cast<double>(nbytes()) / static_cast<double>(num_elements())
-                          : 0.0;
+    return num_elements()
+               ? 8.0 * static_cast<double>(nbytes()) / static_cast<double>(num_elements())
+               : 0.0;
   }
 };
 

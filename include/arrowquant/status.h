@@ -21,32 +21,35 @@ enum class StatusCode : int32_t {
   kUnsupported,
   kInternal,
   // SafeTensors container rules.
-  kFileTooSmall,         // fewer than 8 bytes
-  kHeaderTooLarge,       // header length above the configured limit
-  kHeaderOutOfBounds,    // header length points past the end of the file
-  kHeaderNotUtf8,        // header bytes are not valid UTF-8
-  kHeaderInvalidJson,    // header is not JSON, or does not start with '{'
-  kHeaderInvalidEntry,   // a tensor entry lacks or mistypes dtype/shape/data_offsets
-  kUnknownDtype,         // dtype string not in the table
-  kShapeOverflow,        // shape product times element size overflows 64 bits
-  kSizeMismatch,         // shape x element size differs from the byte span
-  kOffsetsInvalid,       // begin > end, or offsets not contiguous from 0 (gap or overlap)
-  kDataOutOfBounds,      // a tensor ends past the data section
-  kDataSizeMismatch,     // data section longer than the tensors it holds
-  kDuplicateName,        // the same tensor name twice
-  kMetadataInvalid,      // __metadata__ is not a map of strings to strings
+  kFileTooSmall,        // fewer than 8 bytes
+  kHeaderTooLarge,      // header length above the configured limit
+  kHeaderOutOfBounds,   // header length points past the end of the file
+  kHeaderNotUtf8,       // header bytes are not valid UTF-8
+  kHeaderInvalidJson,   // header is not JSON, or does not start with '{'
+  kHeaderInvalidEntry,  // a tensor entry lacks or mistypes dtype/shape/data_offsets
+  kUnknownDtype,        // dtype string not in the table
+  kShapeOverflow,       // shape product times element size overflows 64 bits
+  kSizeMismatch,        // shape x element size differs from the byte span
+  kOffsetsInvalid,      // begin > end, or offsets not contiguous from 0 (gap or overlap)
+  kDataOutOfBounds,     // a tensor ends past the data section
+  kDataSizeMismatch,    // data section longer than the tensors it holds
+  kDuplicateName,       // the same tensor name twice
+  kMetadataInvalid,     // __metadata__ is not a map of strings to strings
   // Checkpoint layouts (sharded index, diffusers folders).
-  kIndexInvalid,         // *.safetensors.index.json malformed
-  kPathEscape,           // a shard or component path leaves the model folder
-  kIndexMismatch,        // index and shards disagree (missing tensor, tensor in two shards)
-  kAmbiguousLayout,      // a folder holds several candidate weight files
-  kNotAModel,            // nothing that looks like a checkpoint
-  kLimitExceeded,        // a configured cap (tensor count, bytes) was hit
+  kIndexInvalid,     // *.safetensors.index.json malformed
+  kPathEscape,       // a shard or component path leaves the model folder
+  kIndexMismatch,    // index and shards disagree (missing tensor, tensor in two shards)
+  kAmbiguousLayout,  // a folder holds several candidate weight files
+  kNotAModel,        // nothing that looks like a checkpoint
+  kLimitExceeded,    // a configured cap (tensor count, bytes) was hit
   // Quantized model files (Parquet).
-  kFormatInvalid,        // not an ArrowQuant model file, or a required column is missing/mistyped
-  kCorrupt,              // unreadable or inconsistent content (checksum, lengths, truncation)
-  kCancelled,            // the caller cancelled the run (progress callback, Ctrl-C)
-  kThresholdMissed,      // a layer missed its quality threshold (with fail-fast)
+  kFormatInvalid,    // not an ArrowQuant model file, or a required column is missing/mistyped
+  kCorrupt,          // unreadable or inconsistent content (checksum, lengths, truncation)
+  kCancelled,        // the caller cancelled the run (progress callback, Ctrl-C)
+  kThresholdMissed,  // a layer missed its quality threshold (with fail-fast)
+  // Data errors: the values themselves cannot be quantized (not a configuration mistake).
+  kNonFinite,      // NaN or Inf in a weight or an activation
+  kScaleOverflow,  // a group's scale does not fit the chosen scale storage
 };
 
 // Stable, human-readable code name ("HeaderTooLarge"); used as the Python exception's `code`.
@@ -72,7 +75,7 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(T value) : v_(std::move(value)) {}         // NOLINT(google-explicit-constructor)
   Result(Status status) : v_(std::move(status)) {}  // NOLINT(google-explicit-constructor)
 
   bool ok() const { return std::holds_alternative<T>(v_); }
@@ -96,16 +99,19 @@ class [[nodiscard]] Result {
 #define AQ_CONCAT_INNER(a, b) a##b
 #define AQ_CONCAT(a, b) AQ_CONCAT_INNER(a, b)
 
-#define AQ_RETURN_IF_ERROR(expr)            \
-  do {                                      \
-    ::arrowquant::Status _aq_st = (expr);   \
-    if (!_aq_st.ok()) return _aq_st;        \
+#define AQ_RETURN_IF_ERROR(expr)          \
+  do {                                    \
+    ::arrowquant::Status _aq_st = (expr); \
+    if (!_aq_st.ok()) return _aq_st;      \
   } while (0)
 
+// `lhs` may be a declaration (`auto x`), `tmp` a fresh name: neither can be parenthesized.
+// NOLINTBEGIN(bugprone-macro-parentheses)
 #define AQ_ASSIGN_OR_RETURN_IMPL(tmp, lhs, rexpr) \
   auto tmp = (rexpr);                             \
   if (!tmp.ok()) return tmp.status();             \
   lhs = std::move(tmp).value()
+// NOLINTEND(bugprone-macro-parentheses)
 
 #define AQ_ASSIGN_OR_RETURN(lhs, rexpr) \
   AQ_ASSIGN_OR_RETURN_IMPL(AQ_CONCAT(_aq_result_, __LINE__), lhs, rexpr)

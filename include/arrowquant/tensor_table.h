@@ -11,12 +11,8 @@
 
 namespace arrowquant {
 
-struct TensorTableOptions {
-  int arrow_threads = 1;  // caps Arrow's own CPU pool; results do not depend on it
-};
-
-// Written to a temporary name beside `out_path` and renamed when complete.
-Status WriteTensorTable(const Checkpoint& checkpoint, const std::string& out_path,
-                        const TensorTableOptions& options = {});
+// Written to a temporary name beside `out_path` and renamed when complete. Arrow's process-wide
+// thread pools are neither used nor resized (the caller's pyarrow keeps its settings).
+Status WriteTensorTable(const Checkpoint& checkpoint, const std::string& out_path);
 
 }  // namespace arrowquant

@@ -14,6 +14,7 @@ from arrowquant.errors import (
     ArrowQuantIOError,
     CancelledError,
     ConfigurationError,
+    InvalidDataError,
     LimitExceededError,
     MalformedModelError,
     MetadataError,
@@ -28,7 +29,7 @@ from arrowquant.model import QuantizedModel, export_safetensors, load_state_dict
 from arrowquant.quantize import QuantizedTensor, quantize
 from arrowquant.report import QuantizationReport
 
-__version__: str = _core.__version__
+__version__: str = _core.VERSION
 
 __all__ = [
     "ArrowQuantV2",
@@ -39,6 +40,7 @@ __all__ = [
     "ArrowQuantIOError",
     "Checkpoint",
     "ConfigurationError",
+    "InvalidDataError",
     "LimitExceededError",
     "MalformedModelError",
     "MetadataError",

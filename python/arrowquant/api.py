@@ -17,7 +17,7 @@ from arrowquant.config import DiffusionQuantConfig
 from arrowquant.errors import ArrowQuantIOError, ConfigurationError
 from arrowquant.report import QuantizationReport
 
-MODEL_FILE = "model.aq.parquet"
+MODEL_FILE: str = _core.MODEL_FILE_NAME
 ProgressCallback = Callable[[int, int, str], Any]
 
 
@@ -39,7 +39,7 @@ class ArrowQuantV2:
         beside it and renamed at the end. progress_callback(done_bytes, total_bytes, tensor) runs
         on this thread; returning False or raising cancels the run (the exception propagates).
         """
-        cfg = config or DiffusionQuantConfig.from_profile("local")
+        cfg = config or DiffusionQuantConfig.resolve()
         out = Path(output_path)
         if not out.parent.exists():
             raise ArrowQuantIOError(f"{out.parent}: no such folder", "IoError")
@@ -76,17 +76,6 @@ class ArrowQuantV2:
             raise ArrowQuantIOError(
                 f"{out}: cannot create the output ({e.strerror})", "IoError"
             ) from None
-        spec = None
-        if any(v is not None for v in (cfg.group_size, cfg.scheme, cfg.method, cfg.scale_dtype)):
-            rec = _core.recommended_spec(cfg.bits)
-            sd = cfg.scale_dtype or rec["scale_dtype"]
-            spec = (
-                rec["group_size"] if cfg.group_size is None else cfg.group_size,
-                cfg.scheme or rec["scheme"],
-                cfg.method or rec["method"],
-                sd,
-                int(sd[1]) if sd.startswith("q") else 6,
-            )
         recipe: dict[str, Any] = {"config": cfg.to_dict(), "tool": f"arrowquant {__version__}"}
         t0 = time.perf_counter()
         try:
@@ -95,25 +84,10 @@ class ArrowQuantV2:
                 from arrowquant.calibration import calibrate
 
                 plans, recipe["calibration"] = calibrate(model_path, cfg)
+            core = cfg.to_core(json.dumps(recipe))
+            core.set_activations(plans)
             raw = _core.run_pipeline(
-                str(model_path),
-                str(tmp / MODEL_FILE),
-                cfg.bits,
-                spec,
-                cfg.max_rel_rmse,
-                cfg.rules(),
-                cfg.modality,
-                cfg.keep_dtype,
-                cfg.threads or (os.cpu_count() or 1),
-                cfg.min_elements,
-                cfg.fail_fast,
-                json.dumps(recipe),
-                __version__,
-                cfg.target_bpw,
-                progress_callback,
-                plans,
-                cfg.nan_policy == "keep-fp16",
-                cfg.limits(),
+                str(model_path), str(tmp / MODEL_FILE), core, progress_callback, cfg.limits()
             )
             seconds = time.perf_counter() - t0
             report = QuantizationReport(
@@ -155,8 +129,7 @@ class ArrowQuantV2:
         from arrowquant.model import open as open_model
 
         ck = load_checkpoint(str(original))
-        path = Path(quantized)
-        model = open_model(path / MODEL_FILE if path.is_dir() else path)
+        model = open_model(quantized)
         rows = []
         for name in model.names():
             info = model.info(name)

@@ -89,21 +89,21 @@ class Checkpoint:
 
     def numpy(self, name: str) -> np.ndarray:
         """Zero-copy read-only array with the tensor's dtype (bf16/f8 through ml_dtypes)."""
-        arr = self._core.array(name)
+        arr = np.asarray(self._core.array(name))
         view_as = _VIEW_AS.get(self._core.info(name)["dtype"])
         return arr.view(view_as) if view_as is not None else arr
 
     def raw(self, name: str) -> np.ndarray:
         """The tensor's bytes, zero-copy, as read-only uint8."""
-        return self._core.raw(name)
+        return np.asarray(self._core.raw(name))
 
     def metadata(self) -> dict[str, dict[str, str]]:
         """``__metadata__`` of every file, by path."""
         return {f["path"]: f["metadata"] for c in self.components for f in c["files"]}
 
-    def write_tensor_table(self, path: str, arrow_threads: int = 1) -> None:
+    def write_tensor_table(self, path: str) -> None:
         """Writes every tensor unchanged as a Parquet table (V2 pages, format 2.6)."""
-        self._core.write_tensor_table(path, arrow_threads)
+        self._core.write_tensor_table(path)
 
     def __len__(self) -> int:
         return len(self._infos)

@@ -113,11 +113,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     }
     if args.override:
         changes["overrides"] = list(args.override)
-    if args.config:
-        base = DiffusionQuantConfig.from_yaml(args.config)
-        cfg = DiffusionQuantConfig.from_dict(base.to_dict() | changes).with_env()
-    else:
-        cfg = DiffusionQuantConfig.from_profile(args.profile, **changes).with_env()
+    if args.config and not Path(args.config).is_file():
+        raise ConfigurationError(f"--config {args.config}: no such file")
+    # defaults < --profile < --config YAML < ARROW_QUANT_* environment < these flags
+    cfg = DiffusionQuantConfig.resolve(profile=args.profile, config=args.config, **changes)
     if args.dry_run:
         return _dry_run(args, cfg)
     tty = sys.stderr.isatty() and not args.json
@@ -156,9 +155,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 def _dry_run(args: argparse.Namespace, cfg: Any) -> int:
     import arrowquant._core as _core
 
-    plan = _core.plan(
-        args.model, cfg.bits, cfg.max_rel_rmse, cfg.rules(), cfg.modality, cfg.min_elements
-    )
+    plan = _core.plan(args.model, cfg.to_core())
     rules = cfg.rules() + _core.default_rules(cfg.modality or "image")
     if args.json:
         rows = [{"name": n, "bits": b, "threshold": t, "why": w} for n, b, t, w in plan]
@@ -177,11 +174,9 @@ def _dry_run(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from arrowquant.api import MODEL_FILE
     from arrowquant.model import open as open_model
 
-    path = Path(args.path)
-    model = open_model(path / MODEL_FILE if path.is_dir() else path)
+    model = open_model(args.path)
     infos = [model.info(n) for n in model.names()]
     if args.json:
         json.dump({"metadata": model.metadata, "tensors": infos}, sys.stdout, indent=2, default=str)
@@ -270,8 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("model", help=".safetensors file, sharded index, or (diffusers) model folder")
     q.add_argument("out", help="output folder (model.aq.parquet, report.json, report.md)")
-    q.add_argument("--profile", choices=["edge", "local", "cloud"], default="local")
-    q.add_argument("--config", metavar="YAML", help="DiffusionQuantConfig as YAML (flags win)")
+    q.add_argument(
+        "--profile",
+        choices=["edge", "local", "cloud"],
+        help="defaults for bits, threshold and time groups (local when not given)",
+    )
+    q.add_argument(
+        "--config",
+        metavar="YAML",
+        help="DiffusionQuantConfig as YAML; precedence: defaults < profile < YAML < "
+        "ARROW_QUANT_* environment < flags",
+    )
     q.add_argument("--bits", type=int, choices=[2, 4, 8])
     q.add_argument("--group-size", type=int, choices=[0, 32, 64, 128, 256])
     q.add_argument("--scale-dtype", choices=["f16", "f32", "q6", "q7", "q8"])

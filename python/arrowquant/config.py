@@ -17,23 +17,29 @@ from typing import Any
 
 from arrowquant.errors import ConfigurationError
 
+# The only place profile-dependent defaults live: `DiffusionQuantConfig()` is the local profile,
+# and a field a profile names takes the profile's value unless the caller sets it.
+DEFAULT_PROFILE = "local"
 PROFILES: dict[str, dict[str, Any]] = {
     "edge": {"bits": 2, "max_rel_rmse": 0.40, "time_groups": 5},
     "local": {"bits": 4, "max_rel_rmse": 0.12, "time_groups": 10},
     "cloud": {"bits": 8, "max_rel_rmse": 0.02, "time_groups": 20},
 }
+# Marks a field whose default comes from the profile (filled in __post_init__).
+_FROM_PROFILE: Any = None
+ENV_PREFIX = "ARROW_QUANT_"
 _OVERRIDE = re.compile(r"^(?P<pattern>.+)=(?P<bits>2|4|8|16|keep)$")
 
 
 @dataclass
 class DiffusionQuantConfig:
-    profile: str = "local"
-    bits: int = 4
+    profile: str = DEFAULT_PROFILE
+    bits: int = _FROM_PROFILE  # the profile's
     group_size: int | None = None  # None: the recommended format of `bits`
     scheme: str | None = None
     method: str | None = None
     scale_dtype: str | None = None
-    max_rel_rmse: float = 0.12
+    max_rel_rmse: float = _FROM_PROFILE  # the profile's
     # Calibration (activations): "" = none (weight-only), "synthetic[:N]", or a .jsonl /
     # .parquet / saved `datasets` path. The rest applies only with calibration.
     calibration: str = ""
@@ -41,7 +47,7 @@ class DiffusionQuantConfig:
     calibration_steps: int = 25  # DDIM steps sampled; each is a calibration timestep
     calibration_cache: str = ""  # "" = $ARROW_QUANT_CACHE or ~/.cache/arrowquant/calibration
     seed: int = 0
-    time_groups: int = 4  # K timestep groups, each with its own activation grid
+    time_groups: int = _FROM_PROFILE  # K timestep groups (the profile's), each its own grid
     adaptive_groups: bool = True  # merge adjacent timesteps by measured error (else uniform)
     act_bits: int = 8
     act_clip: str = "mse"  # minmax, percentile (99.99) or mse
@@ -65,15 +71,56 @@ class DiffusionQuantConfig:
     target_bpw: float = 0.0  # > 0: size budget in bits per weight (widths by measured sensitivity)
 
     def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ConfigurationError(
+                f"profile: must be one of {', '.join(PROFILES)} (got {self.profile!r})"
+            )
+        for name, value in PROFILES[self.profile].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         self.validate()
 
     @classmethod
-    def from_profile(cls, profile: str, **changes: Any) -> DiffusionQuantConfig:
-        if profile not in PROFILES:
+    def resolve(
+        cls,
+        profile: str | None = None,
+        config: str | os.PathLike[str] | dict[str, Any] | None = None,
+        environ: dict[str, str] | os._Environ[str] | None = None,
+        **explicit: Any,
+    ) -> DiffusionQuantConfig:
+        """The configuration from every source, later ones winning field by field:
+
+        built-in defaults < profile < `config` (YAML path/text or dict) < ARROW_QUANT_* in
+        `environ` (os.environ when None; pass {} to ignore it) < `explicit` keyword arguments
+        (the command line's flags). Keyword arguments that are None count as not given.
+        """
+        env = cls._env_values(os.environ if environ is None else environ)
+        given = {k: v for k, v in explicit.items() if v is not None}
+        file_values: dict[str, Any] = {}
+        if config is not None:
+            file_values = dict(config) if isinstance(config, dict) else cls._yaml_mapping(config)
+            cls._check_known(file_values)
+        name = (
+            given.pop("profile", None)
+            or env.pop("profile", None)
+            or file_values.pop("profile", None)
+            or profile
+            or DEFAULT_PROFILE
+        )
+        file_values.pop("profile", None)
+        env.pop("profile", None)
+        cls._check_known(given)
+        if name not in PROFILES:
             raise ConfigurationError(
-                f"profile must be one of {', '.join(PROFILES)}, got {profile!r}"
+                f"profile: must be one of {', '.join(PROFILES)} (got {name!r})"
             )
-        return cls(profile=profile, **(PROFILES[profile] | changes))
+        return cls(profile=name, **(PROFILES[name] | file_values | env | given))
+
+    @classmethod
+    def from_profile(cls, profile: str, **changes: Any) -> DiffusionQuantConfig:
+        """`resolve(profile, **changes)`: the profile, then ARROW_QUANT_* environment overrides,
+        then `changes` (keyword arguments beat the environment)."""
+        return cls.resolve(profile=profile, **changes)
 
     def _check_types(self) -> None:
         """Every field has the type its annotation says (YAML and dicts can hold anything)."""
@@ -173,11 +220,41 @@ class DiffusionQuantConfig:
             out.append((m.group("pattern"), 0 if b in ("16", "keep") else int(b), f"override {o}"))
         return out
 
+    def to_core(self, recipe_json: str = "{}") -> Any:
+        """The C++ pipeline's configuration (`_core.PipelineConfig`) for these values."""
+        import arrowquant._core as _core
+        from arrowquant import __version__
+
+        c = _core.PipelineConfig()
+        c.bits = self.bits
+        c.max_rel_rmse = self.max_rel_rmse
+        c.rules = self.rules()
+        c.modality = self.modality
+        c.keep_dtype = self.keep_dtype
+        c.threads = self.threads or (os.cpu_count() or 1)
+        c.min_elements = self.min_elements
+        c.fail_fast = self.fail_fast
+        c.keep_nonfinite = self.nan_policy == "keep-fp16"
+        c.target_bpw = self.target_bpw
+        c.recipe_json = recipe_json
+        c.tool_version = __version__
+        if any(
+            v is not None for v in (self.group_size, self.scheme, self.method, self.scale_dtype)
+        ):
+            rec = _core.recommended_spec(self.bits)
+            c.set_spec(
+                rec["group_size"] if self.group_size is None else self.group_size,
+                self.scheme or rec["scheme"],
+                self.method or rec["method"],
+                self.scale_dtype or rec["scale_dtype"],
+            )
+        return c
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DiffusionQuantConfig:
+    def _check_known(cls, d: dict[Any, Any]) -> None:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -185,6 +262,10 @@ class DiffusionQuantConfig:
             # mixed types (found by the fuzzer, tests/fuzz/fuzz_config.py).
             names = ", ".join(sorted(repr(k) if not isinstance(k, str) else k for k in unknown))
             raise ConfigurationError(f"unknown config fields: {names}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DiffusionQuantConfig:
+        cls._check_known(d)
         return cls(**d)
 
     def to_yaml(self) -> str:
@@ -195,6 +276,10 @@ class DiffusionQuantConfig:
     @classmethod
     def from_yaml(cls, source: str | os.PathLike[str]) -> DiffusionQuantConfig:
         """From a YAML file path or YAML text; unknown or invalid fields are errors."""
+        return cls.from_dict(cls._yaml_mapping(source))
+
+    @staticmethod
+    def _yaml_mapping(source: str | os.PathLike[str]) -> dict[str, Any]:
         import yaml
 
         text = str(source)
@@ -209,31 +294,39 @@ class DiffusionQuantConfig:
             raise ConfigurationError(f"config is not valid YAML: {first}") from None
         if not isinstance(data, dict):
             raise ConfigurationError("config YAML must be a mapping of field: value")
-        return cls.from_dict(data)
+        return data
 
-    def with_env(self, environ: dict[str, str] | None = None) -> DiffusionQuantConfig:
-        """ARROW_QUANT_<FIELD> overrides; a value that does not parse is an error."""
-        env = os.environ if environ is None else environ
-        changes: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            key = f"ARROW_QUANT_{f.name.upper()}"
-            if key not in env:
+    @classmethod
+    def _env_values(cls, environ: Any) -> dict[str, Any]:
+        """ARROW_QUANT_<FIELD> values parsed by the field's type; a bad value is an error."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = f"{ENV_PREFIX}{f.name.upper()}"
+            if key not in environ:
                 continue
-            raw = env[key]
-            cur = getattr(self, f.name)
+            raw = environ[key]
+            base = str(f.type).split("|")[0].strip()
             try:
-                if isinstance(cur, bool):
+                if base == "bool":
                     if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
                         raise ValueError(raw)
-                    changes[f.name] = raw.lower() in ("1", "true", "yes")
-                elif isinstance(cur, int) or f.name == "group_size":
-                    changes[f.name] = int(raw)
-                elif isinstance(cur, float):
-                    changes[f.name] = float(raw)
-                elif isinstance(cur, list):
-                    changes[f.name] = [s for s in raw.split(",") if s]
+                    out[f.name] = raw.lower() in ("1", "true", "yes")
+                elif base == "int":
+                    out[f.name] = int(raw)
+                elif base == "float":
+                    out[f.name] = float(raw)
+                elif base == "list[str]":
+                    out[f.name] = [s for s in raw.split(",") if s]
+                elif base == "str" and "None" in str(f.type) and raw == "":
+                    out[f.name] = None
                 else:
-                    changes[f.name] = raw
+                    out[f.name] = raw
             except ValueError:
                 raise ConfigurationError(f"{key}={raw!r} is not a valid {f.name}") from None
-        return dataclasses.replace(self, **changes)
+        return out
+
+    def with_env(self, environ: dict[str, str] | None = None) -> DiffusionQuantConfig:
+        """These values with ARROW_QUANT_<FIELD> overrides on top (the environment wins here;
+        `resolve` is the full precedence order, in which explicit arguments beat it)."""
+        env = self._env_values(os.environ if environ is None else environ)
+        return dataclasses.replace(self, **env)

@@ -59,7 +59,13 @@ class ArrowQuantIOError(ArrowQuantError, OSError):
 
 
 class QuantizationError(ArrowQuantError):
-    """Quantizing a tensor or a model failed."""
+    """Quantizing a tensor or a model failed because of the values themselves."""
+
+
+class InvalidDataError(QuantizationError, ValueError):
+    """A weight or activation holds values that cannot be quantized: NaN/Inf (code
+    ``NonFinite``) or magnitudes its scale storage cannot hold (``ScaleOverflow``). A data
+    problem, not a configuration mistake."""
 
 
 class ValidationError(ArrowQuantError):
@@ -85,6 +91,8 @@ _BY_CODE: dict[str, type[ArrowQuantError]] = {
     "Corrupt": MalformedModelError,
     "Cancelled": CancelledError,
     "ThresholdMissed": ValidationError,
+    "NonFinite": InvalidDataError,
+    "ScaleOverflow": InvalidDataError,
 }
 
 

@@ -77,7 +77,7 @@ class QuantizedModel:
 
     def raw(self, name: str) -> np.ndarray:
         """An unquantized tensor as stored (bf16 as ml_dtypes.bfloat16)."""
-        arr = self._core.read_raw(name)
+        arr = np.asarray(self._core.read_raw(name))
         return arr.view(ml_dtypes.bfloat16) if self._infos[name]["dtype"] == "BF16" else arr
 
     def dequantize(
@@ -118,9 +118,17 @@ class QuantizedModel:
         return f"QuantizedModel({self.path!r}, tensors={len(self)})"
 
 
+def resolve_model_path(path: str | os.PathLike[str]) -> Path:
+    """The model file of `path`: the file itself, or model.aq.parquet in the output folder of
+    `arrowquant quantize` (ModelNotFoundError when there is neither). The C++ reader resolves
+    paths with the same function, so every entry point accepts either."""
+    return Path(_core.resolve_model_path(os.fspath(path)))
+
+
 def open(path: str | os.PathLike[str], verify_checksums: bool = True) -> QuantizedModel:  # noqa: A001
-    """Opens a model file (validates footer, schema and version; reads no payload)."""
-    return QuantizedModel(_core.ModelReader.open(str(path), verify_checksums))
+    """Opens a model file, or the output folder of `arrowquant quantize` (validates footer,
+    schema and version; reads no payload)."""
+    return QuantizedModel(_core.ModelReader.open(os.fspath(path), verify_checksums))
 
 
 def load_state_dict(

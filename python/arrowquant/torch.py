@@ -17,7 +17,6 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -180,10 +179,8 @@ def apply(
     import arrowquant as aq
     from arrowquant.errors import ShapeMismatchError
 
-    path = Path(quantized)
-    if path.is_dir():
-        path = path / "model.aq.parquet"
-    qm = aq.open(path)
+    qm = aq.open(quantized)
+    path = qm.path
     names = set(qm.names())
     state_keys = list(model.state_dict().keys())
     prefix = _prefix(names, state_keys)

@@ -24,7 +24,8 @@ nb::ndarray<nb::numpy, T> ToNumpy(const std::vector<T>& v) {
 }
 
 template <typename T>
-std::vector<T> FromNumpy(const nb::ndarray<const T, nb::ndim<1>, nb::c_contig, nb::device::cpu>& a) {
+std::vector<T> FromNumpy(
+    const nb::ndarray<const T, nb::ndim<1>, nb::c_contig, nb::device::cpu>& a) {
   return std::vector<T>(a.data(), a.data() + a.shape(0));
 }
 
@@ -76,12 +77,12 @@ void BindCalibration(nb::module_& m) {
           "merge",
           [](ActivationCollector& c, int32_t t, uint64_t count, const F32In& mn, const F32In& mx,
              const F32In& amax, const U64In& hist) {
-            TimestepActivationStats s{t, count, FromNumpy(mn), FromNumpy(mx), FromNumpy(amax),
-                                      FromNumpy(hist)};
+            TimestepActivationStats s{
+                t, count, FromNumpy(mn), FromNumpy(mx), FromNumpy(amax), FromNumpy(hist)};
             ThrowIfError(c.Merge(s));
           },
-          nb::arg("timestep"), nb::arg("count"), nb::arg("min"), nb::arg("max"),
-          nb::arg("absmax"), nb::arg("histogram"))
+          nb::arg("timestep"), nb::arg("count"), nb::arg("min"), nb::arg("max"), nb::arg("absmax"),
+          nb::arg("histogram"))
       .def("stats",
            [](const ActivationCollector& c) {
              nb::list out;
@@ -149,8 +150,8 @@ void BindCalibration(nb::module_& m) {
          const std::string& name) {
         std::vector<uint64_t> shape(w.ndim());
         for (size_t i = 0; i < w.ndim(); ++i) shape[i] = w.shape(i);
-        const TensorView v{name, ParseDType(dtype), shape,
-                           {static_cast<const std::byte*>(w.data()), w.nbytes()}};
+        const TensorView v{
+            name, ParseDType(dtype), shape, {static_cast<const std::byte*>(w.data()), w.nbytes()}};
         Result<std::vector<float>> r = Status();
         {
           nb::gil_scoped_release release;
@@ -167,7 +168,8 @@ void BindCalibration(nb::module_& m) {
   h["zero_bin"] = ActivationHistogram::kZeroBin;
   m.attr("HISTOGRAM") = h;
   std::vector<double> values(ActivationHistogram::kNumBins);
-  for (int b = 0; b < ActivationHistogram::kNumBins; ++b) values[b] = ActivationHistogram::BinValue(b);
+  for (int b = 0; b < ActivationHistogram::kNumBins; ++b)
+    values[b] = ActivationHistogram::BinValue(b);
   m.attr("HISTOGRAM_BIN_VALUES") = ToNumpy(values);
 }
 

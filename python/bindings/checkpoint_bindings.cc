@@ -26,7 +26,8 @@ struct PyCheckpoint {
 const CheckpointTensor& Lookup(const PyCheckpoint& self, const std::string& name) {
   const CheckpointTensor* t = self.ck->Find(name);
   if (t == nullptr) {
-    throw StatusError(Status(StatusCode::kNotFound, self.ck->path() + ": no tensor named '" + name + "'"));
+    throw StatusError(
+        Status(StatusCode::kNotFound, self.ck->path() + ": no tensor named '" + name + "'"));
   }
   return *t;
 }
@@ -34,9 +35,8 @@ const CheckpointTensor& Lookup(const PyCheckpoint& self, const std::string& name
 nb::object View(const PyCheckpoint& self, const std::string& name, bool raw) {
   const CheckpointTensor& t = Lookup(self, name);
   auto* keep = new std::shared_ptr<const Checkpoint>(self.ck);
-  nb::capsule owner(keep, [](void* p) noexcept {
-    delete static_cast<std::shared_ptr<const Checkpoint>*>(p);
-  });
+  nb::capsule owner(
+      keep, [](void* p) noexcept { delete static_cast<std::shared_ptr<const Checkpoint>*>(p); });
   const auto bytes = t.data();
   std::vector<size_t> shape;
   nb::dlpack::dtype dtype = nb::dtype<uint8_t>();
@@ -46,7 +46,8 @@ nb::object View(const PyCheckpoint& self, const std::string& name, bool raw) {
     shape.assign(t.info->shape.begin(), t.info->shape.end());
     dtype = NumpyStorage(t.info->dtype);
   }
-  nb::ndarray<nb::numpy, nb::ro> arr(bytes.data(), shape.size(), shape.data(), owner, nullptr, dtype);
+  nb::ndarray<nb::numpy, nb::ro> arr(bytes.data(), shape.size(), shape.data(), owner, nullptr,
+                                     dtype);
   return arr.cast();
 }
 
@@ -85,10 +86,13 @@ void BindCheckpoint(nb::module_& m) {
           nb::arg("max_tensor_bytes") = ReaderLimits{}.max_tensor_bytes,
           nb::arg("max_total_bytes") = ReaderLimits{}.max_total_bytes)
       .def_prop_ro("path", [](const PyCheckpoint& s) { return s.ck->path(); })
-      .def_prop_ro("layout",
-                   [](const PyCheckpoint& s) { return std::string(CheckpointLayoutName(s.ck->layout())); })
-      .def_prop_ro("model_index_json", [](const PyCheckpoint& s) { return s.ck->model_index_json(); })
-      .def_prop_ro("total_tensor_bytes", [](const PyCheckpoint& s) { return s.ck->total_tensor_bytes(); })
+      .def_prop_ro(
+          "layout",
+          [](const PyCheckpoint& s) { return std::string(CheckpointLayoutName(s.ck->layout())); })
+      .def_prop_ro("model_index_json",
+                   [](const PyCheckpoint& s) { return s.ck->model_index_json(); })
+      .def_prop_ro("total_tensor_bytes",
+                   [](const PyCheckpoint& s) { return s.ck->total_tensor_bytes(); })
       .def("components",
            [](const PyCheckpoint& s) {
              nb::list out;
@@ -118,26 +122,29 @@ void BindCheckpoint(nb::module_& m) {
              for (const auto& t : s.ck->tensors()) out.append(TensorDict(t));
              return out;
            })
-      .def("info", [](const PyCheckpoint& s, const std::string& name) { return TensorDict(Lookup(s, name)); })
-      .def("__contains__", [](const PyCheckpoint& s, const std::string& name) { return s.ck->Find(name) != nullptr; })
+      .def("info", [](const PyCheckpoint& s,
+                      const std::string& name) { return TensorDict(Lookup(s, name)); })
+      .def("__contains__", [](const PyCheckpoint& s,
+                              const std::string& name) { return s.ck->Find(name) != nullptr; })
       .def("__len__", [](const PyCheckpoint& s) { return s.ck->tensors().size(); })
-      .def("array", [](const PyCheckpoint& s, const std::string& name) { return View(s, name, false); },
-           nb::arg("name"), "Zero-copy read-only view (bf16/f8 as raw unsigned integers).")
-      .def("raw", [](const PyCheckpoint& s, const std::string& name) { return View(s, name, true); },
-           nb::arg("name"), "The tensor's bytes as a zero-copy read-only uint8 view.")
+      .def(
+          "array",
+          [](const PyCheckpoint& s, const std::string& name) { return View(s, name, false); },
+          nb::arg("name"), "Zero-copy read-only view (bf16/f8 as raw unsigned integers).")
+      .def(
+          "raw", [](const PyCheckpoint& s, const std::string& name) { return View(s, name, true); },
+          nb::arg("name"), "The tensor's bytes as a zero-copy read-only uint8 view.")
       .def(
           "write_tensor_table",
-          [](const PyCheckpoint& s, const std::string& out, int arrow_threads) {
-            TensorTableOptions opt;
-            opt.arrow_threads = arrow_threads;
+          [](const PyCheckpoint& s, const std::string& out) {
             Status st;
             {
               nb::gil_scoped_release release;
-              st = WriteTensorTable(*s.ck, out, opt);
+              st = WriteTensorTable(*s.ck, out);
             }
             ThrowIfError(st);
           },
-          nb::arg("path"), nb::arg("arrow_threads") = 1);
+          nb::arg("path"));
 }
 
 }  // namespace arrowquant::py

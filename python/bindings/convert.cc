@@ -30,7 +30,7 @@ nb::dlpack::dtype NumpyStorage(DType d) {
 }
 
 DType ParseDType(const std::string& s) {
-  if (auto d = DTypeFromSafeTensorsName(s)) return *d;
+  if (auto d = DTypeFromName(s)) return *d;
   throw StatusError(Status(StatusCode::kInvalidArgument, "unknown dtype '" + s + "'"));
 }
 
@@ -38,11 +38,9 @@ nb::dict SpecDict(const QuantSpec& s) {
   nb::dict d;
   d["bits"] = s.bits;
   d["group_size"] = s.group_size;
-  d["scheme"] = s.scheme == Scheme::kSymmetric ? "sym" : "asym";
-  d["method"] = s.grid == Grid::kSearch ? "search" : "minmax";
-  d["scale_dtype"] = s.scales == ScaleStorage::kF16   ? std::string("f16")
-                     : s.scales == ScaleStorage::kF32 ? std::string("f32")
-                                                      : "q" + std::to_string(s.scale_bits);
+  d["scheme"] = std::string(SchemeName(s.scheme));
+  d["method"] = std::string(GridName(s.grid));
+  d["scale_dtype"] = ScaleDTypeName(s);
   d["format"] = s.ToString();
   return d;
 }

@@ -39,6 +39,7 @@ void BindDtypes(nb::module_& m) {
   for (const auto& t : AllDTypes()) {
     nb::dict d;
     d["name"] = std::string(t.safetensors_name);
+    d["array_name"] = std::string(t.array_name);
     d["bits"] = t.bits;
     d["floating"] = t.floating;
     d["quantizable"] = t.quantizable;

@@ -6,9 +6,8 @@
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
-#include <thread>
+#include <memory>
 
 #include "arrowquant/model_file.h"
 #include "bindings.h"
@@ -26,7 +25,8 @@ using InArray = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu>;
 nb::object OwnedArray(std::byte* buf, const std::vector<uint64_t>& shape, DType dtype) {
   nb::capsule owner(buf, [](void* p) noexcept { delete[] static_cast<std::byte*>(p); });
   std::vector<size_t> s(shape.begin(), shape.end());
-  return nb::ndarray<nb::numpy>(buf, s.size(), s.data(), owner, nullptr, NumpyStorage(dtype)).cast();
+  return nb::ndarray<nb::numpy>(buf, s.size(), s.data(), owner, nullptr, NumpyStorage(dtype))
+      .cast();
 }
 
 nb::dict InfoDict(const ModelTensorInfo& t) {
@@ -89,14 +89,23 @@ struct PyWriter {
 }  // namespace
 
 void BindModelFile(nb::module_& m) {
+  m.attr("MODEL_FILE_NAME") = kModelFileName;
+  m.def(
+      "resolve_model_path",
+      [](const std::string& path) { return ValueOrThrow(ResolveModelPath(path)); }, nb::arg("path"),
+      "The model file of a path: the file itself, or model.aq.parquet in the folder that "
+      "`arrowquant quantize` wrote.");
   nb::class_<PyWriter>(m, "ModelWriter")
       .def_static(
           "open",
-          [](const std::string& path, const std::string& tool_version, const std::string& recipe_json,
-             const std::string& source_json, const std::string& modality, bool is_diffusion,
+          [](const std::string& path, const std::string& tool_version,
+             const std::string& recipe_json, const std::string& source_json,
+             const std::string& modality, bool is_diffusion,
              const std::map<std::string, std::string>& extra, uint64_t max_chunk_bytes) {
-            ModelMetadata meta{tool_version, recipe_json, source_json, modality, is_diffusion, extra};
-            return PyWriter{ValueOrThrow(ModelWriter::Open(path, meta, ModelWriterOptions{max_chunk_bytes}))};
+            ModelMetadata meta{tool_version, recipe_json,  source_json,
+                               modality,     is_diffusion, extra};
+            return PyWriter{
+                ValueOrThrow(ModelWriter::Open(path, meta, ModelWriterOptions{max_chunk_bytes}))};
           },
           nb::arg("path"), nb::arg("tool_version"), nb::arg("recipe_json"), nb::arg("source_json"),
           nb::arg("modality"), nb::arg("is_diffusion_model"), nb::arg("extra"),
@@ -134,10 +143,11 @@ void BindModelFile(nb::module_& m) {
             ThrowIfError(self.w->Write(r));
           },
           nb::arg("name"), nb::arg("component"), nb::arg("array"), nb::arg("dtype"))
-      .def("close", [](PyWriter& self) {
-        nb::gil_scoped_release release;
-        ThrowIfError(self.w->Close());
-      })
+      .def("close",
+           [](PyWriter& self) {
+             nb::gil_scoped_release release;
+             ThrowIfError(self.w->Close());
+           })
       .def("abort", [](PyWriter& self) { self.w->Abort(); });
 
   nb::class_<PyReader>(m, "ModelReader")
@@ -179,55 +189,33 @@ void BindModelFile(nb::module_& m) {
           "load",
           [](const PyReader& s, const std::vector<std::string>& names, const std::string& dtype,
              int threads, bool as_stored) {
-            // Dequantizes many tensors, one per worker at a time (largest first), GIL released.
+            // New arrays (integer and bool tensors in their own dtype), filled by
+            // ModelReader::Load with the GIL released.
             const DType dt = ParseDType(dtype);
+            std::vector<LoadRequest> requests;
+            std::vector<std::unique_ptr<std::byte[]>> bufs;
             std::vector<const ModelTensorInfo*> infos;
             for (const auto& n : names) {
               const ModelTensorInfo* t = s.r->Find(n);
-              if (!t) throw StatusError(Status(StatusCode::kNotFound, s.r->path() + ": no tensor named '" + n + "'"));
+              if (!t) {
+                throw StatusError(
+                    Status(StatusCode::kNotFound, s.r->path() + ": no tensor named '" + n + "'"));
+              }
+              const bool own = t->quant_type == "raw" && !Traits(t->raw_dtype).quantizable;
+              const DType out = own ? t->raw_dtype : dt;
+              const size_t bytes = t->num_params * ElementBytes(out);
+              bufs.emplace_back(new std::byte[std::max<size_t>(1, bytes)]);
+              requests.push_back({n, out, {bufs.back().get(), bytes}});
               infos.push_back(t);
             }
-            std::vector<std::byte*> bufs(infos.size(), nullptr);
-            std::vector<DType> out_dtype(infos.size(), dt);
-            std::vector<Status> errors(infos.size());
             {
               nb::gil_scoped_release release;
-              std::vector<size_t> order(infos.size());
-              for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-              std::sort(order.begin(), order.end(),
-                        [&](size_t a, size_t b) { return infos[a]->num_params > infos[b]->num_params; });
-              std::atomic<size_t> next{0};
-              auto work = [&] {
-                for (size_t k; (k = next.fetch_add(1)) < order.size();) {
-                  const size_t i = order[k];
-                  const ModelTensorInfo* t = infos[i];
-                  if (t->quant_type == "raw" && !Traits(t->raw_dtype).quantizable) {
-                    out_dtype[i] = t->raw_dtype;  // integer/bool tensors keep their dtype
-                    auto raw = s.r->ReadRaw(t->name);
-                    if (!raw.ok()) { errors[i] = raw.status(); continue; }
-                    bufs[i] = new std::byte[std::max<size_t>(1, raw->size())];
-                    std::memcpy(bufs[i], raw->data(), raw->size());
-                    continue;
-                  }
-                  const size_t bytes = t->num_params * ElementBytes(dt);
-                  bufs[i] = new std::byte[std::max<size_t>(1, bytes)];
-                  errors[i] = as_stored ? s.r->DequantizeAsStored(t->name, dt, {bufs[i], bytes}, 1)
-                                        : s.r->Dequantize(t->name, dt, {bufs[i], bytes}, 1);
-                }
-              };
-              std::vector<std::thread> pool;
-              for (int t = 1; t < std::max(1, threads); ++t) pool.emplace_back(work);
-              work();
-              for (auto& t : pool) t.join();
-            }
-            for (size_t i = 0; i < errors.size(); ++i) {
-              if (!errors[i].ok()) {
-                for (auto* b : bufs) delete[] b;
-                throw StatusError(errors[i]);
-              }
+              ThrowIfError(s.r->Load(requests, threads, as_stored));
             }
             nb::list out;
-            for (size_t i = 0; i < infos.size(); ++i) out.append(OwnedArray(bufs[i], infos[i]->shape, out_dtype[i]));
+            for (size_t i = 0; i < infos.size(); ++i) {
+              out.append(OwnedArray(bufs[i].release(), infos[i]->shape, requests[i].dtype));
+            }
             return out;
           },
           nb::arg("names"), nb::arg("dtype"), nb::arg("threads") = 1, nb::arg("as_stored") = false)
@@ -236,45 +224,27 @@ void BindModelFile(nb::module_& m) {
           [](const PyReader& s, const std::vector<std::string>& names,
              std::vector<nb::ndarray<nb::c_contig, nb::device::cpu>> outs, const std::string& dtype,
              int threads, bool as_stored) {
-            // Dequantizes straight into existing buffers (a model's parameters), GIL released.
+            // Straight into existing buffers (a model's parameters), GIL released.
             const DType dt = ParseDType(dtype);
             if (names.size() != outs.size()) {
-              throw StatusError(Status(StatusCode::kInvalidArgument, "names and outputs differ in length"));
+              throw StatusError(
+                  Status(StatusCode::kInvalidArgument, "names and outputs differ in length"));
             }
-            std::vector<std::span<std::byte>> spans;
+            std::vector<LoadRequest> requests;
             for (size_t i = 0; i < names.size(); ++i) {
-              const ModelTensorInfo* t = s.r->Find(names[i]);
-              if (!t) throw StatusError(Status(StatusCode::kNotFound, s.r->path() + ": no tensor named '" + names[i] + "'"));
-              const size_t bytes = outs[i].size() * outs[i].itemsize();
-              if (outs[i].itemsize() != ElementBytes(dt) || outs[i].size() != t->num_params) {
+              if (outs[i].itemsize() != ElementBytes(dt)) {
                 throw StatusError(Status(StatusCode::kSizeMismatch,
-                                         "tensor '" + names[i] + "': destination has " + std::to_string(outs[i].size()) +
-                                             " elements of " + std::to_string(outs[i].itemsize()) + " bytes, need " +
-                                             std::to_string(t->num_params) + " of " + std::to_string(ElementBytes(dt))));
+                                         "tensor '" + names[i] + "': destination items are " +
+                                             std::to_string(outs[i].itemsize()) + " bytes, " +
+                                             dtype + " needs " + std::to_string(ElementBytes(dt))));
               }
-              spans.emplace_back(static_cast<std::byte*>(outs[i].data()), bytes);
+              requests.push_back(
+                  {names[i],
+                   dt,
+                   {static_cast<std::byte*>(outs[i].data()), outs[i].size() * outs[i].itemsize()}});
             }
-            std::vector<Status> errors(names.size());
-            {
-              nb::gil_scoped_release release;
-              // Largest first, so that no worker is left with a big tensor at the end.
-              std::vector<size_t> order(names.size());
-              for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-              std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return spans[a].size() > spans[b].size(); });
-              std::atomic<size_t> next{0};
-              auto work = [&] {
-                for (size_t k; (k = next.fetch_add(1)) < order.size();) {
-                  const size_t i = order[k];
-                  errors[i] = as_stored ? s.r->DequantizeAsStored(names[i], dt, spans[i], 1)
-                                        : s.r->Dequantize(names[i], dt, spans[i], 1);
-                }
-              };
-              std::vector<std::thread> pool;
-              for (int t = 1; t < std::max(1, threads); ++t) pool.emplace_back(work);
-              work();
-              for (auto& t : pool) t.join();
-            }
-            for (const auto& e : errors) ThrowIfError(e);
+            nb::gil_scoped_release release;
+            ThrowIfError(s.r->Load(requests, threads, as_stored));
           },
           nb::arg("names"), nb::arg("outputs"), nb::arg("dtype"), nb::arg("threads") = 1,
           nb::arg("as_stored") = false);

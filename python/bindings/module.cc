@@ -8,6 +8,7 @@
 NB_MODULE(_core, m) {
   m.doc() = "ArrowQuant C++ core";
   m.attr("__version__") = AQ_VERSION;
+  m.attr("VERSION") = AQ_VERSION;  // typed in the generated stub (dunders are not)
   arrowquant::py::RegisterStatusTranslator(m);
   arrowquant::py::BindDtypes(m);
   arrowquant::py::BindCheckpoint(m);

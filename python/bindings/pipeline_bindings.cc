@@ -1,6 +1,6 @@
 #include <nanobind/nanobind.h>
-#include <nanobind/stl/optional.h>
 #include <nanobind/stl/map.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
@@ -71,51 +71,94 @@ std::map<std::string, ActivationPlan> ParseActivationPlans(nb::dict plans) {
     }
     if (d.contains("stats") && !d["stats"].is_none()) {
       nb::handle s = d["stats"];
-      p.stats = ActivationStats{Vec<float>(s, "min"), Vec<float>(s, "max"), Vec<float>(s, "absmax")};
+      p.stats =
+          ActivationStats{Vec<float>(s, "min"), Vec<float>(s, "max"), Vec<float>(s, "absmax")};
     }
     out.emplace(nb::cast<std::string>(k), std::move(p));
   }
   return out;
 }
 
+nb::dict ReportDict(const PipelineReport& rep) {
+  nb::dict d;
+  d["modality"] = rep.modality;
+  d["modality_reason"] = rep.modality_reason;
+  nb::list layers;
+  for (const auto& l : rep.layers) layers.append(LayerDict(l));
+  d["layers"] = layers;
+  d["source_bytes"] = rep.source_bytes;
+  d["stored_bytes"] = rep.stored_bytes;
+  d["quantized_params"] = rep.quantized_params;
+  d["total_params"] = rep.total_params;
+  d["threshold_missed"] = rep.threshold_missed;
+  d["budget_note"] = rep.budget_note;
+  return d;
+}
+
+using RuleTuple = std::tuple<std::string, int, std::string>;
+using LimitTuple = std::tuple<uint64_t, uint64_t, uint64_t, uint64_t>;
+
+void BindConfig(nb::module_& m) {
+  nb::class_<PipelineConfig>(m, "PipelineConfig",
+                             "The C++ pipeline's configuration (arrowquant.DiffusionQuantConfig."
+                             "to_core() builds it).")
+      .def(nb::init<>())
+      .def_rw("bits", &PipelineConfig::bits)
+      .def_rw("max_rel_rmse", &PipelineConfig::max_rel_rmse)
+      .def_rw("modality", &PipelineConfig::modality)
+      .def_rw("threads", &PipelineConfig::threads)
+      .def_rw("min_elements", &PipelineConfig::min_elements)
+      .def_rw("fail_fast", &PipelineConfig::fail_fast)
+      .def_rw("keep_nonfinite", &PipelineConfig::keep_nonfinite)
+      .def_rw("target_bpw", &PipelineConfig::target_bpw)
+      .def_rw("recipe_json", &PipelineConfig::recipe_json)
+      .def_rw("tool_version", &PipelineConfig::tool_version)
+      .def_prop_rw(
+          "keep_dtype",
+          [](const PipelineConfig& c) {
+            return std::string(Traits(c.keep_dtype).safetensors_name);
+          },
+          [](PipelineConfig& c, const std::string& d) { c.keep_dtype = ParseDType(d); })
+      .def_prop_rw(
+          "rules",
+          [](const PipelineConfig& c) {
+            std::vector<RuleTuple> out;
+            for (const auto& r : c.rules) out.emplace_back(r.pattern, r.bits, r.why);
+            return out;
+          },
+          [](PipelineConfig& c, const std::vector<RuleTuple>& rules) {
+            c.rules.clear();
+            for (const auto& [p, b, why] : rules) c.rules.push_back({p, b, why});
+          },
+          "(regex, bits, why): bits 2/4/8, 0 = keep; first match wins, before the defaults")
+      .def(
+          "set_spec",
+          [](PipelineConfig& c, int group_size, const std::string& scheme,
+             const std::string& method, const std::string& scale_dtype) {
+            c.spec = ValueOrThrow(
+                QuantSpec::FromFields(c.bits, group_size, scheme, method, scale_dtype));
+          },
+          nb::arg("group_size"), nb::arg("scheme"), nb::arg("method"), nb::arg("scale_dtype"))
+      .def(
+          "spec_for", [](const PipelineConfig& c, int bits) { return SpecDict(c.SpecFor(bits)); },
+          nb::arg("bits"), "The format a layer gets at `bits` (what the pipeline quantizes with).")
+      .def(
+          "set_activations",
+          [](PipelineConfig& c, nb::dict plans) { c.activations = ParseActivationPlans(plans); },
+          nb::arg("plans"));
+}
+
 }  // namespace
 
 void BindPipeline(nb::module_& m) {
+  BindConfig(m);
   m.def(
       "run_pipeline",
-      [](const std::string& model_path, const std::string& out_path, int bits,
-         std::optional<std::tuple<int, std::string, std::string, std::string, int>> spec, double max_rel_rmse,
-         const std::vector<std::tuple<std::string, int, std::string>>& rules, const std::string& modality,
-         const std::string& keep_dtype, int threads, uint64_t min_elements, bool fail_fast,
-         const std::string& recipe_json, const std::string& tool_version, double target_bpw,
-         nb::object progress, nb::dict activations, bool keep_nonfinite,
-         std::tuple<uint64_t, uint64_t, uint64_t, uint64_t> limits) {
+      [](const std::string& model_path, const std::string& out_path, const PipelineConfig& config,
+         nb::object progress, LimitTuple limits) {
         ReaderLimits lim;
         std::tie(lim.max_header_bytes, lim.max_tensors, lim.max_tensor_bytes, lim.max_total_bytes) =
             limits;
-        PipelineConfig c;
-        c.keep_nonfinite = keep_nonfinite;
-        c.activations = ParseActivationPlans(activations);
-        c.bits = bits;
-        if (spec) {
-          const auto& [group, scheme, method, scales, scale_bits] = *spec;
-          QuantSpec s{bits, group, scheme == "sym" ? Scheme::kSymmetric : Scheme::kAsymmetric,
-                      method == "minmax" ? Grid::kMinMax : Grid::kSearch,
-                      scales == "f16" ? ScaleStorage::kF16 : scales == "f32" ? ScaleStorage::kF32 : ScaleStorage::kCoded};
-          s.scale_bits = scale_bits;
-          ThrowIfError(s.Validate());
-          c.spec = s;
-        }
-        c.max_rel_rmse = max_rel_rmse;
-        for (const auto& [p, b, why] : rules) c.rules.push_back({p, b, why});
-        c.modality = modality;
-        c.keep_dtype = ParseDType(keep_dtype);
-        c.threads = threads;
-        c.min_elements = min_elements;
-        c.fail_fast = fail_fast;
-        c.recipe_json = recipe_json;
-        c.tool_version = tool_version;
-        c.target_bpw = target_bpw;
         // The callback runs on this (the calling) thread with the GIL held; an exception in it,
         // or Ctrl-C, cancels the run and is re-raised afterwards.
         std::optional<nb::python_error> pending_error;
@@ -138,56 +181,35 @@ void BindPipeline(nb::module_& m) {
         {
           nb::gil_scoped_release release;
           auto ck = Checkpoint::Open(model_path, lim);
-          if (!ck.ok()) rep = ck.status();
-          else rep = RunPipeline(**ck, out_path, c, fn);
+          if (!ck.ok())
+            rep = ck.status();
+          else
+            rep = RunPipeline(**ck, out_path, config, fn);
         }
         if (pending_error) throw std::move(*pending_error);
         if (!rep.ok()) throw StatusError(rep.status());
-        nb::dict d;
-        d["modality"] = rep->modality;
-        d["modality_reason"] = rep->modality_reason;
-        nb::list layers;
-        for (const auto& l : rep->layers) layers.append(LayerDict(l));
-        d["layers"] = layers;
-        d["source_bytes"] = rep->source_bytes;
-        d["stored_bytes"] = rep->stored_bytes;
-        d["quantized_params"] = rep->quantized_params;
-        d["total_params"] = rep->total_params;
-        d["threshold_missed"] = rep->threshold_missed;
-        d["budget_note"] = rep->budget_note;
-        return d;
+        return ReportDict(*rep);
       },
-      nb::arg("model_path"), nb::arg("out_path"), nb::arg("bits"), nb::arg("spec").none(),
-      nb::arg("max_rel_rmse"), nb::arg("rules"), nb::arg("modality"), nb::arg("keep_dtype"),
-      nb::arg("threads"), nb::arg("min_elements"), nb::arg("fail_fast"), nb::arg("recipe_json"),
-      nb::arg("tool_version"), nb::arg("target_bpw"), nb::arg("progress").none(),
-      nb::arg("activations") = nb::dict(), nb::arg("keep_nonfinite") = false,
-      nb::arg("limits") = std::make_tuple(ReaderLimits{}.max_header_bytes, ReaderLimits{}.max_tensors,
-                                          ReaderLimits{}.max_tensor_bytes, ReaderLimits{}.max_total_bytes));
+      nb::arg("model_path"), nb::arg("out_path"), nb::arg("config"), nb::arg("progress").none(),
+      nb::arg("limits") =
+          std::make_tuple(ReaderLimits{}.max_header_bytes, ReaderLimits{}.max_tensors,
+                          ReaderLimits{}.max_tensor_bytes, ReaderLimits{}.max_total_bytes));
   m.def(
       "plan",
-      [](const std::string& model_path, int bits, double max_rel_rmse,
-         const std::vector<std::tuple<std::string, int, std::string>>& rules, const std::string& modality,
-         uint64_t min_elements) {
-        PipelineConfig c;
-        c.bits = bits;
-        c.max_rel_rmse = max_rel_rmse;
-        for (const auto& [p, b, why] : rules) c.rules.push_back({p, b, why});
-        c.modality = modality;
-        c.min_elements = min_elements;
+      [](const std::string& model_path, const PipelineConfig& config) {
         std::vector<std::tuple<std::string, int, double, std::string>> out;
-        {
-          nb::gil_scoped_release release;
-          auto ck = ValueOrThrow(Checkpoint::Open(model_path));
-          for (const auto& p : ValueOrThrow(PlanSelection(*ck, c))) out.emplace_back(p.name, p.bits, p.threshold, p.why);
+        nb::gil_scoped_release release;
+        auto ck = ValueOrThrow(Checkpoint::Open(model_path));
+        for (const auto& p : ValueOrThrow(PlanSelection(*ck, config))) {
+          out.emplace_back(p.name, p.bits, p.threshold, p.why);
         }
         return out;
       },
-      nb::arg("model_path"), nb::arg("bits"), nb::arg("max_rel_rmse"), nb::arg("rules"), nb::arg("modality"),
-      nb::arg("min_elements"));
+      nb::arg("model_path"), nb::arg("config"));
   m.def("default_rules", [](const std::string& modality) {
-    std::vector<std::tuple<std::string, int, std::string>> out;
-    for (const auto& r : DefaultSelectionRules(modality)) out.emplace_back(r.pattern, r.bits, r.why);
+    std::vector<RuleTuple> out;
+    for (const auto& r : DefaultSelectionRules(modality))
+      out.emplace_back(r.pattern, r.bits, r.why);
     return out;
   });
 }

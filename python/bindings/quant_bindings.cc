@@ -24,7 +24,8 @@ TensorView ViewOf(const InArray& a, const std::string& dtype, const std::string&
   if (item != ElementBytes(v.dtype)) {
     throw StatusError(Status(StatusCode::kInvalidArgument,
                              "tensor '" + name + "': array items are " + std::to_string(item) +
-                                 " bytes, " + dtype + " needs " + std::to_string(ElementBytes(v.dtype))));
+                                 " bytes, " + dtype + " needs " +
+                                 std::to_string(ElementBytes(v.dtype))));
   }
   v.data = {static_cast<const std::byte*>(a.data()), a.size() * item};
   return v;
@@ -33,50 +34,34 @@ TensorView ViewOf(const InArray& a, const std::string& dtype, const std::string&
 template <typename T>
 nb::ndarray<nb::numpy, const uint8_t> BufferView(const std::vector<T>& buf) {
   const size_t shape[1] = {buf.size() * sizeof(T)};
-  return nb::ndarray<nb::numpy, const uint8_t>(reinterpret_cast<const uint8_t*>(buf.data()), 1, shape,
-                                               nb::handle());
-}
-
-Scheme ParseScheme(const std::string& s) {
-  if (s == "asym") return Scheme::kAsymmetric;
-  if (s == "sym") return Scheme::kSymmetric;
-  throw StatusError(Status(StatusCode::kInvalidArgument, "scheme must be 'asym' or 'sym', got '" + s + "'"));
-}
-Grid ParseGrid(const std::string& s) {
-  if (s == "minmax") return Grid::kMinMax;
-  if (s == "search") return Grid::kSearch;
-  throw StatusError(Status(StatusCode::kInvalidArgument, "method must be 'minmax' or 'search', got '" + s + "'"));
-}
-void ParseStorage(const std::string& s, QuantSpec& spec) {
-  if (s == "f16") spec.scales = ScaleStorage::kF16;
-  else if (s == "f32") spec.scales = ScaleStorage::kF32;
-  else if (s == "q6" || s == "q7" || s == "q8") {
-    spec.scales = ScaleStorage::kCoded;
-    spec.scale_bits = s[1] - '0';
-  } else {
-    throw StatusError(Status(StatusCode::kInvalidArgument,
-                             "scale_dtype must be 'f16', 'f32', 'q6', 'q7' or 'q8', got '" + s + "'"));
-  }
+  return nb::ndarray<nb::numpy, const uint8_t>(reinterpret_cast<const uint8_t*>(buf.data()), 1,
+                                               shape, nb::handle());
 }
 
 }  // namespace
 
 void BindQuantize(nb::module_& m) {
   nb::class_<QuantizedTensor>(m, "QuantizedTensor")
-      .def_prop_ro("codes", [](const QuantizedTensor& q) { return BufferView(q.codes); },
-                   nb::rv_policy::reference_internal)
-      .def_prop_ro("scales", [](const QuantizedTensor& q) { return BufferView(q.scales); },
-                   nb::rv_policy::reference_internal)
-      .def_prop_ro("zeros", [](const QuantizedTensor& q) { return BufferView(q.zeros); },
-                   nb::rv_policy::reference_internal)
-      .def_prop_ro("super_scales", [](const QuantizedTensor& q) { return BufferView(q.super_scales); },
-                   nb::rv_policy::reference_internal)
+      .def_prop_ro(
+          "codes", [](const QuantizedTensor& q) { return BufferView(q.codes); },
+          nb::rv_policy::reference_internal)
+      .def_prop_ro(
+          "scales", [](const QuantizedTensor& q) { return BufferView(q.scales); },
+          nb::rv_policy::reference_internal)
+      .def_prop_ro(
+          "zeros", [](const QuantizedTensor& q) { return BufferView(q.zeros); },
+          nb::rv_policy::reference_internal)
+      .def_prop_ro(
+          "super_scales", [](const QuantizedTensor& q) { return BufferView(q.super_scales); },
+          nb::rv_policy::reference_internal)
       .def_prop_ro("shape", [](const QuantizedTensor& q) { return q.shape; })
       .def_prop_ro("rows", [](const QuantizedTensor& q) { return q.rows; })
       .def_prop_ro("cols", [](const QuantizedTensor& q) { return q.cols; })
       .def_prop_ro("groups_per_row", &QuantizedTensor::groups_per_row)
       .def_prop_ro("source_dtype",
-                   [](const QuantizedTensor& q) { return std::string(Traits(q.source_dtype).safetensors_name); })
+                   [](const QuantizedTensor& q) {
+                     return std::string(Traits(q.source_dtype).safetensors_name);
+                   })
       .def_prop_ro("spec", [](const QuantizedTensor& q) { return SpecDict(q.spec); })
       .def_prop_ro("nbytes", &QuantizedTensor::nbytes)
       .def_prop_ro("bits_per_weight", &QuantizedTensor::bits_per_weight)
@@ -93,10 +78,11 @@ void BindQuantize(nb::module_& m) {
               ThrowIfError(Dequantize(q, dt, {buf, n * es}, QuantOptions{threads}));
             }
             std::vector<size_t> shape(q.shape.begin(), q.shape.end());
-            nb::dlpack::dtype d = dt == DType::kF32 ? nb::dtype<float>()
-                                  : dt == DType::kF16
-                                      ? nb::dlpack::dtype{static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1}
-                                      : nb::dtype<uint16_t>();
+            nb::dlpack::dtype d =
+                dt == DType::kF32 ? nb::dtype<float>()
+                : dt == DType::kF16
+                    ? nb::dlpack::dtype{static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1}
+                    : nb::dtype<uint16_t>();
             return nb::ndarray<nb::numpy>(buf, shape.size(), shape.data(), owner, nullptr, d);
           },
           nb::arg("dtype") = "F32", nb::arg("threads") = 1)
@@ -125,8 +111,8 @@ void BindQuantize(nb::module_& m) {
       [](InArray a, const std::string& dtype, const std::string& name, int bits, int group_size,
          const std::string& scheme, const std::string& method, const std::string& scale_dtype,
          int threads) {
-        QuantSpec spec{bits, group_size, ParseScheme(scheme), ParseGrid(method)};
-        ParseStorage(scale_dtype, spec);
+        const QuantSpec spec =
+            ValueOrThrow(QuantSpec::FromFields(bits, group_size, scheme, method, scale_dtype));
         const TensorView v = ViewOf(a, dtype, name);
         nb::gil_scoped_release release;
         return ValueOrThrow(Quantize(v, spec, QuantOptions{threads}));

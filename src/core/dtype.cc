@@ -3,26 +3,28 @@
 #include <array>
 #include <bit>
 #include <cassert>
+#include <cctype>
+#include <string>
 
 namespace arrowquant {
 namespace {
 
 constexpr std::array<DTypeTraits, 15> kTable = {{
-    {DType::kF64, "F64", 64, true, false},
-    {DType::kF32, "F32", 32, true, true},
-    {DType::kF16, "F16", 16, true, true},
-    {DType::kBF16, "BF16", 16, true, true},
-    {DType::kI64, "I64", 64, false, false},
-    {DType::kI32, "I32", 32, false, false},
-    {DType::kI16, "I16", 16, false, false},
-    {DType::kI8, "I8", 8, false, false},
-    {DType::kU64, "U64", 64, false, false},
-    {DType::kU32, "U32", 32, false, false},
-    {DType::kU16, "U16", 16, false, false},
-    {DType::kU8, "U8", 8, false, false},
-    {DType::kBool, "BOOL", 8, false, false},
-    {DType::kF8E4M3, "F8_E4M3", 8, true, false},
-    {DType::kF8E5M2, "F8_E5M2", 8, true, false},
+    {DType::kF64, "F64", "float64", 64, true, false},
+    {DType::kF32, "F32", "float32", 32, true, true},
+    {DType::kF16, "F16", "float16", 16, true, true},
+    {DType::kBF16, "BF16", "bfloat16", 16, true, true},
+    {DType::kI64, "I64", "int64", 64, false, false},
+    {DType::kI32, "I32", "int32", 32, false, false},
+    {DType::kI16, "I16", "int16", 16, false, false},
+    {DType::kI8, "I8", "int8", 8, false, false},
+    {DType::kU64, "U64", "uint64", 64, false, false},
+    {DType::kU32, "U32", "uint32", 32, false, false},
+    {DType::kU16, "U16", "uint16", 16, false, false},
+    {DType::kU8, "U8", "uint8", 8, false, false},
+    {DType::kBool, "BOOL", "bool", 8, false, false},
+    {DType::kF8E4M3, "F8_E4M3", "float8_e4m3fn", 8, true, false},
+    {DType::kF8E5M2, "F8_E5M2", "float8_e5m2", 8, true, false},
 }};
 
 consteval bool TableInEnumOrder() {
@@ -35,13 +37,32 @@ static_assert(TableInEnumOrder(), "kTable must be indexed by DType");
 
 }  // namespace
 
-std::span<const DTypeTraits> AllDTypes() { return kTable; }
+std::span<const DTypeTraits> AllDTypes() {
+  return kTable;
+}
 
-const DTypeTraits& Traits(DType dtype) { return kTable[static_cast<size_t>(dtype)]; }
+const DTypeTraits& Traits(DType dtype) {
+  return kTable[static_cast<size_t>(dtype)];
+}
 
 std::optional<DType> DTypeFromSafeTensorsName(std::string_view name) {
   for (const auto& t : kTable) {
     if (t.safetensors_name == name) return t.dtype;
+  }
+  return std::nullopt;
+}
+
+std::optional<DType> DTypeFromName(std::string_view name) {
+  std::string lower(name);
+  for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (lower == "fp32" || lower == "f32") return DType::kF32;
+  if (lower == "fp16" || lower == "f16" || lower == "half") return DType::kF16;
+  if (lower == "bf16") return DType::kBF16;
+  if (lower == "fp64" || lower == "f64" || lower == "double") return DType::kF64;
+  for (const auto& t : kTable) {
+    std::string st(t.safetensors_name);
+    for (auto& c : st) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (st == lower || t.array_name == lower) return t.dtype;
   }
   return std::nullopt;
 }
@@ -99,7 +120,9 @@ uint16_t F32ToF16Bits(float f) {
   return sign + static_cast<uint16_t>(hexp + static_cast<uint16_t>(m >> 13));
 }
 
-float BF16BitsToF32(uint16_t b) { return std::bit_cast<float>(static_cast<uint32_t>(b) << 16); }
+float BF16BitsToF32(uint16_t b) {
+  return std::bit_cast<float>(static_cast<uint32_t>(b) << 16);
+}
 
 uint16_t F32ToBF16Bits(float f) {
   const uint32_t x = std::bit_cast<uint32_t>(f);

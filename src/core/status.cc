@@ -34,6 +34,8 @@ std::string_view StatusCodeName(StatusCode code) {
     case StatusCode::kCorrupt: return "Corrupt";
     case StatusCode::kCancelled: return "Cancelled";
     case StatusCode::kThresholdMissed: return "ThresholdMissed";
+    case StatusCode::kNonFinite: return "NonFinite";
+    case StatusCode::kScaleOverflow: return "ScaleOverflow";
   }
   return "Unknown";
 }

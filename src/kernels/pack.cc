@@ -9,9 +9,7 @@ namespace ref {
 void PackCodes(const uint8_t* codes, size_t n, int bits, uint8_t* out) {
   if (n == 0) return;
   switch (bits) {
-    case 8:
-      std::memcpy(out, codes, n);
-      return;
+    case 8: std::memcpy(out, codes, n); return;
     case 4: {
       size_t i = 0;
       for (; i + 2 <= n; i += 2) out[i / 2] = PackInt4Pair(codes[i], codes[i + 1]);
@@ -38,7 +36,8 @@ void PackCodes(const uint8_t* codes, size_t n, int bits, uint8_t* out) {
         const size_t bit = k * static_cast<size_t>(bits);
         const uint32_t v = (codes[k] & mask) << (bit % 8);
         out[bit / 8] |= static_cast<uint8_t>(v);
-        if ((bit % 8) + static_cast<size_t>(bits) > 8) out[bit / 8 + 1] |= static_cast<uint8_t>(v >> 8);
+        if ((bit % 8) + static_cast<size_t>(bits) > 8)
+          out[bit / 8 + 1] |= static_cast<uint8_t>(v >> 8);
       }
     }
   }
@@ -47,9 +46,7 @@ void PackCodes(const uint8_t* codes, size_t n, int bits, uint8_t* out) {
 void UnpackCodes(const uint8_t* packed, size_t n, int bits, uint8_t* codes) {
   if (n == 0) return;
   switch (bits) {
-    case 8:
-      std::memcpy(codes, packed, n);
-      return;
+    case 8: std::memcpy(codes, packed, n); return;
     case 4:
       for (size_t i = 0; i < n; ++i) codes[i] = (packed[i / 2] >> (4 * (i % 2))) & 0x0f;
       return;
@@ -61,7 +58,8 @@ void UnpackCodes(const uint8_t* packed, size_t n, int bits, uint8_t* codes) {
       for (size_t k = 0; k < n; ++k) {
         const size_t bit = k * static_cast<size_t>(bits);
         uint32_t v = packed[bit / 8] >> (bit % 8);
-        if ((bit % 8) + static_cast<size_t>(bits) > 8) v |= static_cast<uint32_t>(packed[bit / 8 + 1]) << (8 - bit % 8);
+        if ((bit % 8) + static_cast<size_t>(bits) > 8)
+          v |= static_cast<uint32_t>(packed[bit / 8 + 1]) << (8 - bit % 8);
         codes[k] = static_cast<uint8_t>(v & mask);
       }
     }

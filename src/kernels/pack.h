@@ -13,7 +13,9 @@
 
 namespace arrowquant::kernels {
 
-constexpr size_t PackedBytes(size_t n, int bits) { return (n * static_cast<size_t>(bits) + 7) / 8; }
+constexpr size_t PackedBytes(size_t n, int bits) {
+  return (n * static_cast<size_t>(bits) + 7) / 8;
+}
 
 constexpr uint8_t PackInt4Pair(uint8_t even, uint8_t odd) {
   return static_cast<uint8_t>((even & 0x0f) | ((odd & 0x0f) << 4));

@@ -15,6 +15,8 @@ inline float RoundSmall(float v) {
 }
 
 // The code of value v (already (x + offset) * inv_scale) in [0, qmax].
-inline float ClampRound(float v, float qmax) { return RoundSmall(std::min(std::max(v, 0.0f), qmax)); }
+inline float ClampRound(float v, float qmax) {
+  return RoundSmall(std::min(std::max(v, 0.0f), qmax));
+}
 
 }  // namespace arrowquant::kernels

@@ -16,8 +16,8 @@ namespace arrowquant::kernels {
 namespace ref {
 void GroupMinMax(const float* x, size_t n, size_t g, float* mn, float* mx);
 // code = round_half_even(clamp((x + offset) * inv_scale, 0, qmax))
-void QuantizeGroups(const float* x, size_t n, size_t g, const float* inv_scale,
-                    const float* offset, float qmax, uint8_t* codes);
+void QuantizeGroups(const float* x, size_t n, size_t g, const float* inv_scale, const float* offset,
+                    float qmax, uint8_t* codes);
 // out = float(code) * scale - offset   (a multiply, then a subtract; never fused)
 void DequantizeGroups(const uint8_t* codes, size_t n, size_t g, const float* scale,
                       const float* offset, float* out);
@@ -36,8 +36,8 @@ void DequantizePacked(const uint8_t* packed, int bits, size_t n, size_t g, const
 }  // namespace ref
 
 void GroupMinMax(const float* x, size_t n, size_t g, float* mn, float* mx);
-void QuantizeGroups(const float* x, size_t n, size_t g, const float* inv_scale,
-                    const float* offset, float qmax, uint8_t* codes);
+void QuantizeGroups(const float* x, size_t n, size_t g, const float* inv_scale, const float* offset,
+                    float qmax, uint8_t* codes);
 void DequantizeGroups(const uint8_t* codes, size_t n, size_t g, const float* scale,
                       const float* offset, float* out);
 void ToF32(DType dtype, const void* src, size_t n, float* out);

@@ -127,7 +127,8 @@ void ToF32Impl(DType dtype, const void* src, size_t n, float* HWY_RESTRICT out) 
 }
 
 // INT4 and INT2 packing: adjacent codes are read as one wider lane and folded into a byte.
-void PackCodesImpl(const uint8_t* HWY_RESTRICT codes, size_t n, int bits, uint8_t* HWY_RESTRICT out) {
+void PackCodesImpl(const uint8_t* HWY_RESTRICT codes, size_t n, int bits,
+                   uint8_t* HWY_RESTRICT out) {
   size_t i = 0;
   if (bits == 4) {
     const hn::ScalableTag<uint16_t> d16;
@@ -201,7 +202,8 @@ void FromF32Impl(DType dtype, const float* HWY_RESTRICT x, size_t n, uint16_t* H
       const auto v = hn::LoadU(d, x + i);
       if (!hn::AllFalse(d, hn::IsNaN(v))) break;
       const auto b = hn::BitCast(du32, v);
-      const auto r = hn::ShiftRight<16>(hn::Add(b, hn::Add(bias, hn::And(hn::ShiftRight<16>(b), one))));
+      const auto r =
+          hn::ShiftRight<16>(hn::Add(b, hn::Add(bias, hn::And(hn::ShiftRight<16>(b), one))));
       hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di32, r)), du16, out + i);
     }
   } else if (kNativeF16) {
@@ -214,7 +216,8 @@ void FromF32Impl(DType dtype, const float* HWY_RESTRICT x, size_t n, uint16_t* H
   ref::FromF32(dtype, x + i, n - i, out + i);
 }
 
-void UnpackCodesImpl(const uint8_t* HWY_RESTRICT packed, size_t n, int bits, uint8_t* HWY_RESTRICT codes) {
+void UnpackCodesImpl(const uint8_t* HWY_RESTRICT packed, size_t n, int bits,
+                     uint8_t* HWY_RESTRICT codes) {
   size_t i = 0;  // codes done
   if (bits == 4) {
     const hn::ScalableTag<uint16_t> d16;
@@ -246,7 +249,8 @@ void UnpackCodesImpl(const uint8_t* HWY_RESTRICT packed, size_t n, int bits, uin
     const uint64_t mask = (1u << bits) - 1u;
     for (; i + 8 <= n; i += 8) {
       uint64_t v = 0;
-      std::memcpy(&v, packed + i * static_cast<size_t>(bits) / 8, static_cast<size_t>(bits));  // little-endian
+      std::memcpy(&v, packed + i * static_cast<size_t>(bits) / 8,
+                  static_cast<size_t>(bits));  // little-endian
       for (int j = 0; j < 8; ++j) codes[i + j] = static_cast<uint8_t>((v >> (j * bits)) & mask);
     }
   }
@@ -275,7 +279,8 @@ void DequantizePackedImpl(const uint8_t* HWY_RESTRICT packed, int bits, size_t n
   const auto bias = hn::Set(du32, 0x7fffu);
   const auto one = hn::Set(du32, 1u);
   // Dequantize N codes (u8 lanes) with the group's scale/offset and store them at element k.
-  auto emit = [&](auto c8, const decltype(hn::Set(d, 0.0f))& vs, const decltype(hn::Set(d, 0.0f))& voff, size_t k) {
+  auto emit = [&](auto c8, const decltype(hn::Set(d, 0.0f))& vs,
+                  const decltype(hn::Set(d, 0.0f))& voff, size_t k) {
     const auto c = hn::ConvertTo(d, hn::BitCast(di32, hn::PromoteTo(du32, c8)));
     const auto v = hn::Sub(hn::Mul(c, vs), voff);
     uint8_t* dst = o + k * esize;
@@ -285,7 +290,8 @@ void DequantizePackedImpl(const uint8_t* HWY_RESTRICT packed, int bits, size_t n
       hn::StoreU(hn::BitCast(du16, hn::DemoteTo(df16, v)), du16, reinterpret_cast<uint16_t*>(dst));
     } else {  // bf16: the table's integer rounding (values here are finite)
       const auto b = hn::BitCast(du32, v);
-      const auto r = hn::ShiftRight<16>(hn::Add(b, hn::Add(bias, hn::And(hn::ShiftRight<16>(b), one))));
+      const auto r =
+          hn::ShiftRight<16>(hn::Add(b, hn::Add(bias, hn::And(hn::ShiftRight<16>(b), one))));
       hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di32, r)), du16, reinterpret_cast<uint16_t*>(dst));
     }
   };
@@ -396,8 +402,8 @@ size_t CountNonFinite(const float* x, size_t n) {
 void GroupMinMax(const float* x, size_t n, size_t g, float* mn, float* mx) {
   HWY_DYNAMIC_DISPATCH(GroupMinMaxImpl)(x, n, g, mn, mx);
 }
-void QuantizeGroups(const float* x, size_t n, size_t g, const float* inv_scale,
-                    const float* offset, float qmax, uint8_t* codes) {
+void QuantizeGroups(const float* x, size_t n, size_t g, const float* inv_scale, const float* offset,
+                    float qmax, uint8_t* codes) {
   HWY_DYNAMIC_DISPATCH(QuantizeGroupsImpl)(x, n, g, inv_scale, offset, qmax, codes);
 }
 void DequantizeGroups(const uint8_t* codes, size_t n, size_t g, const float* scale,

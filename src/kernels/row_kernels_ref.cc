@@ -23,8 +23,8 @@ void GroupMinMax(const float* x, size_t n, size_t g, float* mn, float* mx) {
   }
 }
 
-void QuantizeGroups(const float* x, size_t n, size_t g, const float* inv_scale,
-                    const float* offset, float qmax, uint8_t* codes) {
+void QuantizeGroups(const float* x, size_t n, size_t g, const float* inv_scale, const float* offset,
+                    float qmax, uint8_t* codes) {
   for (size_t start = 0, gi = 0; start < n; start += g, ++gi) {
     const size_t end = std::min(n, start + g);
     const float inv = inv_scale[gi], off = offset[gi];
@@ -85,9 +85,7 @@ void DequantizePacked(const uint8_t* packed, int bits, size_t n, size_t g, const
 
 void ToF32(DType dtype, const void* src, size_t n, float* out) {
   switch (dtype) {
-    case DType::kF32:
-      std::memcpy(out, src, n * sizeof(float));
-      return;
+    case DType::kF32: std::memcpy(out, src, n * sizeof(float)); return;
     case DType::kF16: {
       const auto* h = static_cast<const uint16_t*>(src);
       for (size_t i = 0; i < n; ++i) {
@@ -106,8 +104,7 @@ void ToF32(DType dtype, const void* src, size_t n, float* out) {
       }
       return;
     }
-    default:
-      return;
+    default: return;
   }
 }
 

@@ -21,8 +21,12 @@ const Pattern kClassPatterns[] = {
     {"(Audio|Music|Riffusion|Stable.?Audio|Dance|Mel)", "audio"},
     {"(Video|AnimateDiff|I2VGen|Wan|CogVideo|Mochi|LTX|Allegro|Latte|Motion)", "video"},
     {"(Code|Starcoder|DiffuCoder)", "code"},
-    {"(LLaDA|MDLM|SEDD|Masked.?Diffusion|Diffu.?LLaMA|Dream|Bert|GPT|Llama|Qwen|CausalLM|MaskedLM|TextDiffusion)", "text"},
-    {"(UNet2D|DiT|Transformer2D|PixArt|SD3|Flux|StableDiffusion|Kandinsky|ImagePipeline|DDPM|AutoencoderKL|VQModel|Sana)", "image"},
+    {"(LLaDA|MDLM|SEDD|Masked.?Diffusion|Diffu.?LLaMA|Dream|Bert|GPT|Llama|Qwen|CausalLM|MaskedLM|"
+     "TextDiffusion)",
+     "text"},
+    {"(UNet2D|DiT|Transformer2D|PixArt|SD3|Flux|StableDiffusion|Kandinsky|ImagePipeline|DDPM|"
+     "AutoencoderKL|VQModel|Sana)",
+     "image"},
 };
 
 std::string Match(const std::string& text) {
@@ -55,7 +59,8 @@ std::pair<std::string, std::string> DetectModality(const Checkpoint& ck) {
   for (const auto& c : ck.components()) {
     for (const auto& f : c.files) {
       const auto it = f->metadata().find("modality");
-      if (it != f->metadata().end()) return {it->second, "SafeTensors __metadata__ of " + f->path()};
+      if (it != f->metadata().end())
+        return {it->second, "SafeTensors __metadata__ of " + f->path()};
     }
   }
   if (!ck.model_index_json().empty()) {
@@ -69,8 +74,10 @@ std::pair<std::string, std::string> DetectModality(const Checkpoint& ck) {
   // Tensor names: token embeddings suggest a language model, temporal layers video.
   bool tokens = false, temporal = false;
   for (const auto& t : ck.tensors()) {
-    tokens |= t.name.find("embed_tokens") != std::string::npos || t.name.find("wte") != std::string::npos;
-    temporal |= t.name.find("temporal") != std::string::npos || t.name.find("temp_attn") != std::string::npos;
+    tokens |=
+        t.name.find("embed_tokens") != std::string::npos || t.name.find("wte") != std::string::npos;
+    temporal |= t.name.find("temporal") != std::string::npos ||
+                t.name.find("temp_attn") != std::string::npos;
   }
   if (temporal) return {"video", "tensor names (temporal layers)"};
   if (tokens) return {"text", "tensor names (token embeddings)"};

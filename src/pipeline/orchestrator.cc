@@ -3,17 +3,22 @@
 // thread count) and reports progress. At most `threads + 2` tensors are in flight.
 #include <algorithm>
 #include <atomic>
-#include <map>
 #include <cmath>
 #include <condition_variable>
+#include <cstdio>
+#include <cstring>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <regex>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
+#include "arrowquant/calibration.h"
 #include "arrowquant/pipeline.h"
+#include "core/parallel.h"
 #include "kernels/row_kernels.h"
-#include <cstring>
 
 namespace arrowquant {
 namespace {
@@ -29,9 +34,44 @@ struct Outcome {
   std::vector<float> equalized;          // W / s, when the plan equalizes this layer
 };
 
-const char* KeptName(DType d) { return Traits(d).safetensors_name.data(); }
+const char* KeptName(DType d) {
+  return Traits(d).safetensors_name.data();
+}
 
-// Kept float tensors become keep_dtype unless that would overflow (|v| > 65504 for f16).
+// A kept float tensor is stored in a narrower float only while that keeps its values: relative
+// RMSE of the round trip at most kKeepTolerance (2^-8, bf16's worst-case rounding of a normal
+// value, so bf16 holds any tensor within its range), nothing that overflows to inf. Otherwise (tiny
+// biases that f16 flushes to zero, values beyond 65504) it goes to BF16, and to its source dtype if
+// BF16 does not hold it either; the report says why.
+constexpr double kKeepTolerance = 1.0 / 256;
+
+struct RoundTrip {
+  uint64_t overflow = 0, flushed = 0;
+  double rel_rmse = 0;
+};
+
+RoundTrip MeasureRoundTrip(const std::vector<float>& f, DType dtype, std::vector<uint16_t>& buf) {
+  RoundTrip r;
+  buf.resize(f.size());
+  kernels::FromF32(dtype, f.data(), f.size(), buf.data());
+  std::vector<float> back(f.size());
+  kernels::ToF32(dtype, buf.data(), f.size(), back.data());
+  double err = 0, ref = 0;
+  for (size_t i = 0; i < f.size(); ++i) {
+    if (!std::isfinite(f[i])) continue;
+    if (!std::isfinite(back[i])) {
+      ++r.overflow;
+      continue;
+    }
+    if (f[i] != 0.0f && back[i] == 0.0f) ++r.flushed;
+    const double d = static_cast<double>(f[i]) - back[i];
+    err += d * d;
+    ref += static_cast<double>(f[i]) * f[i];
+  }
+  r.rel_rmse = ref > 0 ? std::sqrt(err / ref) : 0.0;
+  return r;
+}
+
 void Keep(const TensorView& t, DType keep, Outcome& o) {
   const DType src = t.dtype;
   const auto bytes = t.data;
@@ -39,17 +79,31 @@ void Keep(const TensorView& t, DType keep, Outcome& o) {
   if (Traits(src).quantizable && src != keep) {
     std::vector<float> f(t.num_elements());
     kernels::ToF32(src, bytes.data(), f.size(), f.data());
-    bool fits = true;
-    if (keep == DType::kF16) {
-      for (float v : f) fits &= !(std::isfinite(v) && std::fabs(v) > 65504.0f);
-    }
-    if (fits) {
+    if (keep == DType::kF32) {
       out = keep;
-      o.raw.resize(f.size() * ElementBytes(keep));
-      if (keep == DType::kF32) std::memcpy(o.raw.data(), f.data(), o.raw.size());
-      else kernels::FromF32(keep, f.data(), f.size(), reinterpret_cast<uint16_t*>(o.raw.data()));
+      o.raw.resize(f.size() * 4);
+      std::memcpy(o.raw.data(), f.data(), o.raw.size());
     } else {
-      o.report.why += " (values beyond f16 range: kept as " + std::string(KeptName(src)) + ")";
+      std::vector<uint16_t> buf;
+      std::string lost;
+      for (DType cand : {keep, DType::kBF16}) {
+        if (cand == src) break;  // the source dtype holds itself
+        if (cand != keep && cand == DType::kBF16 && keep == DType::kBF16) break;
+        const RoundTrip r = MeasureRoundTrip(f, cand, buf);
+        if (r.overflow == 0 && r.rel_rmse <= kKeepTolerance) {
+          out = cand;
+          o.raw.resize(buf.size() * 2);
+          std::memcpy(o.raw.data(), buf.data(), o.raw.size());
+          break;
+        }
+        char rel[32];
+        std::snprintf(rel, sizeof rel, "%.3g", r.rel_rmse);
+        if (!lost.empty()) lost += "; ";
+        lost += std::string(KeptName(cand)) + " would lose values (" + std::to_string(r.overflow) +
+                " overflow, " + std::to_string(r.flushed) + " flushed to zero, relative error " +
+                rel + ")";
+      }
+      if (!lost.empty()) o.report.why += " (" + lost + ": kept as " + KeptName(out) + ")";
     }
   }
   if (out == src) o.raw.assign(bytes.begin(), bytes.end());
@@ -59,31 +113,10 @@ void Keep(const TensorView& t, DType keep, Outcome& o) {
   o.report.stored_bytes = o.raw.size();
 }
 
-QuantSpec SpecFor(const PipelineConfig& c, int bits) {
-  QuantSpec s = c.spec ? *c.spec : QuantSpec::Recommended(bits);
-  if (c.spec && s.bits != bits) {
-    const QuantSpec rec = QuantSpec::Recommended(bits);
-    s.bits = bits;
-    if (s.scales == ScaleStorage::kCoded) s.scale_bits = rec.scale_bits;
-  }
-  return s;
-}
-
 using CompiledRules = std::vector<std::pair<std::regex, SelectionRule>>;
 
-// Calls fn(i) for every i in [0, n), `threads` at a time, in no particular order.
-void ParallelForTensors(size_t n, int threads, const std::function<void(size_t)>& fn) {
-  std::atomic<size_t> next{0};
-  auto work = [&] {
-    for (size_t i; (i = next.fetch_add(1)) < n;) fn(i);
-  };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < std::max(1, threads); ++t) pool.emplace_back(work);
-  work();
-  for (auto& t : pool) t.join();
-}
-
-PlannedTensor Decide(const CheckpointTensor& t, const PipelineConfig& c, const CompiledRules& rules) {
+PlannedTensor Decide(const CheckpointTensor& t, const PipelineConfig& c,
+                     const CompiledRules& rules) {
   PlannedTensor p{t.name, c.bits, c.max_rel_rmse, "", true};
   for (const auto& [re, rule] : rules) {
     if (std::regex_search(t.name, re)) {
@@ -117,7 +150,8 @@ Result<CompiledRules> Compile(const PipelineConfig& config, const std::string& m
     try {
       rules.emplace_back(std::regex(r.pattern, std::regex::ECMAScript), r);
     } catch (const std::regex_error& e) {
-      return Status(StatusCode::kInvalidArgument, "selection rule '" + r.pattern + "': " + e.what());
+      return Status(StatusCode::kInvalidArgument,
+                    "selection rule '" + r.pattern + "': " + e.what());
     }
   }
   return rules;
@@ -137,20 +171,14 @@ uint64_t CountNonFinite(const TensorView& w) {
 }
 
 // W / s along the input-channel axis (dim 1) into `out` (f32).
-Status Equalize(const TensorView& w, const std::vector<float>& s, std::vector<float>& out) {
-  if (!Traits(w.dtype).quantizable || w.shape.size() < 2 || w.shape[1] != s.size()) {
+Status EqualizedWeight(const TensorView& w, const std::vector<float>& s, std::vector<float>& out) {
+  if (!Traits(w.dtype).quantizable) {
     return Status(StatusCode::kInvalidArgument,
-                  "tensor '" + std::string(w.name) + "': " + std::to_string(s.size()) +
-                      " equalization scales do not fit a float weight [out, in, ...] with " +
-                      (w.shape.size() < 2 ? std::string("rank < 2") :
-                                            std::to_string(w.shape[1]) + " input channels"));
+                  "tensor '" + std::string(w.name) + "': equalization needs a float weight");
   }
-  const size_t n = w.num_elements(), in = s.size();
-  const size_t inner = n / std::max<size_t>(1, w.shape[0] * in);
-  out.resize(n);
-  kernels::ToF32(w.dtype, w.data.data(), n, out.data());
-  for (size_t i = 0; i < n; ++i) out[i] /= s[(i / inner) % in];
-  return Status::OK();
+  out.resize(w.num_elements());
+  kernels::ToF32(w.dtype, w.data.data(), out.size(), out.data());
+  return ScaleInputChannels(out, w.shape, s, Equalize::kDivide, w.name);
 }
 
 // forced_bits > 0: the width chosen by the size budget (no fallback ladder).
@@ -169,7 +197,8 @@ void Process(const CheckpointTensor& t, const PipelineConfig& c, const CompiledR
   if (const auto p = c.activations.find(t.name); p != c.activations.end()) {
     o.plan = &p->second;
     if (o.plan->spatial && !o.plan->spatial->equalization_scales.empty()) {
-      if (Status st = Equalize(view, o.plan->spatial->equalization_scales, o.equalized); !st.ok()) {
+      if (Status st = EqualizedWeight(view, o.plan->spatial->equalization_scales, o.equalized);
+          !st.ok()) {
         o.status = st;
         return;
       }
@@ -194,7 +223,7 @@ void Process(const CheckpointTensor& t, const PipelineConfig& c, const CompiledR
                                   : bits <= 4     ? std::vector<int>{4, 8}
                                                   : std::vector<int>{8};
   for (int b : ladder) {
-    auto q = Quantize(view, SpecFor(c, b), QuantOptions{1});
+    auto q = Quantize(view, c.SpecFor(b), QuantOptions{1});
     if (!q.ok()) {
       o.status = q.status();
       return;
@@ -243,17 +272,18 @@ Result<std::map<std::string, int>> AssignBudget(const Checkpoint& ck, const Pipe
     if (!free[i]) {
       const uint64_t n = t.info->num_elements();
       fixed_bytes += p.bits > 0 ? n * (p.bits + 0.5) / 8.0
-                                : static_cast<double>(n * (Traits(t.info->dtype).quantizable ? ElementBytes(c.keep_dtype)
-                                                                                           : ElementBytes(t.info->dtype)));
+                                : static_cast<double>(n * (Traits(t.info->dtype).quantizable
+                                                               ? ElementBytes(c.keep_dtype)
+                                                               : ElementBytes(t.info->dtype)));
     }
   }
-  ParallelForTensors(tensors.size(), c.threads, [&](size_t i) {
+  ParallelForEach(tensors.size(), c.threads, [&](size_t i) {
     if (!free[i]) return;
     const auto& t = tensors[i];
     const TensorView view{t.name, t.info->dtype, t.info->shape, t.data()};
     double energy = 0;
     for (int b : {2, 4, 8}) {
-      auto q = Quantize(view, SpecFor(c, b), QuantOptions{1});
+      auto q = Quantize(view, c.SpecFor(b), QuantOptions{1});
       if (!q.ok()) {
         errors[i] = q.status();
         return;
@@ -307,7 +337,17 @@ Result<std::map<std::string, int>> AssignBudget(const Checkpoint& ck, const Pipe
 
 }  // namespace
 
-Result<std::vector<PlannedTensor>> PlanSelection(const Checkpoint& ck, const PipelineConfig& config) {
+QuantSpec PipelineConfig::SpecFor(int width) const {
+  QuantSpec s = spec ? *spec : QuantSpec::Recommended(width);
+  if (spec && s.bits != width) {
+    s.bits = width;
+    if (s.scales == ScaleStorage::kCoded) s.scale_bits = QuantSpec::Recommended(width).scale_bits;
+  }
+  return s;
+}
+
+Result<std::vector<PlannedTensor>> PlanSelection(const Checkpoint& ck,
+                                                 const PipelineConfig& config) {
   const std::string modality = config.modality.empty() ? DetectModality(ck).first : config.modality;
   AQ_ASSIGN_OR_RETURN(CompiledRules rules, Compile(config, modality));
   std::vector<PlannedTensor> out;
@@ -318,7 +358,8 @@ Result<std::vector<PlannedTensor>> PlanSelection(const Checkpoint& ck, const Pip
 Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_path,
                                    const PipelineConfig& config, const ProgressFn& progress) {
   if (config.bits != 2 && config.bits != 4 && config.bits != 8) {
-    return Status(StatusCode::kInvalidArgument, "bits must be 2, 4 or 8, got " + std::to_string(config.bits));
+    return Status(StatusCode::kInvalidArgument,
+                  "bits must be 2, 4 or 8, got " + std::to_string(config.bits));
   }
   if (!(config.max_rel_rmse > 0)) {
     return Status(StatusCode::kInvalidArgument, "max_rel_rmse must be positive");
@@ -342,8 +383,9 @@ Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_
   meta.tool_version = config.tool_version;
   meta.recipe_json = config.recipe_json;
   meta.modality = report.modality;
-  meta.source_json = "{\"path\":\"" + ck.path() + "\",\"layout\":\"" +
-                     std::string(CheckpointLayoutName(ck.layout())) + "\"}";
+  meta.source_json = nlohmann::json{{"path", ck.path()},
+                                    {"layout", std::string(CheckpointLayoutName(ck.layout()))}}
+                         .dump();
   AQ_ASSIGN_OR_RETURN(std::unique_ptr<ModelWriter> writer, ModelWriter::Open(out_path, meta));
 
   const auto& tensors = ck.tensors();
@@ -361,7 +403,7 @@ Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_
   std::deque<std::unique_ptr<Outcome>> ready(n);  // slot per tensor
   size_t next_task = 0, next_write = 0;
   bool stop = false;
-  auto worker = [&] {
+  auto worker = [&](int) {
     for (;;) {
       size_t i;
       {
@@ -380,15 +422,14 @@ Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_
       cv.notify_all();
     }
   };
-  std::vector<std::thread> pool;
-  for (int t = 0; t < std::max(1, config.threads); ++t) pool.emplace_back(worker);
+  WorkerGroup pool(std::max(1, config.threads), worker);
   auto finish = [&](Status st) -> Status {
     {
       std::lock_guard lk(mu);
       stop = true;
     }
     cv.notify_all();
-    for (auto& t : pool) t.join();
+    pool.Join();
     if (!st.ok()) writer->Abort();
     return st;
   };
@@ -407,7 +448,8 @@ Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_
     if (o->missed && config.fail_fast) {
       return finish(Status(StatusCode::kThresholdMissed,
                            "tensor '" + o->report.name + "': " +
-                               (o->report.fallbacks.empty() ? std::string("threshold missed") : o->report.fallbacks.back())));
+                               (o->report.fallbacks.empty() ? std::string("threshold missed")
+                                                            : o->report.fallbacks.back())));
     }
     const auto& t = tensors[i];
     TensorRecord rec;

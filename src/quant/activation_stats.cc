@@ -31,9 +31,8 @@ double ActivationHistogram::BinValue(int bin) {
 
 Result<std::unique_ptr<ActivationCollector>> ActivationCollector::Make(uint64_t channels) {
   if (channels == 0 || channels > (1u << 24)) {
-    return Status(StatusCode::kInvalidArgument,
-                  "activation collector: channel count " + std::to_string(channels) +
-                      " outside 1..2^24");
+    return Status(StatusCode::kInvalidArgument, "activation collector: channel count " +
+                                                    std::to_string(channels) + " outside 1..2^24");
   }
   return std::unique_ptr<ActivationCollector>(new ActivationCollector(channels));
 }
@@ -70,10 +69,10 @@ Status ActivationCollector::Add(int32_t timestep, std::span<const float> values,
       for (uint64_t i = 0; i < inner; ++i) {
         const float v = p[i];
         if (!std::isfinite(v)) {
-          return Status(StatusCode::kInvalidArgument,
-                        "activation value " + std::to_string(v) + " in channel " +
-                            std::to_string(c) + " at timestep " + std::to_string(timestep) +
-                            ": calibration needs finite activations");
+          return Status(StatusCode::kNonFinite, "activation value " + std::to_string(v) +
+                                                    " in channel " + std::to_string(c) +
+                                                    " at timestep " + std::to_string(timestep) +
+                                                    ": calibration needs finite activations");
         }
         mn = std::min(mn, v);
         mx = std::max(mx, v);

@@ -15,23 +15,25 @@ constexpr int kSteps = 20;
 constexpr float kRMin = -1.0f;
 constexpr float kRDelta = 0.1f;
 
-uint16_t F16Nearest(float v) { return F32ToF16Bits(v); }
+uint16_t F16Nearest(float v) {
+  return F32ToF16Bits(v);
+}
 // Smallest f16 >= v (v >= 0): keeps the min/max grid's range covering the group.
 uint16_t F16Up(float v) {
   uint16_t h = F32ToF16Bits(v);
   if (F16BitsToF32(h) < v && h < 0x7c00u) ++h;
   return h;
 }
-bool F16Finite(uint16_t h) { return (h & 0x7c00u) != 0x7c00u; }
+bool F16Finite(uint16_t h) {
+  return (h & 0x7c00u) != 0x7c00u;
+}
 
 using kernels::ClampRound;
 
 // Round half to even for values that may be large (outside any code range).
-float Nearest(float v) { return std::nearbyint(v); }
-
-struct Candidate {
-  float scale = 0, offset = 0;
-};
+float Nearest(float v) {
+  return std::nearbyint(v);
+}
 
 // Least-squares fit of x ~ s * L + mn for fixed codes L. Returns false if degenerate.
 bool FitLinear(const float* x, const float* L, size_t n, bool force_mn_nonpositive, float* s,
@@ -163,7 +165,7 @@ void FitFloatRow(const Format& f, const float* x, size_t n, size_t g, RowStored&
     const float* xg = x + start;
     uint16_t best_bits = 0;
     float best_s = 0;
-    uint8_t best_z = f.sym ? 0 : 0;
+    uint8_t best_z = 0;
     double best_sse = std::numeric_limits<double>::infinity();
     auto consider = [&](float s_store, uint16_t bits, float z) {
       const float off = f.sym ? s_store * f.bias : s_store * z;
@@ -220,7 +222,7 @@ void FitFloatRow(const Format& f, const float* x, size_t n, size_t g, RowStored&
 // --- kCoded: scale/offset codes under per-row f16 super-scales -----------------------------
 
 void FitCodedRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st,
-              const float* mn, const float* mx, std::vector<float>& L, bool* ok) {
+                 const float* mn, const float* mx, std::vector<float>& L, bool* ok) {
   const size_t groups = (n + g - 1) / g;
   const bool search = f.spec.grid == Grid::kSearch;
   std::vector<float> s(groups), m(groups), hi(groups);
@@ -357,8 +359,12 @@ void DecodeRow(const Format& f, const RowStored& st, size_t groups, RowParams& p
   p.Resize(groups);
   // Same arithmetic as DecodeGroup, as loops over the row (they vectorize).
   switch (f.spec.scales) {
-    case ScaleStorage::kF16: kernels::ToF32(DType::kF16, st.scale_f16.data(), groups, p.scale.data()); break;
-    case ScaleStorage::kF32: std::copy(st.scale_f32.begin(), st.scale_f32.end(), p.scale.begin()); break;
+    case ScaleStorage::kF16:
+      kernels::ToF32(DType::kF16, st.scale_f16.data(), groups, p.scale.data());
+      break;
+    case ScaleStorage::kF32:
+      std::copy(st.scale_f32.begin(), st.scale_f32.end(), p.scale.begin());
+      break;
     case ScaleStorage::kCoded: {
       const float d = F16BitsToF32(st.d);
       for (size_t gi = 0; gi < groups; ++gi) p.scale[gi] = d * static_cast<float>(st.ls[gi]);
@@ -371,7 +377,8 @@ void DecodeRow(const Format& f, const RowStored& st, size_t groups, RowParams& p
     const float dmin = F16BitsToF32(st.dmin);
     for (size_t gi = 0; gi < groups; ++gi) p.offset[gi] = dmin * static_cast<float>(st.lm[gi]);
   } else {
-    for (size_t gi = 0; gi < groups; ++gi) p.offset[gi] = p.scale[gi] * static_cast<float>(st.zero[gi]);
+    for (size_t gi = 0; gi < groups; ++gi)
+      p.offset[gi] = p.scale[gi] * static_cast<float>(st.zero[gi]);
   }
   for (size_t gi = 0; gi < groups; ++gi) p.inv_scale[gi] = InvScale(p.scale[gi]);
 }

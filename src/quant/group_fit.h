@@ -24,7 +24,7 @@ struct Format {
   float qmax;  // largest code
   float bias;  // symmetric codes are stored as signed + bias
   bool sym;
-  int cmax;    // largest scale code (kCoded)
+  int cmax;  // largest scale code (kCoded)
 };
 
 // Stored parameters of one row, unpacked.
@@ -47,7 +47,9 @@ struct RowParams {
   }
 };
 
-inline float InvScale(float s) { return s > 0.0f ? 1.0f / s : 0.0f; }
+inline float InvScale(float s) {
+  return s > 0.0f ? 1.0f / s : 0.0f;
+}
 
 // Stored -> decode parameters of group gi.
 void DecodeGroup(const Format& f, const RowStored& st, size_t gi, float* scale, float* offset);

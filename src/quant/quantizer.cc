@@ -5,9 +5,9 @@
 #include <cstring>
 
 #include "arrowquant/quantize.h"
+#include "core/parallel.h"
 #include "kernels/pack.h"
 #include "kernels/row_kernels.h"
-#include "pipeline/parallel.h"
 #include "quant/group_fit.h"
 #include "quant/inspect.h"
 
@@ -49,7 +49,9 @@ Layout MakeLayout(const QuantSpec& spec, uint64_t rows, uint64_t cols) {
   return l;
 }
 
-Layout MakeLayout(const QuantizedTensor& q) { return MakeLayout(q.spec, q.rows, q.cols); }
+Layout MakeLayout(const QuantizedTensor& q) {
+  return MakeLayout(q.spec, q.rows, q.cols);
+}
 
 void StoreRow(const QuantSpec& spec, const Layout& l, const RowStored& st, uint64_t r,
               QuantizedTensor& q) {
@@ -69,7 +71,8 @@ void StoreRow(const QuantSpec& spec, const Layout& l, const RowStored& st, uint6
       return;
     }
   }
-  if (spec.scheme == Scheme::kAsymmetric) kernels::PackCodes(st.zero.data(), l.groups, spec.bits, zp);
+  if (spec.scheme == Scheme::kAsymmetric)
+    kernels::PackCodes(st.zero.data(), l.groups, spec.bits, zp);
 }
 
 void LoadRow(const QuantizedTensor& q, const Layout& l, uint64_t r, RowStored& st) {
@@ -113,7 +116,8 @@ Status CheckWeight(const TensorView& w) {
                                                 " is not quantized (F32, F16 and BF16 are)");
   }
   if (w.shape.empty()) {
-    return Status(StatusCode::kInvalidArgument, "tensor '" + name + "': a scalar cannot be quantized");
+    return Status(StatusCode::kInvalidArgument,
+                  "tensor '" + name + "': a scalar cannot be quantized");
   }
   uint64_t n = 1;
   for (uint64_t d : w.shape) {
@@ -122,9 +126,9 @@ Status CheckWeight(const TensorView& w) {
     }
   }
   if (n * ElementBytes(w.dtype) != w.data.size()) {
-    return Status(StatusCode::kSizeMismatch,
-                  "tensor '" + name + "': shape needs " + std::to_string(n * ElementBytes(w.dtype)) +
-                      " bytes, got " + std::to_string(w.data.size()));
+    return Status(StatusCode::kSizeMismatch, "tensor '" + name + "': shape needs " +
+                                                 std::to_string(n * ElementBytes(w.dtype)) +
+                                                 " bytes, got " + std::to_string(w.data.size()));
   }
   return Status::OK();
 }
@@ -140,7 +144,8 @@ void RowsCols(const std::vector<uint64_t>& shape, uint64_t* rows, uint64_t* cols
 
 Status QuantSpec::Validate() const {
   if (bits != 2 && bits != 4 && bits != 8) {
-    return Status(StatusCode::kInvalidArgument, "bits must be 2, 4 or 8, got " + std::to_string(bits));
+    return Status(StatusCode::kInvalidArgument,
+                  "bits must be 2, 4 or 8, got " + std::to_string(bits));
   }
   if (group_size != 0 && group_size != 32 && group_size != 64 && group_size != 128 &&
       group_size != 256) {
@@ -153,17 +158,6 @@ Status QuantSpec::Validate() const {
                   "scale codes must be 6, 7 or 8 bits, got " + std::to_string(scale_bits));
   }
   return Status::OK();
-}
-
-std::string QuantSpec::ToString() const {
-  std::string s = "int" + std::to_string(bits);
-  s += scheme == Scheme::kSymmetric ? "-sym" : "-asym";
-  s += group_size == 0 ? "-channel" : "-g" + std::to_string(group_size);
-  s += scales == ScaleStorage::kF16   ? "-f16"
-       : scales == ScaleStorage::kF32 ? "-f32"
-                                      : "-q" + std::to_string(scale_bits);
-  s += grid == Grid::kSearch ? "-search" : "-minmax";
-  return s;
 }
 
 QuantSpec QuantSpec::Recommended(int bits) {
@@ -179,7 +173,9 @@ QuantSpec QuantSpec::Recommended(int bits) {
   return s;
 }
 
-uint64_t QuantizedTensor::groups_per_row() const { return MakeLayout(*this).groups; }
+uint64_t QuantizedTensor::groups_per_row() const {
+  return MakeLayout(*this).groups;
+}
 
 uint64_t QuantizedTensor::bytes_per_row() const {
   const Layout l = MakeLayout(*this);
@@ -190,7 +186,8 @@ Status QuantizedTensor::Validate() const {
   AQ_RETURN_IF_ERROR(spec.Validate());
   uint64_t n = 1;
   for (uint64_t d : shape) {
-    if (__builtin_mul_overflow(n, d, &n)) return Status(StatusCode::kShapeOverflow, "shape overflows");
+    if (__builtin_mul_overflow(n, d, &n))
+      return Status(StatusCode::kShapeOverflow, "shape overflows");
   }
   uint64_t r = 0, c = 0;
   RowsCols(shape, &r, &c);
@@ -211,7 +208,9 @@ Status QuantizedTensor::Validate() const {
   AQ_RETURN_IF_ERROR(check(zeros, l.zero_row_bytes, "zero-points"));
   return check(super_scales, l.super_row_bytes, "super-scales");
 }
-uint64_t QuantizedTensor::group_len() const { return MakeLayout(*this).g; }
+uint64_t QuantizedTensor::group_len() const {
+  return MakeLayout(*this).g;
+}
 
 Result<QuantizedTensor> Quantize(const TensorView& w, const QuantSpec& spec,
                                  const QuantOptions& options) {
@@ -255,12 +254,12 @@ Result<QuantizedTensor> Quantize(const TensorView& w, const QuantSpec& spec,
   uint64_t total_bad = 0;
   for (uint64_t b : bad) total_bad += b;
   if (total_bad) {
-    return Status(StatusCode::kInvalidArgument,
-                  "tensor '" + std::string(w.name) + "': " + std::to_string(total_bad) +
-                      " NaN or Inf values; such tensors are not quantized");
+    return Status(StatusCode::kNonFinite, "tensor '" + std::string(w.name) +
+                                              "': " + std::to_string(total_bad) +
+                                              " NaN or Inf values; such tensors are not quantized");
   }
   if (std::find(overflow.begin(), overflow.end(), 1) != overflow.end()) {
-    return Status(StatusCode::kUnsupported,
+    return Status(StatusCode::kScaleOverflow,
                   "tensor '" + std::string(w.name) +
                       "': values too large for f16 scales; use f32 scale storage");
   }

@@ -58,4 +58,23 @@ Result<std::vector<float>> EqualizationScales(std::span<const float> w, std::spa
   return s;
 }
 
+Status ScaleInputChannels(std::span<float> values, std::span<const uint64_t> shape,
+                          std::span<const float> s, Equalize direction, std::string_view tensor) {
+  uint64_t n = 1;
+  for (uint64_t d : shape) n *= d;
+  if (shape.size() < 2 || shape[1] != s.size() || n != values.size()) {
+    return Status(StatusCode::kInvalidArgument,
+                  "tensor '" + std::string(tensor) + "': " + std::to_string(s.size()) +
+                      " equalization scales do not fit a weight [out, in, ...] with " +
+                      (shape.size() < 2 ? std::string("rank < 2")
+                                        : std::to_string(shape[1]) + " input channels"));
+  }
+  const size_t in = s.size(), inner = n / std::max<uint64_t>(1, shape[0] * in);
+  for (size_t i = 0; i < values.size(); ++i) {
+    const float si = s[(i / inner) % in];
+    values[i] = direction == Equalize::kDivide ? values[i] / si : values[i] * si;
+  }
+  return Status::OK();
+}
+
 }  // namespace arrowquant

@@ -14,7 +14,9 @@ namespace {
 
 using Hist = std::vector<uint64_t>;
 
-double QMax(int bits) { return std::ldexp(1.0, bits) - 1.0; }
+double QMax(int bits) {
+  return std::ldexp(1.0, bits) - 1.0;
+}
 
 // The value at which a fraction `p` of one side's mass (positive or negative) is reached.
 double SideQuantile(std::span<const uint64_t> h, bool positive, double p) {

@@ -26,7 +26,8 @@ struct Entry {
 };
 
 // A valid file holding `entries` back to back, in the given order.
-inline std::string ValidFile(const std::vector<Entry>& entries, const std::string& metadata_json = "") {
+inline std::string ValidFile(const std::vector<Entry>& entries,
+                             const std::string& metadata_json = "") {
   std::string header = "{";
   std::string data;
   bool first = true;
@@ -49,12 +50,13 @@ inline std::string ValidFile(const std::vector<Entry>& entries, const std::strin
 
 inline void WriteFile(const std::filesystem::path& p, const std::string& bytes) {
   std::filesystem::create_directories(p.parent_path());
-  std::ofstream(p, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  std::ofstream(p, std::ios::binary)
+      .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
 inline std::filesystem::path TempDir(const std::string& name) {
-  auto p = std::filesystem::temp_directory_path() / ("aq_test_" + name + "_" +
-                                                      std::to_string(::getpid()));
+  auto p = std::filesystem::temp_directory_path() /
+           ("aq_test_" + name + "_" + std::to_string(::getpid()));
   std::filesystem::remove_all(p);
   std::filesystem::create_directories(p);
   return p;

@@ -30,7 +30,8 @@ TEST(Histogram, BinValueIsWithinABinOfTheValue) {
 TEST(Collector, PerChannelRangesForConvLayout) {
   auto c = ActivationCollector::Make(2).value();
   // [N=2, C=2, HW=3]
-  const std::vector<float> x = {1, -2, 3, /*c1*/ 0.5f, 0.25f, 0, /*n1 c0*/ -4, 0, 0, /*c1*/ 9, 0, 0};
+  const std::vector<float> x = {1, -2, 3,        /*c1*/ 0.5f, 0.25f, 0, /*n1 c0*/ -4,
+                                0, 0,  /*c1*/ 9, 0,           0};
   ASSERT_TRUE(c->Add(10, x, {2, 2, 3}).ok());
   const auto& s = c->by_timestep().at(10);
   EXPECT_EQ(s.count, 12u);
@@ -156,9 +157,9 @@ TEST(Spatial, EqualizationDirection) {
   // Channel 0 has an activation outlier (100) and a small weight; channel 2 is dead.
   const std::vector<float> w = {1.0f, 4.0f, 2.0f}, x = {100.0f, 1.0f, 0.0f};
   const auto s = EqualizationScales(w, x, 0.5).value();
-  EXPECT_NEAR(s[0], 0.1, 1e-6);   // X * 0.1 -> 10, W / 0.1 -> 10: balanced
-  EXPECT_NEAR(s[1], 2.0, 1e-6);   // X * 2 -> 2, W / 2 -> 2
-  EXPECT_EQ(s[2], 1.0f);          // zero activations: untouched
+  EXPECT_NEAR(s[0], 0.1, 1e-6);  // X * 0.1 -> 10, W / 0.1 -> 10: balanced
+  EXPECT_NEAR(s[1], 2.0, 1e-6);  // X * 2 -> 2, W / 2 -> 2
+  EXPECT_EQ(s[2], 1.0f);         // zero activations: untouched
   for (size_t i = 0; i < 2; ++i) EXPECT_NEAR(x[i] * s[i], w[i] / s[i], 1e-4);
   const auto a = EqualizationScales(w, x, 0.75).value();  // more of the load to the weights
   EXPECT_NEAR(a[0], std::pow(1.0, 0.75) / std::pow(100.0, 0.25), 1e-6);

@@ -13,7 +13,9 @@ using testing::TempDir;
 using testing::ValidFile;
 using testing::WriteFile;
 
-std::string Shard(const std::string& name) { return ValidFile({{name, "F16", {2}, "abcd"}}); }
+std::string Shard(const std::string& name) {
+  return ValidFile({{name, "F16", {2}, "abcd"}});
+}
 
 std::string Index(const std::string& weight_map) {
   return R"({"metadata":{"total_size":8},"weight_map":{)" + weight_map + "}}";
@@ -21,7 +23,9 @@ std::string Index(const std::string& weight_map) {
 
 class CheckpointTest : public ::testing::Test {
  protected:
-  void SetUp() override { dir_ = TempDir(::testing::UnitTest::GetInstance()->current_test_info()->name()); }
+  void SetUp() override {
+    dir_ = TempDir(::testing::UnitTest::GetInstance()->current_test_info()->name());
+  }
   void TearDown() override { fs::remove_all(dir_); }
   fs::path dir_;
 };
@@ -34,15 +38,17 @@ TEST_F(CheckpointTest, SingleFileAndFolder) {
     EXPECT_EQ((*ck)->layout(), CheckpointLayout::kSingleFile);
     ASSERT_EQ((*ck)->tensors().size(), 1u);
     EXPECT_EQ((*ck)->tensors()[0].name, "w");
-    EXPECT_EQ(std::string(reinterpret_cast<const char*>((*ck)->Find("w")->data().data()), 4), "abcd");
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>((*ck)->Find("w")->data().data()), 4),
+              "abcd");
   }
 }
 
 TEST_F(CheckpointTest, Sharded) {
   WriteFile(dir_ / "model-00001-of-00002.safetensors", Shard("a"));
   WriteFile(dir_ / "model-00002-of-00002.safetensors", Shard("b"));
-  WriteFile(dir_ / "model.safetensors.index.json",
-            Index(R"("a":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors")"));
+  WriteFile(
+      dir_ / "model.safetensors.index.json",
+      Index(R"("a":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors")"));
   auto ck = Checkpoint::Open(dir_.string());
   ASSERT_TRUE(ck.ok()) << ck.status().ToString();
   EXPECT_EQ((*ck)->layout(), CheckpointLayout::kSharded);
@@ -64,7 +70,8 @@ TEST_F(CheckpointTest, ShardEscapes) {
     WriteFile(model / "model.safetensors.index.json", Index(map));
     auto ck = Checkpoint::Open(model.string());
     ASSERT_FALSE(ck.ok()) << label;
-    EXPECT_EQ(ck.status().code(), StatusCode::kPathEscape) << label << ": " << ck.status().ToString();
+    EXPECT_EQ(ck.status().code(), StatusCode::kPathEscape)
+        << label << ": " << ck.status().ToString();
   }
   fs::create_symlink(dir_ / "outside.safetensors", model / "link.safetensors");
   WriteFile(model / "model.safetensors.index.json", Index(R"("a":"link.safetensors")"));
@@ -94,7 +101,8 @@ TEST_F(CheckpointTest, IndexProblems) {
     EXPECT_EQ(ck.status().code(), c.code) << c.label << ": " << ck.status().ToString();
   }
   // A tensor that the shard holds but the index does not list.
-  WriteFile(dir_ / "s3.safetensors", ValidFile({{"a", "F16", {2}, "abcd"}, {"b", "F16", {2}, "efgh"}}));
+  WriteFile(dir_ / "s3.safetensors",
+            ValidFile({{"a", "F16", {2}, "abcd"}, {"b", "F16", {2}, "efgh"}}));
   WriteFile(dir_ / "model.safetensors.index.json", Index(R"("a":"s3.safetensors")"));
   EXPECT_EQ(Checkpoint::Open(dir_.string()).status().code(), StatusCode::kIndexMismatch);
 }
@@ -102,7 +110,8 @@ TEST_F(CheckpointTest, IndexProblems) {
 TEST_F(CheckpointTest, PipelineFolder) {
   WriteFile(dir_ / "model_index.json",
             R"({"_class_name":"StableDiffusionPipeline","_diffusers_version":"0.42.1",)"
-            R"("unet":["diffusers","UNet2DConditionModel"],"text_encoder":["transformers","CLIPTextModel"],)"
+            R"("unet":["diffusers","UNet2DConditionModel"],)"
+            R"("text_encoder":["transformers","CLIPTextModel"],)"
             R"("scheduler":["diffusers","DDPMScheduler"],"safety_checker":[null,null]})");
   WriteFile(dir_ / "unet" / "config.json", R"({"_class_name":"UNet2DConditionModel"})");
   WriteFile(dir_ / "unet" / "diffusion_pytorch_model.safetensors", Shard("conv_in.weight"));

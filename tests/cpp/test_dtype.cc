@@ -10,7 +10,9 @@
 namespace arrowquant {
 namespace {
 
-bool IsNanF16(uint16_t h) { return (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu) != 0; }
+bool IsNanF16(uint16_t h) {
+  return (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu) != 0;
+}
 
 TEST(DType, TableIsConsistent) {
   for (const auto& t : AllDTypes()) {
@@ -51,12 +53,12 @@ TEST(DType, F16KnownValues) {
   EXPECT_EQ(F32ToF16Bits(65504.0f), 0x7bff);
   EXPECT_EQ(F32ToF16Bits(65520.0f), 0x7c00);  // halfway to the next binade rounds to inf
   EXPECT_EQ(F32ToF16Bits(-0.0f), 0x8000);
-  EXPECT_EQ(F32ToF16Bits(5.960464477539063e-08f), 0x0001);  // smallest subnormal
+  EXPECT_EQ(F32ToF16Bits(5.960464477539063e-08f), 0x0001);    // smallest subnormal
   EXPECT_EQ(F32ToF16Bits(2.98023223876953125e-08f), 0x0000);  // half of it: tie to even (0)
-  EXPECT_EQ(F32ToF16Bits(1.0f + 1.0f / 2048), 0x3c00);       // tie to even, down
-  EXPECT_EQ(F32ToF16Bits(1.0f + 3.0f / 2048), 0x3c02);       // tie to even, up
-  EXPECT_EQ(F32ToBF16Bits(1.0f + 1.0f / 256), 0x3f80);       // tie to even, down
-  EXPECT_EQ(F32ToBF16Bits(1.0f + 3.0f / 256), 0x3f82);       // tie to even, up
+  EXPECT_EQ(F32ToF16Bits(1.0f + 1.0f / 2048), 0x3c00);        // tie to even, down
+  EXPECT_EQ(F32ToF16Bits(1.0f + 3.0f / 2048), 0x3c02);        // tie to even, up
+  EXPECT_EQ(F32ToBF16Bits(1.0f + 1.0f / 256), 0x3f80);        // tie to even, down
+  EXPECT_EQ(F32ToBF16Bits(1.0f + 3.0f / 256), 0x3f82);        // tie to even, up
 }
 
 // The nearest f16 to any finite f32, ties to even, found by checking the neighbours.

@@ -6,10 +6,10 @@
 #include <limits>
 #include <random>
 
+#include "arrowquant/dtype.h"
 #include "hwy/targets.h"
 #include "kernels/pack.h"
 #include "kernels/row_kernels.h"
-#include "arrowquant/dtype.h"
 
 namespace arrowquant::kernels {
 namespace {

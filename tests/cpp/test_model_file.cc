@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <thread>
 
 #include "arrowquant/model_file.h"
 #include "safetensors_builder.h"
@@ -38,7 +39,9 @@ std::vector<float> Deq(const QuantizedTensor& q) {
 
 class ModelFileTest : public ::testing::Test {
  protected:
-  void SetUp() override { dir_ = testing::TempDir(::testing::UnitTest::GetInstance()->current_test_info()->name()); }
+  void SetUp() override {
+    dir_ = testing::TempDir(::testing::UnitTest::GetInstance()->current_test_info()->name());
+  }
   void TearDown() override { fs::remove_all(dir_); }
   std::string P(const char* n) const { return (dir_ / n).string(); }
   fs::path dir_;
@@ -73,9 +76,12 @@ std::string WriteSample(const std::string& path, uint64_t max_chunk = 1ull << 30
     r.quantized = &qs[i];
     r.metrics = ErrorMetrics{0.1, 0.05, 26.0, 0.999, 0.01, qs[i].num_elements()};
     if (i == 0) {
-      r.time_aware = TimeAwareParams{4, {0, 250, 500, 750, 1000}, 8, {0.1f, 0.2f, 0.3f, 0.4f}, {128, 127, 129, 128}};
+      r.time_aware = TimeAwareParams{
+          4, {0, 250, 500, 750, 1000}, 8, {0.1f, 0.2f, 0.3f, 0.4f}, {128, 127, 129, 128}};
       r.spatial = SpatialParams{std::vector<float>(200, 1.5f), 0.5f};
-      r.activation_stats = ActivationStats{std::vector<float>(200, -1.0f), std::vector<float>(200, 2.0f), std::vector<float>(200, 2.0f)};
+      r.activation_stats =
+          ActivationStats{std::vector<float>(200, -1.0f), std::vector<float>(200, 2.0f),
+                          std::vector<float>(200, 2.0f)};
     }
     EXPECT_TRUE((*w)->Write(r).ok());
   }
@@ -120,11 +126,14 @@ TEST_F(ModelFileTest, RoundTripIsBitIdentical) {
       EXPECT_EQ(back->super_scales, qs[i].super_scales);
       EXPECT_EQ(back->spec.ToString(), qs[i].spec.ToString());
       std::vector<float> y(qs[i].num_elements());
-      ASSERT_TRUE((*r)->DequantizeAsStored(name, DType::kF32, std::as_writable_bytes(std::span<float>(y))).ok());
+      ASSERT_TRUE(
+          (*r)->DequantizeAsStored(name, DType::kF32, std::as_writable_bytes(std::span<float>(y)))
+              .ok());
       EXPECT_EQ(y, Deq(qs[i]));
       // Dequantize multiplies equalized tensors (stored W / s) back by s: q.0 has s = 1.5.
       std::vector<float> w(y.size());
-      ASSERT_TRUE((*r)->Dequantize(name, DType::kF32, std::as_writable_bytes(std::span<float>(w))).ok());
+      ASSERT_TRUE(
+          (*r)->Dequantize(name, DType::kF32, std::as_writable_bytes(std::span<float>(w))).ok());
       for (size_t k = 0; k < w.size(); ++k) ASSERT_EQ(w[k], y[k] * (i == 0 ? 1.5f : 1.0f)) << name;
       const auto* info = (*r)->Find(name);
       ASSERT_TRUE(info->metrics.has_value());
@@ -141,7 +150,9 @@ TEST_F(ModelFileTest, RoundTripIsBitIdentical) {
     ASSERT_TRUE(bias.ok());
     EXPECT_EQ(bias->size(), 74u);
     std::vector<float> fb(37);
-    ASSERT_TRUE((*r)->Dequantize("norm.bias", DType::kF32, std::as_writable_bytes(std::span<float>(fb))).ok());
+    ASSERT_TRUE(
+        (*r)->Dequantize("norm.bias", DType::kF32, std::as_writable_bytes(std::span<float>(fb)))
+            .ok());
     EXPECT_EQ(fb[5], 1.0f);
     auto ids = (*r)->ReadRaw("position_ids");
     ASSERT_TRUE(ids.ok());
@@ -154,6 +165,60 @@ TEST_F(ModelFileTest, RoundTripIsBitIdentical) {
   }
 }
 
+// Many tensors into caller buffers from several threads (and from several callers at once):
+// the same bytes as one Dequantize per tensor, for any thread count. Run under TSan by make tsan.
+TEST_F(ModelFileTest, ModelReaderLoadManyInParallelMatchesOneByOne) {
+  const std::string path = WriteSample(P("m.aq.parquet"), 4096);  // chunked rows too
+  auto r = ModelReader::Open(path);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const ModelReader& reader = **r;
+  std::vector<std::vector<std::byte>> want, got1, got2;
+  std::vector<LoadRequest> req1, req2;
+  for (const auto& t : reader.tensors()) {
+    const bool ints = t.quant_type == "raw" && !Traits(t.raw_dtype).quantizable;
+    const DType dt = ints ? t.raw_dtype : DType::kF16;
+    const size_t bytes = t.num_params * ElementBytes(dt);
+    want.emplace_back(bytes);
+    if (ints) {
+      auto raw = reader.ReadRaw(t.name);
+      ASSERT_TRUE(raw.ok());
+      want.back() = *raw;
+    } else {
+      ASSERT_TRUE(reader.Dequantize(t.name, dt, want.back(), 1).ok()) << t.name;
+    }
+    got1.emplace_back(bytes);
+    got2.emplace_back(bytes);
+    req1.push_back({t.name, dt, got1.back()});
+    req2.push_back({t.name, dt, got2.back()});
+  }
+  std::thread other([&] { EXPECT_TRUE(reader.Load(req2, 3).ok()); });
+  ASSERT_TRUE(reader.Load(req1, 4).ok());
+  other.join();
+  EXPECT_EQ(got1, want);
+  EXPECT_EQ(got2, want);
+  // Checked before anything is read: a wrong size or an unknown name, named in the error.
+  std::vector<std::byte> small(3);
+  std::vector<LoadRequest> bad = {{reader.tensors()[0].name, DType::kF16, small}};
+  auto st = reader.Load(bad, 2);
+  EXPECT_EQ(st.code(), StatusCode::kSizeMismatch);
+  EXPECT_NE(st.message().find(reader.tensors()[0].name), std::string::npos);
+  bad = {{"nope", DType::kF16, small}};
+  EXPECT_EQ(reader.Load(bad, 2).code(), StatusCode::kNotFound);
+  bad = {{"position_ids", DType::kF16, small}};
+  EXPECT_EQ(reader.Load(bad, 2).code(), StatusCode::kInvalidArgument);
+}
+
+TEST_F(ModelFileTest, OutputFolderResolvesToItsModelFile) {
+  fs::create_directories(dir_ / "out");
+  WriteSample(P("out/model.aq.parquet"));
+  auto r = ModelReader::Open(P("out"));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ((*r)->path(), P("out/model.aq.parquet"));
+  auto none = ModelReader::Open(dir_.string());
+  EXPECT_EQ(none.status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(ModelReader::Open(P("missing")).status().code(), StatusCode::kNotFound);
+}
+
 TEST_F(ModelFileTest, AbortLeavesNothing) {
   {
     auto w = ModelWriter::Open(P("a.parquet"), ModelMetadata{});
@@ -164,7 +229,8 @@ TEST_F(ModelFileTest, AbortLeavesNothing) {
     r.raw_shape = {64};
     ASSERT_TRUE((*w)->Write(r).ok());
     r.raw_shape = {65};
-    EXPECT_EQ((*w)->Write(TensorRecord{"y", "", nullptr, r.raw, DType::kF32, {65}}).code(), StatusCode::kSizeMismatch);
+    EXPECT_EQ((*w)->Write(TensorRecord{"y", "", nullptr, r.raw, DType::kF32, {65}}).code(),
+              StatusCode::kSizeMismatch);
   }  // destroyed without Close()
   EXPECT_TRUE(fs::is_empty(dir_));
   EXPECT_FALSE(ModelWriter::Open((dir_ / "no" / "dir.parquet").string(), ModelMetadata{}).ok());
@@ -174,7 +240,9 @@ std::string ReadAll(const std::string& p) {
   std::ifstream in(p, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), {}};
 }
-void WriteAll(const std::string& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
+void WriteAll(const std::string& p, const std::string& s) {
+  std::ofstream(p, std::ios::binary) << s;
+}
 
 TEST_F(ModelFileTest, CorruptFilesGiveClearErrors) {
   const auto path = WriteSample(P("m.parquet"));
@@ -196,7 +264,8 @@ TEST_F(ModelFileTest, CorruptFilesGiveClearErrors) {
       }
     }
     EXPECT_FALSE(st.ok()) << label;
-    EXPECT_NE(st.message().find("bad.parquet"), std::string::npos) << label << ": " << st.ToString();
+    EXPECT_NE(st.message().find("bad.parquet"), std::string::npos)
+        << label << ": " << st.ToString();
     return st;
   };
   (void)expect_error(good.substr(0, good.size() / 2), "truncated");
@@ -209,20 +278,25 @@ TEST_F(ModelFileTest, CorruptFilesGiveClearErrors) {
   std::string flipped = good;
   flipped[good.size() / 3] = static_cast<char>(flipped[good.size() / 3] ^ 0x5a);
   const Status st = expect_error(flipped, "flipped byte");
-  EXPECT_TRUE(st.code() == StatusCode::kCorrupt || st.code() == StatusCode::kFormatInvalid) << st.ToString();
+  EXPECT_TRUE(st.code() == StatusCode::kCorrupt || st.code() == StatusCode::kFormatInvalid)
+      << st.ToString();
   (void)expect_error("", "empty");
 }
 
 // Rewrites the sample through Arrow with one change, to test schema and metadata checks.
-void Rewrite(const std::string& in, const std::string& out,
-             const std::function<std::shared_ptr<arrow::Table>(std::shared_ptr<arrow::Table>)>& edit) {
+void Rewrite(
+    const std::string& in, const std::string& out,
+    const std::function<std::shared_ptr<arrow::Table>(std::shared_ptr<arrow::Table>)>& edit) {
   auto reader = parquet::arrow::OpenFile(arrow::io::ReadableFile::Open(in).ValueOrDie(),
-                                         arrow::default_memory_pool()).ValueOrDie();
+                                         arrow::default_memory_pool())
+                    .ValueOrDie();
   auto table = edit(reader->ReadTable().ValueOrDie());
   auto sink = arrow::io::FileOutputStream::Open(out).ValueOrDie();
-  ASSERT_TRUE(parquet::arrow::WriteTable(*table, arrow::default_memory_pool(), sink, 1024,
-                                         parquet::default_writer_properties(),
-                                         parquet::ArrowWriterProperties::Builder().store_schema()->build()).ok());
+  ASSERT_TRUE(
+      parquet::arrow::WriteTable(*table, arrow::default_memory_pool(), sink, 1024,
+                                 parquet::default_writer_properties(),
+                                 parquet::ArrowWriterProperties::Builder().store_schema()->build())
+          .ok());
   ASSERT_TRUE(sink->Close().ok());
 }
 
@@ -236,8 +310,11 @@ TEST_F(ModelFileTest, SchemaAndVersionChecks) {
   Rewrite(path, P("v9.parquet"), [&](auto t) { return with_meta(t, "9.0"); });
   EXPECT_EQ(ModelReader::Open(P("v9.parquet")).status().code(), StatusCode::kUnsupported);
   Rewrite(path, P("v2.parquet"), [&](auto t) { return with_meta(t, "2.0"); });
-  EXPECT_TRUE(ModelReader::Open(P("v2.parquet")).ok()) << ModelReader::Open(P("v2.parquet")).status().ToString();
-  Rewrite(path, P("nocol.parquet"), [&](auto t) { return with_meta(t->RemoveColumn(t->schema()->GetFieldIndex("scales")).ValueOrDie(), "2.0"); });
+  EXPECT_TRUE(ModelReader::Open(P("v2.parquet")).ok())
+      << ModelReader::Open(P("v2.parquet")).status().ToString();
+  Rewrite(path, P("nocol.parquet"), [&](auto t) {
+    return with_meta(t->RemoveColumn(t->schema()->GetFieldIndex("scales")).ValueOrDie(), "2.0");
+  });
   auto r = ModelReader::Open(P("nocol.parquet"));
   EXPECT_EQ(r.status().code(), StatusCode::kFormatInvalid);
   EXPECT_NE(r.status().message().find("'scales'"), std::string::npos);
@@ -247,7 +324,10 @@ TEST_F(ModelFileTest, SchemaAndVersionChecks) {
     for (int64_t k = 0; k < t->num_rows(); ++k) (void)b.Append("x");
     std::shared_ptr<arrow::Array> a;
     (void)b.Finish(&a);
-    return with_meta(t->SetColumn(i, arrow::field("group_size", arrow::utf8()), std::make_shared<arrow::ChunkedArray>(a)).ValueOrDie(), "2.0");
+    return with_meta(t->SetColumn(i, arrow::field("group_size", arrow::utf8()),
+                                  std::make_shared<arrow::ChunkedArray>(a))
+                         .ValueOrDie(),
+                     "2.0");
   });
   EXPECT_EQ(ModelReader::Open(P("type.parquet")).status().code(), StatusCode::kFormatInvalid);
   // Codes one byte short of what shape and format need.
@@ -261,7 +341,10 @@ TEST_F(ModelFileTest, SchemaAndVersionChecks) {
     }
     std::shared_ptr<arrow::Array> a;
     (void)b.Finish(&a);
-    return with_meta(t->SetColumn(i, t->schema()->field(i), std::make_shared<arrow::ChunkedArray>(a)).ValueOrDie(), "2.0");
+    return with_meta(
+        t->SetColumn(i, t->schema()->field(i), std::make_shared<arrow::ChunkedArray>(a))
+            .ValueOrDie(),
+        "2.0");
   });
   auto shortr = ModelReader::Open(P("short.parquet"));
   ASSERT_TRUE(shortr.ok()) << shortr.status().ToString();

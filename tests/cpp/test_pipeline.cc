@@ -37,14 +37,16 @@ class PipelineTest : public ::testing::Test {
       for (size_t c = 3; c < 128; c += 17) hard[r * 128 + c] *= 6.0f;
     }
     std::string ids(8 * 4, '\0');
-    testing::WriteFile(dir_ / "model" / "diffusion_pytorch_model.safetensors",
-                       testing::ValidFile({{"conv_in.weight", "F32", {32, 4, 3, 3}, F32(Normal(32 * 36, 1))},
-                                           {"blocks.0.attn.to_q.weight", "F32", {64, 128}, F32(Normal(64 * 128, 2))},
-                                           {"blocks.0.attn.to_q.bias", "F32", {64}, F32(Normal(64, 3))},
-                                           {"blocks.0.ff.weight", "F32", {128, 64}, F32(Normal(128 * 64, 4))},
-                                           {"blocks.0.hard.weight", "F32", {64, 128}, F32(hard)},
-                                           {"blocks.0.norm1.weight", "F32", {64}, F32(Normal(64, 5))},
-                                           {"position_ids", "I32", {8}, ids}}));
+    testing::WriteFile(
+        dir_ / "model" / "diffusion_pytorch_model.safetensors",
+        testing::ValidFile(
+            {{"conv_in.weight", "F32", {32, 4, 3, 3}, F32(Normal(32 * 36, 1))},
+             {"blocks.0.attn.to_q.weight", "F32", {64, 128}, F32(Normal(64 * 128, 2))},
+             {"blocks.0.attn.to_q.bias", "F32", {64}, F32(Normal(64, 3))},
+             {"blocks.0.ff.weight", "F32", {128, 64}, F32(Normal(128 * 64, 4))},
+             {"blocks.0.hard.weight", "F32", {64, 128}, F32(hard)},
+             {"blocks.0.norm1.weight", "F32", {64}, F32(Normal(64, 5))},
+             {"position_ids", "I32", {8}, ids}}));
     testing::WriteFile(dir_ / "model" / "config.json", R"({"_class_name":"UNet2DModel"})");
   }
   void TearDown() override { fs::remove_all(dir_); }
@@ -60,11 +62,12 @@ TEST_F(PipelineTest, QuantizesSelectsFallsBackAndReports) {
   cfg.threads = 2;
   const auto out = (dir_ / "out.parquet").string();
   std::vector<std::string> seen;
-  auto rep = RunPipeline(**ck, out, cfg, [&](uint64_t done, uint64_t total, const std::string& name) {
-    EXPECT_LE(done, total);
-    seen.push_back(name);
-    return true;
-  });
+  auto rep =
+      RunPipeline(**ck, out, cfg, [&](uint64_t done, uint64_t total, const std::string& name) {
+        EXPECT_LE(done, total);
+        seen.push_back(name);
+        return true;
+      });
   ASSERT_TRUE(rep.ok()) << rep.status().ToString();
   EXPECT_EQ(rep->modality, "image");
   EXPECT_EQ(seen.size(), 7u);
@@ -109,8 +112,10 @@ TEST_F(PipelineTest, ThreadCountDoesNotChangeTheModel) {
   for (const auto& t : (*ra)->tensors()) {
     std::vector<float> x(t.num_params), y(t.num_params);
     if (t.quant_type == "raw" && !Traits(t.raw_dtype).quantizable) continue;
-    ASSERT_TRUE((*ra)->Dequantize(t.name, DType::kF32, std::as_writable_bytes(std::span<float>(x))).ok());
-    ASSERT_TRUE((*rb)->Dequantize(t.name, DType::kF32, std::as_writable_bytes(std::span<float>(y))).ok());
+    ASSERT_TRUE(
+        (*ra)->Dequantize(t.name, DType::kF32, std::as_writable_bytes(std::span<float>(x))).ok());
+    ASSERT_TRUE(
+        (*rb)->Dequantize(t.name, DType::kF32, std::as_writable_bytes(std::span<float>(y))).ok());
     EXPECT_EQ(x, y) << t.name;
   }
 }
@@ -120,10 +125,12 @@ TEST_F(PipelineTest, CancelFailFastAndOverridesLeaveNothingOrObey) {
   ASSERT_TRUE(ck.ok());
   const auto out = (dir_ / "c.parquet").string();
   int calls = 0;
-  auto rep = RunPipeline(**ck, out, PipelineConfig{}, [&](uint64_t, uint64_t, const std::string&) { return ++calls < 2; });
+  auto rep = RunPipeline(**ck, out, PipelineConfig{},
+                         [&](uint64_t, uint64_t, const std::string&) { return ++calls < 2; });
   EXPECT_EQ(rep.status().code(), StatusCode::kCancelled);
   EXPECT_FALSE(fs::exists(out));
-  for (const auto& e : fs::directory_iterator(dir_)) EXPECT_EQ(e.path().string().find(".tmp-"), std::string::npos);
+  for (const auto& e : fs::directory_iterator(dir_))
+    EXPECT_EQ(e.path().string().find(".tmp-"), std::string::npos);
 
   PipelineConfig strict;
   strict.max_rel_rmse = 1e-6;
@@ -150,21 +157,26 @@ TEST_F(PipelineTest, ModalityDetectionSaysHowItDecided) {
     EXPECT_TRUE(ck.ok()) << ck.status().ToString();
     return DetectModality(**ck);
   };
-  const std::string w = testing::ValidFile({{"blocks.0.weight", "F32", {2, 2}, std::string(16, '\0')}});
-  testing::WriteFile(dir_ / "meta" / "model.safetensors",
-                     testing::ValidFile({{"w", "F32", {1}, std::string(4, '\0')}}, R"({"modality":"audio"})"));
+  const std::string w =
+      testing::ValidFile({{"blocks.0.weight", "F32", {2, 2}, std::string(16, '\0')}});
+  testing::WriteFile(
+      dir_ / "meta" / "model.safetensors",
+      testing::ValidFile({{"w", "F32", {1}, std::string(4, '\0')}}, R"({"modality":"audio"})"));
   EXPECT_EQ(detect("meta").first, "audio");
   EXPECT_NE(detect("meta").second.find("__metadata__"), std::string::npos);
-  testing::WriteFile(dir_ / "video" / "model_index.json",
-                     R"({"_class_name":"AnimateDiffPipeline","unet":["diffusers","UNetMotionModel"]})");
+  testing::WriteFile(
+      dir_ / "video" / "model_index.json",
+      R"({"_class_name":"AnimateDiffPipeline","unet":["diffusers","UNetMotionModel"]})");
   testing::WriteFile(dir_ / "video" / "unet" / "diffusion_pytorch_model.safetensors", w);
   EXPECT_EQ(detect("video").first, "video");
   EXPECT_NE(detect("video").second.find("model_index.json"), std::string::npos);
   testing::WriteFile(dir_ / "text" / "model.safetensors", w);
-  testing::WriteFile(dir_ / "text" / "config.json", R"({"model_type":"llada","architectures":["LLaDAModelLM"]})");
+  testing::WriteFile(dir_ / "text" / "config.json",
+                     R"({"model_type":"llada","architectures":["LLaDAModelLM"]})");
   EXPECT_EQ(detect("text").first, "text");
-  testing::WriteFile(dir_ / "names" / "model.safetensors",
-                     testing::ValidFile({{"down.temporal_attn.weight", "F32", {1}, std::string(4, '\0')}}));
+  testing::WriteFile(
+      dir_ / "names" / "model.safetensors",
+      testing::ValidFile({{"down.temporal_attn.weight", "F32", {1}, std::string(4, '\0')}}));
   EXPECT_EQ(detect("names").first, "video");
   EXPECT_NE(detect("names").second.find("tensor names"), std::string::npos);
   testing::WriteFile(dir_ / "plain" / "model.safetensors", w);

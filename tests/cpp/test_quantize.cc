@@ -17,11 +17,13 @@ struct Owned {
   TensorView view;
 };
 
-Owned MakeTensor(const std::vector<float>& v, std::vector<uint64_t> shape, DType dtype = DType::kF32) {
+Owned MakeTensor(const std::vector<float>& v, std::vector<uint64_t> shape,
+                 DType dtype = DType::kF32) {
   Owned o;
   o.bytes.resize(v.size() * ElementBytes(dtype));
   for (size_t i = 0; i < v.size(); ++i) {
-    if (dtype == DType::kF32) std::memcpy(o.bytes.data() + 4 * i, &v[i], 4);
+    if (dtype == DType::kF32)
+      std::memcpy(o.bytes.data() + 4 * i, &v[i], 4);
     else {
       const uint16_t h = dtype == DType::kF16 ? F32ToF16Bits(v[i]) : F32ToBF16Bits(v[i]);
       std::memcpy(o.bytes.data() + 2 * i, &h, 2);
@@ -34,7 +36,8 @@ Owned MakeTensor(const std::vector<float>& v, std::vector<uint64_t> shape, DType
 std::vector<float> SourceF32(const Owned& o) {
   std::vector<float> x(o.view.num_elements());
   for (size_t i = 0; i < x.size(); ++i) {
-    if (o.view.dtype == DType::kF32) std::memcpy(&x[i], o.bytes.data() + 4 * i, 4);
+    if (o.view.dtype == DType::kF32)
+      std::memcpy(&x[i], o.bytes.data() + 4 * i, 4);
     else {
       uint16_t h;
       std::memcpy(&h, o.bytes.data() + 2 * i, 2);
@@ -114,7 +117,8 @@ TEST(Quantize, InvariantsForEveryFormat) {
       std::vector<float> v(rows * cols);
       for (auto& e : v) e = normal(rng);
       for (uint64_t c = 0; c < cols; c += 37) v[c] = heavy(rng) * 0.05f;  // outliers in row 0
-      for (uint64_t c = 0; c < cols; ++c) v[2 * cols + c] = std::fabs(v[2 * cols + c]);  // all positive row
+      for (uint64_t c = 0; c < cols; ++c)
+        v[2 * cols + c] = std::fabs(v[2 * cols + c]);  // all positive row
       auto t = MakeTensor(v, {rows, cols}, dt);
       auto q = Quantize(t.view, spec);
       ASSERT_TRUE(q.ok()) << spec.ToString() << ": " << q.status().ToString();
@@ -156,7 +160,8 @@ TEST(Quantize, PropertyRandomShapesAndValues) {
     const uint64_t rows = *rc::gen::inRange<uint64_t>(1, 4);
     const uint64_t cols = *rc::gen::inRange<uint64_t>(1, 600);
     const float scale = *rc::gen::element(1e-4f, 0.02f, 1.0f, 300.0f);
-    const auto ints = *rc::gen::container<std::vector<int>>(rows * cols, rc::gen::inRange(-1000, 1000));
+    const auto ints =
+        *rc::gen::container<std::vector<int>>(rows * cols, rc::gen::inRange(-1000, 1000));
     std::vector<float> v(ints.size());
     for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(ints[i]) / 1000.0f * scale;
     auto t = MakeTensor(v, {rows, cols});
@@ -178,12 +183,15 @@ TEST(Quantize, ConstantAndZeroGroups) {
       const auto y = Deq(*q);
       // Within the precision of the stored scale: f32 exact to 1e-6; an f16 scale (2^-11); a
       // 6-bit code times an f16 super-scale that may be subnormal for small weights (1%).
-      const float tol = spec.scales == ScaleStorage::kF32 ? 1e-6f
-                        : spec.scales == ScaleStorage::kF16 ? 2e-3f : 1e-2f;
+      const float tol = spec.scales == ScaleStorage::kF32   ? 1e-6f
+                        : spec.scales == ScaleStorage::kF16 ? 2e-3f
+                                                            : 1e-2f;
       for (float e : y) {
         ASSERT_TRUE(std::isfinite(e));
-        if (c == 0.0f) ASSERT_EQ(e, 0.0f) << spec.ToString();
-        else ASSERT_NEAR(e, c, std::fabs(c) * tol) << spec.ToString();
+        if (c == 0.0f)
+          ASSERT_EQ(e, 0.0f) << spec.ToString();
+        else
+          ASSERT_NEAR(e, c, std::fabs(c) * tol) << spec.ToString();
       }
     }
   }
@@ -194,7 +202,8 @@ TEST(Quantize, GoldenBytes) {
   std::vector<float> v(16);
   for (int i = 0; i < 16; ++i) v[i] = static_cast<float>(i);
   auto t = MakeTensor(v, {1, 16});
-  auto q = Quantize(t.view, QuantSpec{4, 32, Scheme::kAsymmetric, Grid::kMinMax, ScaleStorage::kF16});
+  auto q =
+      Quantize(t.view, QuantSpec{4, 32, Scheme::kAsymmetric, Grid::kMinMax, ScaleStorage::kF16});
   ASSERT_TRUE(q.ok());
   EXPECT_EQ(q->codes, (std::vector<uint8_t>{0x10, 0x32, 0x54, 0x76, 0x98, 0xba, 0xdc, 0xfe}));
   EXPECT_EQ(q->scales, (std::vector<uint8_t>{0x00, 0x3c}));  // f16 1.0, little-endian
@@ -204,7 +213,8 @@ TEST(Quantize, GoldenBytes) {
 
   // INT2 symmetric, f32 scale: [-1, 0, 1, 1] -> signed codes -1 0 1 1, stored +2 -> 1 2 3 3.
   auto t2 = MakeTensor({-1.0f, 0.0f, 1.0f, 1.0f}, {1, 4});
-  auto q2 = Quantize(t2.view, QuantSpec{2, 32, Scheme::kSymmetric, Grid::kMinMax, ScaleStorage::kF32});
+  auto q2 =
+      Quantize(t2.view, QuantSpec{2, 32, Scheme::kSymmetric, Grid::kMinMax, ScaleStorage::kF32});
   ASSERT_TRUE(q2.ok());
   EXPECT_EQ(q2->codes, (std::vector<uint8_t>{0xf9}));
   float s;
@@ -221,6 +231,7 @@ TEST(Quantize, RejectsNonFiniteAndBadInput) {
   t.view.name = "down.weight";
   auto q = Quantize(t.view, QuantSpec::Recommended(4));
   ASSERT_FALSE(q.ok());
+  EXPECT_EQ(q.status().code(), StatusCode::kNonFinite);  // a data error, not a bad argument
   EXPECT_NE(q.status().message().find("'down.weight'"), std::string::npos);
   EXPECT_NE(q.status().message().find("2 NaN or Inf"), std::string::npos);
 
@@ -235,10 +246,14 @@ TEST(Quantize, RejectsNonFiniteAndBadInput) {
   bad.shape = {2, 32};
   EXPECT_EQ(Quantize(bad, QuantSpec{}).status().code(), StatusCode::kUnsupported);
   auto huge = MakeTensor(std::vector<float>(32, 1e30f), {1, 32});
-  EXPECT_EQ(Quantize(huge.view, QuantSpec{4, 32, Scheme::kAsymmetric, Grid::kMinMax, ScaleStorage::kF16})
-                .status().code(),
-            StatusCode::kUnsupported);
-  EXPECT_TRUE(Quantize(huge.view, QuantSpec{4, 32, Scheme::kAsymmetric, Grid::kMinMax, ScaleStorage::kF32}).ok());
+  EXPECT_EQ(
+      Quantize(huge.view, QuantSpec{4, 32, Scheme::kAsymmetric, Grid::kMinMax, ScaleStorage::kF16})
+          .status()
+          .code(),
+      StatusCode::kScaleOverflow);
+  EXPECT_TRUE(
+      Quantize(huge.view, QuantSpec{4, 32, Scheme::kAsymmetric, Grid::kMinMax, ScaleStorage::kF32})
+          .ok());
 }
 
 TEST(Quantize, ThreadCountDoesNotChangeResults) {
@@ -247,8 +262,9 @@ TEST(Quantize, ThreadCountDoesNotChangeResults) {
   std::vector<float> v(37 * 200);
   for (auto& e : v) e = normal(rng);
   auto t = MakeTensor(v, {37, 200});
-  for (const auto& spec : {QuantSpec::Recommended(4), QuantSpec::Recommended(2),
-                           QuantSpec{8, 64, Scheme::kSymmetric, Grid::kSearch, ScaleStorage::kF16}}) {
+  for (const auto& spec :
+       {QuantSpec::Recommended(4), QuantSpec::Recommended(2),
+        QuantSpec{8, 64, Scheme::kSymmetric, Grid::kSearch, ScaleStorage::kF16}}) {
     auto a = Quantize(t.view, spec, {1});
     auto b = Quantize(t.view, spec, {3});
     ASSERT_TRUE(a.ok() && b.ok());
@@ -299,6 +315,31 @@ TEST(Quantize, MetricsAndHalfOutputs) {
   std::vector<uint16_t> small(3);
   EXPECT_EQ(Dequantize(*q, DType::kF16, std::as_writable_bytes(std::span<uint16_t>(small))).code(),
             StatusCode::kSizeMismatch);
+}
+
+TEST(QuantSpecFields, ParsePrintRoundTripAndRejectUnknown) {
+  for (int bits : {2, 4, 8}) {
+    for (const char* scheme : {"asym", "sym"}) {
+      for (const char* method : {"search", "minmax"}) {
+        for (const char* sd : {"f16", "f32", "q6", "q7", "q8"}) {
+          auto s = QuantSpec::FromFields(bits, 64, scheme, method, sd);
+          ASSERT_TRUE(s.ok()) << s.status().ToString();
+          EXPECT_EQ(SchemeName(s->scheme), scheme);
+          EXPECT_EQ(GridName(s->grid), method);
+          EXPECT_EQ(ScaleDTypeName(*s), sd);
+        }
+      }
+    }
+  }
+  EXPECT_EQ(QuantSpec::Recommended(4).ToString(), "int4-asym-g32-q7-search");
+  // Unknown strings are errors, never silently a default.
+  for (auto bad : {QuantSpec::FromFields(4, 32, "nf4", "search", "q7"),
+                   QuantSpec::FromFields(4, 32, "asym", "hqq", "q7"),
+                   QuantSpec::FromFields(4, 32, "asym", "search", "q5"),
+                   QuantSpec::FromFields(4, 32, "asym", "search", "F16"),
+                   QuantSpec::FromFields(3, 32, "asym", "search", "q7")}) {
+    EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  }
 }
 
 }  // namespace

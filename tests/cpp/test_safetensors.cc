@@ -38,7 +38,8 @@ std::vector<Malformed> MalformedCorpus() {
   return {
       {"empty file", "", StatusCode::kFileTooSmall},
       {"seven bytes", std::string(7, '\0'), StatusCode::kFileTooSmall},
-      {"header claims 2^62 bytes", RawFile("{}", "", int64_t{1} << 62), StatusCode::kHeaderTooLarge},
+      {"header claims 2^62 bytes", RawFile("{}", "", int64_t{1} << 62),
+       StatusCode::kHeaderTooLarge},
       {"header just over 100 MB", RawFile("{}", "", 100'000'001), StatusCode::kHeaderTooLarge},
       {"header past end of file", RawFile("{}", "", 1000), StatusCode::kHeaderOutOfBounds},
       {"truncated inside header", valid.substr(0, 20), StatusCode::kHeaderOutOfBounds},
@@ -60,12 +61,14 @@ std::vector<Malformed> MalformedCorpus() {
        StatusCode::kHeaderInvalidEntry},
       {"three offsets", RawFile(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8,8]}})", d8),
        StatusCode::kHeaderInvalidEntry},
-      {"offset beyond u64", RawFile(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,1e30]}})", d8),
+      {"offset beyond u64",
+       RawFile(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,1e30]}})", d8),
        StatusCode::kHeaderInvalidEntry},
       {"unknown dtype", RawFile(R"({"t":{"dtype":"F17","shape":[2],"data_offsets":[0,8]}})", d8),
        StatusCode::kUnknownDtype},
       {"shape product overflows",
-       RawFile(R"({"t":{"dtype":"F32","shape":[4294967296,4294967296,2],"data_offsets":[0,8]}})", d8),
+       RawFile(R"({"t":{"dtype":"F32","shape":[4294967296,4294967296,2],"data_offsets":[0,8]}})",
+               d8),
        StatusCode::kShapeOverflow},
       {"shape x element size overflows",
        RawFile(R"({"t":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,8]}})", d8),
@@ -73,15 +76,15 @@ std::vector<Malformed> MalformedCorpus() {
       {"shape and span disagree",
        RawFile(R"({"t":{"dtype":"F32","shape":[2,2],"data_offsets":[0,8]}})", d8),
        StatusCode::kSizeMismatch},
-      {"end before begin",
-       RawFile(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", d8),
+      {"end before begin", RawFile(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", d8),
        StatusCode::kOffsetsInvalid},
       {"gap before first tensor",
        RawFile(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", d8),
        StatusCode::kOffsetsInvalid},
       {"overlapping tensors",
        RawFile(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-               R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", std::string(12, '\0')),
+               R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+               std::string(12, '\0')),
        StatusCode::kOffsetsInvalid},
       {"tensor past data section", RawFile("{" + kT + "}", std::string(4, '\0')),
        StatusCode::kDataOutOfBounds},
@@ -89,11 +92,12 @@ std::vector<Malformed> MalformedCorpus() {
       {"trailing bytes after tensors", RawFile("{" + kT + "}", std::string(12, '\0')),
        StatusCode::kDataSizeMismatch},
       {"duplicate tensor name", RawFile("{" + kT + "," + kT + "}", d8), StatusCode::kDuplicateName},
-      {"duplicate __metadata__",
-       RawFile(R"({"__metadata__":{},"__metadata__":{}})", ""), StatusCode::kDuplicateName},
-      {"metadata value not a string",
-       RawFile(R"({"__metadata__":{"format":1}})", ""), StatusCode::kMetadataInvalid},
-      {"metadata is an array", RawFile(R"({"__metadata__":["pt"]})", ""), StatusCode::kMetadataInvalid},
+      {"duplicate __metadata__", RawFile(R"({"__metadata__":{},"__metadata__":{}})", ""),
+       StatusCode::kDuplicateName},
+      {"metadata value not a string", RawFile(R"({"__metadata__":{"format":1}})", ""),
+       StatusCode::kMetadataInvalid},
+      {"metadata is an array", RawFile(R"({"__metadata__":["pt"]})", ""),
+       StatusCode::kMetadataInvalid},
   };
 }
 
@@ -103,8 +107,7 @@ TEST(SafeTensors, MalformedCorpusGivesSpecificErrors) {
   for (const auto& m : corpus) {
     auto r = ParseSafeTensors(Bytes(m.bytes), "case.safetensors");
     ASSERT_FALSE(r.ok()) << m.label;
-    EXPECT_EQ(r.status().code(), m.expected)
-        << m.label << " -> " << r.status().ToString();
+    EXPECT_EQ(r.status().code(), m.expected) << m.label << " -> " << r.status().ToString();
     EXPECT_EQ(r.status().message().rfind("case.safetensors: ", 0), 0u) << r.status().message();
   }
 }
@@ -141,7 +144,8 @@ TEST(SafeTensors, ValidEdgeCases) {
 TEST(SafeTensors, EveryDtypeSize) {
   for (const auto& t : AllDTypes()) {
     const size_t eb = t.bits / 8;
-    const auto file = ValidFile({{"w", std::string(t.safetensors_name), {3, 5}, std::string(15 * eb, 'x')}});
+    const auto file =
+        ValidFile({{"w", std::string(t.safetensors_name), {3, 5}, std::string(15 * eb, 'x')}});
     auto r = ParseSafeTensors(Bytes(file), "x");
     ASSERT_TRUE(r.ok()) << t.safetensors_name << ": " << r.status().ToString();
     EXPECT_EQ(r->tensors[0].dtype, t.dtype);
@@ -152,7 +156,8 @@ TEST(SafeTensors, HeaderLimitIsConfigurable) {
   const auto file = ValidFile({{"w", "F32", {2}, F32Bytes({1, 2})}});
   ReaderLimits limits;
   limits.max_header_bytes = 10;
-  EXPECT_EQ(ParseSafeTensors(Bytes(file), "x", limits).status().code(), StatusCode::kHeaderTooLarge);
+  EXPECT_EQ(ParseSafeTensors(Bytes(file), "x", limits).status().code(),
+            StatusCode::kHeaderTooLarge);
   limits = {};
   limits.max_tensor_bytes = 4;
   EXPECT_EQ(ParseSafeTensors(Bytes(file), "x", limits).status().code(), StatusCode::kLimitExceeded);
@@ -163,9 +168,9 @@ TEST(SafeTensors, HeaderLimitIsConfigurable) {
 
 TEST(SafeTensors, OpenMapsAndReadsBytes) {
   const auto dir = testing::TempDir("open");
-  testing::WriteFile(dir / "m.safetensors",
-                     ValidFile({{"a", "F32", {2}, F32Bytes({1.5f, -2.0f})},
-                                {"b", "F32", {1}, F32Bytes({7.0f})}}, R"({"k":"v"})"));
+  testing::WriteFile(dir / "m.safetensors", ValidFile({{"a", "F32", {2}, F32Bytes({1.5f, -2.0f})},
+                                                       {"b", "F32", {1}, F32Bytes({7.0f})}},
+                                                      R"({"k":"v"})"));
   auto f = SafeTensorsFile::Open((dir / "m.safetensors").string());
   ASSERT_TRUE(f.ok()) << f.status().ToString();
   const TensorInfo* b = (*f)->Find("b");
@@ -189,20 +194,23 @@ TEST(SafeTensors, OpenMapsAndReadsBytes) {
 // Any corruption of a valid file is either still valid or a clean error; never a crash (this
 // runs under ASan+UBSan in `make test`).
 TEST(SafeTensors, MutatedFilesNeverCrash) {
-  const bool ok = rc::check("byte flips and truncations", [](std::vector<std::pair<uint16_t, uint8_t>> flips,
-                                                             uint16_t cut) {
-    std::string file = ValidFile({{"a.weight", "F32", {2, 3}, std::string(24, '\2')},
-                                  {"b", "BF16", {4}, std::string(8, '\3')}},
-                                 R"({"format":"pt"})");
-    for (const auto& [pos, val] : flips) file[pos % file.size()] = static_cast<char>(val);
-    if (cut % 3 == 0) file.resize(cut % (file.size() + 1));
-    auto r = ParseSafeTensors(Bytes(file), "fuzz");
-    if (r.ok()) {
-      for (const auto& t : r->tensors) RC_ASSERT(r->data_offset() + t.end <= file.size());
-    } else {
-      RC_ASSERT(r.status().code() != StatusCode::kOk);
-    }
-  });
+  const bool ok = rc::check("byte flips and truncations",
+                            [](std::vector<std::pair<uint16_t, uint8_t>> flips, uint16_t cut) {
+                              std::string file =
+                                  ValidFile({{"a.weight", "F32", {2, 3}, std::string(24, '\2')},
+                                             {"b", "BF16", {4}, std::string(8, '\3')}},
+                                            R"({"format":"pt"})");
+                              for (const auto& [pos, val] : flips)
+                                file[pos % file.size()] = static_cast<char>(val);
+                              if (cut % 3 == 0) file.resize(cut % (file.size() + 1));
+                              auto r = ParseSafeTensors(Bytes(file), "fuzz");
+                              if (r.ok()) {
+                                for (const auto& t : r->tensors)
+                                  RC_ASSERT(r->data_offset() + t.end <= file.size());
+                              } else {
+                                RC_ASSERT(r.status().code() != StatusCode::kOk);
+                              }
+                            });
   EXPECT_TRUE(ok);
 }
 

@@ -30,10 +30,11 @@ TEST(TensorTable, WritesParquetV2ThatArrowReads) {
   EXPECT_EQ(pq->metadata()->version(), parquet::ParquetVersion::PARQUET_2_6);
   EXPECT_EQ(pq->metadata()->num_rows(), 3);
   auto reader = parquet::arrow::OpenFile(arrow::io::ReadableFile::Open(out).ValueOrDie(),
-                                         arrow::default_memory_pool()).ValueOrDie();
+                                         arrow::default_memory_pool())
+                    .ValueOrDie();
   auto table = reader->ReadTable().ValueOrDie()->CombineChunks().ValueOrDie();
-  auto data = std::static_pointer_cast<arrow::LargeBinaryArray>(
-      table->GetColumnByName("data")->chunk(0));
+  auto data =
+      std::static_pointer_cast<arrow::LargeBinaryArray>(table->GetColumnByName("data")->chunk(0));
   ASSERT_EQ(data->length(), 3);
   EXPECT_EQ(data->GetString(0), std::string(16, '\7'));
   EXPECT_EQ(data->GetString(1), "abcdef");

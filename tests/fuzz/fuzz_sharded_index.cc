@@ -14,7 +14,8 @@
 namespace fs = std::filesystem;
 
 static void WriteShard(const fs::path& p, const std::string& tensor) {
-  const std::string header = "{\"" + tensor + "\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
+  const std::string header =
+      "{\"" + tensor + "\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
   std::ofstream f(p, std::ios::binary);
   const uint64_t n = header.size();
   f.write(reinterpret_cast<const char*>(&n), 8);

@@ -155,8 +155,30 @@ def test_conditioning_errors(tmp_path: Path) -> None:
 def dit_w8a8(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("w8a8")
     out = tmp / "out"
-    aq.ArrowQuantV2().quantize_diffusion_model(DIT, out, _cfg(tmp, equalize=True))
+    # A non-default format and a per-layer override: equalization must be searched with the
+    # format each layer is written in (issue 13, bug 7).
+    cfg = _cfg(tmp, equalize=True, group_size=64, overrides=[r"attn1\.to_q=4"])
+    aq.ArrowQuantV2().quantize_diffusion_model(DIT, out, cfg)
     return out
+
+
+def test_equalization_searched_with_each_layers_format_and_alpha_stored(dit_w8a8: Path) -> None:
+    rep = json.loads((dit_w8a8 / "report.json").read_text())
+    chosen = rep["summary"]["calibration"]["equalization_choices"]
+    m = aq.open(dit_w8a8)
+    stored = {n: m.info(n)["spatial"] for n in m.names() if m.info(n)["spatial"]}
+    assert stored
+    for name, sp in stored.items():
+        assert chosen[name] is not None
+        assert sp["smoothing_alpha"] == pytest.approx(chosen[name])  # was always 0.0
+    formats = rep["summary"]["calibration"]["equalization_formats"]
+    planned = {r["name"]: r for r in rep["layers"]}
+    q_layers = [n for n in formats if "attn1.to_q" in n]
+    assert q_layers and all(formats[n].startswith("int4-asym-g64-") for n in q_layers)
+    assert any(f.startswith("int8-asym-g64-") for f in formats.values())
+    for name, fmt in formats.items():
+        if planned[name]["action"] == "quantized" and not planned[name]["fallbacks"]:
+            assert planned[name]["format"] == fmt
 
 
 def test_file_carries_time_groups_and_equalization(dit_w8a8: Path) -> None:
@@ -258,7 +280,8 @@ def test_equalization_search_helps_where_activations_have_outlier_channels() -> 
     x[:, 3] *= 100.0  # one outlier channel
     col = _core.ActivationCollector.make(64)
     col.add(0, x.numpy().reshape(-1), 512, 64, 1)
-    scales, choices = choose_equalization(ref, {"0.weight": col}, {"0.weight": x}, 8, 4)
+    specs = {"0.weight": _core.recommended_spec(8)}
+    scales, choices = choose_equalization(ref, {"0.weight": col}, {"0.weight": x}, specs, 4)
     c = choices["0.weight"]
     assert c["alpha"] is not None and "0.weight" in scales
     assert c["errors"][str(c["alpha"])] < 0.9 * c["errors"]["none"]

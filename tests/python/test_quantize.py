@@ -159,8 +159,12 @@ def test_bad_input_errors() -> None:
     w = np.ones((4, 64), np.float32)
     w[1, 3] = np.nan
     w[2, 5] = np.inf
-    with pytest.raises(aq.ConfigurationError, match=r"'blocks\.0\.attn\.weight'.*2 NaN or Inf"):
+    # A data error with its own class and code, not a configuration mistake (issue 13, bug 8).
+    with pytest.raises(aq.InvalidDataError, match=r"'blocks\.0\.attn\.weight'.*2 NaN or Inf") as e:
         aq.quantize(w, name="blocks.0.attn.weight")
+    assert e.value.code == "NonFinite"
+    assert isinstance(e.value, aq.QuantizationError)
+    assert not isinstance(e.value, aq.ConfigurationError)
     ok = np.ones((4, 64), np.float32)
     with pytest.raises(aq.ConfigurationError):
         aq.quantize(ok, bits=3)
@@ -170,8 +174,9 @@ def test_bad_input_errors() -> None:
         aq.quantize(ok, scheme="nf4")
     with pytest.raises(aq.ConfigurationError):
         aq.quantize(ok.astype(np.int32))
-    with pytest.raises(aq.UnsupportedError):
+    with pytest.raises(aq.InvalidDataError) as e:
         aq.quantize(np.full((1, 32), 1e30, np.float32), method="minmax", scale_dtype="f16")
+    assert e.value.code == "ScaleOverflow"
 
 
 def test_thread_count_does_not_change_bytes() -> None:

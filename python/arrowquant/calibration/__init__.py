@@ -57,6 +57,7 @@ def fit_plans(
     collectors: dict[str, Any],
     raw_collectors: dict[str, Any],
     scales: dict[str, np.ndarray] | None,
+    alphas: dict[str, float],
     groups: int,
     adaptive: bool,
     act_bits: int,
@@ -74,7 +75,10 @@ def fit_plans(
             "equalization_scales": (
                 None if scales is None or name not in scales else scales[name].tolist()
             ),
-            "smoothing_alpha": 0.0,
+            # The migration strength s was computed with (0: not equalized).
+            "smoothing_alpha": (
+                float(alphas.get(name, 0.0)) if scales is not None and name in scales else 0.0
+            ),
             "stats": {k: overall[k].tolist() for k in ("min", "max", "absmax")},
         }
     return plans
@@ -87,6 +91,7 @@ def searched_equalization(
     digest: str,
     raw: dict[str, Any],
     rows: dict[str, Any],
+    specs: dict[str, dict[str, Any]],
     log: Callable[[str], None] | None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], bool]:
     """Per-layer equalization chosen on real calibration inputs (spatial.py); cached by model,
@@ -101,7 +106,7 @@ def searched_equalization(
             "what": "equalization",
             "steps": cfg.calibration_steps,
             "seed": cfg.seed,
-            "bits": cfg.bits,
+            "formats": sorted((k, v["format"]) for k, v in specs.items()),
             "act_bits": cfg.act_bits,
             "candidates": candidates,
         },
@@ -113,9 +118,17 @@ def searched_equalization(
     if not rows:  # statistics came from the cache: sample the inputs again
         rows = {}
         capture(ref, calib, cfg.calibration_steps, cfg.seed, log=log, row_samples=rows)
-    scales, choices = choose_equalization(ref, raw, rows, cfg.bits, cfg.act_bits, candidates)
+    scales, choices = choose_equalization(ref, raw, rows, specs, cfg.act_bits, candidates)
     cache.save_arrays(path, scales, {"choices": choices})
     return scales, choices, False
+
+
+def layer_specs(model_path: str | os.PathLike[str], cfg: Any) -> dict[str, dict[str, Any]]:
+    """The weight format of every layer the pipeline will quantize (its planned width, the
+    config's format at that width): what equalization is measured with."""
+    core = cfg.to_core()
+    plan = _core.plan(os.fspath(model_path), core)
+    return {name: core.spec_for(bits) for name, bits, _, _ in plan if bits}
 
 
 def equalization(ref: Any, raw: dict[str, Any], alpha: float) -> dict[str, np.ndarray]:
@@ -160,11 +173,17 @@ def calibrate(
     )
     scales: dict[str, np.ndarray] | None = None
     choices: dict[str, Any] = {}
+    alphas: dict[str, float] = {}
     if cfg.equalize and cfg.equalize_search:
-        scales, choices, hit_eq = searched_equalization(ref, calib, cfg, digest, raw, rows, log)
+        specs = layer_specs(model_path, cfg)
+        scales, choices, hit_eq = searched_equalization(
+            ref, calib, cfg, digest, raw, rows, specs, log
+        )
+        alphas = {k: v["alpha"] for k, v in choices.items() if v["alpha"] is not None}
         hit = hit and hit_eq
     elif cfg.equalize:
         scales = equalization(ref, raw, cfg.equalize_alpha)
+        alphas = dict.fromkeys(scales, cfg.equalize_alpha)
     used, hit2 = raw, hit
     if scales:
         used, hit2 = capture_cached(
@@ -174,6 +193,7 @@ def calibrate(
         used,
         raw,
         scales,
+        alphas,
         cfg.time_groups,
         cfg.adaptive_groups,
         cfg.act_bits,
@@ -198,6 +218,7 @@ def calibrate(
         "equalize_search": cfg.equalize_search if cfg.equalize else None,
         "equalized_layers": 0 if scales is None else len(scales),
         "equalization_choices": {k: v["alpha"] for k, v in choices.items()},
+        "equalization_formats": {k: v["format"] for k, v in choices.items()},
         "cache": "hit" if hit and hit2 else "miss",
         "seconds": round(time.perf_counter() - t0, 2),
     }

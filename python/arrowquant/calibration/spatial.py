@@ -25,7 +25,7 @@ from arrowquant.calibration.capture import quantizable_layers, weight_name
 DEFAULT_CANDIDATES = (0.25, 0.5, 0.75)
 
 
-def _output_error(rows: Any, w: Any, s: Any, bits: int, act_bits: int) -> float:
+def _output_error(rows: Any, w: Any, s: Any, spec: dict[str, Any], act_bits: int) -> float:
     import torch
 
     import arrowquant as aq
@@ -34,7 +34,15 @@ def _output_error(rows: Any, w: Any, s: Any, bits: int, act_bits: int) -> float:
     k = wf.shape[1] // s.numel()
     s_rows = s.repeat_interleave(k)  # input channel i covers k consecutive unfolded columns
     ws = (w / s.view([1, -1] + [1] * (w.dim() - 2))).contiguous()
-    wq = torch.from_numpy(aq.quantize(ws.numpy(), bits=bits).dequantize()).reshape(wf.shape)
+    packed = aq.quantize(
+        ws.numpy(),
+        bits=spec["bits"],
+        group_size=spec["group_size"],
+        scheme=spec["scheme"],
+        method=spec["method"],
+        scale_dtype=spec["scale_dtype"],
+    )
+    wq = torch.from_numpy(packed.dequantize()).reshape(wf.shape)
     xs = (rows * s_rows).contiguous()
     col = _core.ActivationCollector.make(1)
     col.add(0, xs.numpy().reshape(-1), xs.numel(), 1, 1)
@@ -50,11 +58,14 @@ def choose_equalization(
     ref: Any,
     raw: dict[str, Any],
     samples: dict[str, Any],
-    bits: int,
+    specs: dict[str, dict[str, Any]],
     act_bits: int,
     candidates: tuple[float, ...] = DEFAULT_CANDIDATES,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(scales of the layers that equalization helps, per-layer choice and errors)."""
+    """(scales of the layers that equalization helps, per-layer choice and errors).
+
+    `specs`: the weight format each layer is written in (PipelineConfig.spec_for of its planned
+    width); layers without one (kept unquantized) are not equalized."""
     import torch
 
     scales: dict[str, np.ndarray] = {}
@@ -62,7 +73,8 @@ def choose_equalization(
     for mod_name, m in quantizable_layers(ref.module).items():
         name = weight_name(ref, mod_name)
         rows = samples.get(name)
-        if name not in raw or rows is None or rows.shape[0] == 0:
+        spec = specs.get(name)
+        if name not in raw or rows is None or rows.shape[0] == 0 or spec is None:
             continue
         if isinstance(m, torch.nn.Conv2d) and m.groups != 1:
             continue
@@ -70,16 +82,16 @@ def choose_equalization(
         w_absmax = _core.input_channel_absmax(w.contiguous().numpy(), "F32", name)
         x_absmax = np.asarray(raw[name].overall()["absmax"], dtype=np.float32)
         best_alpha: float | None = None
-        best_err = _output_error(rows, w, torch.ones(w.shape[1]), bits, act_bits)
+        best_err = _output_error(rows, w, torch.ones(w.shape[1]), spec, act_bits)
         errors = {"none": best_err}
         best_s = None
         for a in candidates:
             s = np.asarray(_core.equalization_scales(w_absmax, x_absmax, a), dtype=np.float32)
-            e = _output_error(rows, w, torch.from_numpy(s), bits, act_bits)
+            e = _output_error(rows, w, torch.from_numpy(s), spec, act_bits)
             errors[str(a)] = e
             if e < best_err:
                 best_alpha, best_err, best_s = a, e, s
-        choices[name] = {"alpha": best_alpha, "errors": errors}
+        choices[name] = {"alpha": best_alpha, "errors": errors, "format": spec["format"]}
         if best_s is not None:
             scales[name] = best_s
     return scales, choices

@@ -154,8 +154,9 @@ def _prepare(ref: Denoiser, setting: Setting, n_weights: int) -> tuple[Any, dict
         module: Any = setting
         return module.eval(), {"source": type(setting).__name__}
     state = quantized_state(ref, setting)
-    p = Path(setting)
-    f = p / "model.aq.parquet" if p.is_dir() else p
+    from arrowquant.model import resolve_model_path
+
+    f = resolve_model_path(setting)
     info = {
         "source": str(f),
         "file_bytes": f.stat().st_size,

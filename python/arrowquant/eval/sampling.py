@@ -89,11 +89,7 @@ def quantized_state(ref: Denoiser, quantized: str | os.PathLike[str]) -> dict[st
 
     import arrowquant as aq
 
-    qpath = Path(quantized)
-    if qpath.is_dir():
-        qpath = qpath / "model.aq.parquet"
-    if not qpath.is_file():
-        raise ModelNotFoundError(f"{quantized}: no ArrowQuant model file")
+    qpath = aq.model.resolve_model_path(quantized)
     names = set(aq.open(qpath).names())
     prefix = f"{ref.component}/" if ref.component else ""
     if prefix and not any(n.startswith(prefix) for n in names):

@@ -3,17 +3,18 @@
 #include <arrow/api.h>
 #include <arrow/io/file.h>
 #include <arrow/util/key_value_metadata.h>
-#include <arrow/util/thread_pool.h>
 #include <parquet/arrow/writer.h>
 #include <parquet/properties.h>
 #include <unistd.h>
 
+#include <arrow/array/concatenate.h>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
-#include <arrow/array/concatenate.h>
 
 #include <set>
+
+#include <nlohmann/json.hpp>
 
 #include "arrowquant/model_file.h"
 #include "formats/parquet/model_schema.h"
@@ -42,17 +43,6 @@ struct ModelWriter::Impl {
 
 namespace {
 
-std::string SchemeName(const QuantSpec& s) { return s.scheme == Scheme::kSymmetric ? "sym" : "asym"; }
-std::string MethodName(const QuantSpec& s) { return s.grid == Grid::kSearch ? "search" : "minmax"; }
-std::string ScaleName(const QuantSpec& s) {
-  switch (s.scales) {
-    case ScaleStorage::kF16: return "f16";
-    case ScaleStorage::kF32: return "f32";
-    case ScaleStorage::kCoded: return "q" + std::to_string(s.scale_bits);
-  }
-  return "";
-}
-
 std::string NowIso8601() {
   const std::time_t t = std::time(nullptr);
   char buf[32];
@@ -71,8 +61,8 @@ std::shared_ptr<arrow::Array> BorrowedBinary(const uint8_t* data, int64_t size) 
   o[0] = 0;
   o[1] = size;
   auto values = std::make_shared<arrow::Buffer>(data, size);
-  return std::make_shared<arrow::LargeBinaryArray>(1, std::shared_ptr<arrow::Buffer>(std::move(offsets)),
-                                                   values);
+  return std::make_shared<arrow::LargeBinaryArray>(
+      1, std::shared_ptr<arrow::Buffer>(std::move(offsets)), values);
 }
 
 template <typename B, typename V>
@@ -103,7 +93,9 @@ struct Chunk {
 
 ModelWriter::ModelWriter(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-ModelWriter::~ModelWriter() { Abort(); }
+ModelWriter::~ModelWriter() {
+  Abort();
+}
 
 void ModelWriter::Abort() {
   if (!impl_ || impl_->done) return;
@@ -113,14 +105,14 @@ void ModelWriter::Abort() {
   std::remove(impl_->tmp.c_str());
 }
 
-Result<std::unique_ptr<ModelWriter>> ModelWriter::Open(const std::string& path, ModelMetadata metadata,
+Result<std::unique_ptr<ModelWriter>> ModelWriter::Open(const std::string& path,
+                                                       ModelMetadata metadata,
                                                        const ModelWriterOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->path = path;
   impl->tmp = path + ".tmp-" + std::to_string(::getpid());
   impl->meta = std::move(metadata);
   impl->opt = options;
-  AQ_RETURN_IF_ERROR(FromArrow(arrow::SetCpuThreadPoolCapacity(std::max(1, options.arrow_threads)), path));
   auto sink = arrow::io::FileOutputStream::Open(impl->tmp);
   if (!sink.ok()) return FromArrow(sink.status(), path + ": cannot create the output");
   impl->sink = *sink;
@@ -141,8 +133,8 @@ Result<std::unique_ptr<ModelWriter>> ModelWriter::Open(const std::string& path, 
     b.compression(name, arrow::Compression::ZSTD);
   }
   auto arrow_props = parquet::ArrowWriterProperties::Builder().store_schema()->build();
-  auto w = parquet::arrow::FileWriter::Open(*pq::ModelSchema(), arrow::default_memory_pool(), impl->sink,
-                                            b.build(), arrow_props);
+  auto w = parquet::arrow::FileWriter::Open(*pq::ModelSchema(), arrow::default_memory_pool(),
+                                            impl->sink, b.build(), arrow_props);
   if (!w.ok()) {
     (void)impl->sink->Close();
     std::remove(impl->tmp.c_str());
@@ -156,7 +148,8 @@ Status ModelWriter::Write(const TensorRecord& r) {
   Impl& m = *impl_;
   if (m.done) return Status(StatusCode::kInvalidArgument, m.path + ": writer already closed");
   const std::string where = m.path + ": tensor '" + r.name + "'";
-  if (!m.names.insert(r.name).second) return Status(StatusCode::kDuplicateName, where + " written twice");
+  if (!m.names.insert(r.name).second)
+    return Status(StatusCode::kDuplicateName, where + " written twice");
 
   const QuantizedTensor* q = r.quantized;
   std::vector<uint64_t> shape;
@@ -172,9 +165,9 @@ Status ModelWriter::Write(const TensorRecord& r) {
     bits = q->spec.bits;
     group = q->spec.group_size;
     axis = 1;
-    scheme = SchemeName(q->spec);
-    method = MethodName(q->spec);
-    scale_dtype = ScaleName(q->spec);
+    scheme = SchemeName(q->spec.scheme);
+    method = GridName(q->spec.grid);
+    scale_dtype = ScaleDTypeName(q->spec);
     const uint64_t per_row = std::max<uint64_t>(1, q->bytes_per_row());
     const uint64_t rows_per_chunk = std::max<uint64_t>(1, m.opt.max_chunk_bytes / per_row);
     const uint64_t n = std::max<uint64_t>(1, (q->rows + rows_per_chunk - 1) / rows_per_chunk);
@@ -207,7 +200,8 @@ Status ModelWriter::Write(const TensorRecord& r) {
     for (uint64_t c = 0; c < n; ++c) {
       const uint64_t b0 = c * step, b1 = std::min<uint64_t>(r.raw.size(), b0 + step);
       static const uint8_t kEmpty = 0;
-      Chunk ch{static_cast<int>(c), static_cast<int>(n),
+      Chunk ch{static_cast<int>(c),
+               static_cast<int>(n),
                {reinterpret_cast<const uint8_t*>(r.raw.data()) + b0, &kEmpty, &kEmpty, &kEmpty},
                {static_cast<int64_t>(b1 - b0), 0, 0, 0}};
       if (r.raw.empty()) ch.payload[0] = &kEmpty;
@@ -220,7 +214,8 @@ Status ModelWriter::Write(const TensorRecord& r) {
   const auto schema = pq::ModelSchema();
   for (const Chunk& ch : chunks) {
     std::unique_ptr<arrow::RecordBatchBuilder> rb;
-    AQ_RETURN_IF_ERROR(FromArrow(arrow::RecordBatchBuilder::Make(schema, arrow::default_memory_pool()).Value(&rb), where));
+    AQ_RETURN_IF_ERROR(FromArrow(
+        arrow::RecordBatchBuilder::Make(schema, arrow::default_memory_pool()).Value(&rb), where));
     auto field = [&](const char* name) { return rb->GetField(schema->GetFieldIndex(name)); };
     auto str = [&](const char* c, const std::string& v) {
       return static_cast<arrow::StringBuilder*>(field(c))->Append(v);
@@ -232,7 +227,9 @@ Status ModelWriter::Write(const TensorRecord& r) {
     {
       auto* lb = static_cast<arrow::ListBuilder*>(field(col::kShape));
       st &= lb->Append();
-      for (uint64_t d : shape) st &= static_cast<arrow::Int64Builder*>(lb->value_builder())->Append(static_cast<int64_t>(d));
+      for (uint64_t d : shape)
+        st &=
+            static_cast<arrow::Int64Builder*>(lb->value_builder())->Append(static_cast<int64_t>(d));
     }
     st &= str(col::kDType, source_dtype);
     st &= str(col::kQuantType, quant_type);
@@ -246,7 +243,8 @@ Status ModelWriter::Write(const TensorRecord& r) {
     for (const char* c : {col::kData, col::kScales, col::kZeros, col::kSuper}) {
       st &= static_cast<arrow::LargeBinaryBuilder*>(field(c))->AppendEmptyValue();
     }
-    st &= static_cast<arrow::Int64Builder*>(field(col::kNumParams))->Append(static_cast<int64_t>(params));
+    st &= static_cast<arrow::Int64Builder*>(field(col::kNumParams))
+              ->Append(static_cast<int64_t>(params));
     auto dbl = [&](const char* c, std::optional<double> v) {
       auto* b = static_cast<arrow::DoubleBuilder*>(field(c));
       return v ? b->Append(*v) : b->AppendNull();
@@ -254,7 +252,8 @@ Status ModelWriter::Write(const TensorRecord& r) {
     st &= dbl(col::kCosine, r.metrics ? std::optional<double>(r.metrics->cosine) : std::nullopt);
     st &= dbl(col::kSqnr, r.metrics ? std::optional<double>(r.metrics->sqnr_db) : std::nullopt);
     st &= dbl(col::kRelRmse, r.metrics ? std::optional<double>(r.metrics->rel_rmse) : std::nullopt);
-    st &= static_cast<arrow::BooleanBuilder*>(field(col::kIsDiffusion))->Append(m.meta.is_diffusion_model);
+    st &= static_cast<arrow::BooleanBuilder*>(field(col::kIsDiffusion))
+              ->Append(m.meta.is_diffusion_model);
     st &= str(col::kModality, m.meta.modality);
     const auto& ta = r.time_aware;
     {
@@ -263,19 +262,29 @@ Status ModelWriter::Write(const TensorRecord& r) {
       auto* ab = static_cast<arrow::Int8Builder*>(field(col::kActBits));
       st &= ta ? ab->Append(static_cast<int8_t>(ta->act_bits)) : ab->AppendNull();
     }
-    st &= AppendList<arrow::Int32Builder>(field(col::kTimeBounds), Opt(ta.has_value(), ta ? ta->group_bounds : std::vector<int32_t>{}));
-    st &= AppendList<arrow::FloatBuilder>(field(col::kActScales), Opt(ta.has_value(), ta ? ta->act_scales : std::vector<float>{}));
-    st &= AppendList<arrow::Int32Builder>(field(col::kActZeros), Opt(ta.has_value(), ta ? ta->act_zero_points : std::vector<int32_t>{}));
+    st &= AppendList<arrow::Int32Builder>(
+        field(col::kTimeBounds),
+        Opt(ta.has_value(), ta ? ta->group_bounds : std::vector<int32_t>{}));
+    st &= AppendList<arrow::FloatBuilder>(
+        field(col::kActScales), Opt(ta.has_value(), ta ? ta->act_scales : std::vector<float>{}));
+    st &= AppendList<arrow::Int32Builder>(
+        field(col::kActZeros),
+        Opt(ta.has_value(), ta ? ta->act_zero_points : std::vector<int32_t>{}));
     const auto& sp = r.spatial;
-    st &= AppendList<arrow::FloatBuilder>(field(col::kEqScales), Opt(sp.has_value(), sp ? sp->equalization_scales : std::vector<float>{}));
+    st &= AppendList<arrow::FloatBuilder>(
+        field(col::kEqScales),
+        Opt(sp.has_value(), sp ? sp->equalization_scales : std::vector<float>{}));
     {
       auto* b = static_cast<arrow::FloatBuilder*>(field(col::kSmoothAlpha));
       st &= sp ? b->Append(sp->smoothing_alpha) : b->AppendNull();
     }
     const auto& as = r.activation_stats;
-    st &= AppendList<arrow::FloatBuilder>(field(col::kActMin), Opt(as.has_value(), as ? as->min : std::vector<float>{}));
-    st &= AppendList<arrow::FloatBuilder>(field(col::kActMax), Opt(as.has_value(), as ? as->max : std::vector<float>{}));
-    st &= AppendList<arrow::FloatBuilder>(field(col::kActAbsMax), Opt(as.has_value(), as ? as->absmax : std::vector<float>{}));
+    st &= AppendList<arrow::FloatBuilder>(field(col::kActMin),
+                                          Opt(as.has_value(), as ? as->min : std::vector<float>{}));
+    st &= AppendList<arrow::FloatBuilder>(field(col::kActMax),
+                                          Opt(as.has_value(), as ? as->max : std::vector<float>{}));
+    st &= AppendList<arrow::FloatBuilder>(
+        field(col::kActAbsMax), Opt(as.has_value(), as ? as->absmax : std::vector<float>{}));
     AQ_RETURN_IF_ERROR(FromArrow(st, where));
     std::shared_ptr<arrow::RecordBatch> batch;
     AQ_RETURN_IF_ERROR(FromArrow(rb->Flush().Value(&batch), where));
@@ -285,7 +294,8 @@ Status ModelWriter::Write(const TensorRecord& r) {
       cols[schema->GetFieldIndex(payload_cols[k])] = BorrowedBinary(ch.payload[k], ch.sizes[k]);
       m.payload_bytes += static_cast<uint64_t>(ch.sizes[k]);
     }
-    const uint64_t row_bytes = static_cast<uint64_t>(ch.sizes[0] + ch.sizes[1] + ch.sizes[2] + ch.sizes[3]);
+    const uint64_t row_bytes =
+        static_cast<uint64_t>(ch.sizes[0] + ch.sizes[1] + ch.sizes[2] + ch.sizes[3]);
     if (row_bytes >= kSmallRowBytes) {
       AQ_RETURN_IF_ERROR(m.FlushPending());
       AQ_RETURN_IF_ERROR(m.WriteRowGroup({cols}));
@@ -339,11 +349,13 @@ Status ModelWriter::Close() {
     Abort();
     return st;
   }
-  const std::string totals =
-      "{\"tensors\":" + std::to_string(m.tensors) + ",\"parameters\":" + std::to_string(m.params) +
-      ",\"quantized_parameters\":" + std::to_string(m.quantized_params) +
-      ",\"payload_bytes\":" + std::to_string(m.payload_bytes) +
-      ",\"source_bytes\":" + std::to_string(m.source_bytes) + "}";
+  const std::string totals = nlohmann::json{
+      {"tensors", m.tensors},
+      {"parameters", m.params},
+      {"quantized_parameters", m.quantized_params},
+      {"payload_bytes", m.payload_bytes},
+      {"source_bytes",
+       m.source_bytes}}.dump();
   auto kv = arrow::KeyValueMetadata::Make(
       {pq::key::kFormat, pq::key::kVersion, pq::key::kTool, pq::key::kRecipe, pq::key::kSource,
        pq::key::kModality, pq::key::kDiffusion, pq::key::kCreated, pq::key::kTotals},
@@ -351,6 +363,15 @@ Status ModelWriter::Close() {
        m.meta.source_json, m.meta.modality, m.meta.is_diffusion_model ? "true" : "false",
        NowIso8601(), totals});
   for (const auto& [k, v] : m.meta.extra) kv->Append(k, v);
+  // The same key/values in the embedded Arrow schema, where pyarrow, Polars and DuckDB users
+  // look (read_table(...).schema.metadata); it replaces the schema stored at Open().
+  std::string arrow_schema;
+  if (Status st = pq::SerializedArrowSchema(*pq::ModelSchema()->WithMetadata(kv), &arrow_schema);
+      !st.ok()) {
+    Abort();
+    return Status(st.code(), m.path + ": " + st.message());
+  }
+  kv->Append(pq::key::kArrowSchema, arrow_schema);
   Status st = FromArrow(m.writer->AddKeyValueMetadata(kv), m.path);
   if (st.ok()) st = FromArrow(m.writer->Close(), m.path);
   if (st.ok()) st = FromArrow(m.sink->Close(), m.path);

@@ -2,7 +2,6 @@
 
 #include <arrow/api.h>
 #include <arrow/io/file.h>
-#include <arrow/util/thread_pool.h>
 #include <parquet/arrow/writer.h>
 #include <parquet/properties.h>
 #include <unistd.h>
@@ -28,8 +27,7 @@ std::shared_ptr<arrow::Schema> TensorTableSchema() {
   });
 }
 
-Status WriteRows(const Checkpoint& ck, const std::string& tmp, const TensorTableOptions& opt) {
-  AQ_RETURN_IF_ERROR(FromArrow(arrow::SetCpuThreadPoolCapacity(opt.arrow_threads), tmp));
+Status WriteRows(const Checkpoint& ck, const std::string& tmp) {
   auto sink_r = arrow::io::FileOutputStream::Open(tmp);
   if (!sink_r.ok()) return FromArrow(sink_r.status(), tmp);
   auto props = parquet::WriterProperties::Builder()
@@ -40,8 +38,8 @@ Status WriteRows(const Checkpoint& ck, const std::string& tmp, const TensorTable
                    ->build();
   // Storing the Arrow schema keeps large_binary (and future extension types) on read-back.
   auto arrow_props = parquet::ArrowWriterProperties::Builder().store_schema()->build();
-  auto writer_r = parquet::arrow::FileWriter::Open(*TensorTableSchema(), arrow::default_memory_pool(),
-                                                   *sink_r, props, arrow_props);
+  auto writer_r = parquet::arrow::FileWriter::Open(
+      *TensorTableSchema(), arrow::default_memory_pool(), *sink_r, props, arrow_props);
   if (!writer_r.ok()) return FromArrow(writer_r.status(), tmp);
   auto writer = std::move(*writer_r);
   // One row group per tensor keeps memory bounded by the largest tensor, not the model.
@@ -58,8 +56,9 @@ Status WriteRows(const Checkpoint& ck, const std::string& tmp, const TensorTable
       if (st.ok()) st = dims->Append(static_cast<int64_t>(d));
     }
     const auto bytes = t.data();
-    if (st.ok()) st = data.Append(reinterpret_cast<const uint8_t*>(bytes.data()),
-                                  static_cast<int64_t>(bytes.size()));
+    if (st.ok())
+      st = data.Append(reinterpret_cast<const uint8_t*>(bytes.data()),
+                       static_cast<int64_t>(bytes.size()));
     AQ_RETURN_IF_ERROR(FromArrow(st, tmp));
     std::vector<std::shared_ptr<arrow::Array>> cols(5);
     AQ_RETURN_IF_ERROR(FromArrow(name.Finish(&cols[0]), tmp));
@@ -76,10 +75,9 @@ Status WriteRows(const Checkpoint& ck, const std::string& tmp, const TensorTable
 
 }  // namespace
 
-Status WriteTensorTable(const Checkpoint& checkpoint, const std::string& out_path,
-                        const TensorTableOptions& options) {
+Status WriteTensorTable(const Checkpoint& checkpoint, const std::string& out_path) {
   const std::string tmp = out_path + ".tmp-" + std::to_string(::getpid());
-  Status st = WriteRows(checkpoint, tmp, options);
+  Status st = WriteRows(checkpoint, tmp);
   if (st.ok() && std::rename(tmp.c_str(), out_path.c_str()) != 0) {
     st = Status(StatusCode::kIoError, out_path + ": cannot rename the finished file into place");
   }

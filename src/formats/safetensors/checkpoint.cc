@@ -73,12 +73,14 @@ Result<WeightsPlan> PlanFolder(const fs::path& dir) {
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
     const std::string name = entry.path().filename().string();
-    if (EndsWith(name, kIndexSuffix)) indexes.push_back(entry.path());
-    else if (EndsWith(name, ".safetensors")) singles.push_back(entry.path());
+    if (EndsWith(name, kIndexSuffix))
+      indexes.push_back(entry.path());
+    else if (EndsWith(name, ".safetensors"))
+      singles.push_back(entry.path());
   }
   if (ec) return Status(StatusCode::kIoError, dir.string() + ": cannot list: " + ec.message());
-  auto pick = [&](std::vector<fs::path>& found, std::initializer_list<std::string_view> canonical)
-      -> Result<fs::path> {
+  auto pick = [&](std::vector<fs::path>& found,
+                  std::initializer_list<std::string_view> canonical) -> Result<fs::path> {
     std::sort(found.begin(), found.end());
     if (found.size() == 1) return found[0];
     for (auto c : canonical) {
@@ -93,12 +95,12 @@ Result<WeightsPlan> PlanFolder(const fs::path& dir) {
   };
   if (!indexes.empty()) {
     AQ_ASSIGN_OR_RETURN(fs::path p, pick(indexes, {"diffusion_pytorch_model.safetensors.index.json",
-                                                    "model.safetensors.index.json"}));
+                                                   "model.safetensors.index.json"}));
     return WeightsPlan{true, p};
   }
   if (!singles.empty()) {
-    AQ_ASSIGN_OR_RETURN(fs::path p, pick(singles, {"diffusion_pytorch_model.safetensors",
-                                                    "model.safetensors"}));
+    AQ_ASSIGN_OR_RETURN(
+        fs::path p, pick(singles, {"diffusion_pytorch_model.safetensors", "model.safetensors"}));
     return WeightsPlan{false, p};
   }
   return Status(StatusCode::kNotAModel, dir.string() + ": no .safetensors weights in this folder");
@@ -132,12 +134,14 @@ Status OpenSharded(const fs::path& index_path, const ReaderLimits& limits, Compo
   const fs::path dir = index_path.parent_path();
   for (const auto& s : shard_names) {
     AQ_ASSIGN_OR_RETURN(fs::path p, ResolveInside(dir, s, "shard", label));
-    AQ_ASSIGN_OR_RETURN(std::shared_ptr<SafeTensorsFile> f, SafeTensorsFile::Open(p.string(), limits));
+    AQ_ASSIGN_OR_RETURN(std::shared_ptr<SafeTensorsFile> f,
+                        SafeTensorsFile::Open(p.string(), limits));
     std::set<std::string, std::less<>> listed(by_shard[s].begin(), by_shard[s].end());
     for (const auto& t : listed) {
       if (f->Find(t) == nullptr) {
-        return Status(StatusCode::kIndexMismatch,
-                      label + ": tensor '" + t + "' is listed in shard " + s + " but not found there");
+        return Status(
+            StatusCode::kIndexMismatch,
+            label + ": tensor '" + t + "' is listed in shard " + s + " but not found there");
       }
     }
     for (const auto& t : f->tensors()) {
@@ -155,7 +159,8 @@ Status LoadWeights(const fs::path& target, bool sharded, const ReaderLimits& lim
                    Component& comp) {
   comp.folder = target.parent_path().string();
   if (sharded) return OpenSharded(target, limits, comp);
-  AQ_ASSIGN_OR_RETURN(std::shared_ptr<SafeTensorsFile> f, SafeTensorsFile::Open(target.string(), limits));
+  AQ_ASSIGN_OR_RETURN(std::shared_ptr<SafeTensorsFile> f,
+                      SafeTensorsFile::Open(target.string(), limits));
   comp.files.push_back(std::move(f));
   return Status::OK();
 }
@@ -185,9 +190,10 @@ Status RefusePickle(const fs::path& p) {
   const bool pickle = head[0] == 0x80 && head[1] >= 2 && head[1] <= 5;
   if (!zip && !pickle) return Status::OK();
   return Status(StatusCode::kUnsupported,
-                p.string() + ": a PyTorch pickle/zip checkpoint, not SafeTensors; ArrowQuant does not "
-                             "unpickle model files unless asked (--allow-pickle: torch.load with "
-                             "weights_only=True), or convert it to .safetensors first");
+                p.string() +
+                    ": a PyTorch pickle/zip checkpoint, not SafeTensors; ArrowQuant does not "
+                    "unpickle model files unless asked (--allow-pickle: torch.load with "
+                    "weights_only=True), or convert it to .safetensors first");
 }
 
 }  // namespace

@@ -83,14 +83,14 @@ Status CheckSize(std::string_view label, const TensorInfo& t) {
     return TensorErr(StatusCode::kShapeOverflow, label, t.name, "byte size overflows");
   }
   if (t.end < t.begin) {
-    return TensorErr(StatusCode::kOffsetsInvalid, label, t.name,
-                     "data_offsets end " + std::to_string(t.end) + " before begin " +
-                         std::to_string(t.begin));
+    return TensorErr(
+        StatusCode::kOffsetsInvalid, label, t.name,
+        "data_offsets end " + std::to_string(t.end) + " before begin " + std::to_string(t.begin));
   }
   if (t.end - t.begin != bytes) {
     return TensorErr(StatusCode::kSizeMismatch, label, t.name,
-                     "shape and dtype need " + std::to_string(bytes) + " bytes, data_offsets span " +
-                         std::to_string(t.end - t.begin));
+                     "shape and dtype need " + std::to_string(bytes) +
+                         " bytes, data_offsets span " + std::to_string(t.end - t.begin));
   }
   return Status::OK();
 }
@@ -107,8 +107,9 @@ Result<SafeTensorsHeader> ParseSafeTensors(std::span<const std::byte> file, std:
                                            const ReaderLimits& limits) {
   if (file.size() < 8) {
     return Err(StatusCode::kFileTooSmall, label,
-               "file is " + std::to_string(file.size()) + " bytes, a SafeTensors file needs at "
-               "least 8");
+               "file is " + std::to_string(file.size()) +
+                   " bytes, a SafeTensors file needs at "
+                   "least 8");
   }
   const uint64_t n = ReadLittleEndian64(file.data());
   if (n > limits.max_header_bytes) {
@@ -122,7 +123,8 @@ Result<SafeTensorsHeader> ParseSafeTensors(std::span<const std::byte> file, std:
                    std::to_string(file.size() - 8) + " follow the length prefix");
   }
   const std::string_view text(reinterpret_cast<const char*>(file.data()) + 8, n);
-  if (!IsValidUtf8(text)) return Err(StatusCode::kHeaderNotUtf8, label, "header is not valid UTF-8");
+  if (!IsValidUtf8(text))
+    return Err(StatusCode::kHeaderNotUtf8, label, "header is not valid UTF-8");
   if (text.empty() || text.front() != '{') {
     return Err(StatusCode::kHeaderInvalidJson, label, "header does not start with '{'");
   }
@@ -137,8 +139,10 @@ Result<SafeTensorsHeader> ParseSafeTensors(std::span<const std::byte> file, std:
     return true;
   };
   const json root = json::parse(text.begin(), text.end(), on_event, /*allow_exceptions=*/false);
-  if (root.is_discarded()) return Err(StatusCode::kHeaderInvalidJson, label, "header is not valid JSON");
-  if (!root.is_object()) return Err(StatusCode::kHeaderInvalidJson, label, "header is not a JSON object");
+  if (root.is_discarded())
+    return Err(StatusCode::kHeaderInvalidJson, label, "header is not valid JSON");
+  if (!root.is_object())
+    return Err(StatusCode::kHeaderInvalidJson, label, "header is not a JSON object");
   if (!duplicate.empty()) {
     return TensorErr(StatusCode::kDuplicateName, label, duplicate, "name appears twice in header");
   }

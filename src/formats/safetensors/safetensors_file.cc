@@ -19,7 +19,9 @@ Result<std::shared_ptr<SafeTensorsFile>> SafeTensorsFile::Open(const std::string
       new SafeTensorsFile(path, std::move(map), std::move(header)));
 }
 
-uint64_t SafeTensorsFile::file_size() const { return map_->bytes().size(); }
+uint64_t SafeTensorsFile::file_size() const {
+  return map_->bytes().size();
+}
 
 const TensorInfo* SafeTensorsFile::Find(std::string_view name) const {
   const auto it = by_name_.find(name);
