@@ -56,13 +56,10 @@ std::string NowIso8601() {
 std::shared_ptr<arrow::Array> BorrowedBinary(const uint8_t* data, int64_t size) {
   static const uint8_t kEmpty = 0;
   if (size == 0 || data == nullptr) data = &kEmpty;
-  auto offsets = arrow::AllocateBuffer(2 * sizeof(int64_t)).ValueOrDie();
-  auto* o = reinterpret_cast<int64_t*>(offsets->mutable_data());
-  o[0] = 0;
-  o[1] = size;
+  // Buffer::FromVector owns its two offsets without a fallible allocation call.
+  auto offsets = arrow::Buffer::FromVector(std::vector<int64_t>{0, size});
   auto values = std::make_shared<arrow::Buffer>(data, size);
-  return std::make_shared<arrow::LargeBinaryArray>(
-      1, std::shared_ptr<arrow::Buffer>(std::move(offsets)), values);
+  return std::make_shared<arrow::LargeBinaryArray>(1, std::move(offsets), values);
 }
 
 template <typename B, typename V>
