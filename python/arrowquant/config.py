@@ -100,17 +100,11 @@ class DiffusionQuantConfig:
         if config is not None:
             file_values = dict(config) if isinstance(config, dict) else cls._yaml_mapping(config)
             cls._check_known(file_values)
-        name = (
-            given.pop("profile", None)
-            or env.pop("profile", None)
-            or file_values.pop("profile", None)
-            or profile
-            or DEFAULT_PROFILE
-        )
-        file_values.pop("profile", None)
-        env.pop("profile", None)
+        chosen = [given.pop("profile", None), env.pop("profile", None)]
+        chosen += [file_values.pop("profile", None), profile]
+        name = next((p for p in chosen if p), DEFAULT_PROFILE)
         cls._check_known(given)
-        if name not in PROFILES:
+        if name not in PROFILES:  # checked here too: PROFILES[name] is read below
             raise ConfigurationError(
                 f"profile: must be one of {', '.join(PROFILES)} (got {name!r})"
             )

@@ -86,9 +86,10 @@ void Keep(const TensorView& t, DType keep, Outcome& o) {
     } else {
       std::vector<uint16_t> buf;
       std::string lost;
-      for (DType cand : {keep, DType::kBF16}) {
+      std::vector<DType> candidates = {keep};
+      if (keep != DType::kBF16) candidates.push_back(DType::kBF16);
+      for (DType cand : candidates) {
         if (cand == src) break;  // the source dtype holds itself
-        if (cand != keep && cand == DType::kBF16 && keep == DType::kBF16) break;
         const RoundTrip r = MeasureRoundTrip(f, cand, buf);
         if (r.overflow == 0 && r.rel_rmse <= kKeepTolerance) {
           out = cand;

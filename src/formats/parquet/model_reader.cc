@@ -125,14 +125,20 @@ Status ModelReader::Impl::DecodeSeedRow(const ModelTensorInfo& t, std::vector<fl
   return Status::OK();
 }
 
+Status ModelReader::Impl::ReadRawBytes(const ModelTensorInfo& t, std::vector<uint8_t>& out) const {
+  AQ_RETURN_IF_ERROR(ReadPayload(t, col::kData, out));
+  const size_t need = t.num_params * ElementBytes(t.raw_dtype);
+  if (out.size() != need) {
+    return Err(StatusCode::kCorrupt, "tensor '" + t.name + "': " + std::to_string(out.size()) +
+                                         " bytes, shape and dtype need " + std::to_string(need));
+  }
+  return Status::OK();
+}
+
 Status ModelReader::Impl::DecodeRawFloat(const ModelTensorInfo& t, std::vector<float>& out) const {
   std::vector<uint8_t> raw;
-  AQ_RETURN_IF_ERROR(ReadPayload(t, col::kData, raw));
-  const size_t n = t.num_params, es = ElementBytes(t.raw_dtype);
-  if (raw.size() != n * es) {
-    return Err(StatusCode::kCorrupt, "tensor '" + t.name + "': " + std::to_string(raw.size()) +
-                                         " bytes, shape and dtype need " + std::to_string(n * es));
-  }
+  AQ_RETURN_IF_ERROR(ReadRawBytes(t, raw));
+  const size_t n = t.num_params;
   out.resize(n);
   if (t.raw_dtype == DType::kF32) {
     std::memcpy(out.data(), raw.data(), raw.size());
@@ -182,13 +188,7 @@ Result<std::vector<std::byte>> ModelReader::ReadRaw(const std::string& name) con
                       "tensor '" + name + "' is quantized (" + t->quant_type + ")");
   }
   std::vector<uint8_t> b;
-  AQ_RETURN_IF_ERROR(impl_->ReadPayload(*t, col::kData, b));
-  const size_t need = t->num_params * ElementBytes(t->raw_dtype);
-  if (b.size() != need) {
-    return impl_->Err(StatusCode::kCorrupt, "tensor '" + name + "': " + std::to_string(b.size()) +
-                                                " bytes, shape and dtype need " +
-                                                std::to_string(need));
-  }
+  AQ_RETURN_IF_ERROR(impl_->ReadRawBytes(*t, b));
   std::vector<std::byte> out(b.size());
   std::memcpy(out.data(), b.data(), b.size());
   return out;
@@ -253,12 +253,7 @@ Status ModelReader::DequantizeAsStored(const std::string& name, DType dtype,
   }
   if (t->quant_type == "raw" && t->raw_dtype == dtype) {
     std::vector<uint8_t> raw;
-    AQ_RETURN_IF_ERROR(impl_->ReadPayload(*t, col::kData, raw));
-    if (raw.size() != out.size()) {
-      return impl_->Err(StatusCode::kCorrupt,
-                        "tensor '" + name + "': " + std::to_string(raw.size()) +
-                            " bytes, shape and dtype need " + std::to_string(out.size()));
-    }
+    AQ_RETURN_IF_ERROR(impl_->ReadRawBytes(*t, raw));
     std::memcpy(out.data(), raw.data(), raw.size());
     return Status::OK();
   }
@@ -302,11 +297,9 @@ Status ModelReader::Load(std::span<const LoadRequest> requests, int threads, boo
     const size_t i = order[k];
     const LoadRequest& r = requests[i];
     if (infos[i]->quant_type == "raw" && !Traits(infos[i]->raw_dtype).quantizable) {
-      auto raw = ReadRaw(r.name);
-      if (raw.ok())
-        std::memcpy(r.out.data(), raw->data(), raw->size());
-      else
-        errors[i] = raw.status();
+      std::vector<uint8_t> raw;  // copied as stored (sizes checked above and here)
+      errors[i] = impl_->ReadRawBytes(*infos[i], raw);
+      if (errors[i].ok()) std::memcpy(r.out.data(), raw.data(), raw.size());
       return;
     }
     errors[i] = as_stored ? DequantizeAsStored(r.name, r.dtype, r.out, 1)

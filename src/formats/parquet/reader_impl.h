@@ -48,6 +48,8 @@ struct ModelReader::Impl {
   Status ReadPayload(const ModelTensorInfo& t, const char* column, std::vector<uint8_t>& out) const;
   // Fills q (reusing its buffers' capacity) with a packed tensor.
   Status ReadQuantizedInto(const ModelTensorInfo& t, QuantizedTensor& q) const;
+  // A raw tensor's stored bytes, checked against its shape and dtype (Corrupt otherwise).
+  Status ReadRawBytes(const ModelTensorInfo& t, std::vector<uint8_t>& out) const;
   // Seed rows and raw rows to f32.
   Status DecodeSeedRow(const ModelTensorInfo& t, std::vector<float>& out) const;
   Status DecodeRawFloat(const ModelTensorInfo& t, std::vector<float>& out) const;
