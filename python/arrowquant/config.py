@@ -31,6 +31,12 @@ ENV_PREFIX = "ARROW_QUANT_"
 _OVERRIDE = re.compile(r"^(?P<pattern>.+)=(?P<bits>2|4|8|16|keep)$")
 
 
+def _check_profile(name: object) -> None:
+    """A YAML file can hold any value here (a list is unhashable, so test the type first)."""
+    if not isinstance(name, str) or name not in PROFILES:
+        raise ConfigurationError(f"profile: must be one of {', '.join(PROFILES)} (got {name!r})")
+
+
 @dataclass
 class DiffusionQuantConfig:
     profile: str = DEFAULT_PROFILE
@@ -71,10 +77,7 @@ class DiffusionQuantConfig:
     target_bpw: float = 0.0  # > 0: size budget in bits per weight (widths by measured sensitivity)
 
     def __post_init__(self) -> None:
-        if self.profile not in PROFILES:
-            raise ConfigurationError(
-                f"profile: must be one of {', '.join(PROFILES)} (got {self.profile!r})"
-            )
+        _check_profile(self.profile)
         for name, value in PROFILES[self.profile].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
@@ -104,10 +107,7 @@ class DiffusionQuantConfig:
         chosen += [file_values.pop("profile", None), profile]
         name = next((p for p in chosen if p), DEFAULT_PROFILE)
         cls._check_known(given)
-        if name not in PROFILES:  # checked here too: PROFILES[name] is read below
-            raise ConfigurationError(
-                f"profile: must be one of {', '.join(PROFILES)} (got {name!r})"
-            )
+        _check_profile(name)  # checked here too: PROFILES[name] is read below
         return cls(profile=name, **(PROFILES[name] | file_values | env | given))
 
     @classmethod

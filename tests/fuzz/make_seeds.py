@@ -1,4 +1,5 @@
-"""Writes the seed corpora of the fuzz targets (committed under corpus/; rerun to refresh)."""
+"""Writes the seed corpora of the fuzz targets (committed under corpus/; rerun to refresh):
+`make_seeds.py [TARGET...]`."""
 
 from __future__ import annotations
 
@@ -46,12 +47,36 @@ def model_seeds(d: Path) -> None:
     aq.save(d / "one.parquet", {"w": aq.quantize(w[:2, :32], bits=4, group_size=32)})
 
 
-def main() -> None:
+def calibration_data_seeds(d: Path) -> None:
+    """First byte: 0 JSONL, 1 Parquet, 2.. the files of a saved dataset in name order (the
+    target's own choice: see fuzz_calibration_data.py)."""
+    import tempfile
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": "a thin zero"}, {"label": 7}, {"text": "a seven", "label": None}]
+    (d / "rows.jsonl").write_bytes(b"\0" + "\n".join(json.dumps(r) for r in rows).encode())
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"label": [1, 2, 3]}), sink)
+    (d / "labels.parquet").write_bytes(b"\1" + sink.getvalue().to_pybytes())
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = datasets.Dataset.from_dict({"prompt": ["a thin zero", "a handwritten seven"]})
+        ds.save_to_disk(tmp)
+        for i, name in enumerate(sorted(p.name for p in Path(tmp).iterdir())):
+            (d / f"dataset-{name}").write_bytes(bytes([2 + i]) + (Path(tmp) / name).read_bytes())
+
+
+def main(only: list[str]) -> None:
     for name, fn in [
         ("fuzz_safetensors", safetensors_seeds),
         ("fuzz_sharded_index", index_seeds),
         ("fuzz_model_reader", model_seeds),
+        ("fuzz_calibration_data", calibration_data_seeds),
     ]:
+        if only and name not in only:
+            continue
         d = HERE / name
         d.mkdir(parents=True, exist_ok=True)
         fn(d)
@@ -59,4 +84,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])  # target names, or none for all

@@ -58,6 +58,29 @@ def test_bad_calibration_files(tmp_path: Path, content: str, needle: str) -> Non
         load_calibration(f)
 
 
+def test_damaged_calibration_data_is_a_configuration_error(tmp_path: Path) -> None:
+    """Findings of tests/fuzz/fuzz_calibration_data.py: each raised a bare Python error."""
+    import datasets
+
+    (tmp_path / "bin.jsonl").write_bytes(b'{"prompt": "a"}\n{"lab\x8a": 7}\n')
+    (tmp_path / "deep.jsonl").write_text("[" * 100_000 + "\n")
+    pq.write_table(pa.table({"label": [1]}), tmp_path / "name.parquet")
+    raw = (tmp_path / "name.parquet").read_bytes()
+    (tmp_path / "name.parquet").write_bytes(raw.replace(b"label", b"l\xe2\x28el"))
+    (tmp_path / "cut.parquet").write_bytes(raw[: len(raw) // 2])
+    datasets.Dataset.from_dict({"label": [0, 1]}).save_to_disk(str(tmp_path / "ds"))
+    (tmp_path / "ds" / "state.json").write_text('{"_data_files": 3}')
+    for name, needle in [
+        ("bin.jsonl", "bin.jsonl:2: not UTF-8"),
+        ("deep.jsonl", "deep.jsonl:1: JSON nested too deeply"),
+        ("name.parquet", "not a readable Parquet file"),
+        ("cut.parquet", "not a readable Parquet file"),
+        ("ds", "ds: not a readable dataset"),
+    ]:
+        with pytest.raises(ConfigurationError, match=needle):
+            load_calibration(tmp_path / name)
+
+
 def test_bad_calibration_specs(tmp_path: Path) -> None:
     for spec, needle in [
         ("synthetic:0", ">= 1"),
@@ -271,6 +294,8 @@ def test_cli_calibration_errors(tmp_path: Path) -> None:
         "max_rel_rmse: abc\n",
         "bits: true\n",
         "overrides: [1, 2]\n",
+        'profile: ["a", "b"]\n',  # unhashable profile (fuzzer finding)
+        "profile: {a: 1}\n",
         "created: 2001-13-45\n",
         "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n",
     ],

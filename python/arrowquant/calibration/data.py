@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from arrowquant.errors import ConfigurationError, MalformedModelError, UnsupportedError
+from arrowquant.errors import ConfigurationError, UnsupportedError
 
 LABEL_KEYS = ("label", "labels", "class", "class_label")
 TEXT_KEYS = ("prompt", "text", "caption")
@@ -73,14 +73,22 @@ def _from_rows(source: str, rows: list[dict[str, Any]], where: str) -> Calibrati
 
 def _jsonl(path: Path) -> CalibrationSet:
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ConfigurationError(
+                    f"{path}:{lineno}: not UTF-8 text (byte {e.start + 1} of the line)"
+                ) from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ConfigurationError(f"{path}:{lineno}: not JSON ({e.msg})") from None
+            except RecursionError:
+                raise ConfigurationError(f"{path}:{lineno}: JSON nested too deeply") from None
             if not isinstance(row, dict):
                 raise ConfigurationError(f"{path}:{lineno}: expected a JSON object a line")
             rows.append(row)
@@ -92,10 +100,11 @@ def _parquet(path: Path) -> CalibrationSet:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise MalformedModelError(f"{path}: not a readable Parquet file ({e})") from None
-    return _from_rows(str(path), table.to_pylist(), str(path))
+        rows = pq.read_table(path).to_pylist()
+    # ValueError: names or strings that are not UTF-8; OverflowError: dates Python cannot hold.
+    except (pa.ArrowException, OSError, ValueError, OverflowError) as e:
+        raise ConfigurationError(f"{path}: not a readable Parquet file ({e})") from None
+    return _from_rows(str(path), rows, str(path))
 
 
 def _hf_dataset(path: Path) -> CalibrationSet:
@@ -107,12 +116,17 @@ def _hf_dataset(path: Path) -> CalibrationSet:
         ) from None
     try:
         ds = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as e:
-        raise ConfigurationError(f"{path}: not a dataset saved with save_to_disk ({e})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        split = "train" if "train" in ds else next(iter(ds))
-        ds = ds[split]
-    return _from_rows(str(path), [dict(r) for r in ds], str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            split = "train" if "train" in ds else next(iter(ds))
+            ds = ds[split]
+        rows = [dict(r) for r in ds]
+    # `datasets` fails on a damaged folder with whatever its parsers raise (JSON, Arrow, key and
+    # type errors, ...): each is the user's file being unreadable, so name the folder and the cause.
+    except Exception as e:  # noqa: BLE001
+        raise ConfigurationError(
+            f"{path}: not a readable dataset saved with save_to_disk ({type(e).__name__}: {e})"
+        ) from None
+    return _from_rows(str(path), rows, str(path))
 
 
 def load_calibration(
