@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -35,6 +37,52 @@ void ParallelForEach(size_t n, int threads, const std::function<void(size_t)>& f
   WorkerGroup helpers(std::max(0, extra), work);
   work(0);
   helpers.Join();
+}
+
+Status ParallelOrdered(size_t n, int threads, size_t window,
+                       const std::function<void(size_t)>& work,
+                       const std::function<Status(size_t)>& in_order) {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<uint8_t> finished(n, 0);
+  size_t next_task = 0, next_consumed = 0;
+  bool stop = false;
+  window = std::max<size_t>(window, 1);
+  auto worker = [&](int) {
+    for (;;) {
+      size_t i;
+      {
+        std::unique_lock lk(mu);
+        cv.wait(lk, [&] { return stop || next_task >= n || next_task < next_consumed + window; });
+        if (stop || next_task >= n) return;
+        i = next_task++;
+      }
+      work(i);
+      {
+        std::lock_guard lk(mu);
+        finished[i] = 1;
+      }
+      cv.notify_all();
+    }
+  };
+  WorkerGroup pool(std::max(1, threads), worker);
+  Status status;
+  for (size_t i = 0; i < n && status.ok(); ++i) {
+    {
+      std::unique_lock lk(mu);
+      cv.wait(lk, [&] { return finished[i] != 0; });
+      next_consumed = i + 1;
+    }
+    cv.notify_all();
+    status = in_order(i);
+  }
+  {
+    std::lock_guard lk(mu);
+    stop = true;
+  }
+  cv.notify_all();
+  pool.Join();
+  return status;
 }
 
 WorkerGroup::WorkerGroup(int threads, const std::function<void(int)>& fn) {

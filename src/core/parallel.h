@@ -7,6 +7,8 @@
 #include <thread>
 #include <vector>
 
+#include "arrowquant/status.h"
+
 namespace arrowquant {
 
 // Calls fn(begin, end, worker) for disjoint contiguous ranges covering [0, n); worker < threads.
@@ -15,6 +17,15 @@ void ParallelFor(size_t n, int threads, const std::function<void(size_t, size_t,
 // Calls fn(i) for every i in [0, n), `threads` at a time, items handed out in index order as
 // workers free up (so callers sort large items first to balance the load).
 void ParallelForEach(size_t n, int threads, const std::function<void(size_t)>& fn);
+
+// Workers call work(i) for i in index order, at most `window` items ahead of the consumer; the
+// calling thread calls in_order(i) for i = 0, 1, ... as each work(i) finishes (so whatever it
+// writes comes out in index order, whatever the thread count). work(i) keeps its result where
+// in_order(i) finds it (a slot per item). The first error from in_order stops the workers and is
+// returned once they have all returned.
+Status ParallelOrdered(size_t n, int threads, size_t window,
+                       const std::function<void(size_t)>& work,
+                       const std::function<Status(size_t)>& in_order);
 
 // `threads` threads running fn(worker) until it returns; Join() (or the destructor) waits.
 // For producer/consumer loops where the calling thread has its own work meanwhile.

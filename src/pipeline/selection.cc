@@ -2,7 +2,7 @@
 // diffusion models more precision: the time embedding gets INT8 whatever the target width,
 // adaLN / scale-shift modulation a tighter threshold; norms, embeddings, first and last layers
 // stay unquantized. Every other linear and conv weight, convs included, takes the target width.
-#include "arrowquant/pipeline.h"
+#include "pipeline/selection.h"
 
 namespace arrowquant {
 
@@ -30,6 +30,66 @@ std::vector<SelectionRule> DefaultSelectionRules(const std::string& modality) {
     rules.push_back({R"((^|/)(vocoder|mel)\w*)", 0, "audio front/back end"});
   }
   return rules;
+}
+
+PlannedTensor Decide(const CheckpointTensor& t, const PipelineConfig& c,
+                     const CompiledRules& rules) {
+  PlannedTensor p{t.name, c.bits, c.max_rel_rmse, "", true};
+  for (const auto& [re, rule] : rules) {
+    if (std::regex_search(t.name, re)) {
+      p.target_width = rule.bits < 0;
+      p.bits = rule.bits < 0 ? c.bits : rule.bits;
+      p.threshold = c.max_rel_rmse * rule.threshold_scale;
+      p.why = rule.why.empty() ? "rule '" + rule.pattern + "'" : rule.why;
+      break;
+    }
+  }
+  if (!Traits(t.info->dtype).quantizable) {
+    p.bits = 0;
+    p.why = "dtype " + std::string(Traits(t.info->dtype).safetensors_name) + " is not quantized";
+  } else if (t.info->shape.size() < 2) {
+    p.bits = 0;
+    p.why = "1-D tensor (bias, norm or scale)";
+  } else if (t.info->num_elements() < c.min_elements) {
+    p.bits = 0;
+    p.why = "fewer than " + std::to_string(c.min_elements) + " elements";
+  }
+  if (p.bits >= 16) p.bits = 0;
+  if (p.bits == 0) p.target_width = false;
+  return p;
+}
+
+Result<CompiledRules> CompileRules(const PipelineConfig& config, const std::string& modality) {
+  CompiledRules rules;
+  auto all_rules = config.rules;
+  for (auto& r : DefaultSelectionRules(modality)) all_rules.push_back(r);
+  for (const auto& r : all_rules) {
+    try {
+      rules.emplace_back(std::regex(r.pattern, std::regex::ECMAScript), r);
+    } catch (const std::regex_error& e) {
+      return Status(StatusCode::kInvalidArgument,
+                    "selection rule '" + r.pattern + "': " + e.what());
+    }
+  }
+  return rules;
+}
+
+QuantSpec PipelineConfig::SpecFor(int width) const {
+  QuantSpec s = spec ? *spec : QuantSpec::Recommended(width);
+  if (spec && s.bits != width) {
+    s.bits = width;
+    if (s.scales == ScaleStorage::kCoded) s.scale_bits = QuantSpec::Recommended(width).scale_bits;
+  }
+  return s;
+}
+
+Result<std::vector<PlannedTensor>> PlanSelection(const Checkpoint& ck,
+                                                 const PipelineConfig& config) {
+  const std::string modality = config.modality.empty() ? DetectModality(ck).first : config.modality;
+  AQ_ASSIGN_OR_RETURN(CompiledRules rules, CompileRules(config, modality));
+  std::vector<PlannedTensor> out;
+  for (const auto& t : ck.tensors()) out.push_back(Decide(t, config, rules));
+  return out;
 }
 
 }  // namespace arrowquant

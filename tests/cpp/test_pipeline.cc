@@ -1,11 +1,16 @@
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <thread>
+#include <vector>
 
 #include "arrowquant/pipeline.h"
+#include "core/parallel.h"
 #include "safetensors_builder.h"
 
 namespace arrowquant {
@@ -210,6 +215,46 @@ TEST_F(PipelineTest, SizeBudgetAssignsBitsBySensitivity) {
   for (const auto& l : rep->layers) {
     if (l.action == "quantized") EXPECT_EQ(l.bits, 2) << l.name;
   }
+}
+
+// The orchestrator's scheduling: items finish in any order, the consumer sees them in index
+// order, never more than `window` ahead, whatever the thread count; an error stops the work.
+TEST(ParallelOrdered, ConsumesInIndexOrderWithinTheWindow) {
+  for (int threads : {1, 2, 4}) {
+    const size_t n = 64, window = 3;
+    std::vector<int> value(n, -1), seen;
+    std::atomic<size_t> started{0}, consumed{0}, max_ahead{0};
+    auto work = [&](size_t i) {
+      const size_t ahead = ++started - consumed.load();
+      size_t m = max_ahead.load();
+      while (ahead > m && !max_ahead.compare_exchange_weak(m, ahead)) {
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds((i * 7919) % 300));
+      value[i] = static_cast<int>(i * i);
+    };
+    auto in_order = [&](size_t i) {
+      EXPECT_EQ(value[i], static_cast<int>(i * i));
+      seen.push_back(static_cast<int>(i));
+      ++consumed;
+      return Status::OK();
+    };
+    ASSERT_TRUE(ParallelOrdered(n, threads, window, work, in_order).ok());
+    ASSERT_EQ(seen.size(), n);
+    for (size_t i = 0; i < n; ++i) EXPECT_EQ(seen[i], static_cast<int>(i));
+    EXPECT_LE(max_ahead.load(), window + 1) << threads << " threads";
+  }
+}
+
+TEST(ParallelOrdered, FirstErrorStopsTheWork) {
+  std::atomic<size_t> done{0};
+  auto work = [&](size_t) { ++done; };
+  auto in_order = [&](size_t i) {
+    return i == 5 ? Status(StatusCode::kCancelled, "stop at 5") : Status::OK();
+  };
+  const Status st = ParallelOrdered(1000, 2, 4, work, in_order);
+  EXPECT_EQ(st.code(), StatusCode::kCancelled);
+  EXPECT_EQ(st.message(), "stop at 5");
+  EXPECT_LE(done.load(), 5u + 4u + 1u);  // nothing beyond the window ran
 }
 
 }  // namespace

@@ -1,0 +1,119 @@
+#include "pipeline/layer.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+
+#include "arrowquant/calibration.h"
+#include "kernels/row_kernels.h"
+#include "pipeline/keep.h"
+
+namespace arrowquant {
+namespace {
+
+void Keep(const TensorView& view, DType keep, LayerOutcome& o) {
+  KeptTensor k = KeepTensor(view, keep);
+  if (!k.note.empty()) o.report.why += " (" + k.note + ")";
+  o.raw = std::move(k.bytes);
+  o.raw_dtype = k.dtype;
+  o.report.action = "kept";
+  o.report.format = KeptName(k.dtype);
+  o.report.stored_bytes = o.raw.size();
+}
+
+uint64_t CountNonFinite(const TensorView& w) {
+  if (!Traits(w.dtype).quantizable) return 0;
+  const size_t n = w.num_elements(), chunk = 1 << 16, es = ElementBytes(w.dtype);
+  std::vector<float> buf(std::min(n, chunk));
+  uint64_t bad = 0;
+  for (size_t i = 0; i < n; i += chunk) {
+    const size_t m = std::min(chunk, n - i);
+    kernels::ToF32(w.dtype, w.data.data() + i * es, m, buf.data());
+    bad += kernels::CountNonFinite(buf.data(), m);
+  }
+  return bad;
+}
+
+// W / s along the input-channel axis (dim 1) into `out` (f32).
+Status EqualizedWeight(const TensorView& w, const std::vector<float>& s, std::vector<float>& out) {
+  if (!Traits(w.dtype).quantizable) {
+    return Status(StatusCode::kInvalidArgument,
+                  "tensor '" + std::string(w.name) + "': equalization needs a float weight");
+  }
+  out.resize(w.num_elements());
+  kernels::ToF32(w.dtype, w.data.data(), out.size(), out.data());
+  return ScaleInputChannels(out, w.shape, s, Equalize::kDivide, w.name);
+}
+
+}  // namespace
+
+void ProcessLayer(const CheckpointTensor& t, const PipelineConfig& c, const CompiledRules& rules,
+                  int forced_bits, LayerOutcome& o) {
+  LayerReport& r = o.report;
+  r.name = t.name;
+  r.shape = t.info->shape;
+  r.source_dtype = std::string(Traits(t.info->dtype).safetensors_name);
+  r.source_bytes = t.info->nbytes();
+  const PlannedTensor plan = Decide(t, c, rules);
+  const int bits = forced_bits > 0 ? forced_bits : plan.bits;
+  const double threshold = forced_bits > 0 ? 1e30 : plan.threshold;
+  r.why = forced_bits > 0 ? "width from the size budget" : plan.why;
+  TensorView view{t.name, t.info->dtype, t.info->shape, t.data()};
+  if (const auto p = c.activations.find(t.name); p != c.activations.end()) {
+    o.plan = &p->second;
+    if (o.plan->spatial && !o.plan->spatial->equalization_scales.empty()) {
+      if (Status st = EqualizedWeight(view, o.plan->spatial->equalization_scales, o.equalized);
+          !st.ok()) {
+        o.status = st;
+        return;
+      }
+      view = TensorView{t.name, DType::kF32, t.info->shape,
+                        std::as_bytes(std::span<const float>(o.equalized))};
+    }
+  }
+  if (bits == 0) {
+    if (r.why.empty()) r.why = "kept by rule";
+    Keep(view, c.keep_dtype, o);
+    return;
+  }
+  if (c.keep_nonfinite) {
+    if (const uint64_t bad = CountNonFinite(view); bad) {
+      r.why = std::to_string(bad) + " NaN/Inf values (--nan-policy keep-fp16)";
+      Keep(view, c.keep_dtype, o);
+      return;
+    }
+  }
+  const std::vector<int> ladder = forced_bits > 0 ? std::vector<int>{bits}
+                                  : bits <= 2     ? std::vector<int>{2, 4, 8}
+                                  : bits <= 4     ? std::vector<int>{4, 8}
+                                                  : std::vector<int>{8};
+  for (int b : ladder) {
+    auto q = Quantize(view, c.SpecFor(b), QuantOptions{1});
+    if (!q.ok()) {
+      o.status = q.status();
+      return;
+    }
+    auto m = MeasureError(*q, view, QuantOptions{1});
+    if (!m.ok()) {
+      o.status = m.status();
+      return;
+    }
+    if (m->rel_rmse <= threshold) {
+      r.action = "quantized";
+      r.bits = b;
+      r.format = q->spec.ToString();
+      r.metrics = *m;
+      r.stored_bytes = q->nbytes();
+      o.q = std::move(*q);
+      return;
+    }
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "int%d: relative RMSE %.4f > %.4f", b, m->rel_rmse, threshold);
+    r.fallbacks.push_back(buf);
+  }
+  o.missed = true;
+  r.why = "no width met the threshold";
+  Keep(view, c.keep_dtype, o);
+}
+
+}  // namespace arrowquant
