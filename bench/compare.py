@@ -305,8 +305,8 @@ def run_one(inp: str, tool: str, setting: str, dump: str = "") -> dict[str, Any]
 def end_to_end(model: str, dumps: dict[str, str], samples: int) -> dict[str, Any]:
     import torch
 
+    from arrowquant.diffusion import load_reference
     from arrowquant.eval import evaluate
-    from arrowquant.eval.sampling import load_reference
 
     ref = load_reference(ROOT / "models" / model)
     base = {k: v.clone() for k, v in ref.module.state_dict().items()}

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 import arrowquant as aq
+from arrowquant.diffusion import load_reference
 from arrowquant.eval import evaluate
-from arrowquant.eval.sampling import load_reference
 from arrowquant.torch import apply
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -33,7 +33,7 @@ from arrowquant.calibration import equalization
 from arrowquant.calibration.capture import capture, quantizable_layers, weight_name
 from arrowquant.calibration.data import CalibrationSet
 from arrowquant.calibration.spatial import choose_equalization
-from arrowquant.eval.sampling import load_reference
+from arrowquant.diffusion import load_reference
 from arrowquant.torch import TimestepTracker, fake_quant
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +70,7 @@ def scale_input(m: Any, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 def run_held_out(ref: Any, fn: Any) -> None:
     """Samples 16 held-out trajectories with forward hooks calling fn(name, module, x, y, t)."""
-    from arrowquant.eval.sampling import sample
+    from arrowquant.diffusion import sample
 
     layers = quantizable_layers(ref.module)
     tracker = TimestepTracker(ref.module)

@@ -262,6 +262,11 @@ def equalization_scales(weight_absmax: Annotated[NDArray[numpy.float32], dict(sh
 
 def input_channel_absmax(weight: Annotated[NDArray, dict(order='C', device='cpu', writable=False)], dtype: str, name: str = 'weight') -> NDArray[numpy.float32]: ...
 
+def scale_input_channels(weight: Annotated[NDArray[numpy.float32], dict(order='C', device='cpu', writable=False)], scales: Annotated[NDArray[numpy.float32], dict(shape=(None,), order='C', device='cpu', writable=False)], divide: bool = True, name: str = 'weight') -> NDArray[numpy.float32]:
+    """
+    A copy of an f32 weight [out, in, ...] as W / s (divide, how equalized weights are stored) or W * s along the input-channel axis; every kernel position of channel i shares s_i.
+    """
+
 HISTOGRAM: dict = ...
 
 HISTOGRAM_BIN_VALUES: numpy.ndarray = ...

@@ -10,16 +10,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 import arrowquant._core as _core
-
-_VIEW_AS: dict[str, Any] = {
-    "BF16": ml_dtypes.bfloat16,
-    "F8_E4M3": ml_dtypes.float8_e4m3fn,
-    "F8_E5M2": ml_dtypes.float8_e5m2,
-}
+from arrowquant.dtypes import as_dtype
 
 _U64_MAX = 2**64 - 1
 
@@ -89,9 +83,7 @@ class Checkpoint:
 
     def numpy(self, name: str) -> np.ndarray:
         """Zero-copy read-only array with the tensor's dtype (bf16/f8 through ml_dtypes)."""
-        arr = np.asarray(self._core.array(name))
-        view_as = _VIEW_AS.get(self._core.info(name)["dtype"])
-        return arr.view(view_as) if view_as is not None else arr
+        return as_dtype(np.asarray(self._core.array(name)), self._core.info(name)["dtype"])
 
     def raw(self, name: str) -> np.ndarray:
         """The tensor's bytes, zero-copy, as read-only uint8."""

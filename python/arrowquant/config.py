@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from arrowquant.dtypes import QUANTIZABLE
 from arrowquant.errors import ConfigurationError
 
 # The only place profile-dependent defaults live: `DiffusionQuantConfig()` is the local profile,
@@ -181,8 +182,8 @@ class DiffusionQuantConfig:
             bad("calibration_samples", "must be at least 1")
         if self.modality not in ("", "image", "video", "audio", "text", "code"):
             bad("modality", "must be image, video, audio, text, code or empty (detect)")
-        if self.keep_dtype not in ("F16", "BF16", "F32"):
-            bad("keep_dtype", "must be F16, BF16 or F32")
+        if self.keep_dtype not in QUANTIZABLE:
+            bad("keep_dtype", f"must be one of {', '.join(QUANTIZABLE)}")
         if self.target_bpw != 0 and not (1.0 <= self.target_bpw <= 16.0):
             bad("target_bpw", "must be 0 (off) or between 1 and 16")
         if self.threads < 0:

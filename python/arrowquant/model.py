@@ -14,29 +14,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 import arrowquant._core as _core
+from arrowquant.dtypes import QUANTIZABLE, as_dtype, core_name, float_core_name
 from arrowquant.errors import ConfigurationError
 from arrowquant.quantize import QuantizedTensor, _as_array, _default_threads
 
-_TORCH_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-
 
 def _core_dtype(dtype: Any) -> str:
-    if isinstance(dtype, str):
-        name = dtype.lower()
-    elif type(dtype).__module__.startswith("torch"):
-        name = str(dtype).replace("torch.", "")
-    else:
-        name = np.dtype(dtype).name
-    name = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "half": "float16"}.get(
-        name, name
-    )
-    if name not in _TORCH_NAMES:
-        raise ConfigurationError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-    return _TORCH_NAMES[name]
+    return float_core_name(dtype, "dtype")
 
 
 class QuantizedModel:
@@ -76,9 +63,8 @@ class QuantizedModel:
         return QuantizedTensor(self._core.read_quantized(name))
 
     def raw(self, name: str) -> np.ndarray:
-        """An unquantized tensor as stored (bf16 as ml_dtypes.bfloat16)."""
-        arr = np.asarray(self._core.read_raw(name))
-        return arr.view(ml_dtypes.bfloat16) if self._infos[name]["dtype"] == "BF16" else arr
+        """An unquantized tensor as stored (bf16 and f8 as ml_dtypes arrays)."""
+        return as_dtype(np.asarray(self._core.read_raw(name)), self._infos[name]["dtype"])
 
     def dequantize(
         self, name: str, dtype: Any = np.float32, threads: int | None = None
@@ -96,7 +82,7 @@ class QuantizedModel:
         )
         arrays = self._core.load(list(names), want, threads or _default_threads())
         return [
-            a.view(ml_dtypes.bfloat16) if want == "BF16" and a.dtype == np.uint16 else a
+            as_dtype(a, want) if a.dtype == np.uint16 else a  # integer tensors keep theirs
             for a in arrays
         ]
 
@@ -173,9 +159,9 @@ def _load(
             dst = out.get(name)
             if dst is None or dst.device.type != "cpu" or not dst.is_contiguous():
                 continue
-            if dst.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            key = core_name(dst.dtype)
+            if key not in QUANTIZABLE:
                 continue
-            key = _core_dtype(dst.dtype)
             view = (
                 dst.detach().view(torch.int16).numpy()
                 if dst.dtype == torch.bfloat16
@@ -259,15 +245,9 @@ def _raw_array(t: Any) -> tuple[np.ndarray, str]:
     if type(t).__module__.startswith("torch"):
         t = t.detach().cpu().contiguous().numpy()
     a = np.ascontiguousarray(t)
-    names = {
-        np.dtype(np.float64): "F64",
-        np.dtype(np.int64): "I64",
-        np.dtype(np.int32): "I32",
-        np.dtype(np.int16): "I16",
-        np.dtype(np.int8): "I8",
-        np.dtype(np.uint8): "U8",
-        np.dtype(np.bool_): "BOOL",
-    }
-    if a.dtype not in names:
+    core = core_name(a.dtype)
+    if core is None:
         raise ConfigurationError(f"cannot store dtype {a.dtype}")
-    return a, names[a.dtype]
+    if a.dtype.isbuiltin == 2:  # an ml_dtypes float (f8): the core takes its bytes
+        a = a.view(f"u{a.itemsize}")
+    return a, core

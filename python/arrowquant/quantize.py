@@ -11,15 +11,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 import numpy.typing as npt
 
 import arrowquant._core as _core
+from arrowquant.dtypes import as_dtype, float_core_name
 from arrowquant.errors import ConfigurationError
-
-_NUMPY_TO_CORE = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
-_BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
 def _default_threads() -> int:
@@ -37,18 +34,14 @@ def _as_array(array: Any) -> tuple[np.ndarray, str]:
             raise ConfigurationError(f"tensor is on {t.device}; move it to the CPU first")
         if not t.is_contiguous():
             t = t.contiguous()
-        if t.dtype == torch.bfloat16:
-            return t.view(torch.int16).numpy().view(np.uint16), "BF16"
-        if t.dtype in (torch.float32, torch.float16):
-            return t.numpy(), "F32" if t.dtype == torch.float32 else "F16"
-        raise ConfigurationError(f"dtype {t.dtype} is not quantized (float32, float16, bfloat16)")
+        core = float_core_name(t.dtype, "quantize")
+        if core == "BF16":  # numpy has no bfloat16: its bits travel as uint16
+            return t.view(torch.int16).numpy().view(np.uint16), core
+        return t.numpy(), core
     a = np.asarray(array)
-    if a.dtype == _BF16:
-        return np.ascontiguousarray(a).view(np.uint16), "BF16"
-    core = _NUMPY_TO_CORE.get(a.dtype)
-    if core is None:
-        raise ConfigurationError(f"dtype {a.dtype} is not quantized (float32, float16, bfloat16)")
-    return np.ascontiguousarray(a), core
+    core = float_core_name(a.dtype, "quantize")
+    a = np.ascontiguousarray(a)
+    return (a.view(np.uint16) if core == "BF16" else a), core
 
 
 class QuantizedTensor:
@@ -95,8 +88,7 @@ class QuantizedTensor:
         """To numpy (numpy/str dtype) or torch (torch dtype): float32, float16 or bfloat16."""
         want, as_torch = _dtype_name(dtype)
         out = self._core.dequantize(want, threads or _default_threads())
-        if want == "BF16":
-            out = out.view(ml_dtypes.bfloat16)
+        out = as_dtype(out, want)
         if as_torch:
             import torch
 
@@ -118,22 +110,8 @@ class QuantizedTensor:
 
 
 def _dtype_name(dtype: Any) -> tuple[str, bool]:
-    mod = type(dtype).__module__
-    if mod.startswith("torch"):
-        import torch
-
-        names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
-        if dtype not in names:
-            raise ConfigurationError(f"cannot dequantize to {dtype}")
-        return names[dtype], True
-    if isinstance(dtype, str) and dtype.lower() in ("bf16", "bfloat16"):
-        return "BF16", False
-    d = np.dtype(dtype)
-    if d == _BF16:
-        return "BF16", False
-    if d in _NUMPY_TO_CORE:
-        return _NUMPY_TO_CORE[d], False
-    raise ConfigurationError(f"cannot dequantize to {dtype}")
+    """(core name, whether the caller asked for a torch tensor)."""
+    return float_core_name(dtype, "dequantize to"), type(dtype).__module__.startswith("torch")
 
 
 def quantize(

@@ -23,6 +23,13 @@ nb::ndarray<nb::numpy, T> ToNumpy(const std::vector<T>& v) {
   return nb::ndarray<nb::numpy, T>(buf->data(), 1, shape, owner);
 }
 
+// An owned f32 copy with the given shape (numpy frees it).
+nb::ndarray<nb::numpy, float> ToNumpyShaped(std::vector<float> v, const std::vector<size_t>& shape) {
+  auto* buf = new std::vector<float>(std::move(v));
+  nb::capsule owner(buf, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
+  return nb::ndarray<nb::numpy, float>(buf->data(), shape.size(), shape.data(), owner);
+}
+
 template <typename T>
 std::vector<T> FromNumpy(
     const nb::ndarray<const T, nb::ndim<1>, nb::c_contig, nb::device::cpu>& a) {
@@ -160,6 +167,26 @@ void BindCalibration(nb::module_& m) {
         return ToNumpy(ValueOrThrow(std::move(r)));
       },
       nb::arg("weight"), nb::arg("dtype"), nb::arg("name") = "weight");
+  m.def(
+      "scale_input_channels",
+      [](nb::ndarray<const float, nb::c_contig, nb::device::cpu> w, const F32In& s, bool divide,
+         const std::string& name) {
+        std::vector<uint64_t> shape(w.ndim());
+        std::vector<size_t> out_shape(w.ndim());
+        for (size_t i = 0; i < w.ndim(); ++i) shape[i] = out_shape[i] = w.shape(i);
+        std::vector<float> values(w.data(), w.data() + w.size());
+        Status st;
+        {
+          nb::gil_scoped_release release;
+          st = ScaleInputChannels(values, shape, {s.data(), s.shape(0)},
+                                  divide ? Equalize::kDivide : Equalize::kMultiply, name);
+        }
+        ThrowIfError(st);
+        return ToNumpyShaped(std::move(values), out_shape);
+      },
+      nb::arg("weight"), nb::arg("scales"), nb::arg("divide") = true, nb::arg("name") = "weight",
+      "A copy of an f32 weight [out, in, ...] as W / s (divide, how equalized weights are stored) "
+      "or W * s along the input-channel axis; every kernel position of channel i shares s_i.");
   nb::dict h;
   h["bins_per_octave"] = ActivationHistogram::kBinsPerOctave;
   h["min_exponent"] = ActivationHistogram::kMinExponent;

@@ -19,8 +19,8 @@ from hypothesis.extra.numpy import arrays
 import arrowquant as aq
 import arrowquant._core as _core
 from arrowquant.calibration import calibrate, load_calibration
+from arrowquant.diffusion import initial_noise, load_reference, sample
 from arrowquant.errors import ConfigurationError, UnsupportedError
-from arrowquant.eval.sampling import initial_noise, load_reference, sample
 from arrowquant.torch import _ActQuant, apply, fake_quant, timestep
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -324,3 +324,16 @@ def test_equalization_search_helps_where_activations_have_outlier_channels() -> 
     assert c["errors"][str(c["alpha"])] < 0.9 * c["errors"]["none"]
     # The outlier channel is scaled down (X * s with s < 1), the weights' column up.
     assert scales["0.weight"][3] < 0.2 * np.median(scales["0.weight"])
+
+
+def test_scale_input_channels_is_the_core_equalization() -> None:
+    """calibration/spatial.py equalizes weights through the core's one ScaleInputChannels."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 3, 2, 2)).astype(np.float32)
+    s = np.array([0.5, 2.0, 4.0], np.float32)
+    ws = _core.scale_input_channels(w, s, True, "conv.weight")
+    np.testing.assert_allclose(ws, w / s[None, :, None, None], rtol=1e-6)
+    back = _core.scale_input_channels(ws, s, False, "conv.weight")
+    np.testing.assert_allclose(back, w, rtol=1e-6)
+    with pytest.raises(ValueError, match="conv.weight"):
+        _core.scale_input_channels(w, s[:2], True, "conv.weight")

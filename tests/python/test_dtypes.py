@@ -1,74 +1,49 @@
-"""f16/bf16 conversion is bit-exact with numpy (f16) and ml_dtypes (bf16)."""
+"""Python's dtype handling comes from the core's one table (_core.DTYPES)."""
 
 from __future__ import annotations
 
-import ml_dtypes
+from pathlib import Path
+
 import numpy as np
-from hypothesis import given, settings
-from hypothesis import strategies as st
+import pytest
+import torch
 
-from arrowquant import dtypes
-
-ALL16 = np.arange(65536, dtype=np.uint32).astype(np.uint16)
-
-
-def _f32_probe_patterns() -> np.ndarray:
-    """Every f16 value, the f32 neighbours of every f16 rounding midpoint, and a sweep."""
-    f16_as_f32 = ALL16.view(np.float16).astype(np.float32).view(np.uint32)
-    # Midpoints between adjacent f16 values sit 2^12 f32-ulps above a normal f16; probe around
-    # them (this also covers the subnormal and overflow boundaries).
-    mids = f16_as_f32[:, None].astype(np.int64) + np.array([0x0FFF, 0x1000, 0x1001, -1, 1])
-    sweep = np.arange(0, 2**32, 4093, dtype=np.int64)
-    pats = np.concatenate([f16_as_f32.astype(np.int64), mids.ravel(), sweep]) % 2**32
-    return pats.astype(np.uint32)
+import arrowquant as aq
+import arrowquant._core as _core
+from arrowquant.dtypes import QUANTIZABLE, core_name, float_core_name, numpy_dtype
+from arrowquant.errors import ConfigurationError
 
 
-def test_f16_to_f32_all_patterns_bit_exact() -> None:
-    ours = dtypes.f16_bits_to_f32(ALL16).view(np.uint32)
-    ref = ALL16.view(np.float16).astype(np.float32).view(np.uint32)
-    np.testing.assert_array_equal(ours, ref)  # NaN payloads included
+@pytest.mark.parametrize("entry", list(_core.DTYPES), ids=lambda d: str(d["name"]))
+def test_every_core_dtype_maps_both_ways(entry: dict[str, object]) -> None:
+    core = str(entry["name"])
+    np_dtype = numpy_dtype(core)
+    assert np_dtype.itemsize * 8 == entry["bits"]
+    assert core_name(np_dtype) == core
+    assert core_name(core.lower()) == core
+    torch_dtype = getattr(torch, str(entry["array_name"]), None)
+    if torch_dtype is not None:
+        assert core_name(torch_dtype) == core
 
 
-def test_f32_to_f16_bit_exact_with_numpy() -> None:
-    pats = _f32_probe_patterns()
-    ours = dtypes.f32_to_f16_bits(pats.view(np.float32))
-    with np.errstate(all="ignore"):
-        ref = pats.view(np.float32).astype(np.float16).view(np.uint16)
-    mismatch = np.nonzero(ours != ref)[0]
-    assert mismatch.size == 0, [hex(p) for p in pats[mismatch[:5]]]
+def test_quantizable_is_the_core_flag() -> None:
+    assert set(QUANTIZABLE) == {str(d["name"]) for d in _core.DTYPES if d["quantizable"]}
+    assert float_core_name("bf16", "x") == "BF16" and float_core_name(torch.half, "x") == "F16"
+    with pytest.raises(ConfigurationError, match="int8 is not one of float32, float16, bfloat16"):
+        float_core_name(np.int8, "quantize")
 
 
-def test_bf16_to_f32_all_patterns_bit_exact() -> None:
-    ours = dtypes.bf16_bits_to_f32(ALL16).view(np.uint32)
-    ref = ALL16.view(ml_dtypes.bfloat16).astype(np.float32).view(np.uint32)
-    np.testing.assert_array_equal(ours, ref)
-
-
-def test_f32_to_bf16_bit_exact_with_ml_dtypes() -> None:
-    bf_as_f32 = ALL16.astype(np.uint32) << 16
-    pats = np.concatenate(
-        [bf_as_f32 + d for d in (0, 0x7FFF, 0x8000, 0x8001, 0xFFFF)]
-        + [np.arange(0, 2**32, 4093, dtype=np.uint64).astype(np.uint32)]
-    ).astype(np.uint32)
-    ours = dtypes.f32_to_bf16_bits(pats.view(np.float32))
-    with np.errstate(all="ignore"):
-        ref = pats.view(np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
-    np.testing.assert_array_equal(ours, ref)
-
-
-@settings(max_examples=2000, deadline=None)
-@given(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=64))
-def test_random_f32_patterns(bits: list[int]) -> None:
-    pats = np.array(bits, dtype=np.uint32)
-    with np.errstate(all="ignore"):
-        ref16 = pats.view(np.float32).astype(np.float16).view(np.uint16)
-        refbf = pats.view(np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
-    np.testing.assert_array_equal(dtypes.f32_to_f16_bits(pats.view(np.float32)), ref16)
-    np.testing.assert_array_equal(dtypes.f32_to_bf16_bits(pats.view(np.float32)), refbf)
-
-
-def test_dtype_table() -> None:
-    names = {d["name"]: d for d in dtypes.DTYPES}
-    assert {n for n, d in names.items() if d["quantizable"]} == {"F32", "F16", "BF16"}
-    for n in ("F64", "I8", "I16", "I32", "I64", "U8", "BOOL", "F8_E4M3", "F8_E5M2"):
-        assert n in names and not names[n]["quantizable"]
+def test_every_core_dtype_is_stored_and_read_back(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for entry in _core.DTYPES:
+        core = str(entry["name"])
+        values = rng.integers(0, 2, size=(3, 5)) if core == "BOOL" else rng.integers(0, 7, (3, 5))
+        tensors[core] = values.astype(numpy_dtype(core))
+    aq.save(tmp_path / "all.parquet", tensors)
+    model = aq.open(tmp_path / "all.parquet")
+    for core, want in tensors.items():
+        assert model.info(core)["dtype"] == core
+        got = model.raw(core)
+        assert got.dtype == want.dtype and got.shape == want.shape, core
+        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8), err_msg=core)

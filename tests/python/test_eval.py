@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import arrowquant as aq
+from arrowquant.diffusion import load_reference, quantized_state
 from arrowquant.eval import evaluate
 from arrowquant.eval.classifier import DigitsClassifier
 from arrowquant.eval.digits import load_digits_images
 from arrowquant.eval.metrics import PSNR_CAP_DB, bootstrap_ci, frechet_distance, psnr, ssim
-from arrowquant.eval.sampling import load_reference, quantized_state
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 DDPM = MODELS / "digits-ddpm"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import ml_dtypes
@@ -276,3 +278,14 @@ def test_seed_schema_unknown_dtype_names_the_reason(tmp_path: Path) -> None:
     pq.write_table(table, f)
     with pytest.raises(aq.UnsupportedError, match="dtype 'complex64'"):
         aq.open(f)
+
+
+def test_calibration_does_not_import_eval() -> None:
+    """One module drives a diffusion model (arrowquant.diffusion); calibration and evaluation
+    both use it, and neither imports the other."""
+    code = (
+        "import sys, arrowquant.calibration, arrowquant.calibration.capture\n"
+        "bad = sorted(m for m in sys.modules if m.startswith('arrowquant.eval'))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

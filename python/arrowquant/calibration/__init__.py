@@ -151,7 +151,7 @@ def calibrate(
     log: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """(plans for the pipeline, summary) for a DiffusionQuantConfig with `calibration` set."""
-    from arrowquant.eval.sampling import load_reference
+    from arrowquant.diffusion import load_reference
 
     t0 = time.perf_counter()
     calib = load_calibration(cfg.calibration, cfg.calibration_samples)

@@ -15,8 +15,8 @@ import numpy as np
 
 import arrowquant._core as _core
 from arrowquant.calibration.data import CalibrationSet
+from arrowquant.diffusion import Denoiser, sample
 from arrowquant.errors import UnsupportedError
-from arrowquant.eval.sampling import Denoiser, sample
 
 
 def quantizable_layers(module: Any) -> dict[str, Any]:

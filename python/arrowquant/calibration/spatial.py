@@ -33,9 +33,9 @@ def _output_error(rows: Any, w: Any, s: Any, spec: dict[str, Any], act_bits: int
     wf = w.reshape(w.shape[0], -1)  # [out, in*k*k]
     k = wf.shape[1] // s.numel()
     s_rows = s.repeat_interleave(k)  # input channel i covers k consecutive unfolded columns
-    ws = (w / s.view([1, -1] + [1] * (w.dim() - 2))).contiguous()
+    ws = _core.scale_input_channels(w.contiguous().numpy(), s.numpy(), True, "weight")
     packed = aq.quantize(
-        ws.numpy(),
+        ws,
         bits=spec["bits"],
         group_size=spec["group_size"],
         scheme=spec["scheme"],

@@ -20,22 +20,22 @@ from typing import Any
 
 import numpy as np
 
-from arrowquant.errors import ConfigurationError
-from arrowquant.eval.metrics import (
-    PSNR_CAP_DB,
-    bootstrap_normal_ci,
-    frechet_distance,
-    mean_ci,
-)
-from arrowquant.eval.sampling import (
+from arrowquant.diffusion import (
     Denoiser,
     Trajectory,
-    as_numpy,
     initial_noise,
     load_reference,
     quantized_state,
-    relative_error,
     sample,
+)
+from arrowquant.errors import ConfigurationError
+from arrowquant.eval.metrics import (
+    PSNR_CAP_DB,
+    as_numpy,
+    bootstrap_normal_ci,
+    frechet_distance,
+    mean_ci,
+    relative_error,
 )
 
 # A model file / quantize output folder, a state dict for the denoiser, or a ready module (e.g.

@@ -12,6 +12,17 @@ import numpy as np
 PSNR_CAP_DB = 100.0
 
 
+def relative_error(ref: Any, test: Any) -> float:
+    """||test - ref|| / ||ref|| of two torch tensors (in float64)."""
+    d = float((test.double() - ref.double()).pow(2).sum().sqrt())
+    n = float(ref.double().pow(2).sum().sqrt())
+    return d / n if n > 0 else float("inf") if d > 0 else 0.0
+
+
+def as_numpy(t: Any) -> np.ndarray:
+    return np.asarray(t.detach().cpu().numpy())
+
+
 def _unit(images: Any) -> np.ndarray:
     """[-1, 1] model space -> [0, 1], clipped as an image viewer would."""
     return (np.clip(np.asarray(images, dtype=np.float64), -1.0, 1.0) + 1.0) / 2.0

@@ -1,4 +1,6 @@
-"""Loading a diffusers denoiser (FP or with quantized weights) and paired DDIM sampling.
+"""Driving a diffusion model, shared by calibration and evaluation: load a diffusers denoiser (FP,
+or with weights read from a quantized model file), draw seeded noise and labels, and run
+deterministic DDIM sampling.
 
 Pairing: every setting starts from the same noise and labels and runs the same deterministic
 DDIM (eta = 0) schedule, so any difference in the samples comes from the weights alone.
@@ -168,13 +170,3 @@ def sample(
             x = sched.step(eps, t, x, eta=0.0).prev_sample
     traj.samples = x.float()
     return traj
-
-
-def relative_error(ref: Any, test: Any) -> float:
-    d = float((test.double() - ref.double()).pow(2).sum().sqrt())
-    n = float(ref.double().pow(2).sum().sqrt())
-    return d / n if n > 0 else float("inf") if d > 0 else 0.0
-
-
-def as_numpy(t: Any) -> np.ndarray:
-    return np.asarray(t.detach().cpu().numpy())
