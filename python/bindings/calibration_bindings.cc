@@ -24,7 +24,8 @@ nb::ndarray<nb::numpy, T> ToNumpy(const std::vector<T>& v) {
 }
 
 // An owned f32 copy with the given shape (numpy frees it).
-nb::ndarray<nb::numpy, float> ToNumpyShaped(std::vector<float> v, const std::vector<size_t>& shape) {
+nb::ndarray<nb::numpy, float> ToNumpyShaped(std::vector<float> v,
+                                            const std::vector<size_t>& shape) {
   auto* buf = new std::vector<float>(std::move(v));
   nb::capsule owner(buf, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
   return nb::ndarray<nb::numpy, float>(buf->data(), shape.size(), shape.data(), owner);
