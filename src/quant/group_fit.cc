@@ -221,105 +221,119 @@ void FitFloatRow(const Format& f, const float* x, size_t n, size_t g, RowStored&
 
 // --- kCoded: scale/offset codes under per-row f16 super-scales -----------------------------
 
-void FitCodedRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st,
-                 const float* mn, const float* mx, std::vector<float>& L, bool* ok) {
-  const size_t groups = (n + g - 1) / g;
+}  // namespace
+
+void ContinuousGroup(const Format& f, const float* xg, size_t len, float mn, float mx,
+                     std::vector<float>& L, ContinuousParams* out) {
   const bool search = f.spec.grid == Grid::kSearch;
-  std::vector<float> s(groups), m(groups), hi(groups);
-  // Stage 1: continuous (scale, offset) per group.
-  for (size_t start = 0, gi = 0; start < n; start += g, ++gi) {
-    const size_t len = std::min(g, n - start);
-    const float* xg = x + start;
-    if (f.sym) {
-      const float amax = std::max(std::fabs(mn[gi]), std::fabs(mx[gi]));
-      s[gi] = amax / (f.bias - 1.0f);
-      m[gi] = 0;
-      if (search) {
-        double best = GroupSse(xg, len, s[gi], s[gi] * f.bias, f.qmax);
-        SearchSym(xg, len, amax, f.bias, L, [&](float cs) {
-          const double e = GroupSse(xg, len, cs, cs * f.bias, f.qmax);
-          if (e < best) {
-            best = e;
-            s[gi] = cs;
-          }
-        });
+  ContinuousParams& c = *out;
+  if (f.sym) {
+    const float amax = std::max(std::fabs(mn), std::fabs(mx));
+    c.s = amax / (f.bias - 1.0f);
+    c.m = 0;
+    if (search) {
+      double best = GroupSse(xg, len, c.s, c.s * f.bias, f.qmax);
+      SearchSym(xg, len, amax, f.bias, L, [&](float cs) {
+        const double e = GroupSse(xg, len, cs, cs * f.bias, f.qmax);
+        if (e < best) {
+          best = e;
+          c.s = cs;
+        }
+      });
+    }
+    return;
+  }
+  const float lo = std::min(mn, 0.0f) + 0.0f;
+  c.hi = std::max(mx, 0.0f);
+  c.s = (c.hi - lo) / f.qmax;
+  c.m = -lo;
+  if (search) {
+    double best = GroupSse(xg, len, c.s, c.m, f.qmax);
+    SearchAsym(xg, len, lo, mx, f.qmax, /*m_nonneg=*/true, L, [&](float cs, float coff) {
+      const double e = GroupSse(xg, len, cs, coff, f.qmax);
+      if (e < best) {
+        best = e;
+        c.s = cs;
+        c.m = coff;
       }
-    } else {
-      const float lo = std::min(mn[gi], 0.0f) + 0.0f;
-      hi[gi] = std::max(mx[gi], 0.0f);
-      s[gi] = (hi[gi] - lo) / f.qmax;
-      m[gi] = -lo;
-      if (search) {
-        double best = GroupSse(xg, len, s[gi], m[gi], f.qmax);
-        SearchAsym(xg, len, lo, mx[gi], f.qmax, /*m_nonneg=*/true, L, [&](float cs, float coff) {
-          const double e = GroupSse(xg, len, cs, coff, f.qmax);
-          if (e < best) {
-            best = e;
-            s[gi] = cs;
-            m[gi] = coff;
-          }
-        });
+    });
+  }
+}
+
+void CodeOffset(const Format& f, float dmin, RowStored& st, size_t gi, ContinuousParams& c) {
+  const bool search = f.spec.grid == Grid::kSearch;
+  float lm = dmin > 0 ? (search ? Nearest(c.m / dmin) : std::ceil(c.m / dmin)) : 0.0f;
+  lm = std::min(lm, static_cast<float>(f.cmax));
+  if (!search) {
+    while (lm < f.cmax && dmin * lm < c.m) lm += 1.0f;
+    // The min/max grid must still reach the group's top once the offset is rounded up.
+    c.s = (c.hi + dmin * lm) / f.qmax;
+  }
+  st.lm[gi] = static_cast<uint8_t>(lm);
+}
+
+void CodeScale(const Format& f, const float* xg, size_t len, float s, RowStored& st, size_t gi) {
+  const bool search = f.spec.grid == Grid::kSearch;
+  const float d = F16BitsToF32(st.d);
+  float ls = d > 0 ? (search ? Nearest(s / d) : std::ceil(s / d)) : 0.0f;
+  ls = std::min(ls, static_cast<float>(f.cmax));
+  if (!search) {
+    while (ls < f.cmax && d * ls < s) ls += 1.0f;
+    st.ls[gi] = static_cast<uint8_t>(ls);
+    return;
+  }
+  // Search: the neighbouring codes of the rounded scale (and offset), by actual error.
+  const int ls0 = static_cast<int>(ls);
+  const int lm0 = f.sym ? 0 : st.lm[gi];
+  double best = std::numeric_limits<double>::infinity();
+  int best_ls = ls0, best_lm = lm0;
+  for (int a = -1; a <= 1; ++a) {
+    for (int b = f.sym ? 0 : -1; b <= (f.sym ? 0 : 1); ++b) {
+      const int cls = ls0 + a, clm = lm0 + b;
+      if (cls < 0 || cls > f.cmax || clm < 0 || clm > f.cmax) continue;
+      st.ls[gi] = static_cast<uint8_t>(cls);
+      if (!f.sym) st.lm[gi] = static_cast<uint8_t>(clm);
+      float sc, off;
+      DecodeGroup(f, st, gi, &sc, &off);
+      const double e = GroupSse(xg, len, sc, off, f.qmax);
+      if (e < best) {
+        best = e;
+        best_ls = cls;
+        best_lm = clm;
       }
     }
   }
-  // Stage 2: row super-scales and 6-bit codes.
-  float max_m = 0;
-  for (size_t gi = 0; gi < groups; ++gi) max_m = std::max(max_m, m[gi]);
+  st.ls[gi] = static_cast<uint8_t>(best_ls);
+  if (!f.sym) st.lm[gi] = static_cast<uint8_t>(best_lm);
+}
+
+namespace {
+
+void FitCodedRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st,
+                 const float* mn, const float* mx, std::vector<float>& L, bool* ok) {
+  const size_t groups = (n + g - 1) / g;
+  std::vector<ContinuousParams> c(groups);
+  // Stage 1: continuous (scale, offset) per group.
+  for (size_t start = 0, gi = 0; start < n; start += g, ++gi) {
+    ContinuousGroup(f, x + start, std::min(g, n - start), mn[gi], mx[gi], L, &c[gi]);
+  }
+  // Stage 2: row super-scales, then the codes.
   if (!f.sym) {
+    float max_m = 0;
+    for (size_t gi = 0; gi < groups; ++gi) max_m = std::max(max_m, c[gi].m);
     // Rounded up so that the largest group still reaches its range (matters when the
     // super-scale is an f16 subnormal, i.e. for very small weights).
     st.dmin = F16Up(max_m / f.cmax);
     if (!F16Finite(st.dmin)) *ok = false;
-  }
-  const float dmin = F16BitsToF32(st.dmin);
-  for (size_t gi = 0; gi < groups && !f.sym; ++gi) {
-    float lm = dmin > 0 ? (search ? Nearest(m[gi] / dmin) : std::ceil(m[gi] / dmin)) : 0.0f;
-    lm = std::min(lm, static_cast<float>(f.cmax));
-    if (!search) {
-      while (lm < f.cmax && dmin * lm < m[gi]) lm += 1.0f;
-      // The min/max grid must still reach the group's top once the offset is rounded up.
-      s[gi] = (hi[gi] + dmin * lm) / f.qmax;
-    }
-    st.lm[gi] = static_cast<uint8_t>(lm);
+    const float dmin = F16BitsToF32(st.dmin);
+    for (size_t gi = 0; gi < groups; ++gi) CodeOffset(f, dmin, st, gi, c[gi]);
   }
   float max_s = 0;
-  for (size_t gi = 0; gi < groups; ++gi) max_s = std::max(max_s, s[gi]);
+  for (size_t gi = 0; gi < groups; ++gi) max_s = std::max(max_s, c[gi].s);
   st.d = F16Up(max_s / f.cmax);
   if (!F16Finite(st.d)) *ok = false;
-  const float d = F16BitsToF32(st.d);
   for (size_t start = 0, gi = 0; start < n; start += g, ++gi) {
-    const size_t len = std::min(g, n - start);
-    float ls = d > 0 ? (search ? Nearest(s[gi] / d) : std::ceil(s[gi] / d)) : 0.0f;
-    ls = std::min(ls, static_cast<float>(f.cmax));
-    if (!search) {
-      while (ls < f.cmax && d * ls < s[gi]) ls += 1.0f;
-      st.ls[gi] = static_cast<uint8_t>(ls);
-      continue;
-    }
-    // Search: the neighbouring codes of the rounded scale (and offset), by actual error.
-    const float* xg = x + start;
-    const int ls0 = static_cast<int>(ls);
-    const int lm0 = f.sym ? 0 : st.lm[gi];
-    double best = std::numeric_limits<double>::infinity();
-    int best_ls = ls0, best_lm = lm0;
-    for (int a = -1; a <= 1; ++a) {
-      for (int b = f.sym ? 0 : -1; b <= (f.sym ? 0 : 1); ++b) {
-        const int cls = ls0 + a, clm = lm0 + b;
-        if (cls < 0 || cls > f.cmax || clm < 0 || clm > f.cmax) continue;
-        st.ls[gi] = static_cast<uint8_t>(cls);
-        if (!f.sym) st.lm[gi] = static_cast<uint8_t>(clm);
-        float sc, off;
-        DecodeGroup(f, st, gi, &sc, &off);
-        const double e = GroupSse(xg, len, sc, off, f.qmax);
-        if (e < best) {
-          best = e;
-          best_ls = cls;
-          best_lm = clm;
-        }
-      }
-    }
-    st.ls[gi] = static_cast<uint8_t>(best_ls);
-    if (!f.sym) st.lm[gi] = static_cast<uint8_t>(best_lm);
+    CodeScale(f, x + start, std::min(g, n - start), c[gi].s, st, gi);
   }
 }
 
@@ -424,6 +438,38 @@ bool FitRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st, 
     FitFloatRow(f, x, n, g, st, mn.data(), mx.data(), L, &ok);
   }
   DecodeRow(f, st, groups, p);
+  return ok;
+}
+
+}  // namespace arrowquant::quant
+
+namespace arrowquant::quant {
+
+bool FitGroup(const Format& f, const float* xg, size_t len, RowStored& st, size_t gi) {
+  thread_local std::vector<float> L;
+  float mn = 0, mx = 0;
+  kernels::GroupMinMax(xg, len, len, &mn, &mx);
+  bool ok = true;
+  if (f.spec.scales == ScaleStorage::kCoded) {
+    ContinuousParams c;
+    ContinuousGroup(f, xg, len, mn, mx, L, &c);
+    if (!f.sym) CodeOffset(f, F16BitsToF32(st.dmin), st, gi, c);
+    CodeScale(f, xg, len, c.s, st, gi);
+    return ok;
+  }
+  thread_local RowStored one;
+  one.Resize(f, 1);
+  if (f.spec.grid == Grid::kMinMax) {
+    FitFloatRowMinMax(f, 1, one, &mn, &mx, &ok);
+  } else {
+    FitFloatRow(f, xg, len, len, one, &mn, &mx, L, &ok);
+  }
+  if (f.spec.scales == ScaleStorage::kF16) {
+    st.scale_f16[gi] = one.scale_f16[0];
+  } else {
+    st.scale_f32[gi] = one.scale_f32[0];
+  }
+  if (!f.sym) st.zero[gi] = one.zero[0];
   return ok;
 }
 

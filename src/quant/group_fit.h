@@ -59,6 +59,22 @@ void DecodeRow(const Format& f, const RowStored& st, size_t groups, RowParams& p
 // Returns false if a scale does not fit the storage format (f16 overflow).
 bool FitRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st, RowParams& p);
 
+// Fits one group of a row into `st` at gi, the row's other groups untouched; for kCoded the row's
+// super-scales st.d / st.dmin are already set (GPTQ fits groups as their columns arrive, under
+// super-scales fitted on the whole row first). Returns false if a scale does not fit the storage.
+bool FitGroup(const Format& f, const float* xg, size_t len, RowStored& st, size_t gi);
+
+// The kCoded steps, shared by FitRow and FitGroup: a group's continuous (scale, offset = -min)
+// from its values; the offset code under dmin (min/max grid: widens the scale to still reach
+// the top); the scale code under d (search: the neighbouring codes by actual error).
+struct ContinuousParams {
+  float s = 0, m = 0, hi = 0;
+};
+void ContinuousGroup(const Format& f, const float* xg, size_t len, float mn, float mx,
+                     std::vector<float>& L, ContinuousParams* out);
+void CodeOffset(const Format& f, float dmin, RowStored& st, size_t gi, ContinuousParams& c);
+void CodeScale(const Format& f, const float* xg, size_t len, float s, RowStored& st, size_t gi);
+
 // Sum of squared errors of a group quantized with (scale, offset) to the nearest code, using
 // exactly the kernels' arithmetic.
 double GroupSse(const float* x, size_t len, float scale, float offset, float qmax);

@@ -10,70 +10,19 @@
 #include "kernels/row_kernels.h"
 #include "quant/group_fit.h"
 #include "quant/inspect.h"
+#include "quant/layout.h"
 
 namespace arrowquant {
 namespace {
 
+using quant::CheckWeight;
 using quant::Format;
+using quant::Layout;
+using quant::MakeLayout;
 using quant::RowParams;
+using quant::RowsCols;
 using quant::RowStored;
-
-struct Layout {
-  uint64_t rows = 0, cols = 0, g = 0, groups = 0;
-  size_t code_row_bytes = 0, scale_row_bytes = 0, zero_row_bytes = 0, super_row_bytes = 0;
-};
-
-Layout MakeLayout(const QuantSpec& spec, uint64_t rows, uint64_t cols) {
-  Layout l;
-  l.rows = rows;
-  l.cols = cols;
-  l.g = spec.group_size == 0 ? std::max<uint64_t>(cols, 1) : static_cast<uint64_t>(spec.group_size);
-  l.groups = cols == 0 ? 0 : (cols + l.g - 1) / l.g;
-  const bool sym = spec.scheme == Scheme::kSymmetric;
-  l.code_row_bytes = kernels::PackedBytes(cols, spec.bits);
-  switch (spec.scales) {
-    case ScaleStorage::kF16:
-      l.scale_row_bytes = 2 * l.groups;
-      l.zero_row_bytes = sym ? 0 : kernels::PackedBytes(l.groups, spec.bits);
-      break;
-    case ScaleStorage::kF32:
-      l.scale_row_bytes = 4 * l.groups;
-      l.zero_row_bytes = sym ? 0 : kernels::PackedBytes(l.groups, spec.bits);
-      break;
-    case ScaleStorage::kCoded:
-      l.scale_row_bytes = kernels::PackedBytes(l.groups, spec.scale_bits);
-      l.zero_row_bytes = sym ? 0 : kernels::PackedBytes(l.groups, spec.scale_bits);
-      l.super_row_bytes = sym ? 2 : 4;
-      break;
-  }
-  return l;
-}
-
-Layout MakeLayout(const QuantizedTensor& q) {
-  return MakeLayout(q.spec, q.rows, q.cols);
-}
-
-void StoreRow(const QuantSpec& spec, const Layout& l, const RowStored& st, uint64_t r,
-              QuantizedTensor& q) {
-  uint8_t* sc = q.scales.data() + r * l.scale_row_bytes;
-  uint8_t* zp = q.zeros.data() + r * l.zero_row_bytes;
-  switch (spec.scales) {
-    case ScaleStorage::kF16: std::memcpy(sc, st.scale_f16.data(), l.scale_row_bytes); break;
-    case ScaleStorage::kF32: std::memcpy(sc, st.scale_f32.data(), l.scale_row_bytes); break;
-    case ScaleStorage::kCoded: {
-      kernels::PackCodes(st.ls.data(), l.groups, spec.scale_bits, sc);
-      uint8_t* sp = q.super_scales.data() + r * l.super_row_bytes;
-      std::memcpy(sp, &st.d, 2);
-      if (spec.scheme == Scheme::kAsymmetric) {
-        kernels::PackCodes(st.lm.data(), l.groups, spec.scale_bits, zp);
-        std::memcpy(sp + 2, &st.dmin, 2);
-      }
-      return;
-    }
-  }
-  if (spec.scheme == Scheme::kAsymmetric)
-    kernels::PackCodes(st.zero.data(), l.groups, spec.bits, zp);
-}
+using quant::StoreRow;
 
 void LoadRow(const QuantizedTensor& q, const Layout& l, uint64_t r, RowStored& st) {
   const Format f(q.spec);
@@ -108,6 +57,10 @@ void DequantizeRow(const QuantizedTensor& q, const Layout& l, uint64_t r, RowSto
                             p.scale.data(), p.offset.data(), dtype, out);
 }
 
+}  // namespace
+
+namespace quant {
+
 Status CheckWeight(const TensorView& w) {
   const std::string name(w.name);
   if (!Traits(w.dtype).quantizable) {
@@ -140,7 +93,7 @@ void RowsCols(const std::vector<uint64_t>& shape, uint64_t* rows, uint64_t* cols
   *cols = *rows ? n / *rows : 0;
 }
 
-}  // namespace
+}  // namespace quant
 
 Status QuantSpec::Validate() const {
   if (bits != 2 && bits != 4 && bits != 8) {

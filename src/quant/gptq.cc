@@ -1,0 +1,285 @@
+// GPTQ over the product's formats. Per H block: dampen, invert, and take the upper Cholesky
+// factor U of the inverse (in f64, as f32 for the sweep). Then every row is swept independently
+// (the update of row r only reads row r and U), eight rows at a time stored column-interleaved
+// so that the update w[k] -= e * U[j][k] runs over the eight rows in one vector. Padding rows
+// are zero: every real row goes through the same arithmetic whatever the thread count.
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "arrowquant/gptq.h"
+#include "core/parallel.h"
+#include "kernels/round.h"
+#include "kernels/row_kernels.h"
+#include "quant/group_fit.h"
+#include "quant/layout.h"
+
+namespace arrowquant {
+namespace {
+
+using quant::Format;
+using quant::RowParams;
+using quant::RowStored;
+
+constexpr size_t kLanes = 8;
+
+struct BlockFactor {
+  uint64_t c0 = 0, m = 0;
+  std::vector<float> u;  // upper Cholesky factor of the damped H^-1, row-major m x m
+};
+
+// In-place lower Cholesky factor of a symmetric positive definite m x m matrix (row-major).
+bool Cholesky(std::vector<double>& a, uint64_t m) {
+  for (uint64_t j = 0; j < m; ++j) {
+    double* rj = a.data() + j * m;
+    double s = rj[j];
+    for (uint64_t k = 0; k < j; ++k) s -= rj[k] * rj[k];
+    if (!(s > 0)) return false;
+    const double d = std::sqrt(s);
+    rj[j] = d;
+    for (uint64_t i = j + 1; i < m; ++i) {
+      double* ri = a.data() + i * m;
+      double t = ri[j];
+      for (uint64_t k = 0; k < j; ++k) t -= ri[k] * rj[k];
+      ri[j] = t / d;
+    }
+  }
+  for (uint64_t i = 0; i < m; ++i) {
+    for (uint64_t j = i + 1; j < m; ++j) a[i * m + j] = 0;
+  }
+  return true;
+}
+
+// The upper factor U of (L L^T)^-1 = U^T U, from the lower factor L.
+std::vector<float> UpperFactorOfInverse(const std::vector<double>& l, uint64_t m) {
+  // Linv (lower) column by column: L Linv = I.
+  std::vector<double> li(m * m, 0.0);
+  for (uint64_t c = 0; c < m; ++c) {
+    for (uint64_t i = c; i < m; ++i) {
+      double t = i == c ? 1.0 : 0.0;
+      for (uint64_t k = c; k < i; ++k) t -= l[i * m + k] * li[k * m + c];
+      li[i * m + c] = t / l[i * m + i];
+    }
+  }
+  // H^-1 = Linv^T Linv, then its lower Cholesky factor, transposed.
+  std::vector<double> inv(m * m, 0.0);
+  for (uint64_t i = 0; i < m; ++i) {
+    for (uint64_t j = 0; j <= i; ++j) {
+      double t = 0;
+      for (uint64_t k = i; k < m; ++k) t += li[k * m + i] * li[k * m + j];
+      inv[i * m + j] = inv[j * m + i] = t;
+    }
+  }
+  std::vector<float> u(m * m, 0.0f);
+  if (!Cholesky(inv, m)) return {};
+  for (uint64_t i = 0; i < m; ++i) {
+    for (uint64_t j = 0; j <= i; ++j) u[j * m + i] = static_cast<float>(inv[i * m + j]);
+  }
+  return u;
+}
+
+Result<std::vector<BlockFactor>> Factor(const SecondMoments& h, double damp,
+                                        std::vector<uint8_t>& dead) {
+  std::vector<BlockFactor> out;
+  dead.assign(h.dim(), 0);
+  for (uint64_t b = 0; b < h.num_blocks(); ++b) {
+    const auto blk = h.Block(b);
+    BlockFactor f;
+    f.c0 = b * h.block();
+    f.m = std::min(h.block(), h.dim() - f.c0);
+    const uint64_t m = f.m;
+    std::vector<double> a(m * m);
+    double mean = 0;
+    for (uint64_t i = 0; i < m; ++i) {
+      for (uint64_t j = i; j < m; ++j) a[i * m + j] = a[j * m + i] = blk[i * m + j];
+      if (a[i * m + i] <= 0) {
+        a[i * m + i] = 1;  // an input that never varied: its weights do not matter
+        dead[f.c0 + i] = 1;
+      }
+      mean += a[i * m + i];
+    }
+    mean /= static_cast<double>(m);
+    // Ill-conditioned H (few rows, correlated inputs): raise the damping until it factors.
+    for (double d = damp; d <= 10.0; d *= 10) {
+      std::vector<double> l = a;
+      for (uint64_t i = 0; i < m; ++i) l[i * m + i] += d * mean;
+      if (Cholesky(l, m)) {
+        f.u = UpperFactorOfInverse(l, m);
+        if (!f.u.empty()) break;
+      }
+    }
+    if (f.u.empty()) {
+      return Status(StatusCode::kInvalidArgument,
+                    "GPTQ: input second moments of columns " + std::to_string(f.c0) + ".." +
+                        std::to_string(f.c0 + m) + " are not positive definite");
+    }
+    out.push_back(std::move(f));
+  }
+  return out;
+}
+
+// The sweep of one tile of up to kLanes rows. `w` holds the tile column-interleaved
+// (w[k * kLanes + lane]); codes and stored parameters come out per lane.
+bool SweepTile(const Format& f, const quant::Layout& l, const std::vector<BlockFactor>& factors,
+               std::vector<float>& w, std::vector<std::vector<uint8_t>>& codes,
+               std::vector<RowStored>& st) {
+  const uint64_t g = l.g;
+  bool ok = true;
+  float scale[kLanes] = {}, offset[kLanes] = {}, inv[kLanes] = {}, err[kLanes] = {};
+  std::vector<float> xg(g);
+  for (const BlockFactor& bf : factors) {
+    const uint64_t c1 = bf.c0 + bf.m;
+    for (uint64_t j = bf.c0; j < c1; ++j) {
+      if (j % g == 0) {
+        const uint64_t gi = j / g, len = std::min<uint64_t>(g, l.cols - j);
+        for (size_t r = 0; r < kLanes; ++r) {
+          for (uint64_t k = 0; k < len; ++k) xg[k] = w[(j + k) * kLanes + r];
+          ok &= quant::FitGroup(f, xg.data(), len, st[r], gi);
+          quant::DecodeGroup(f, st[r], gi, &scale[r], &offset[r]);
+          inv[r] = quant::InvScale(scale[r]);
+        }
+      }
+      const float* ujrow = bf.u.data() + (j - bf.c0) * bf.m;
+      const float ujj = ujrow[j - bf.c0];
+      float* wj = w.data() + j * kLanes;
+      for (size_t r = 0; r < kLanes; ++r) {
+        // The kernels' arithmetic (kernels::QuantizeGroups / DequantizePacked).
+        const float q = kernels::ClampRound((wj[r] + offset[r]) * inv[r], f.qmax);
+        codes[r][j] = static_cast<uint8_t>(q);
+        const float deq = q * scale[r] - offset[r];
+        err[r] = (wj[r] - deq) / ujj;
+      }
+      for (uint64_t k = j + 1; k < c1; ++k) {
+        const float u = ujrow[k - bf.c0];
+        float* wk = w.data() + k * kLanes;
+        for (size_t r = 0; r < kLanes; ++r) wk[r] -= err[r] * u;
+      }
+    }
+  }
+  return ok;
+}
+
+}  // namespace
+
+Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& spec,
+                                     const SecondMoments& h, const GptqOptions& options) {
+  AQ_RETURN_IF_ERROR(spec.Validate());
+  AQ_RETURN_IF_ERROR(quant::CheckWeight(weight));
+  const std::string name(weight.name);
+  QuantizedTensor q;
+  q.spec = spec;
+  q.source_dtype = weight.dtype;
+  q.shape = weight.shape;
+  quant::RowsCols(weight.shape, &q.rows, &q.cols);
+  if (h.dim() != q.cols) {
+    return Status(StatusCode::kSizeMismatch, "tensor '" + name + "': input second moments over " +
+                                                 std::to_string(h.dim()) + " columns, weight has " +
+                                                 std::to_string(q.cols));
+  }
+  const quant::Layout l = quant::MakeLayout(spec, q.rows, q.cols);
+  if (spec.group_size != 0 && h.block() < q.cols && h.block() % l.g != 0) {
+    return Status(StatusCode::kInvalidArgument,
+                  "tensor '" + name + "': H blocks must hold whole groups");
+  }
+  q.codes.assign(l.rows * l.code_row_bytes, 0);
+  q.scales.assign(l.rows * l.scale_row_bytes, 0);
+  q.zeros.assign(l.rows * l.zero_row_bytes, 0);
+  q.super_scales.assign(l.rows * l.super_row_bytes, 0);
+  if (l.rows == 0 || l.cols == 0) return q;
+
+  std::vector<uint8_t> dead;
+  AQ_ASSIGN_OR_RETURN(std::vector<BlockFactor> factors, Factor(h, options.damp, dead));
+  const Format f(spec);
+  const size_t esize = ElementBytes(weight.dtype);
+  const uint64_t tiles = (l.rows + kLanes - 1) / kLanes;
+  std::vector<uint64_t> bad(tiles, 0);
+  std::vector<uint8_t> overflow(tiles, 0);
+  ParallelForEach(tiles, options.threads, [&](size_t t) {
+    std::vector<float> w(l.cols * kLanes, 0.0f), x(l.cols);
+    std::vector<std::vector<uint8_t>> codes(kLanes, std::vector<uint8_t>(l.cols));
+    std::vector<RowStored> st(kLanes);
+    RowParams p;
+    const uint64_t r0 = t * kLanes, n = std::min<uint64_t>(kLanes, l.rows - r0);
+    for (size_t r = 0; r < kLanes; ++r) {
+      std::fill(x.begin(), x.end(), 0.0f);
+      if (r < n) {
+        kernels::ToF32(weight.dtype, weight.data.data() + (r0 + r) * l.cols * esize, l.cols,
+                       x.data());
+        bad[t] += kernels::CountNonFinite(x.data(), l.cols);
+      }
+      // Row super-scales (kCoded) from the whole row as given; the groups are refitted below.
+      if (!quant::FitRow(f, x.data(), l.cols, l.g, st[r], p)) overflow[t] = 1;
+      for (uint64_t k = 0; k < l.cols; ++k) w[k * kLanes + r] = dead[k] ? 0.0f : x[k];
+    }
+    if (bad[t]) return;
+    if (!SweepTile(f, l, factors, w, codes, st)) overflow[t] = 1;
+    for (size_t r = 0; r < n; ++r) {
+      kernels::PackCodes(codes[r].data(), l.cols, spec.bits,
+                         q.codes.data() + (r0 + r) * l.code_row_bytes);
+      quant::StoreRow(spec, l, st[r], r0 + r, q);
+    }
+  });
+  uint64_t total_bad = 0;
+  for (uint64_t b : bad) total_bad += b;
+  if (total_bad) {
+    return Status(StatusCode::kNonFinite, "tensor '" + name + "': " + std::to_string(total_bad) +
+                                              " NaN or Inf values; such tensors are not quantized");
+  }
+  if (std::find(overflow.begin(), overflow.end(), 1) != overflow.end()) {
+    return Status(StatusCode::kScaleOverflow,
+                  "tensor '" + name + "': values too large for f16 scales; use f32 scale storage");
+  }
+  return q;
+}
+
+Result<double> RelativeOutputError(const QuantizedTensor& q, const TensorView& weight,
+                                   const SecondMoments& h, int threads) {
+  AQ_RETURN_IF_ERROR(quant::CheckWeight(weight));
+  if (weight.shape != q.shape || h.dim() != q.cols) {
+    return Status(StatusCode::kSizeMismatch, "tensor '" + std::string(weight.name) +
+                                                 "': shapes of weight, quantized tensor "
+                                                 "and second moments differ");
+  }
+  std::vector<float> deq(q.rows * q.cols);
+  AQ_RETURN_IF_ERROR(Dequantize(q, DType::kF32, std::as_writable_bytes(std::span<float>(deq)),
+                                QuantOptions{threads}));
+  const size_t esize = ElementBytes(weight.dtype);
+  std::vector<double> num(q.rows, 0.0), den(q.rows, 0.0);
+  // x^T H x over the upper triangle: diagonal once, off-diagonal twice.
+  auto quad = [&](const std::vector<double>& v) {
+    double s = 0;
+    for (uint64_t b = 0; b < h.num_blocks(); ++b) {
+      const auto blk = h.Block(b);
+      const uint64_t c0 = b * h.block(), m = std::min(h.block(), h.dim() - c0);
+      for (uint64_t i = 0; i < m; ++i) {
+        const double* row = blk.data() + i * m;
+        double t = 0;
+        for (uint64_t j = i + 1; j < m; ++j) t += row[j] * v[c0 + j];
+        s += v[c0 + i] * (row[i] * v[c0 + i] + 2 * t);
+      }
+    }
+    return s;
+  };
+  ParallelFor(q.rows, threads, [&](size_t begin, size_t end, int) {
+    std::vector<float> x(q.cols);
+    std::vector<double> e(q.cols), w(q.cols);
+    for (size_t r = begin; r < end; ++r) {
+      kernels::ToF32(weight.dtype, weight.data.data() + r * q.cols * esize, q.cols, x.data());
+      for (uint64_t k = 0; k < q.cols; ++k) {
+        w[k] = x[k];
+        e[k] = static_cast<double>(x[k]) - deq[r * q.cols + k];
+      }
+      num[r] = quad(e);
+      den[r] = quad(w);
+    }
+  });
+  double n = 0, d = 0;
+  for (uint64_t r = 0; r < q.rows; ++r) {
+    n += num[r];
+    d += den[r];
+  }
+  return d > 0 ? std::sqrt(std::max(0.0, n) / d) : (n > 0 ? INFINITY : 0.0);
+}
+
+}  // namespace arrowquant
