@@ -90,6 +90,9 @@ struct ModelTensorInfo {
 
 struct ModelReaderOptions {
   bool verify_checksums = true;
+  // Rows (tensor chunks) a file may claim: the footer's counts size the reader's buffers, so a
+  // damaged or hostile footer must not ask for terabytes. Models have thousands of tensors.
+  uint64_t max_rows = 1'000'000;
 };
 
 // The model file a path names: the path itself when it is a file, `<folder>/model.aq.parquet`

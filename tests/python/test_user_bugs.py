@@ -289,3 +289,13 @@ def test_calibration_does_not_import_eval() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_footer_claiming_huge_row_counts_is_refused_before_allocating() -> None:
+    """Fuzzer finding (fuzz_model_reader, 2026-12-02): a footer claiming ~10^11 rows made the
+    reader ask Arrow for a 2.7 TB buffer. The claim is checked against a limit first."""
+    from arrowquant.errors import LimitExceededError
+
+    seed = Path(__file__).resolve().parents[1] / "fuzz/corpus/fuzz_model_reader"
+    with pytest.raises(LimitExceededError, match="more than 1000000 rows"):
+        aq.open(seed / "regress-huge-row-count.parquet")

@@ -110,6 +110,25 @@ Status CheckSchema(ModelReader::Impl& impl, const arrow::Schema& schema) {
   return Status::OK();
 }
 
+// The footer's row counts, checked before they size any buffer.
+Status CheckRowCounts(const ModelReader::Impl& impl, const ModelReaderOptions& options) {
+  uint64_t total = 0;
+  for (int rg = 0; rg < impl.footer->num_row_groups(); ++rg) {
+    const int64_t n = impl.footer->RowGroup(rg)->num_rows();
+    if (n < 0) {
+      return impl.Err(StatusCode::kCorrupt,
+                      "row group " + std::to_string(rg) + " claims " + std::to_string(n) + " rows");
+    }
+    total += static_cast<uint64_t>(n);
+    if (total > options.max_rows) {
+      return impl.Err(StatusCode::kLimitExceeded,
+                      "the footer claims more than " + std::to_string(options.max_rows) +
+                          " rows (tensor chunks), the reader's limit (max_rows)");
+    }
+  }
+  return Status::OK();
+}
+
 // One read of the light columns for the whole file (per-row-group reads cost ~25 us per column
 // chunk in set-up alone, which dominated opening a model of ~700 tensors). In the seed schema
 // scales and zero-points are small float lists, read with the rest.
@@ -331,6 +350,7 @@ Result<std::unique_ptr<ModelReader>> ModelReader::Open(const std::string& path,
   std::shared_ptr<arrow::Schema> schema;
   AQ_RETURN_IF_ERROR(FromArrow(reader->GetSchema(&schema), impl->path, StatusCode::kFormatInvalid));
   AQ_RETURN_IF_ERROR(CheckSchema(*impl, *schema));
+  AQ_RETURN_IF_ERROR(CheckRowCounts(*impl, options));
   AQ_ASSIGN_OR_RETURN(auto light, ReadLightColumns(*impl, *reader));
   AQ_RETURN_IF_ERROR(ParseRows(*impl, light.first, light.second));
   impl->Return(std::move(reader));  // the first pooled reader
