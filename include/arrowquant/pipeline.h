@@ -6,11 +6,13 @@
 #include <atomic>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "arrowquant/checkpoint.h"
+#include "arrowquant/gptq.h"
 #include "arrowquant/model_file.h"
 #include "arrowquant/quantize.h"
 #include "arrowquant/status.h"
@@ -40,6 +42,12 @@ struct ActivationPlan {
   std::optional<ActivationStats> stats;
 };
 
+// Second moments of a layer's inputs from calibration: `fit` (what GPTQ minimises the output
+// error on) and `check` (held-out rows: what validation measures the output error on).
+struct LayerMoments {
+  std::shared_ptr<const SecondMoments> fit, check;
+};
+
 struct PipelineConfig {
   int bits = 4;                      // target width; fallback climbs 2 -> 4 -> 8 -> keep
   std::optional<QuantSpec> spec;     // format at `bits` (default: QuantSpec::Recommended)
@@ -58,7 +66,11 @@ struct PipelineConfig {
   // squared weight error within the budget (the threshold fallback is then not used).
   double target_bpw = 0;
   std::map<std::string, ActivationPlan> activations;  // from calibration (may be empty)
-  std::string recipe_json = "{}";                     // stored in the file as given
+  // Layers with moments are quantized by GPTQ and validated on their output error (relative,
+  // on the held-out rows, against max_rel_rmse); the others by weight error.
+  std::map<std::string, LayerMoments> moments;
+  double gptq_damp = 0.01;
+  std::string recipe_json = "{}";  // stored in the file as given
   std::string tool_version;
 
   // The format a layer gets at `width` bits: `spec` with that width (coded scales at that
@@ -77,6 +89,9 @@ struct LayerReport {
   std::optional<ErrorMetrics> metrics;
   std::vector<std::string> fallbacks;  // why each lower width was rejected
   std::string why;                     // for kept tensors: the rule or reason
+  std::string method = "rtn";          // "gptq" (calibrated) or "rtn" (round to nearest)
+  std::string validation = "weight";   // what the threshold was checked on: "output" or "weight"
+  std::optional<double> output_error;  // relative output error on held-out calibration rows
   uint64_t source_bytes = 0;
   uint64_t stored_bytes = 0;
 };

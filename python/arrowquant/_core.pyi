@@ -231,6 +231,17 @@ class PipelineConfig:
     def spec_for(self, bits: int) -> dict:
         """The format a layer gets at `bits` (what the pipeline quantizes with)."""
 
+    @property
+    def gptq_damp(self) -> float: ...
+
+    @gptq_damp.setter
+    def gptq_damp(self, arg: float, /) -> None: ...
+
+    def set_moments(self, moments: Mapping[str, tuple[SecondMoments, SecondMoments]]) -> None:
+        """
+        {weight name: (fit, check)}: GPTQ on `fit`, output-error validation on `check` (held-out rows; None: weight error)
+        """
+
     def set_activations(self, plans: dict) -> None: ...
 
 def run_pipeline(model_path: str, out_path: str, config: PipelineConfig, progress: object | None, limits: tuple[int, int, int, int] = ...) -> dict: ...
@@ -266,6 +277,30 @@ def scale_input_channels(weight: Annotated[NDArray[numpy.float32], dict(order='C
     """
     A copy of an f32 weight [out, in, ...] as W / s (divide, how equalized weights are stored) or W * s along the input-channel axis; every kernel position of channel i shares s_i.
     """
+
+class SecondMoments:
+    """H = sum x x^T of a layer's inputs (block-diagonal, f64): GPTQ's input"""
+
+    @staticmethod
+    def make(dim: int, block: int = 0) -> SecondMoments: ...
+
+    def add(self, rows: Annotated[NDArray[numpy.float32], dict(shape=(None, None), order='C', device='cpu', writable=False)], threads: int = 1) -> None:
+        """Adds rows [n, dim] (float32)."""
+
+    def merge(self, arg: SecondMoments, /) -> None: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def block(self) -> int: ...
+
+    @property
+    def count(self) -> int: ...
+
+    def data(self) -> NDArray[numpy.float64]: ...
+
+    def restore(self, data: Annotated[NDArray[numpy.float64], dict(shape=(None,), order='C', device='cpu', writable=False)], count: int) -> None: ...
 
 HISTOGRAM: dict = ...
 

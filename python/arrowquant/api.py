@@ -80,12 +80,17 @@ class ArrowQuantV2:
         t0 = time.perf_counter()
         try:
             plans: dict[str, Any] = {}
+            moments: dict[str, Any] = {}
             if cfg.calibration:
                 from arrowquant.calibration import calibrate
 
-                plans, recipe["calibration"] = calibrate(model_path, cfg)
+                plans, recipe["calibration"] = calibrate(
+                    model_path, cfg, moments=moments if cfg.gptq else None
+                )
             core = cfg.to_core(json.dumps(recipe))
             core.set_activations(plans)
+            # No held-out rows (a layer called once with one row): validated on weight error.
+            core.set_moments({k: (f, c if c.count else None) for k, (f, c) in moments.items()})
             raw = _core.run_pipeline(
                 str(model_path), str(tmp / MODEL_FILE), core, progress_callback, cfg.limits()
             )

@@ -102,6 +102,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             "time_groups": args.time_groups,
             "adaptive_groups": args.adaptive_groups,
             "equalize": args.equalize or None,
+            "gptq": args.gptq,
             "act_bits": args.act_bits,
             "nan_policy": args.nan_policy,
             "max_header_bytes": args.max_header_bytes,
@@ -313,6 +314,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--uniform-groups", dest="adaptive_groups", action="store_false")
     c.add_argument("--equalize", action="store_true", help="DiTAS channel equalization")
+    c.add_argument(
+        "--gptq",
+        dest="gptq",
+        action="store_true",
+        default=None,
+        help="with calibration, quantize weights by GPTQ on the layers' inputs (default)",
+    )
+    c.add_argument(
+        "--no-gptq",
+        dest="gptq",
+        action="store_false",
+        help="with calibration, round weights to nearest (calibrate activations only)",
+    )
     c.add_argument("--act-bits", type=int, choices=[4, 8])
     q.add_argument(
         "--nan-policy",

@@ -63,6 +63,10 @@ class DiffusionQuantConfig:
     # Per layer, keep equalization only at the strength (none, 0.5, 0.75, equalize_alpha) that
     # gives the lowest quantized output error on calibration inputs; False: alpha everywhere.
     equalize_search: bool = True
+    # With calibration: weights by GPTQ on each layer's input second moments (output error,
+    # validated on held-out rows) instead of round-to-nearest on the weights alone.
+    gptq: bool = True
+    gptq_damp: float = 0.01  # added to H's diagonal, relative to its mean
     modality: str = ""  # "" = detect
     overrides: list[str] = field(default_factory=list)  # "REGEX=BITS" (BITS 2/4/8/16/keep)
     keep_dtype: str = "F16"
@@ -174,6 +178,8 @@ class DiffusionQuantConfig:
             bad("act_bits", "must be 4 or 8")
         if self.act_clip not in ("minmax", "percentile", "mse"):
             bad("act_clip", "must be minmax, percentile or mse")
+        if not (0.0 < self.gptq_damp <= 1.0):
+            bad("gptq_damp", "must be in (0, 1]")
         if not (0.0 <= self.equalize_alpha <= 1.0):
             bad("equalize_alpha", "must be in [0, 1]")
         if not (1 <= self.calibration_steps <= 1000):
@@ -231,6 +237,7 @@ class DiffusionQuantConfig:
         c.fail_fast = self.fail_fast
         c.keep_nonfinite = self.nan_policy == "keep-fp16"
         c.target_bpw = self.target_bpw
+        c.gptq_damp = self.gptq_damp
         c.recipe_json = recipe_json
         c.tool_version = __version__
         if any(

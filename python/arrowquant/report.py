@@ -85,8 +85,9 @@ class QuantizationReport:
             ),
             f"- time {s['seconds']:.2f} s, peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB",
             "",
-            "| tensor | shape | action | format | rel RMSE | SQNR dB | why / fallbacks |",
-            "|---|---|---|---|---|---|---|",
+            "| tensor | shape | action | format | method | rel RMSE | SQNR dB | output error "
+            "(held out) | why / fallbacks |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for layer in self.layers:
             m = layer["metrics"] or {}
@@ -94,9 +95,12 @@ class QuantizationReport:
             sq = f"{m['sqnr_db']:.1f}" if m else ""
             note = "; ".join(layer["fallbacks"]) or layer["why"]
             shape = "x".join(str(d) for d in layer["shape"])
+            method = layer.get("method", "rtn") if layer["action"] == "quantized" else ""
+            out = layer.get("output_error")
+            out_s = f"{out:.4f}" if out is not None else ""
             lines.append(
-                f"| {layer['name']} | {shape} | {layer['action']} | {layer['format']} | {rel} | "
-                f"{sq} | {note} |"
+                f"| {layer['name']} | {shape} | {layer['action']} | {layer['format']} | {method} | "
+                f"{rel} | {sq} | {out_s} | {note} |"
             )
         return "\n".join(lines) + "\n"
 
@@ -139,6 +143,13 @@ def _calibration_line(c: dict[str, Any]) -> str:
         eq = f", equalization chosen per layer ({c['equalized_layers']} layers equalized)"
     elif c.get("equalize"):
         eq = f", equalization alpha {c['equalize_alpha']}"
+    sm = c.get("second_moments")
+    if sm:
+        eq += (
+            f"; GPTQ weights on input second moments of {sm['layers']} layers "
+            f"({sm['rows_per_layer']} rows each, {sm['held_out_rows_per_layer']} held out "
+            f"for validation)"
+        )
     return (
         f"- calibration: {c['source']} ({c['rows']} rows, {c['kind']}), {c['sampler']}, "
         f"{len(c['timesteps'])} timesteps -> {c['time_groups']} "

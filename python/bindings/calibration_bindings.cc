@@ -1,11 +1,13 @@
 // arrowquant._core: calibration statistics, time groups, equalization (calibration.h).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/unique_ptr.h>
 #include <nanobind/stl/vector.h>
 
 #include "arrowquant/calibration.h"
+#include "arrowquant/gptq.h"
 #include "bindings.h"
 #include "convert.h"
 #include "status_error.h"
@@ -188,6 +190,42 @@ void BindCalibration(nb::module_& m) {
       nb::arg("weight"), nb::arg("scales"), nb::arg("divide") = true, nb::arg("name") = "weight",
       "A copy of an f32 weight [out, in, ...] as W / s (divide, how equalized weights are stored) "
       "or W * s along the input-channel axis; every kernel position of channel i shares s_i.");
+  nb::class_<SecondMoments>(m, "SecondMoments",
+                            "H = sum x x^T of a layer's inputs (block-diagonal, f64): GPTQ's input")
+      .def_static(
+          "make",
+          [](uint64_t dim, uint64_t block) {
+            return std::shared_ptr<SecondMoments>(ValueOrThrow(SecondMoments::Make(dim, block)));
+          },
+          nb::arg("dim"), nb::arg("block") = 0)
+      .def(
+          "add",
+          [](SecondMoments& h,
+             nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu> x, int threads) {
+            Status st;
+            {
+              nb::gil_scoped_release release;
+              st = h.Add({x.data(), x.size()}, x.shape(0), threads);
+            }
+            ThrowIfError(st);
+          },
+          nb::arg("rows"), nb::arg("threads") = 1, "Adds rows [n, dim] (float32).")
+      .def("merge", [](SecondMoments& h, const SecondMoments& o) { ThrowIfError(h.Merge(o)); })
+      .def_prop_ro("dim", &SecondMoments::dim)
+      .def_prop_ro("block", &SecondMoments::block)
+      .def_prop_ro("count", &SecondMoments::count)
+      .def("data",
+           [](const SecondMoments& h) {
+             return ToNumpy(std::vector<double>(h.data().begin(), h.data().end()));
+           })
+      .def(
+          "restore",
+          [](SecondMoments& h,
+             const nb::ndarray<const double, nb::ndim<1>, nb::c_contig, nb::device::cpu>& data,
+             uint64_t count) {
+            ThrowIfError(h.Restore({data.data(), data.shape(0)}, count));
+          },
+          nb::arg("data"), nb::arg("count"));
   nb::dict h;
   h["bins_per_octave"] = ActivationHistogram::kBinsPerOctave;
   h["min_exponent"] = ActivationHistogram::kMinExponent;

@@ -1,6 +1,8 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/map.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
@@ -25,6 +27,9 @@ nb::dict LayerDict(const LayerReport& l) {
   d["bits"] = l.bits;
   d["why"] = l.why;
   d["fallbacks"] = nb::cast(l.fallbacks);
+  d["method"] = l.method;
+  d["validation"] = l.validation;
+  d["output_error"] = l.output_error ? nb::cast(*l.output_error) : nb::none();
   d["source_bytes"] = l.source_bytes;
   d["stored_bytes"] = l.stored_bytes;
   if (l.metrics) {
@@ -142,6 +147,18 @@ void BindConfig(nb::module_& m) {
       .def(
           "spec_for", [](const PipelineConfig& c, int bits) { return SpecDict(c.SpecFor(bits)); },
           nb::arg("bits"), "The format a layer gets at `bits` (what the pipeline quantizes with).")
+      .def_rw("gptq_damp", &PipelineConfig::gptq_damp)
+      .def(
+          "set_moments",
+          [](PipelineConfig& c,
+             const std::map<std::string, std::pair<std::shared_ptr<SecondMoments>,
+                                                   std::shared_ptr<SecondMoments>>>& moments) {
+            c.moments.clear();
+            for (const auto& [name, fc] : moments) c.moments[name] = {fc.first, fc.second};
+          },
+          nb::arg("moments"),
+          "{weight name: (fit, check)}: GPTQ on `fit`, output-error validation on `check` "
+          "(held-out rows; None: weight error)")
       .def(
           "set_activations",
           [](PipelineConfig& c, nb::dict plans) { c.activations = ParseActivationPlans(plans); },

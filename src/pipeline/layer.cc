@@ -87,8 +87,13 @@ void ProcessLayer(const CheckpointTensor& t, const PipelineConfig& c, const Comp
                                   : bits <= 2     ? std::vector<int>{2, 4, 8}
                                   : bits <= 4     ? std::vector<int>{4, 8}
                                                   : std::vector<int>{8};
+  const auto mom = c.moments.find(t.name);
+  const LayerMoments* lm = mom != c.moments.end() && mom->second.fit ? &mom->second : nullptr;
+  r.method = lm ? "gptq" : "rtn";
+  r.validation = lm && lm->check ? "output" : "weight";
   for (int b : ladder) {
-    auto q = Quantize(view, c.SpecFor(b), QuantOptions{1});
+    auto q = lm ? QuantizeGptq(view, c.SpecFor(b), *lm->fit, GptqOptions{c.gptq_damp, 1})
+                : Quantize(view, c.SpecFor(b), QuantOptions{1});
     if (!q.ok()) {
       o.status = q.status();
       return;
@@ -98,7 +103,18 @@ void ProcessLayer(const CheckpointTensor& t, const PipelineConfig& c, const Comp
       o.status = m.status();
       return;
     }
-    if (m->rel_rmse <= threshold) {
+    double err = m->rel_rmse;
+    const char* what = "relative RMSE";
+    if (lm && lm->check) {
+      auto out_err = RelativeOutputError(*q, view, *lm->check, 1);
+      if (!out_err.ok()) {
+        o.status = out_err.status();
+        return;
+      }
+      r.output_error = err = *out_err;
+      what = "relative output error";
+    }
+    if (err <= threshold) {
       r.action = "quantized";
       r.bits = b;
       r.format = q->spec.ToString();
@@ -108,7 +124,7 @@ void ProcessLayer(const CheckpointTensor& t, const PipelineConfig& c, const Comp
       return;
     }
     char buf[160];
-    std::snprintf(buf, sizeof buf, "int%d: relative RMSE %.4f > %.4f", b, m->rel_rmse, threshold);
+    std::snprintf(buf, sizeof buf, "int%d: %s %.4f > %.4f", b, what, err, threshold);
     r.fallbacks.push_back(buf);
   }
   o.missed = true;

@@ -36,20 +36,41 @@ def capture_cached(
     model_digest: str,
     log: Callable[[str], None] | None = None,
     row_samples: dict[str, Any] | None = None,
+    moments: dict[str, tuple[Any, Any]] | None = None,
+    threads: int = 1,
 ) -> tuple[dict[str, Any], bool]:
     """(collectors, cache hit). The key covers the model's bytes, the calibration rows, the
-    sampler settings and the equalization scales applied."""
+    sampler settings and the equalization scales applied. With `moments` (a dict to fill), the
+    layers' input second moments too, cached beside the statistics."""
     settings: dict[str, Any] = {"steps": steps, "seed": seed}
     if scales is not None:
         h = np.concatenate([scales[k] for k in sorted(scales)]).astype(np.float32).tobytes()
         settings["scales"] = hashlib.sha256(h).hexdigest()
     key = cache.cache_key(model_digest, calib.digest, settings)
-    path = cache.cache_dir(cache_folder) / f"{key}.npz"
+    folder = cache.cache_dir(cache_folder)
+    path = folder / f"{key}.npz"
+    m_key = cache.cache_key(model_digest, calib.digest, settings | cache.MOMENT_SETTINGS)
+    m_path = folder / f"{m_key}.npz"
     got = cache.load(path)
-    if got is not None:
+    got_m = cache.load_moments(m_path) if moments is not None else {}
+    if got is not None and got_m is not None:
+        if moments is not None:
+            moments.update(got_m)
         return got, True
-    collectors = capture(ref, calib, steps, seed, scales, log=log, row_samples=row_samples)
+    collectors = capture(
+        ref,
+        calib,
+        steps,
+        seed,
+        scales,
+        log=log,
+        row_samples=row_samples,
+        moments=moments,
+        threads=threads,
+    )
     cache.save(path, collectors)
+    if moments is not None:
+        cache.save_moments(m_path, moments)
     return collectors, False
 
 
@@ -149,8 +170,11 @@ def calibrate(
     model_path: str | os.PathLike[str],
     cfg: Any,
     log: Callable[[str], None] | None = None,
+    moments: dict[str, tuple[Any, Any]] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """(plans for the pipeline, summary) for a DiffusionQuantConfig with `calibration` set."""
+    """(plans for the pipeline, summary) for a DiffusionQuantConfig with `calibration` set.
+    With `moments` (a dict to fill), each layer's input second moments as the runtime will see
+    its inputs (equalized where equalization was chosen): (fit, held-out) for GPTQ."""
     from arrowquant.diffusion import load_reference
 
     t0 = time.perf_counter()
@@ -160,6 +184,7 @@ def calibrate(
     steps, seed = cfg.calibration_steps, cfg.seed
     rows: dict[str, Any] = {}
     want_rows = cfg.equalize and cfg.equalize_search
+    threads = cfg.threads or (os.cpu_count() or 1)
     raw, hit = capture_cached(
         ref,
         calib,
@@ -170,6 +195,8 @@ def calibrate(
         digest,
         log,
         row_samples=rows if want_rows else None,
+        moments=moments if not cfg.equalize else None,  # equalized inputs: the second pass
+        threads=threads,
     )
     scales: dict[str, np.ndarray] | None = None
     choices: dict[str, Any] = {}
@@ -185,9 +212,18 @@ def calibrate(
         scales = equalization(ref, raw, cfg.equalize_alpha)
         alphas = dict.fromkeys(scales, cfg.equalize_alpha)
     used, hit2 = raw, hit
-    if scales:
+    if scales or (cfg.equalize and moments is not None):
         used, hit2 = capture_cached(
-            ref, calib, steps, seed, scales, cfg.calibration_cache, digest, log
+            ref,
+            calib,
+            steps,
+            seed,
+            scales or None,
+            cfg.calibration_cache,
+            digest,
+            log,
+            moments=moments,
+            threads=threads,
         )
     plans = fit_plans(
         used,
@@ -219,6 +255,16 @@ def calibrate(
         "equalized_layers": 0 if scales is None else len(scales),
         "equalization_choices": {k: v["alpha"] for k, v in choices.items()},
         "equalization_formats": {k: v["format"] for k, v in choices.items()},
+        "second_moments": (
+            None
+            if not moments
+            else {
+                "layers": len(moments),
+                "rows_per_layer": int(np.median([f.count for f, _ in moments.values()])),
+                "held_out_rows_per_layer": int(np.median([c.count for _, c in moments.values()])),
+                "block_diagonal_layers": sum(f.block < f.dim for f, _ in moments.values()),
+            }
+        ),
         "cache": "hit" if hit and hit2 else "miss",
         "seconds": round(time.perf_counter() - t0, 2),
     }

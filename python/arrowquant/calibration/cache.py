@@ -85,6 +85,43 @@ def load(path: Path) -> dict[str, Any] | None:
         return None
 
 
+# What the second-moment cache depends on besides the capture's own settings.
+MOMENT_SETTINGS: dict[str, Any] = {"what": "second_moments", "version": 1}
+
+
+def save_moments(path: Path, moments: dict[str, tuple[Any, Any]]) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    meta: dict[str, Any] = {"format": FORMAT, "layers": {}}
+    for i, (name, (fit, check)) in enumerate(sorted(moments.items())):
+        arrays[f"{i}/fit"] = fit.data()
+        arrays[f"{i}/check"] = check.data()
+        block = 0 if fit.block >= fit.dim else fit.block  # 0: the full matrix
+        meta["layers"][name] = [i, fit.dim, block, fit.count, check.count]
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    _write_npz(path, arrays)
+
+
+def load_moments(path: Path) -> dict[str, tuple[Any, Any]] | None:
+    """The second moments saved at `path`, or None if absent or unreadable (then recomputed)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes())
+            if meta.get("format") != FORMAT:
+                return None
+            out = {}
+            for name, (i, dim, block, n_fit, n_check) in meta["layers"].items():
+                fit = _core.SecondMoments.make(dim, block)
+                check = _core.SecondMoments.make(dim, block)
+                fit.restore(z[f"{i}/fit"], n_fit)
+                check.restore(z[f"{i}/check"], n_check)
+                out[name] = (fit, check)
+            return out
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
 def save_arrays(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Named float arrays plus a JSON document (e.g. the equalization choice)."""
     out = {f"a/{k}": np.asarray(v) for k, v in arrays.items()}

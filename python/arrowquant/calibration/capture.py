@@ -76,6 +76,8 @@ def capture(
     log: Callable[[str], None] | None = None,
     row_samples: dict[str, Any] | None = None,
     max_rows: int = 512,
+    moments: dict[str, tuple[Any, Any]] | None = None,
+    threads: int = 1,
 ) -> dict[str, Any]:
     """Weight name -> ActivationCollector over `steps` DDIM timesteps of the FP model.
 
@@ -83,6 +85,9 @@ def capture(
     it; the model itself runs unchanged. With `row_samples` (a dict to fill), up to `max_rows`
     random input rows per layer (unfolded patches for convolutions; at most 8 MiB a layer) are
     kept too, spread over the timesteps, for choices that need real inputs (spatial.py).
+    With `moments` (a dict to fill), each layer's input second moments (GPTQ's H) are
+    accumulated in C++: a seeded random subset of each call's input rows (unfolded patches for
+    convolutions) goes to `fit`, a disjoint subset to `check` (held-out, for validation).
     """
     import torch
 
@@ -113,6 +118,8 @@ def capture(
             col.add(-1 if t is None else t, x.numpy().reshape(-1), outer, c, inner)
             if row_samples is not None and s is None:
                 _keep_rows(name, m, args[0].detach().float(), row_samples, per_call, max_rows, g)
+            if moments is not None:
+                _add_moments(name, m, x, moments, g_moments, threads)
 
         return hook
 
@@ -120,6 +127,7 @@ def capture(
     calls = steps * math.ceil(count / batch)
     per_call = max(1, math.ceil(max_rows / calls))
     g = torch.Generator().manual_seed(seed + 1)
+    g_moments = torch.Generator().manual_seed(seed + 2)
     for mod_name, m in layers.items():
         handles.append(m.register_forward_pre_hook(make_hook(weight_name(ref, mod_name), m)))
     try:
@@ -138,19 +146,70 @@ def capture(
     return collectors
 
 
-def _keep_rows(
-    name: str, m: Any, x: Any, out: dict[str, Any], per_call: int, max_rows: int, g: Any
-) -> None:
+# Rows of each call's input that go into a layer's H (and, disjoint, into its held-out H). A
+# sampled call holds batch x tokens rows; a subset carries the same second moments at a fraction
+# of the cost (each row costs dim^2 / 2 multiply-adds).
+MOMENT_ROWS = 256
+CHECK_ROWS = 64
+# Layers with more input columns get a block-diagonal H (blocks of this many columns): memory
+# cols x block instead of cols^2 (docs/gptq.md).
+FULL_H_MAX_DIM = 2048
+H_BLOCK = 1024
+
+
+def moment_block(dim: int) -> int:
+    return 0 if dim <= FULL_H_MAX_DIM else H_BLOCK
+
+
+def layer_rows(m: Any, x: Any) -> Any | None:
+    """The layer's input as rows of its flattened weight's columns: [rows, in] for a Linear,
+    unfolded patches [rows, in*kh*kw] for a Conv2d (None for convs this cannot express)."""
     import torch
     import torch.nn.functional as F
 
     if isinstance(m, torch.nn.Conv2d):
         if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
-            return
+            return None
         rows = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # [N, C*k*k, L]
-        rows = rows.transpose(1, 2).reshape(-1, rows.shape[1])
-    else:
-        rows = x.reshape(-1, x.shape[-1])
+        return rows.transpose(1, 2).reshape(-1, rows.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
+def _add_moments(
+    name: str, m: Any, x: Any, out: dict[str, tuple[Any, Any]], g: Any, threads: int
+) -> None:
+    import torch
+
+    rows = layer_rows(m, x)
+    if rows is None:
+        return
+    pick = torch.randperm(rows.shape[0], generator=g)[: MOMENT_ROWS + CHECK_ROWS]
+    chosen = rows[pick].float().contiguous()
+    pair = out.get(name)
+    if pair is None:
+        dim = chosen.shape[1]
+        block = moment_block(dim)
+        pair = out[name] = (
+            _core.SecondMoments.make(dim, block),
+            _core.SecondMoments.make(dim, block),
+        )
+    # A fifth held out (at least one row when there are two): layers fed few rows per call (the
+    # time embedding sees one row per sample) still get held-out rows over the calls.
+    n_check = min(CHECK_ROWS, max(chosen.shape[0] // 5, 1 if chosen.shape[0] >= 2 else 0))
+    fit, check = chosen[n_check:], chosen[:n_check]
+    pair[0].add(fit.numpy(), threads)
+    if n_check:
+        pair[1].add(check.numpy(), threads)
+
+
+def _keep_rows(
+    name: str, m: Any, x: Any, out: dict[str, Any], per_call: int, max_rows: int, g: Any
+) -> None:
+    import torch
+
+    rows = layer_rows(m, x)
+    if rows is None:
+        return
     cap = min(max_rows, max(1, (8 << 20) // (4 * rows.shape[1])))
     have = out.get(name)
     room = cap - (0 if have is None else have.shape[0])

@@ -1,0 +1,106 @@
+"""GPTQ in the product: second moments captured while the FP model samples (cached with the
+calibration), calibrated layers quantized on them and validated on their held-out output error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import arrowquant as aq
+import arrowquant._core as _core
+from arrowquant.calibration import cache, calibrate
+from arrowquant.checkpoint import load_checkpoint
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+DIT = MODELS / "digits-dit"
+DDPM = MODELS / "digits-ddpm"
+
+
+def _cfg(tmp: Path, **kw: object) -> aq.DiffusionQuantConfig:
+    base = {
+        "calibration": "synthetic:4",
+        "calibration_steps": 4,
+        "calibration_cache": str(tmp / "cache"),
+        "time_groups": 2,
+    }
+    profile = str(kw.pop("profile", "local"))
+    return aq.DiffusionQuantConfig.from_profile(profile, **(base | kw))  # type: ignore[arg-type]
+
+
+def test_second_moments_binding_and_cache_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 300)).astype(np.float32)
+    h = _core.SecondMoments.make(300)
+    h.add(x, 2)
+    full = h.data().reshape(300, 300)
+    np.testing.assert_allclose(np.triu(full), np.triu(x.T.astype(np.float64) @ x), atol=1e-4)
+    blocked = _core.SecondMoments.make(600, 512)
+    assert blocked.block == 512 and blocked.data().size == 512 * 512 + 88 * 88
+    with pytest.raises(ValueError, match="multiple of 256"):
+        _core.SecondMoments.make(300, 100)
+    cache.save_moments(tmp_path / "m.npz", {"a.weight": (h, h)})
+    back = cache.load_moments(tmp_path / "m.npz")
+    assert back is not None and back["a.weight"][0].count == 100
+    np.testing.assert_array_equal(back["a.weight"][1].data(), h.data())
+
+
+def test_calibration_collects_moments_per_layer_and_caches_them(tmp_path: Path) -> None:
+    m1: dict = {}
+    _, s1 = calibrate(DDPM, _cfg(tmp_path), moments=m1)
+    m2: dict = {}
+    _, s2 = calibrate(DDPM, _cfg(tmp_path), moments=m2)
+    assert s1["cache"] == "miss" and s2["cache"] == "hit"
+    assert sorted(m1) == sorted(m2) and len(m1) > 30
+    for name, (fit, check) in m1.items():
+        assert fit.count > 0 and check.count > 0, name
+        np.testing.assert_array_equal(fit.data(), m2[name][0].data())
+    # A 3x3 conv's H is over its unfolded patches: in_channels * 9 columns.
+    conv = next(n for n in m1 if "down_blocks.0.resnets.0.conv1" in n)
+    shape = load_checkpoint(DDPM).info(conv).shape
+    assert shape[2:] == (3, 3) and m1[conv][0].dim == shape[1] * 9
+    assert s1["second_moments"]["layers"] == len(m1)
+
+
+@pytest.mark.parametrize("model", [DIT, DDPM], ids=["dit", "ddpm"])
+def test_gptq_lowers_the_layers_output_error(model: Path, tmp_path: Path) -> None:
+    api = aq.ArrowQuantV2()
+    g = api.quantize_diffusion_model(model, tmp_path / "g", _cfg(tmp_path, profile="edge"))
+    r = api.quantize_diffusion_model(
+        model, tmp_path / "r", _cfg(tmp_path, profile="edge", gptq=False)
+    )
+    lg = {x["name"]: x for x in g.layers if x["action"] == "quantized"}
+    lr = {x["name"]: x for x in r.layers if x["action"] == "quantized"}
+    gptq = [n for n, x in lg.items() if x["method"] == "gptq"]
+    assert len(gptq) > 10
+    assert all(lg[n]["validation"] == "output" and lg[n]["output_error"] > 0 for n in gptq)
+    assert all(x["method"] == "rtn" and x["validation"] == "weight" for x in lr.values())
+    # Same bytes on disk per layer; lower output error on held-out rows for most layers.
+    moments: dict = {}
+    calibrate(model, _cfg(tmp_path, profile="edge"), moments=moments)
+    wins = 0
+    for n in gptq:
+        if lr[n]["bits"] != lg[n]["bits"]:
+            continue
+        assert lr[n]["stored_bytes"] == lg[n]["stored_bytes"]
+        wins += lg[n]["output_error"] < _rtn_output_error(tmp_path / "r", model, n, moments)
+    assert wins >= 0.8 * len(gptq)
+    doc = json.loads((tmp_path / "g" / "report.json").read_text())
+    assert doc["summary"]["calibration"]["second_moments"]["layers"] >= len(gptq)
+
+
+def _rtn_output_error(out: Path, model: Path, name: str, moments: dict) -> float:
+    """The held-out relative output error of the round-to-nearest file's layer."""
+    q = aq.open(out).tensor(name)
+    ck = load_checkpoint(model)
+    w = np.ascontiguousarray(ck.numpy(name), dtype=np.float32)
+    check = moments[name][1]
+    e = (w - q.dequantize(np.float32)).reshape(w.shape[0], -1).astype(np.float64)
+    wf = w.reshape(w.shape[0], -1).astype(np.float64)
+    h = check.data()
+    assert check.block >= check.dim  # the reference layers are small enough for a full H
+    h = h.reshape(check.dim, check.dim)
+    h = np.triu(h) + np.triu(h, 1).T
+    return float(np.sqrt(np.einsum("ri,ij,rj->", e, h, e) / np.einsum("ri,ij,rj->", wf, h, wf)))
