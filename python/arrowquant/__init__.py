@@ -26,6 +26,7 @@ from arrowquant.errors import (
     ValidationError,
 )
 from arrowquant.model import QuantizedModel, export_safetensors, load_state_dict, open, save
+from arrowquant.module import quantize_module
 from arrowquant.quantize import QuantizedTensor, quantize
 from arrowquant.report import QuantizationReport
 
@@ -59,5 +60,6 @@ __all__ = [
     "load_state_dict",
     "open",
     "quantize",
+    "quantize_module",
     "save",
 ]

@@ -32,6 +32,7 @@ class ArrowQuantV2:
         progress_callback: ProgressCallback | None = None,
         overwrite: bool = False,
         allow_pickle: bool = False,
+        _calibration: tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None = None,
     ) -> QuantizationReport:
         """Writes `output_path/` with model.aq.parquet, report.json and report.md.
 
@@ -57,7 +58,7 @@ class ArrowQuantV2:
                 with tempfile.TemporaryDirectory(prefix="arrowquant-pickle-") as d:
                     converted = convert_pickle(model_path, Path(d))
                     return self._quantize_locked(converted, out, cfg, progress_callback)
-            return self._quantize_locked(model_path, out, cfg, progress_callback)
+            return self._quantize_locked(model_path, out, cfg, progress_callback, _calibration)
 
     def _quantize_locked(
         self,
@@ -65,7 +66,9 @@ class ArrowQuantV2:
         out: Path,
         cfg: DiffusionQuantConfig,
         progress_callback: ProgressCallback | None,
+        precomputed: tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None = None,
     ) -> QuantizationReport:
+        """`precomputed`: (plans, summary, moments) recorded elsewhere (quantize_module)."""
         from arrowquant import __version__
 
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -81,7 +84,9 @@ class ArrowQuantV2:
         try:
             plans: dict[str, Any] = {}
             moments: dict[str, Any] = {}
-            if cfg.calibration:
+            if precomputed is not None:
+                plans, recipe["calibration"], moments = precomputed
+            elif cfg.calibration:
                 from arrowquant.calibration import calibrate
 
                 plans, recipe["calibration"] = calibrate(

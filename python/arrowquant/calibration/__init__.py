@@ -23,7 +23,14 @@ from arrowquant.calibration import cache
 from arrowquant.calibration.capture import capture, quantizable_layers, weight_name
 from arrowquant.calibration.data import CalibrationSet, load_calibration
 
-__all__ = ["CalibrationSet", "calibrate", "load_calibration", "fit_plans", "capture_cached"]
+__all__ = [
+    "CalibrationSet",
+    "calibrate",
+    "load_calibration",
+    "fit_plans",
+    "capture_cached",
+    "moments_summary",
+]
 
 
 def capture_cached(
@@ -72,6 +79,18 @@ def capture_cached(
     if moments is not None:
         cache.save_moments(m_path, moments)
     return collectors, False
+
+
+def moments_summary(moments: dict[str, tuple[Any, Any]] | None) -> dict[str, int] | None:
+    """What the report says about the second moments GPTQ used (medians over layers)."""
+    if not moments:
+        return None
+    return {
+        "layers": len(moments),
+        "rows_per_layer": int(np.median([f.count for f, _ in moments.values()])),
+        "held_out_rows_per_layer": int(np.median([c.count for _, c in moments.values()])),
+        "block_diagonal_layers": sum(f.block < f.dim for f, _ in moments.values()),
+    }
 
 
 def fit_plans(
@@ -255,16 +274,7 @@ def calibrate(
         "equalized_layers": 0 if scales is None else len(scales),
         "equalization_choices": {k: v["alpha"] for k, v in choices.items()},
         "equalization_formats": {k: v["format"] for k, v in choices.items()},
-        "second_moments": (
-            None
-            if not moments
-            else {
-                "layers": len(moments),
-                "rows_per_layer": int(np.median([f.count for f, _ in moments.values()])),
-                "held_out_rows_per_layer": int(np.median([c.count for _, c in moments.values()])),
-                "block_diagonal_layers": sum(f.block < f.dim for f, _ in moments.values()),
-            }
-        ),
+        "second_moments": moments_summary(moments),
         "cache": "hit" if hit and hit2 else "miss",
         "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -66,6 +66,74 @@ def conditioning(ref: Denoiser, calib: CalibrationSet) -> tuple[int, Any]:
     return calib.count, torch.arange(calib.count) % ref.num_classes
 
 
+class Recorder:
+    """Forward pre-hooks on every Linear / Conv2d of `module` that hand each call's input to C++:
+    an ActivationCollector per layer (statistics per timestep, read from `state`), and with
+    `moments` (a dict to fill) the layer's input second moments (GPTQ's H): a seeded random
+    subset of each call's input rows (unfolded patches for convolutions) goes to `fit`, a
+    disjoint subset to `check` (held-out, for validation). With `scales` (equalization), a
+    layer's input is recorded as X * s, as the runtime will see it; the model runs unchanged.
+    With `row_samples` (a dict to fill), up to `max_rows` random input rows per layer are kept
+    (at most 8 MiB a layer), `per_call` at a time, for choices that need real inputs."""
+
+    def __init__(
+        self,
+        module: Any,
+        weight_names: Callable[[str], str],
+        state: Any,
+        seed: int = 0,
+        scales: dict[str, np.ndarray] | None = None,
+        moments: dict[str, tuple[Any, Any]] | None = None,
+        row_samples: dict[str, Any] | None = None,
+        per_call: int = 1,
+        max_rows: int = 512,
+        threads: int = 1,
+    ) -> None:
+        import torch
+
+        self.collectors: dict[str, Any] = {}
+        self.state = state
+        self.scales, self.moments, self.row_samples = scales, moments, row_samples
+        self.per_call, self.max_rows, self.threads = per_call, max_rows, threads
+        self.g_rows = torch.Generator().manual_seed(seed + 1)
+        self.g_moments = torch.Generator().manual_seed(seed + 2)
+        self.handles = [
+            m.register_forward_pre_hook(self._hook(weight_names(name), m))
+            for name, m in quantizable_layers(module).items()
+        ]
+
+    def _hook(self, name: str, m: Any) -> Callable[..., None]:
+        import torch
+
+        s = None
+        if self.scales is not None and name in self.scales:
+            s = torch.from_numpy(np.ascontiguousarray(self.scales[name], dtype=np.float32))
+
+        def hook(_m: Any, args: tuple[Any, ...]) -> None:
+            x = args[0].detach().cpu()
+            if s is not None:
+                shape = [1] * x.dim()
+                shape[1 if isinstance(m, torch.nn.Conv2d) else -1] = -1
+                x = x * s.view(shape)
+            x = x.float().contiguous()
+            outer, c, inner = _layout(m, x)
+            col = self.collectors.get(name)
+            if col is None:
+                col = self.collectors[name] = _core.ActivationCollector.make(c)
+            t = self.state.current
+            col.add(-1 if t is None else t, x.numpy().reshape(-1), outer, c, inner)
+            if self.row_samples is not None and s is None:
+                _keep_rows(name, m, x, self.row_samples, self.per_call, self.max_rows, self.g_rows)
+            if self.moments is not None:
+                _add_moments(name, m, x, self.moments, self.g_moments, self.threads)
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 def capture(
     ref: Denoiser,
     calib: CalibrationSet,
@@ -79,57 +147,27 @@ def capture(
     moments: dict[str, tuple[Any, Any]] | None = None,
     threads: int = 1,
 ) -> dict[str, Any]:
-    """Weight name -> ActivationCollector over `steps` DDIM timesteps of the FP model.
-
-    With `scales` (equalization), a layer's input is recorded as X * s, as the runtime will see
-    it; the model itself runs unchanged. With `row_samples` (a dict to fill), up to `max_rows`
-    random input rows per layer (unfolded patches for convolutions; at most 8 MiB a layer) are
-    kept too, spread over the timesteps, for choices that need real inputs (spatial.py).
-    With `moments` (a dict to fill), each layer's input second moments (GPTQ's H) are
-    accumulated in C++: a seeded random subset of each call's input rows (unfolded patches for
-    convolutions) goes to `fit`, a disjoint subset to `check` (held-out, for validation).
-    """
+    """Weight name -> ActivationCollector over `steps` DDIM timesteps of the FP model (see
+    Recorder for `scales`, `row_samples` and `moments`)."""
     import torch
 
     from arrowquant.torch import TimestepTracker
 
-    layers = quantizable_layers(ref.module)
-    tracker = TimestepTracker(ref.module)
-    collectors: dict[str, Any] = {}
-    handles = []
-
-    def make_hook(name: str, m: Any) -> Callable[..., None]:
-        s = None
-        if scales is not None and name in scales:
-            s = torch.from_numpy(np.ascontiguousarray(scales[name], dtype=np.float32))
-
-        def hook(_m: Any, args: tuple[Any, ...]) -> None:
-            x = args[0].detach()
-            if s is not None:
-                shape = [1] * x.dim()
-                shape[1 if isinstance(m, torch.nn.Conv2d) else -1] = -1
-                x = x * s.view(shape)
-            x = x.float().contiguous()
-            outer, c, inner = _layout(m, x)
-            col = collectors.get(name)
-            if col is None:
-                col = collectors[name] = _core.ActivationCollector.make(c)
-            t = tracker.state.t
-            col.add(-1 if t is None else t, x.numpy().reshape(-1), outer, c, inner)
-            if row_samples is not None and s is None:
-                _keep_rows(name, m, args[0].detach().float(), row_samples, per_call, max_rows, g)
-            if moments is not None:
-                _add_moments(name, m, x, moments, g_moments, threads)
-
-        return hook
-
     count, labels = conditioning(ref, calib)
     calls = steps * math.ceil(count / batch)
-    per_call = max(1, math.ceil(max_rows / calls))
-    g = torch.Generator().manual_seed(seed + 1)
-    g_moments = torch.Generator().manual_seed(seed + 2)
-    for mod_name, m in layers.items():
-        handles.append(m.register_forward_pre_hook(make_hook(weight_name(ref, mod_name), m)))
+    tracker = TimestepTracker(ref.module)
+    rec = Recorder(
+        ref.module,
+        lambda n: weight_name(ref, n),
+        tracker.state,
+        seed,
+        scales,
+        moments,
+        row_samples,
+        max(1, math.ceil(max_rows / calls)),
+        max_rows,
+        threads,
+    )
     try:
         g_noise = torch.Generator().manual_seed(seed)
         for start in range(0, count, batch):
@@ -140,10 +178,9 @@ def capture(
             if log:
                 log(f"calibration: {start + n}/{count} trajectories x {steps} timesteps")
     finally:
-        for h in handles:
-            h.remove()
+        rec.remove()
         tracker.remove()
-    return collectors
+    return rec.collectors
 
 
 # Rows of each call's input that go into a layer's H (and, disjoint, into its held-out H). A

@@ -1,0 +1,139 @@
+"""Quantizing any PyTorch module with the user's own sampling loop as calibration.
+
+    report = arrowquant.quantize_module(model, "OUT", profile="local", calibrate=run)
+
+`run(model)` is called once; every forward of every nn.Linear / nn.Conv2d during it is recorded
+(activation statistics per timestep and the layers' input second moments), the timestep being
+read from a `timestep` / `timesteps` / `t` argument of the module's forward, or set with
+`arrowquant.torch.timestep(t)`. Then the weights go through the same C++ pipeline as a
+checkpoint file would (GPTQ on the recorded second moments, validation, fallback), and
+`OUT/model.aq.parquet` holds them under their `module.state_dict()` names.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from arrowquant.config import DiffusionQuantConfig
+from arrowquant.errors import ConfigurationError
+from arrowquant.report import QuantizationReport
+
+# Without a scheduler config, timesteps are taken as DDPM's 0..999 (continuous times in (0, 1)
+# are mapped there, see arrowquant.torch.timestep_value).
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def _state_file(module: Any, folder: Path) -> Path:
+    """The module's state dict as one safetensors file (tied tensors stored once each name)."""
+    import safetensors.torch
+
+    state = {
+        k: v.detach().to("cpu").contiguous().clone()
+        for k, v in module.state_dict().items()
+        if hasattr(v, "detach")
+    }
+    path = folder / "module.safetensors"
+    safetensors.torch.save_file(state, str(path))
+    return path
+
+
+def record(
+    module: Any, run: Callable[[Any], Any], cfg: DiffusionQuantConfig, moments: dict[str, Any]
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """(activation plans, summary): runs `run(module)` once with every Linear / Conv2d recorded,
+    filling `moments` ({weight name: (fit, held-out)}) when cfg.gptq."""
+    import torch
+
+    from arrowquant.calibration import fit_plans, moments_summary
+    from arrowquant.calibration.capture import Recorder
+    from arrowquant.torch import TimestepTracker
+
+    t0 = time.perf_counter()
+    tracker = TimestepTracker(module)
+    rec = Recorder(
+        module,
+        lambda n: f"{n}.weight",
+        tracker.state,
+        cfg.seed,
+        moments=moments if cfg.gptq else None,
+        threads=cfg.threads or (os.cpu_count() or 1),
+    )
+    try:
+        with torch.no_grad():
+            run(module)
+    finally:
+        rec.remove()
+        tracker.remove()
+    if not rec.collectors:
+        raise ConfigurationError(
+            "calibrate: the run never called a Linear or Conv2d of the module "
+            "(did it run the module passed to quantize_module?)"
+        )
+    plans = fit_plans(
+        rec.collectors,
+        rec.collectors,
+        None,
+        {},
+        cfg.time_groups,
+        cfg.adaptive_groups,
+        cfg.act_bits,
+        cfg.act_clip,
+        NUM_TRAIN_TIMESTEPS,
+    )
+    timesteps = sorted({s["timestep"] for c in rec.collectors.values() for s in c.stats()})
+    summary: dict[str, Any] = {
+        "source": "calibrate callable",
+        "rows": 0,
+        "kind": "the caller's sampling loop",
+        "denoiser": type(module).__name__,
+        "sampler": getattr(run, "__qualname__", type(run).__name__),
+        "timesteps": timesteps,
+        "layers": len(plans),
+        "time_groups": cfg.time_groups,
+        "adaptive_groups": cfg.adaptive_groups,
+        "act_bits": cfg.act_bits,
+        "act_clip": cfg.act_clip,
+        "equalize": False,
+        "equalized_layers": 0,
+        "second_moments": moments_summary(moments),
+        "cache": "none",
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    if timesteps == [-1]:
+        summary["timesteps_note"] = "no timestep seen: one activation group for all calls"
+    return plans, summary
+
+
+def quantize_module(
+    module: Any,
+    out: str | os.PathLike[str],
+    *,
+    profile: str = "local",
+    calibrate: Callable[[Any], Any] | None = None,
+    **config: Any,
+) -> QuantizationReport:
+    """Quantizes `module`'s weights into `out/` (model.aq.parquet and the report), tensor names
+    equal to `module.state_dict()` keys. `calibrate=run`: `run(module)` is the caller's own
+    sampling loop, called once and recorded (see the module docstring); None: weight only.
+    `config`: any DiffusionQuantConfig field (`bits`, `target_bpw`, `gptq`, ...)."""
+    from arrowquant.api import ArrowQuantV2
+
+    if "calibration" in config:
+        raise ConfigurationError("quantize_module: pass calibrate=run, not calibration=...")
+    cfg = DiffusionQuantConfig.resolve(profile=profile, **config)
+    out_path = Path(out)
+    with tempfile.TemporaryDirectory(prefix="aq-module-") as tmp:
+        source = _state_file(module, Path(tmp))
+        precomputed = None
+        if calibrate is not None:
+            moments: dict[str, Any] = {}
+            plans, summary = record(module, calibrate, cfg, moments)
+            precomputed = (plans, summary, moments)
+        return ArrowQuantV2().quantize_diffusion_model(
+            source, out_path, cfg, overwrite=True, _calibration=precomputed
+        )

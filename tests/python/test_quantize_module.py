@@ -1,0 +1,125 @@
+"""arrowquant.quantize_module: any nn.Module, calibrated by the caller's own sampling loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import arrowquant as aq
+from arrowquant.errors import ConfigurationError
+from arrowquant.torch import timestep
+
+
+class Net(nn.Module):
+    """A small research-style denoiser: convs, a linear over channels, a time input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Conv2d(1, 32, 3, padding=1)
+        self.temb = nn.Linear(16, 32)
+        self.mid = nn.Sequential(
+            nn.Conv2d(32, 64, 3, padding=1), nn.SiLU(), nn.Conv2d(64, 64, 3, padding=1), nn.SiLU()
+        )
+        self.mix = nn.Linear(64, 64)
+        self.out = nn.Conv2d(64, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        freqs = torch.arange(8, dtype=torch.float32)
+        ang = t.float().view(-1, 1) / 1000 * torch.exp(freqs)
+        emb = self.temb(torch.cat([ang.sin(), ang.cos()], 1))
+        h = self.mid(self.inp(x) + emb[:, :, None, None])
+        h = self.mix(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.out(h)
+
+
+def _net() -> Net:
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+def _run(m: nn.Module, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(8, 1, 16, 16, generator=g)
+    for t in range(900, 0, -100):
+        x = x - 0.1 * m(x, torch.full((8,), t))
+    return x
+
+
+def _loaded(out: Path) -> Net:
+    m = _net()
+    m.load_state_dict(aq.load_state_dict(out, dtype=torch.float32))
+    return m
+
+
+def test_names_are_the_state_dict_and_calibrated_layers_use_gptq(tmp_path: Path) -> None:
+    net = _net()
+    r = aq.quantize_module(net, tmp_path / "q", profile="local", calibrate=_run)
+    assert (tmp_path / "q" / "model.aq.parquet").is_file()
+    assert sorted(aq.open(tmp_path / "q").names()) == sorted(net.state_dict())
+    cal = r.extra["calibration"]
+    assert cal["timesteps"] == list(range(100, 1000, 100))  # read from the `t` argument
+    done = {x["name"]: x for x in r.layers if x["action"] == "quantized"}
+    assert {"mid.0.weight", "mid.2.weight", "mix.weight"} <= set(done)
+    assert all(x["method"] == "gptq" and x["validation"] == "output" for x in done.values())
+    plain = aq.quantize_module(net, tmp_path / "w", profile="local")
+    assert all(x["method"] == "rtn" for x in plain.layers if x["action"] == "quantized")
+
+
+@pytest.mark.parametrize("profile", ["local", "edge"])
+def test_calibrated_model_generates_closer_to_fp(tmp_path: Path, profile: str) -> None:
+    net = _net()
+    aq.quantize_module(net, tmp_path / "g", profile=profile, calibrate=_run)
+    aq.quantize_module(net, tmp_path / "r", profile=profile, calibrate=_run, gptq=False)
+    with torch.no_grad():
+        ref = _run(net, seed=1)  # other noise than calibration saw
+        e_g = (_run(_loaded(tmp_path / "g"), seed=1) - ref).norm() / ref.norm()
+        e_r = (_run(_loaded(tmp_path / "r"), seed=1) - ref).norm() / ref.norm()
+    assert e_g < e_r
+
+
+class NoTimeArg(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(64, 64)
+        self.b = nn.Linear(64, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_timestep_context_and_continuous_time(tmp_path: Path) -> None:
+    m = NoTimeArg()
+
+    def run(mod: nn.Module) -> None:
+        for t in (750, 250):
+            with timestep(t):
+                mod(torch.randn(32, 64))
+
+    r = aq.quantize_module(m, tmp_path / "a", calibrate=run, min_elements=16)
+    assert r.extra["calibration"]["timesteps"] == [250, 750]
+
+    class Flow(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(64, 64)
+
+        def forward(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            return self.a(x) * timestep.view(-1, 1)
+
+    def run_flow(mod: nn.Module) -> None:
+        for s in (0.25, 0.5):
+            mod(torch.randn(32, 64), timestep=torch.full((32,), s))
+
+    r2 = aq.quantize_module(Flow(), tmp_path / "f", calibrate=run_flow, min_elements=16)
+    assert r2.extra["calibration"]["timesteps"] == [250, 500]
+
+
+def test_a_run_that_never_calls_the_module_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="never called"):
+        aq.quantize_module(_net(), tmp_path / "x", calibrate=lambda m: None)
+    with pytest.raises(ConfigurationError, match="calibrate=run"):
+        aq.quantize_module(_net(), tmp_path / "x", calibration="synthetic")
+    assert not (tmp_path / "x").exists()
