@@ -20,7 +20,7 @@
 namespace arrowquant {
 
 // An ordered selection rule: the first whose regex matches (a search in the qualified tensor
-// name, e.g. "unet/conv_in.weight") decides. bits: 2/4/8, 0 = keep unquantized, -1 = the target
+// name, e.g. "unet/conv_in.weight") decides. bits: 2/3/4/8, 0 = keep unquantized, -1 = the target
 // width. threshold_scale tightens the validation threshold for sensitive layers.
 struct SelectionRule {
   std::string pattern;

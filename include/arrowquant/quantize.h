@@ -1,4 +1,4 @@
-// Per-group weight quantization with real bit-packed INT2/INT4/INT8 codes.
+// Per-group weight quantization with real bit-packed INT2/INT3/INT4/INT8 codes.
 //
 // A weight of shape (out, in, ...) is viewed as a matrix of `rows` = out and `cols` = the product
 // of the other dimensions (conv kernels: in*kh*kw). Each row is split into groups of
@@ -36,6 +36,15 @@ enum class Scheme : uint8_t { kAsymmetric = 0, kSymmetric = 1 };
 // make_qkx and HQQ); the min/max candidate is always among those tried.
 enum class Grid : uint8_t { kMinMax = 0, kSearch = 1 };
 enum class ScaleStorage : uint8_t { kF16 = 0, kF32 = 1, kCoded = 2 };
+
+// The weight widths the product writes: INT2, INT3, INT4, INT8.
+inline constexpr int kWeightBits[] = {2, 3, 4, 8};
+constexpr bool IsWeightWidth(int bits) {
+  for (int b : kWeightBits) {
+    if (b == bits) return true;
+  }
+  return false;
+}
 
 struct QuantSpec {
   int bits = 4;

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from arrowquant._core import WEIGHT_BITS
+from arrowquant.config import PROFILES
 from arrowquant.errors import ArrowQuantError, ConfigurationError, ValidationError
 
 EXIT_OK = 0
@@ -75,6 +77,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 _PROFILE_HELP = (
     "profiles (measured on N(0,0.02) weights, bench/quality.py): "
     "edge = INT2 (2.38 bits/weight, weight relRMSE ~0.31), "
+    "compact = INT3 (3.41 bits/weight, ~0.15), "
     "local = INT4 (4.45 bits/weight, ~0.07), cloud = INT8 (8.38 bits/weight, ~0.005); "
     "layers above --max-rel-rmse climb to more bits"
 )
@@ -268,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("out", help="output folder (model.aq.parquet, report.json, report.md)")
     q.add_argument(
         "--profile",
-        choices=["edge", "local", "cloud"],
+        choices=list(PROFILES),
         help="defaults for bits, threshold and time groups (local when not given)",
     )
     q.add_argument(
@@ -277,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="DiffusionQuantConfig as YAML; precedence: defaults < profile < YAML < "
         "ARROW_QUANT_* environment < flags",
     )
-    q.add_argument("--bits", type=int, choices=[2, 4, 8])
+    q.add_argument("--bits", type=int, choices=list(WEIGHT_BITS))
     q.add_argument("--group-size", type=int, choices=[0, 32, 64, 128, 256])
     q.add_argument("--scale-dtype", choices=["f16", "f32", "q6", "q7", "q8"])
     q.add_argument("--method", choices=["search", "minmax"])
@@ -287,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--override",
         action="append",
         metavar="REGEX=BITS",
-        help="BITS 2/4/8, or 16/keep to keep; first match wins, before the defaults",
+        help="BITS 2/3/4/8, or 16/keep to keep; first match wins, before the defaults",
     )
     q.add_argument(
         "--target-bpw",

@@ -127,13 +127,13 @@ def quantize(
 ) -> QuantizedTensor:
     """Quantizes a 2-D (or higher: rows = first dimension) weight.
 
-    bits: 2, 4 or 8. group_size: 32, 64, 128, 256, or 0 for per channel. scheme: "asym" or
+    bits: 2, 3, 4 or 8. group_size: 32, 64, 128, 256, or 0 for per channel. scheme: "asym" or
     "sym". method: "search" (error-minimizing grid) or "minmax". scale_dtype: "q6" (6-bit
     codes under per-row f16 super-scales), "f16" or "f32". Unset arguments take the
     recommended format of `bits`.
     """
-    if bits not in (2, 4, 8):
-        raise ConfigurationError(f"bits must be 2, 4 or 8, got {bits}")
+    if bits not in _core.WEIGHT_BITS:
+        raise ConfigurationError(f"bits must be 2, 3, 4 or 8, got {bits}")
     rec = _core.recommended_spec(bits)
     arr, core = _as_array(array)
     q = _core.quantize(

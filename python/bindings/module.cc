@@ -5,10 +5,19 @@
 #include "bindings.h"
 #include "status_error.h"
 
+#include <iterator>
+#include <vector>
+
+#include <nanobind/stl/vector.h>
+
+#include "arrowquant/quantize.h"
+
 NB_MODULE(_core, m) {
   m.doc() = "ArrowQuant C++ core";
   m.attr("__version__") = AQ_VERSION;
   m.attr("VERSION") = AQ_VERSION;  // typed in the generated stub (dunders are not)
+  m.attr("WEIGHT_BITS") =
+      std::vector<int>(std::begin(arrowquant::kWeightBits), std::end(arrowquant::kWeightBits));
   arrowquant::py::RegisterStatusTranslator(m);
   arrowquant::py::BindDtypes(m);
   arrowquant::py::BindCheckpoint(m);

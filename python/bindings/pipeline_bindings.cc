@@ -135,7 +135,7 @@ void BindConfig(nb::module_& m) {
             c.rules.clear();
             for (const auto& [p, b, why] : rules) c.rules.push_back({p, b, why});
           },
-          "(regex, bits, why): bits 2/4/8, 0 = keep; first match wins, before the defaults")
+          "(regex, bits, why): bits 2/3/4/8, 0 = keep; first match wins, before the defaults")
       .def(
           "set_spec",
           [](PipelineConfig& c, int group_size, const std::string& scheme,

@@ -4,7 +4,8 @@
 // [k*b, (k+1)*b) of the row's little-endian bit stream, i.e. it starts at bit (k*b) % 8 of byte
 // (k*b) / 8, least significant bit first. So INT4 puts element 2k in the low nibble of byte k and
 // element 2k+1 in the high nibble; INT2 puts element 4k in bits 0-1 of byte k; INT8 is one code
-// per byte; 6-bit scale codes straddle bytes (4 codes in 3 bytes). Each row starts on a byte
+// per byte; INT3 codes straddle bytes (8 codes in 3 bytes: element 2 is bits 6-7 of byte 0 and
+// bit 0 of byte 1), as do 6-bit scale codes (4 codes in 3 bytes). Each row starts on a byte
 // boundary; unused high bits of a row's last byte are zero.
 #pragma once
 
@@ -28,6 +29,7 @@ static_assert(PackedBytes(2, 4) == 1 && PackedBytes(3, 4) == 2, "INT4: two codes
 static_assert(PackedBytes(4, 2) == 1 && PackedBytes(5, 2) == 2, "INT2: four codes per byte");
 static_assert(PackedBytes(1, 8) == 1, "INT8: one code per byte");
 static_assert(PackedBytes(4, 6) == 3, "6-bit codes: four in three bytes");
+static_assert(PackedBytes(8, 3) == 3 && PackedBytes(9, 3) == 4, "INT3: eight codes in 3 bytes");
 static_assert(PackInt4Pair(0x1, 0x2) == 0x21, "INT4: element 2k is the low nibble");
 static_assert(PackInt2Quad(1, 2, 3, 0) == 0b00111001, "INT2: element 4k is bits 0-1");
 

@@ -32,32 +32,48 @@ Result<std::map<std::string, int>> AssignBudget(const Checkpoint& ck, const Pipe
                                                                : ElementBytes(t.info->dtype)));
     }
   }
+  // With calibration, a layer's cost is its relative output error squared (GPTQ codes, held-out
+  // rows), every layer counted alike; without, its squared weight error (as before).
+  const bool calibrated = !c.moments.empty();
   ParallelForEach(tensors.size(), c.threads, [&](size_t i) {
     if (!free[i]) return;
     const auto& t = tensors[i];
     const TensorView view{t.name, t.info->dtype, t.info->shape, t.data()};
-    double energy = 0;
-    for (int b : {2, 4, 8}) {
-      auto q = Quantize(view, c.SpecFor(b), QuantOptions{1});
+    const auto mom = c.moments.find(t.name);
+    const LayerMoments* lm = mom != c.moments.end() && mom->second.fit ? &mom->second : nullptr;
+    for (int b : kWeightBits) {
+      auto q = lm ? QuantizeGptq(view, c.SpecFor(b), *lm->fit, GptqOptions{c.gptq_damp, 1})
+                  : Quantize(view, c.SpecFor(b), QuantOptions{1});
       if (!q.ok()) {
         errors[i] = q.status();
         return;
       }
-      auto m = MeasureError(*q, view, QuantOptions{1});
-      if (!m.ok()) {
-        errors[i] = m.status();
-        return;
+      double cost = 0;
+      if (lm && lm->check) {
+        auto e = RelativeOutputError(*q, view, *lm->check, 1);
+        if (!e.ok()) {
+          errors[i] = e.status();
+          return;
+        }
+        cost = *e * *e;
+      } else {
+        auto m = MeasureError(*q, view, QuantOptions{1});
+        if (!m.ok()) {
+          errors[i] = m.status();
+          return;
+        }
+        cost = calibrated ? m->rel_rmse * m->rel_rmse : m->mse * static_cast<double>(m->count);
       }
-      energy = m->mse * static_cast<double>(m->count);
-      options[i].push_back({b, static_cast<double>(q->nbytes()), energy});
+      options[i].push_back({b, static_cast<double>(q->nbytes()), cost});
     }
   });
   for (const auto& e : errors) AQ_RETURN_IF_ERROR(e);
   const double budget = c.target_bpw * params / 8.0;
-  std::vector<size_t> level(tensors.size(), 2);  // index into options: start at 8 bits
+  const size_t widest = std::size(kWeightBits) - 1;
+  std::vector<size_t> level(tensors.size(), widest);  // index into options: start at 8 bits
   double total = fixed_bytes;
   for (size_t i = 0; i < tensors.size(); ++i) {
-    if (free[i]) total += options[i][2].bytes;
+    if (free[i]) total += options[i][widest].bytes;
   }
   while (total > budget) {
     size_t best = SIZE_MAX;

@@ -84,7 +84,8 @@ void ProcessLayer(const CheckpointTensor& t, const PipelineConfig& c, const Comp
     }
   }
   const std::vector<int> ladder = forced_bits > 0 ? std::vector<int>{bits}
-                                  : bits <= 2     ? std::vector<int>{2, 4, 8}
+                                  : bits <= 2     ? std::vector<int>{2, 3, 4, 8}
+                                  : bits <= 3     ? std::vector<int>{3, 4, 8}
                                   : bits <= 4     ? std::vector<int>{4, 8}
                                                   : std::vector<int>{8};
   const auto mom = c.moments.find(t.name);

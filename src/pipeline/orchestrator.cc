@@ -19,9 +19,9 @@ namespace arrowquant {
 namespace {
 
 Status CheckConfig(const PipelineConfig& config) {
-  if (config.bits != 2 && config.bits != 4 && config.bits != 8) {
+  if (!IsWeightWidth(config.bits)) {
     return Status(StatusCode::kInvalidArgument,
-                  "bits must be 2, 4 or 8, got " + std::to_string(config.bits));
+                  "bits must be 2, 3, 4 or 8, got " + std::to_string(config.bits));
   }
   if (!(config.max_rel_rmse > 0)) {
     return Status(StatusCode::kInvalidArgument, "max_rel_rmse must be positive");

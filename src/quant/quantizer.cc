@@ -96,9 +96,9 @@ void RowsCols(const std::vector<uint64_t>& shape, uint64_t* rows, uint64_t* cols
 }  // namespace quant
 
 Status QuantSpec::Validate() const {
-  if (bits != 2 && bits != 4 && bits != 8) {
+  if (!IsWeightWidth(bits)) {
     return Status(StatusCode::kInvalidArgument,
-                  "bits must be 2, 4 or 8, got " + std::to_string(bits));
+                  "bits must be 2, 3, 4 or 8, got " + std::to_string(bits));
   }
   if (group_size != 0 && group_size != 32 && group_size != 64 && group_size != 128 &&
       group_size != 256) {

@@ -83,7 +83,7 @@ TEST(SecondMoments, MergeOfHalvesEqualsTheWhole) {
 
 std::vector<QuantSpec> Specs() {
   std::vector<QuantSpec> out;
-  for (int bits : {2, 4, 8}) {
+  for (int bits : {2, 3, 4, 8}) {
     for (int g : {32, 128, 0}) {
       for (auto scheme : {Scheme::kAsymmetric, Scheme::kSymmetric}) {
         for (auto grid : {Grid::kMinMax, Grid::kSearch}) {

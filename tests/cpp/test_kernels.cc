@@ -7,6 +7,7 @@
 #include <random>
 
 #include "arrowquant/dtype.h"
+#include "arrowquant/quantize.h"
 #include "hwy/targets.h"
 #include "kernels/pack.h"
 #include "kernels/row_kernels.h"
@@ -27,10 +28,13 @@ TEST(Pack, GoldenBytes) {
   // 6-bit: 1 | 2 << 6 | 3 << 12 | 4 << 18 = 0x103081, little-endian.
   EXPECT_EQ(Pack({1, 2, 3, 4}, 6), (std::vector<uint8_t>{0x81, 0x30, 0x10}));
   EXPECT_EQ(Pack({63}, 6), (std::vector<uint8_t>{0x3f}));
+  // INT3: 1 | 2 << 3 | 7 << 6 | 5 << 9 = 0xbd1 (element 2 straddles bytes 0 and 1).
+  EXPECT_EQ(Pack({1, 2, 7, 5}, 3), (std::vector<uint8_t>{0xd1, 0x0b}));
+  EXPECT_EQ(Pack({7, 7, 7, 7, 7, 7, 7, 7}, 3), (std::vector<uint8_t>{0xff, 0xff, 0xff}));
 }
 
 TEST(Pack, RoundTripProperty) {
-  for (int bits : {2, 4, 6, 8}) {
+  for (int bits : {2, 3, 4, 6, 8}) {
     const bool ok = rc::check("unpack(pack(codes)) == codes", [bits](std::vector<uint8_t> codes) {
       for (auto& c : codes) c &= static_cast<uint8_t>((1u << bits) - 1u);
       const auto packed = Pack(codes, bits);
@@ -85,7 +89,7 @@ TEST_F(PerTarget, KernelsMatchReferenceBitForBit) {
         QuantizeGroups(x.data(), n, g, inv.data(), off.data(), 15.0f, q.data());
         ref::QuantizeGroups(x.data(), n, g, inv.data(), off.data(), 15.0f, rq.data());
         ASSERT_EQ(q, rq);
-        for (int bits : {2, 4, 6, 7, 8}) {
+        for (int bits : {2, 3, 4, 6, 7, 8}) {
           std::vector<uint8_t> c(n), p(PackedBytes(n, bits)), rp(p.size());
           for (size_t i = 0; i < n; ++i) c[i] = q[i] & ((1 << bits) - 1);
           PackCodes(c.data(), n, bits, p.data());
@@ -97,7 +101,7 @@ TEST_F(PerTarget, KernelsMatchReferenceBitForBit) {
           ASSERT_EQ(u, ru) << bits;
           ASSERT_EQ(u, c) << bits;
           for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
-            if (bits != 2 && bits != 4 && bits != 8) break;  // weights are 2/4/8-bit
+            if (!IsWeightWidth(bits)) break;  // weights are 2/3/4/8-bit
             const size_t es = ElementBytes(dt);
             std::vector<uint8_t> o(n * es + 1), ro(n * es + 1);  // +1: write unaligned
             DequantizePacked(p.data(), bits, n, g, sc.data(), off.data(), dt, o.data() + 1);

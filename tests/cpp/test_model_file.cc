@@ -58,7 +58,7 @@ std::string WriteSample(const std::string& path, uint64_t max_chunk = 1ull << 30
   EXPECT_TRUE(w.ok()) << w.status().ToString();
   const auto data = Gaussian(40 * 200, 1);
   std::vector<QuantizedTensor> qs;
-  for (int bits : {2, 4, 8}) {
+  for (int bits : {2, 3, 4, 8}) {
     for (auto storage : {ScaleStorage::kF16, ScaleStorage::kF32, ScaleStorage::kCoded}) {
       for (auto scheme : {Scheme::kAsymmetric, Scheme::kSymmetric}) {
         QuantSpec spec{bits, 64, scheme, Grid::kSearch, storage};

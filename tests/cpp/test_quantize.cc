@@ -56,7 +56,7 @@ std::vector<float> Deq(const QuantizedTensor& q) {
 
 std::vector<QuantSpec> AllSpecs() {
   std::vector<QuantSpec> out;
-  for (int bits : {2, 4, 8})
+  for (int bits : {2, 3, 4, 8})
     for (Scheme sc : {Scheme::kAsymmetric, Scheme::kSymmetric})
       for (Grid gr : {Grid::kMinMax, Grid::kSearch})
         for (int ss = 0; ss < 5; ++ss)  // f16, f32, q6, q7, q8
@@ -236,7 +236,7 @@ TEST(Quantize, RejectsNonFiniteAndBadInput) {
   EXPECT_NE(q.status().message().find("2 NaN or Inf"), std::string::npos);
 
   auto ok = MakeTensor(std::vector<float>(64, 0.1f), {2, 32});
-  EXPECT_EQ(Quantize(ok.view, QuantSpec{3, 32}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(Quantize(ok.view, QuantSpec{5, 32}).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(Quantize(ok.view, QuantSpec{4, 48}).status().code(), StatusCode::kInvalidArgument);
   TensorView bad = ok.view;
   bad.shape = {3, 32};
@@ -318,7 +318,7 @@ TEST(Quantize, MetricsAndHalfOutputs) {
 }
 
 TEST(QuantSpecFields, ParsePrintRoundTripAndRejectUnknown) {
-  for (int bits : {2, 4, 8}) {
+  for (int bits : {2, 3, 4, 8}) {
     for (const char* scheme : {"asym", "sym"}) {
       for (const char* method : {"search", "minmax"}) {
         for (const char* sd : {"f16", "f32", "q6", "q7", "q8"}) {
@@ -337,7 +337,7 @@ TEST(QuantSpecFields, ParsePrintRoundTripAndRejectUnknown) {
                    QuantSpec::FromFields(4, 32, "asym", "hqq", "q7"),
                    QuantSpec::FromFields(4, 32, "asym", "search", "q5"),
                    QuantSpec::FromFields(4, 32, "asym", "search", "F16"),
-                   QuantSpec::FromFields(3, 32, "asym", "search", "q7")}) {
+                   QuantSpec::FromFields(5, 32, "asym", "search", "q7")}) {
     EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
   }
 }

@@ -12,7 +12,7 @@ import arrowquant as aq
 
 FORMATS = [
     (bits, scheme, sd, method)
-    for bits in (2, 4, 8)
+    for bits in (2, 3, 4, 8)
     for scheme in ("asym", "sym")
     for sd in ("f16", "f32", "q6", "q7", "q8")
     for method in ("search", "minmax")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -167,7 +169,7 @@ def test_bad_input_errors() -> None:
     assert not isinstance(e.value, aq.ConfigurationError)
     ok = np.ones((4, 64), np.float32)
     with pytest.raises(aq.ConfigurationError):
-        aq.quantize(ok, bits=3)
+        aq.quantize(ok, bits=5)
     with pytest.raises(aq.ConfigurationError):
         aq.quantize(ok, group_size=48)
     with pytest.raises(aq.ConfigurationError):
@@ -185,3 +187,28 @@ def test_thread_count_does_not_change_bytes() -> None:
     b = aq.quantize(w, bits=4, threads=2)
     for f in ("codes", "scales", "zeros", "super_scales"):
         assert getattr(a, f).tobytes() == getattr(b, f).tobytes()
+
+
+@pytest.mark.parametrize("scheme", ["asym", "sym"])
+@pytest.mark.parametrize("scale_dtype", ["f16", "f32", "q6"])
+def test_int3_sits_between_int2_and_int4(tmp_path: Path, scheme: str, scale_dtype: str) -> None:
+    """INT3 (issue 14): 3 bits a code, 8 codes in 3 bytes; its error lies between INT2's and
+    INT4's, and it survives the model file."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 0.02, (64, 256)).astype(np.float32)
+    errs = {}
+    for b in (2, 3, 4):
+        q = aq.quantize(w, bits=b, scheme=scheme, scale_dtype=scale_dtype)
+        errs[b] = float(np.linalg.norm(q.dequantize(np.float32) - w) / np.linalg.norm(w))
+    assert errs[4] < errs[3] < errs[2]
+    q3 = aq.quantize(w, bits=3, scheme=scheme, scale_dtype=scale_dtype)
+    assert q3.metadata["format"].startswith("int3-")
+    assert len(q3.codes) == 64 * 256 * 3 // 8
+    aq.save(tmp_path / "m.parquet", {"w": q3})
+    back = aq.open(tmp_path / "m.parquet").dequantize("w")
+    np.testing.assert_array_equal(back, q3.dequantize(np.float32))
+
+
+def test_compact_profile_is_int3() -> None:
+    c = aq.DiffusionQuantConfig.from_profile("compact")
+    assert c.bits == 3 and 0.12 < c.max_rel_rmse < 0.40
