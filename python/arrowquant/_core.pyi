@@ -9,6 +9,8 @@ from numpy.typing import NDArray
 
 VERSION: str = '0.1.0'
 
+WEIGHT_BITS: list = [2, 3, 4, 8]
+
 def f16_bits_to_f32(bits: Annotated[NDArray[numpy.uint16], dict(order='C', device='cpu', writable=False)]) -> NDArray[numpy.float32]:
     """
     uint16 bit patterns of IEEE half floats -> float32 (exact, NaN payloads kept).
@@ -220,7 +222,7 @@ class PipelineConfig:
     @property
     def rules(self) -> list[tuple[str, int, str]]:
         """
-        (regex, bits, why): bits 2/4/8, 0 = keep; first match wins, before the defaults
+        (regex, bits, why): bits 2/3/4/8, 0 = keep; first match wins, before the defaults
         """
 
     @rules.setter

@@ -106,6 +106,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             "adaptive_groups": args.adaptive_groups,
             "equalize": args.equalize or None,
             "gptq": args.gptq,
+            "activation_stats": args.activation_stats or None,
             "act_bits": args.act_bits,
             "nan_policy": args.nan_policy,
             "max_header_bytes": args.max_header_bytes,
@@ -323,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="with calibration, quantize weights by GPTQ on the layers' inputs (default)",
+    )
+    c.add_argument(
+        "--activation-stats",
+        action="store_true",
+        help="store each layer's per-channel input min/max/absmax in the file (provenance)",
     )
     c.add_argument(
         "--no-gptq",

@@ -70,6 +70,8 @@ class DiffusionQuantConfig:
     # validated on held-out rows) instead of round-to-nearest on the weights alone.
     gptq: bool = True
     gptq_damp: float = 0.01  # added to H's diagonal, relative to its mean
+    # Store each calibrated layer's per-channel input min/max/absmax in the file (provenance).
+    activation_stats: bool = False
     modality: str = ""  # "" = detect
     overrides: list[str] = field(default_factory=list)  # "REGEX=BITS" (BITS 2/3/4/8/16/keep)
     keep_dtype: str = "F16"

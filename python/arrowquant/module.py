@@ -84,6 +84,7 @@ def record(
         cfg.act_bits,
         cfg.act_clip,
         NUM_TRAIN_TIMESTEPS,
+        cfg.activation_stats,
     )
     timesteps = sorted({s["timestep"] for c in rec.collectors.values() for s in c.stats()})
     summary: dict[str, Any] = {
