@@ -99,6 +99,12 @@ class ArrowQuantV2:
             raw = _core.run_pipeline(
                 str(model_path), str(tmp / MODEL_FILE), core, progress_callback, cfg.limits()
             )
+            if cfg.calibration and precomputed is None:
+                from arrowquant.calibration.check import one_step_check
+
+                recipe["calibration"]["one_step_check"] = one_step_check(
+                    model_path, tmp / MODEL_FILE, cfg
+                )
             seconds = time.perf_counter() - t0
             report = QuantizationReport(
                 model_path=str(model_path),

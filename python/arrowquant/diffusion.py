@@ -126,7 +126,8 @@ def initial_noise(ref: Denoiser, n: int, seed: int) -> tuple[Any, Any]:
     return noise, labels
 
 
-def _call(ref: Denoiser, module: Any, x: Any, t: Any, labels: Any) -> Any:
+def call_denoiser(ref: Denoiser, module: Any, x: Any, t: Any, labels: Any) -> Any:
+    """One prediction of `module` (the reference or a copy with other weights) at timestep t."""
     import torch
 
     tb = torch.full((x.shape[0],), int(t), dtype=torch.long)
@@ -161,12 +162,12 @@ def sample(
     probe_at = set(np.linspace(0, n - 1, min(n, PROBE_STEPS)).round().astype(int).tolist())
     with torch.inference_mode():
         for i, t in enumerate(sched.timesteps):
-            eps = _call(ref, module, x, t, labels)
+            eps = call_denoiser(ref, module, x, t, labels)
             traj.eps.append(eps)
             if keep_inputs and i in probe_at:
                 traj.inputs[i] = x
             if probe is not None and i in probe_at:
-                traj.probe_eps.append((i, _call(ref, module, probe.inputs[i], t, labels)))
+                traj.probe_eps.append((i, call_denoiser(ref, module, probe.inputs[i], t, labels)))
             x = sched.step(eps, t, x, eta=0.0).prev_sample
     traj.samples = x.float()
     return traj

@@ -150,10 +150,22 @@ def _calibration_line(c: dict[str, Any]) -> str:
             f"({sm['rows_per_layer']} rows each, {sm['held_out_rows_per_layer']} held out "
             f"for validation)"
         )
-    return (
+    check = c.get("one_step_check")
+    tail = ""
+    if check:
+        groups = ", ".join(
+            f"t {g['timesteps'][0]}-{g['timesteps'][1]}: {g['mean']:.4f}" for g in check["groups"]
+        )
+        tail = (
+            f"\n- whole-model check: one-step prediction error of the stored weights against FP "
+            f"(relative, {check['samples']} fresh trajectories): mean {check['mean']:.4f}; "
+            f"by timestep group: {groups}"
+        )
+    line = (
         f"- calibration: {c['source']} ({c['rows']} rows, {c['kind']}), {c['sampler']}, "
         f"{len(c['timesteps'])} timesteps -> {c['time_groups']} "
         f"{'adaptive' if c['adaptive_groups'] else 'uniform'} groups, A{c['act_bits']} "
         f"({c['act_clip']} clipping){eq}; {c['layers']} layers; cache {c['cache']}, "
         f"{c['seconds']} s"
     )
+    return line + tail

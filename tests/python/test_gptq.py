@@ -87,6 +87,11 @@ def test_gptq_lowers_the_layers_output_error(model: Path, tmp_path: Path) -> Non
         assert lr[n]["stored_bytes"] == lg[n]["stored_bytes"]
         wins += lg[n]["output_error"] < _rtn_output_error(tmp_path / "r", model, n, moments)
     assert wins >= 0.8 * len(gptq)
+    # The whole-model check: one-step prediction error on fresh FP trajectories, lower with GPTQ.
+    cg, cr = g.extra["calibration"]["one_step_check"], r.extra["calibration"]["one_step_check"]
+    assert cg["groups"] and len(cg["per_timestep"]) >= 4
+    assert 0 < cg["mean"] < cr["mean"]
+    assert "whole-model check" in (tmp_path / "g" / "report.md").read_text()
     doc = json.loads((tmp_path / "g" / "report.json").read_text())
     assert doc["summary"]["calibration"]["second_moments"]["layers"] >= len(gptq)
 
