@@ -59,6 +59,9 @@ class SecondMoments {
 struct GptqOptions {
   double damp = 0.01;  // added to H's diagonal, relative to its mean
   int threads = 1;     // rows spread over threads; results identical for any count
+  // Activation order: columns swept by decreasing input energy (H's diagonal) within each H
+  // block, with static groups (every group's parameters fitted on the whole row first).
+  bool act_order = false;
 };
 
 // GPTQ quantization of a F32/F16/BF16 weight [out, in, ...] with H over its cols (in*k*k).

@@ -70,6 +70,7 @@ struct PipelineConfig {
   // on the held-out rows, against max_rel_rmse); the others by weight error.
   std::map<std::string, LayerMoments> moments;
   double gptq_damp = 0.01;
+  bool gptq_act_order = false;     // GptqOptions::act_order
   std::string recipe_json = "{}";  // stored in the file as given
   std::string tool_version;
 

@@ -239,6 +239,12 @@ class PipelineConfig:
     @gptq_damp.setter
     def gptq_damp(self, arg: float, /) -> None: ...
 
+    @property
+    def gptq_act_order(self) -> bool: ...
+
+    @gptq_act_order.setter
+    def gptq_act_order(self, arg: bool, /) -> None: ...
+
     def set_moments(self, moments: Mapping[str, tuple[SecondMoments, SecondMoments]]) -> None:
         """
         {weight name: (fit, check)}: GPTQ on `fit`, output-error validation on `check` (held-out rows; None: weight error)

@@ -106,6 +106,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             "adaptive_groups": args.adaptive_groups,
             "equalize": args.equalize or None,
             "gptq": args.gptq,
+            "gptq_act_order": args.gptq_act_order or None,
             "activation_stats": args.activation_stats or None,
             "act_bits": args.act_bits,
             "nan_policy": args.nan_policy,
@@ -324,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="with calibration, quantize weights by GPTQ on the layers' inputs (default)",
+    )
+    c.add_argument(
+        "--gptq-act-order",
+        action="store_true",
+        help="GPTQ columns by decreasing input energy, with static groups",
     )
     c.add_argument(
         "--activation-stats",

@@ -70,6 +70,7 @@ class DiffusionQuantConfig:
     # validated on held-out rows) instead of round-to-nearest on the weights alone.
     gptq: bool = True
     gptq_damp: float = 0.01  # added to H's diagonal, relative to its mean
+    gptq_act_order: bool = False  # columns by decreasing input energy, static groups
     # Store each calibrated layer's per-channel input min/max/absmax in the file (provenance).
     activation_stats: bool = False
     modality: str = ""  # "" = detect
@@ -243,6 +244,7 @@ class DiffusionQuantConfig:
         c.keep_nonfinite = self.nan_policy == "keep-fp16"
         c.target_bpw = self.target_bpw
         c.gptq_damp = self.gptq_damp
+        c.gptq_act_order = self.gptq_act_order
         c.recipe_json = recipe_json
         c.tool_version = __version__
         if any(

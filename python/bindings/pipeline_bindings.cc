@@ -148,6 +148,7 @@ void BindConfig(nb::module_& m) {
           "spec_for", [](const PipelineConfig& c, int bits) { return SpecDict(c.SpecFor(bits)); },
           nb::arg("bits"), "The format a layer gets at `bits` (what the pipeline quantizes with).")
       .def_rw("gptq_damp", &PipelineConfig::gptq_damp)
+      .def_rw("gptq_act_order", &PipelineConfig::gptq_act_order)
       .def(
           "set_moments",
           [](PipelineConfig& c,

@@ -42,7 +42,8 @@ Result<std::map<std::string, int>> AssignBudget(const Checkpoint& ck, const Pipe
     const auto mom = c.moments.find(t.name);
     const LayerMoments* lm = mom != c.moments.end() && mom->second.fit ? &mom->second : nullptr;
     for (int b : kWeightBits) {
-      auto q = lm ? QuantizeGptq(view, c.SpecFor(b), *lm->fit, GptqOptions{c.gptq_damp, 1})
+      auto q = lm ? QuantizeGptq(view, c.SpecFor(b), *lm->fit,
+                                 GptqOptions{c.gptq_damp, 1, c.gptq_act_order})
                   : Quantize(view, c.SpecFor(b), QuantOptions{1});
       if (!q.ok()) {
         errors[i] = q.status();

@@ -93,7 +93,8 @@ void ProcessLayer(const CheckpointTensor& t, const PipelineConfig& c, const Comp
   r.method = lm ? "gptq" : "rtn";
   r.validation = lm && lm->check ? "output" : "weight";
   for (int b : ladder) {
-    auto q = lm ? QuantizeGptq(view, c.SpecFor(b), *lm->fit, GptqOptions{c.gptq_damp, 1})
+    auto q = lm ? QuantizeGptq(view, c.SpecFor(b), *lm->fit,
+                               GptqOptions{c.gptq_damp, 1, c.gptq_act_order})
                 : Quantize(view, c.SpecFor(b), QuantOptions{1});
     if (!q.ok()) {
       o.status = q.status();

@@ -26,7 +26,8 @@ constexpr size_t kLanes = 8;
 
 struct BlockFactor {
   uint64_t c0 = 0, m = 0;
-  std::vector<float> u;  // upper Cholesky factor of the damped H^-1, row-major m x m
+  std::vector<float> u;         // upper Cholesky factor of the damped H^-1, row-major m x m
+  std::vector<uint64_t> order;  // sweep position -> column within the block
 };
 
 // In-place lower Cholesky factor of a symmetric positive definite m x m matrix (row-major).
@@ -79,7 +80,7 @@ std::vector<float> UpperFactorOfInverse(const std::vector<double>& l, uint64_t m
   return u;
 }
 
-Result<std::vector<BlockFactor>> Factor(const SecondMoments& h, double damp,
+Result<std::vector<BlockFactor>> Factor(const SecondMoments& h, double damp, bool act_order,
                                         std::vector<uint8_t>& dead) {
   std::vector<BlockFactor> out;
   dead.assign(h.dim(), 0);
@@ -100,6 +101,18 @@ Result<std::vector<BlockFactor>> Factor(const SecondMoments& h, double damp,
       mean += a[i * m + i];
     }
     mean /= static_cast<double>(m);
+    f.order.resize(m);
+    for (uint64_t i = 0; i < m; ++i) f.order[i] = i;
+    if (act_order) {
+      // Columns with the largest input energy first: their errors spread over the most columns.
+      std::stable_sort(f.order.begin(), f.order.end(),
+                       [&](uint64_t x, uint64_t y) { return a[x * m + x] > a[y * m + y]; });
+      std::vector<double> p(m * m);
+      for (uint64_t i = 0; i < m; ++i) {
+        for (uint64_t j = 0; j < m; ++j) p[i * m + j] = a[f.order[i] * m + f.order[j]];
+      }
+      a.swap(p);
+    }
     // Ill-conditioned H (few rows, correlated inputs): raise the damping until it factors.
     for (double d = damp; d <= 10.0; d *= 10) {
       std::vector<double> l = a;
@@ -121,17 +134,30 @@ Result<std::vector<BlockFactor>> Factor(const SecondMoments& h, double damp,
 
 // The sweep of one tile of up to kLanes rows. `w` holds the tile column-interleaved
 // (w[k * kLanes + lane]); codes and stored parameters come out per lane.
+// `static_groups` (activation order): every group's parameters were fitted on the whole row
+// before the sweep (columns arrive out of group order); otherwise a group is fitted when its
+// first column arrives.
 bool SweepTile(const Format& f, const quant::Layout& l, const std::vector<BlockFactor>& factors,
-               std::vector<float>& w, std::vector<std::vector<uint8_t>>& codes,
+               bool static_groups, std::vector<float>& w, std::vector<std::vector<uint8_t>>& codes,
                std::vector<RowStored>& st) {
   const uint64_t g = l.g;
   bool ok = true;
   float scale[kLanes] = {}, offset[kLanes] = {}, inv[kLanes] = {}, err[kLanes] = {};
   std::vector<float> xg(g);
+  std::vector<RowParams> params(kLanes);
+  if (static_groups) {
+    for (size_t r = 0; r < kLanes; ++r) quant::DecodeRow(f, st[r], l.groups, params[r]);
+  }
   for (const BlockFactor& bf : factors) {
-    const uint64_t c1 = bf.c0 + bf.m;
-    for (uint64_t j = bf.c0; j < c1; ++j) {
-      if (j % g == 0) {
+    for (uint64_t jj = 0; jj < bf.m; ++jj) {
+      const uint64_t j = bf.c0 + bf.order[jj];
+      if (static_groups) {
+        for (size_t r = 0; r < kLanes; ++r) {
+          scale[r] = params[r].scale[j / g];
+          offset[r] = params[r].offset[j / g];
+          inv[r] = params[r].inv_scale[j / g];
+        }
+      } else if (j % g == 0) {
         const uint64_t gi = j / g, len = std::min<uint64_t>(g, l.cols - j);
         for (size_t r = 0; r < kLanes; ++r) {
           for (uint64_t k = 0; k < len; ++k) xg[k] = w[(j + k) * kLanes + r];
@@ -140,8 +166,8 @@ bool SweepTile(const Format& f, const quant::Layout& l, const std::vector<BlockF
           inv[r] = quant::InvScale(scale[r]);
         }
       }
-      const float* ujrow = bf.u.data() + (j - bf.c0) * bf.m;
-      const float ujj = ujrow[j - bf.c0];
+      const float* urow = bf.u.data() + jj * bf.m;
+      const float ujj = urow[jj];
       float* wj = w.data() + j * kLanes;
       for (size_t r = 0; r < kLanes; ++r) {
         // The kernels' arithmetic (kernels::QuantizeGroups / DequantizePacked).
@@ -150,9 +176,9 @@ bool SweepTile(const Format& f, const quant::Layout& l, const std::vector<BlockF
         const float deq = q * scale[r] - offset[r];
         err[r] = (wj[r] - deq) / ujj;
       }
-      for (uint64_t k = j + 1; k < c1; ++k) {
-        const float u = ujrow[k - bf.c0];
-        float* wk = w.data() + k * kLanes;
+      for (uint64_t kk = jj + 1; kk < bf.m; ++kk) {
+        const float u = urow[kk];
+        float* wk = w.data() + (bf.c0 + bf.order[kk]) * kLanes;
         for (size_t r = 0; r < kLanes; ++r) wk[r] -= err[r] * u;
       }
     }
@@ -189,7 +215,8 @@ Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& 
   if (l.rows == 0 || l.cols == 0) return q;
 
   std::vector<uint8_t> dead;
-  AQ_ASSIGN_OR_RETURN(std::vector<BlockFactor> factors, Factor(h, options.damp, dead));
+  AQ_ASSIGN_OR_RETURN(std::vector<BlockFactor> factors,
+                      Factor(h, options.damp, options.act_order, dead));
   const Format f(spec);
   const size_t esize = ElementBytes(weight.dtype);
   const uint64_t tiles = (l.rows + kLanes - 1) / kLanes;
@@ -213,7 +240,7 @@ Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& 
       for (uint64_t k = 0; k < l.cols; ++k) w[k * kLanes + r] = dead[k] ? 0.0f : x[k];
     }
     if (bad[t]) return;
-    if (!SweepTile(f, l, factors, w, codes, st)) overflow[t] = 1;
+    if (!SweepTile(f, l, factors, options.act_order, w, codes, st)) overflow[t] = 1;
     for (size_t r = 0; r < n; ++r) {
       kernels::PackCodes(codes[r].data(), l.cols, spec.bits,
                          q.codes.data() + (r0 + r) * l.code_row_bytes);

@@ -136,13 +136,18 @@ TEST(Gptq, LowerOutputErrorThanRoundToNearestInEveryFormat) {
     auto rtn = Quantize(view, spec);
     auto gq = QuantizeGptq(view, spec, *h, GptqOptions{0.01, 1});
     auto gq4 = QuantizeGptq(view, spec, *h, GptqOptions{0.01, 4});
-    ASSERT_TRUE(rtn.ok() && gq.ok() && gq4.ok()) << spec.ToString();
+    auto ao1 = QuantizeGptq(view, spec, *h, GptqOptions{0.01, 1, true});
+    auto ao3 = QuantizeGptq(view, spec, *h, GptqOptions{0.01, 3, true});
+    ASSERT_TRUE(rtn.ok() && gq.ok() && gq4.ok() && ao1.ok() && ao3.ok()) << spec.ToString();
+    EXPECT_EQ(ao1->codes, ao3->codes) << spec.ToString();
+    const double e_ao = *RelativeOutputError(*ao1, view, *h);
     ASSERT_TRUE(gq->Validate().ok());
     EXPECT_EQ(gq->codes, gq4->codes) << spec.ToString();  // thread count changes nothing
     EXPECT_EQ(gq->scales, gq4->scales) << spec.ToString();
     const double e_rtn = *RelativeOutputError(*rtn, view, *h);
     const double e_gq = *RelativeOutputError(*gq, view, *h);
     EXPECT_LT(e_gq, e_rtn * (spec.bits == 8 ? 1.0 : 0.8)) << spec.ToString();
+    EXPECT_LT(e_ao, e_rtn) << spec.ToString() << " (activation order)";
     better += e_gq < e_rtn;
     ++total;
   }
