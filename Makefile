@@ -79,7 +79,7 @@ build-fuzz: deps
 	cmake --build --preset fuzz -j $(JOBS)
 
 fuzz-smoke: build-fuzz python
-	tests/fuzz/run.sh 15
+	tests/fuzz/run.sh 10
 
 fuzz: build-fuzz python
 	tests/fuzz/run.sh $(FUZZ_SECONDS)
