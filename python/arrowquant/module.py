@@ -49,7 +49,7 @@ def record(
     filling `moments` ({weight name: (fit, held-out)}) when cfg.gptq."""
     import torch
 
-    from arrowquant.calibration import fit_plans, moments_summary
+    from arrowquant.calibration import fit_plans, moments_summary, recording_summary
     from arrowquant.calibration.capture import Recorder
     from arrowquant.torch import TimestepTracker
 
@@ -86,26 +86,21 @@ def record(
         NUM_TRAIN_TIMESTEPS,
         cfg.activation_stats,
     )
-    timesteps = sorted({s["timestep"] for c in rec.collectors.values() for s in c.stats()})
     summary: dict[str, Any] = {
         "source": "calibrate callable",
         "rows": 0,
         "kind": "the caller's sampling loop",
-        "denoiser": type(module).__name__,
-        "sampler": getattr(run, "__qualname__", type(run).__name__),
-        "timesteps": timesteps,
-        "layers": len(plans),
-        "time_groups": cfg.time_groups,
-        "adaptive_groups": cfg.adaptive_groups,
-        "act_bits": cfg.act_bits,
-        "act_clip": cfg.act_clip,
+    }
+    sampler = getattr(run, "__qualname__", type(run).__name__)
+    summary |= recording_summary(module, sampler, rec.collectors, plans, cfg)
+    summary |= {
         "equalize": False,
         "equalized_layers": 0,
         "second_moments": moments_summary(moments),
         "cache": "none",
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    if timesteps == [-1]:
+    if summary["timesteps"] == [-1]:
         summary["timesteps_note"] = "no timestep seen: one activation group for all calls"
     return plans, summary
 

@@ -30,6 +30,7 @@ __all__ = [
     "fit_plans",
     "capture_cached",
     "moments_summary",
+    "recording_summary",
 ]
 
 
@@ -79,6 +80,22 @@ def capture_cached(
     if moments is not None:
         cache.save_moments(m_path, moments)
     return collectors, False
+
+
+def recording_summary(
+    module: Any, sampler: str, collectors: dict[str, Any], plans: dict[str, Any], cfg: Any
+) -> dict[str, Any]:
+    """What a calibration summary says about the run and the activation parameters fitted."""
+    return {
+        "denoiser": type(module).__name__,
+        "sampler": sampler,
+        "timesteps": sorted({s["timestep"] for c in collectors.values() for s in c.stats()}),
+        "layers": len(plans),
+        "time_groups": cfg.time_groups,
+        "adaptive_groups": cfg.adaptive_groups,
+        "act_bits": cfg.act_bits,
+        "act_clip": cfg.act_clip,
+    }
 
 
 def moments_summary(moments: dict[str, tuple[Any, Any]] | None) -> dict[str, int] | None:
@@ -263,19 +280,13 @@ def calibrate(
         int(ref.scheduler_config.get("num_train_timesteps", 1000)),
         cfg.activation_stats,
     )
-    timesteps = sorted({s["timestep"] for c in raw.values() for s in c.stats()})
     summary = calib.summary()
     if ref.num_classes and calib.labels is None:
         summary["kind"] = f"class labels cycled over {ref.num_classes} classes"
+    summary |= recording_summary(
+        ref.module, f"DDIM eta=0, {steps} steps, seed {seed}", raw, plans, cfg
+    )
     summary |= {
-        "denoiser": type(ref.module).__name__,
-        "sampler": f"DDIM eta=0, {steps} steps, seed {seed}",
-        "timesteps": timesteps,
-        "layers": len(plans),
-        "time_groups": cfg.time_groups,
-        "adaptive_groups": cfg.adaptive_groups,
-        "act_bits": cfg.act_bits,
-        "act_clip": cfg.act_clip,
         "equalize": cfg.equalize,
         "equalize_alpha": cfg.equalize_alpha if cfg.equalize else None,
         "equalize_search": cfg.equalize_search if cfg.equalize else None,

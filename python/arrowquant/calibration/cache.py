@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -18,6 +19,7 @@ import arrowquant._core as _core
 from arrowquant._atomic import write_atomic
 
 FORMAT = 1
+T = TypeVar("T")
 
 
 def cache_dir(override: str = "") -> Path:
@@ -54,35 +56,43 @@ def save(path: Path, collectors: dict[str, Any]) -> None:
     _write_npz(path, arrays)
 
 
-def load(path: Path) -> dict[str, Any] | None:
-    """The collectors saved at `path`, or None if absent or unreadable (then recomputed)."""
+def _read(path: Path, parse: Callable[[Any, dict[str, Any]], T]) -> T | None:
+    """parse(npz, meta) of the entry at `path`; None if absent, of another format or unreadable
+    (then recomputed)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes())
-            if meta.get("format") != FORMAT:
-                return None
-            out = {
-                n: _core.ActivationCollector.make(c)
-                for n, c in zip(meta["names"], meta["channels"], strict=True)
-            }
-            for key in z.files:
-                if not key.endswith("/count"):
-                    continue
-                i, t, _ = key.split("/")
-                k = f"{i}/{t}"
-                out[meta["names"][int(i)]].merge(
-                    int(t),
-                    int(z[key][0]),
-                    z[f"{k}/min"],
-                    z[f"{k}/max"],
-                    z[f"{k}/absmax"],
-                    z[f"{k}/histogram"],
-                )
-            return out
+            return parse(z, meta) if meta.get("format") == FORMAT else None
     except (OSError, ValueError, KeyError, IndexError):
         return None
+
+
+def load(path: Path) -> dict[str, Any] | None:
+    """The collectors saved at `path` (see _read)."""
+
+    def parse(z: Any, meta: dict[str, Any]) -> dict[str, Any]:
+        out = {
+            n: _core.ActivationCollector.make(c)
+            for n, c in zip(meta["names"], meta["channels"], strict=True)
+        }
+        for key in z.files:
+            if not key.endswith("/count"):
+                continue
+            i, t, _ = key.split("/")
+            k = f"{i}/{t}"
+            out[meta["names"][int(i)]].merge(
+                int(t),
+                int(z[key][0]),
+                z[f"{k}/min"],
+                z[f"{k}/max"],
+                z[f"{k}/absmax"],
+                z[f"{k}/histogram"],
+            )
+        return out
+
+    return _read(path, parse)
 
 
 # What the second-moment cache depends on besides the capture's own settings.
@@ -102,24 +112,19 @@ def save_moments(path: Path, moments: dict[str, tuple[Any, Any]]) -> None:
 
 
 def load_moments(path: Path) -> dict[str, tuple[Any, Any]] | None:
-    """The second moments saved at `path`, or None if absent or unreadable (then recomputed)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(z["meta"].tobytes())
-            if meta.get("format") != FORMAT:
-                return None
-            out = {}
-            for name, (i, dim, block, n_fit, n_check) in meta["layers"].items():
-                fit = _core.SecondMoments.make(dim, block)
-                check = _core.SecondMoments.make(dim, block)
-                fit.restore(z[f"{i}/fit"], n_fit)
-                check.restore(z[f"{i}/check"], n_check)
-                out[name] = (fit, check)
-            return out
-    except (OSError, ValueError, KeyError, IndexError):
-        return None
+    """The second moments saved at `path` (see _read)."""
+
+    def parse(z: Any, meta: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        out = {}
+        for name, (i, dim, block, n_fit, n_check) in meta["layers"].items():
+            fit = _core.SecondMoments.make(dim, block)
+            check = _core.SecondMoments.make(dim, block)
+            fit.restore(z[f"{i}/fit"], n_fit)
+            check.restore(z[f"{i}/check"], n_check)
+            out[name] = (fit, check)
+        return out
+
+    return _read(path, parse)
 
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
@@ -135,13 +140,4 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def load_arrays(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(z["meta"].tobytes())
-            if meta.get("format") != FORMAT:
-                return None
-            return {k[2:]: z[k] for k in z.files if k.startswith("a/")}, meta
-    except (OSError, ValueError, KeyError):
-        return None
+    return _read(path, lambda z, meta: ({k[2:]: z[k] for k in z.files if k.startswith("a/")}, meta))
