@@ -64,8 +64,17 @@ struct GptqOptions {
   bool act_order = false;
 };
 
+// H damped, inverted and factored per block (and the sweep order): what every width of one
+// layer shares. Compute it once, then QuantizeGptq at each width a fallback ladder or a size
+// budget tries.
+struct GptqFactor;
+Result<std::shared_ptr<const GptqFactor>> FactorGptq(const SecondMoments& h,
+                                                     const GptqOptions& options = {});
+
 // GPTQ quantization of a F32/F16/BF16 weight [out, in, ...] with H over its cols (in*k*k).
 // The result is an ordinary QuantizedTensor of `spec` (same bytes layout, same decoder).
+Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& spec,
+                                     const GptqFactor& factor, const GptqOptions& options = {});
 Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& spec,
                                      const SecondMoments& h, const GptqOptions& options = {});
 

@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "core/parallel.h"
+#include "pipeline/layer.h"
 
 namespace arrowquant {
 
@@ -39,12 +40,14 @@ Result<std::map<std::string, int>> AssignBudget(const Checkpoint& ck, const Pipe
     if (!free[i]) return;
     const auto& t = tensors[i];
     const TensorView view{t.name, t.info->dtype, t.info->shape, t.data()};
-    const auto mom = c.moments.find(t.name);
-    const LayerMoments* lm = mom != c.moments.end() && mom->second.fit ? &mom->second : nullptr;
+    const LayerMoments* lm = MomentsOf(c, t.name);
+    auto factor = LayerFactor(c, lm);
+    if (!factor.ok()) {
+      errors[i] = factor.status();
+      return;
+    }
     for (int b : kWeightBits) {
-      auto q = lm ? QuantizeGptq(view, c.SpecFor(b), *lm->fit,
-                                 GptqOptions{c.gptq_damp, 1, c.gptq_act_order})
-                  : Quantize(view, c.SpecFor(b), QuantOptions{1});
+      auto q = QuantizeAt(view, c, factor->get(), b);
       if (!q.ok()) {
         errors[i] = q.status();
         return;

@@ -47,6 +47,23 @@ Status EqualizedWeight(const TensorView& w, const std::vector<float>& s, std::ve
 
 }  // namespace
 
+const LayerMoments* MomentsOf(const PipelineConfig& c, const std::string& name) {
+  const auto it = c.moments.find(name);
+  return it != c.moments.end() && it->second.fit ? &it->second : nullptr;
+}
+
+Result<std::shared_ptr<const GptqFactor>> LayerFactor(const PipelineConfig& c,
+                                                      const LayerMoments* lm) {
+  if (!lm) return std::shared_ptr<const GptqFactor>();
+  return FactorGptq(*lm->fit, GptqOptions{c.gptq_damp, 1, c.gptq_act_order});
+}
+
+Result<QuantizedTensor> QuantizeAt(const TensorView& view, const PipelineConfig& c,
+                                   const GptqFactor* factor, int bits) {
+  if (factor) return QuantizeGptq(view, c.SpecFor(bits), *factor, GptqOptions{c.gptq_damp, 1});
+  return Quantize(view, c.SpecFor(bits), QuantOptions{1});
+}
+
 void ProcessLayer(const CheckpointTensor& t, const PipelineConfig& c, const CompiledRules& rules,
                   int forced_bits, LayerOutcome& o) {
   LayerReport& r = o.report;
@@ -88,14 +105,16 @@ void ProcessLayer(const CheckpointTensor& t, const PipelineConfig& c, const Comp
                                   : bits <= 3     ? std::vector<int>{3, 4, 8}
                                   : bits <= 4     ? std::vector<int>{4, 8}
                                                   : std::vector<int>{8};
-  const auto mom = c.moments.find(t.name);
-  const LayerMoments* lm = mom != c.moments.end() && mom->second.fit ? &mom->second : nullptr;
+  const LayerMoments* lm = MomentsOf(c, t.name);
   r.method = lm ? "gptq" : "rtn";
   r.validation = lm && lm->check ? "output" : "weight";
+  auto factor = LayerFactor(c, lm);
+  if (!factor.ok()) {
+    o.status = factor.status();
+    return;
+  }
   for (int b : ladder) {
-    auto q = lm ? QuantizeGptq(view, c.SpecFor(b), *lm->fit,
-                               GptqOptions{c.gptq_damp, 1, c.gptq_act_order})
-                : Quantize(view, c.SpecFor(b), QuantOptions{1});
+    auto q = QuantizeAt(view, c, factor->get(), b);
     if (!q.ok()) {
       o.status = q.status();
       return;

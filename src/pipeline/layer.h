@@ -2,7 +2,9 @@
 // the fallback ladder (INT2 -> INT4 -> INT8 -> kept), or the width a size budget chose.
 #pragma once
 
+#include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "arrowquant/pipeline.h"
@@ -20,6 +22,15 @@ struct LayerOutcome {
   const ActivationPlan* plan = nullptr;  // calibration results for this layer, if any
   std::vector<float> equalized;          // W / s, when the plan equalizes this layer
 };
+
+// The layer's calibration moments (fit H present), or null: round-to-nearest.
+const LayerMoments* MomentsOf(const PipelineConfig& c, const std::string& name);
+// GPTQ's factored H for the layer (null without moments): computed once, shared by every width.
+Result<std::shared_ptr<const GptqFactor>> LayerFactor(const PipelineConfig& c,
+                                                      const LayerMoments* lm);
+// The layer at `bits`: GPTQ with `factor`, or round-to-nearest when it is null.
+Result<QuantizedTensor> QuantizeAt(const TensorView& view, const PipelineConfig& c,
+                                   const GptqFactor* factor, int bits);
 
 // forced_bits > 0: the width chosen by the size budget (no threshold, no ladder).
 void ProcessLayer(const CheckpointTensor& t, const PipelineConfig& c, const CompiledRules& rules,

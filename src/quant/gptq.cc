@@ -188,8 +188,32 @@ bool SweepTile(const Format& f, const quant::Layout& l, const std::vector<BlockF
 
 }  // namespace
 
+struct GptqFactor {
+  uint64_t dim = 0, block = 0;
+  bool act_order = false;
+  std::vector<BlockFactor> blocks;
+  std::vector<uint8_t> dead;  // columns whose input never varied
+};
+
+Result<std::shared_ptr<const GptqFactor>> FactorGptq(const SecondMoments& h,
+                                                     const GptqOptions& options) {
+  auto f = std::make_shared<GptqFactor>();
+  f->dim = h.dim();
+  f->block = h.block();
+  f->act_order = options.act_order;
+  AQ_ASSIGN_OR_RETURN(f->blocks, Factor(h, options.damp, options.act_order, f->dead));
+  return std::shared_ptr<const GptqFactor>(std::move(f));
+}
+
 Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& spec,
                                      const SecondMoments& h, const GptqOptions& options) {
+  AQ_RETURN_IF_ERROR(spec.Validate());
+  AQ_ASSIGN_OR_RETURN(auto factor, FactorGptq(h, options));
+  return QuantizeGptq(weight, spec, *factor, options);
+}
+
+Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& spec,
+                                     const GptqFactor& h, const GptqOptions& options) {
   AQ_RETURN_IF_ERROR(spec.Validate());
   AQ_RETURN_IF_ERROR(quant::CheckWeight(weight));
   const std::string name(weight.name);
@@ -198,13 +222,13 @@ Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& 
   q.source_dtype = weight.dtype;
   q.shape = weight.shape;
   quant::RowsCols(weight.shape, &q.rows, &q.cols);
-  if (h.dim() != q.cols) {
+  if (h.dim != q.cols) {
     return Status(StatusCode::kSizeMismatch, "tensor '" + name + "': input second moments over " +
-                                                 std::to_string(h.dim()) + " columns, weight has " +
+                                                 std::to_string(h.dim) + " columns, weight has " +
                                                  std::to_string(q.cols));
   }
   const quant::Layout l = quant::MakeLayout(spec, q.rows, q.cols);
-  if (spec.group_size != 0 && h.block() < q.cols && h.block() % l.g != 0) {
+  if (spec.group_size != 0 && h.block < q.cols && h.block % l.g != 0) {
     return Status(StatusCode::kInvalidArgument,
                   "tensor '" + name + "': H blocks must hold whole groups");
   }
@@ -214,9 +238,8 @@ Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& 
   q.super_scales.assign(l.rows * l.super_row_bytes, 0);
   if (l.rows == 0 || l.cols == 0) return q;
 
-  std::vector<uint8_t> dead;
-  AQ_ASSIGN_OR_RETURN(std::vector<BlockFactor> factors,
-                      Factor(h, options.damp, options.act_order, dead));
+  const std::vector<BlockFactor>& factors = h.blocks;
+  const std::vector<uint8_t>& dead = h.dead;
   const Format f(spec);
   const size_t esize = ElementBytes(weight.dtype);
   const uint64_t tiles = (l.rows + kLanes - 1) / kLanes;
@@ -240,7 +263,7 @@ Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& 
       for (uint64_t k = 0; k < l.cols; ++k) w[k * kLanes + r] = dead[k] ? 0.0f : x[k];
     }
     if (bad[t]) return;
-    if (!SweepTile(f, l, factors, options.act_order, w, codes, st)) overflow[t] = 1;
+    if (!SweepTile(f, l, factors, h.act_order, w, codes, st)) overflow[t] = 1;
     for (size_t r = 0; r < n; ++r) {
       kernels::PackCodes(codes[r].data(), l.cols, spec.bits,
                          q.codes.data() + (r0 + r) * l.code_row_bytes);
