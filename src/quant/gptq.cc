@@ -213,7 +213,7 @@ Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& 
 }
 
 Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& spec,
-                                     const GptqFactor& h, const GptqOptions& options) {
+                                     const GptqFactor& factor, const GptqOptions& options) {
   AQ_RETURN_IF_ERROR(spec.Validate());
   AQ_RETURN_IF_ERROR(quant::CheckWeight(weight));
   const std::string name(weight.name);
@@ -222,13 +222,13 @@ Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& 
   q.source_dtype = weight.dtype;
   q.shape = weight.shape;
   quant::RowsCols(weight.shape, &q.rows, &q.cols);
-  if (h.dim != q.cols) {
+  if (factor.dim != q.cols) {
     return Status(StatusCode::kSizeMismatch, "tensor '" + name + "': input second moments over " +
-                                                 std::to_string(h.dim) + " columns, weight has " +
-                                                 std::to_string(q.cols));
+                                                 std::to_string(factor.dim) +
+                                                 " columns, weight has " + std::to_string(q.cols));
   }
   const quant::Layout l = quant::MakeLayout(spec, q.rows, q.cols);
-  if (spec.group_size != 0 && h.block < q.cols && h.block % l.g != 0) {
+  if (spec.group_size != 0 && factor.block < q.cols && factor.block % l.g != 0) {
     return Status(StatusCode::kInvalidArgument,
                   "tensor '" + name + "': H blocks must hold whole groups");
   }
@@ -238,8 +238,8 @@ Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& 
   q.super_scales.assign(l.rows * l.super_row_bytes, 0);
   if (l.rows == 0 || l.cols == 0) return q;
 
-  const std::vector<BlockFactor>& factors = h.blocks;
-  const std::vector<uint8_t>& dead = h.dead;
+  const std::vector<BlockFactor>& factors = factor.blocks;
+  const std::vector<uint8_t>& dead = factor.dead;
   const Format f(spec);
   const size_t esize = ElementBytes(weight.dtype);
   const uint64_t tiles = (l.rows + kLanes - 1) / kLanes;
@@ -263,7 +263,7 @@ Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& 
       for (uint64_t k = 0; k < l.cols; ++k) w[k * kLanes + r] = dead[k] ? 0.0f : x[k];
     }
     if (bad[t]) return;
-    if (!SweepTile(f, l, factors, h.act_order, w, codes, st)) overflow[t] = 1;
+    if (!SweepTile(f, l, factors, factor.act_order, w, codes, st)) overflow[t] = 1;
     for (size_t r = 0; r < n; ++r) {
       kernels::PackCodes(codes[r].data(), l.cols, spec.bits,
                          q.codes.data() + (r0 + r) * l.code_row_bytes);
