@@ -78,6 +78,15 @@ Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& 
 Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& spec,
                                      const SecondMoments& h, const GptqOptions& options = {});
 
+// Per output row r of a layer: error[r] = e_r H e_r^T (e_r = row r of W - dequant(q)) and
+// signal[r] = w_r H w_r^T, i.e. the squared output error and output energy of that row summed
+// over H's rows.
+struct RowOutputEnergy {
+  std::vector<double> error, signal;
+};
+Result<RowOutputEnergy> OutputEnergyPerRow(const QuantizedTensor& q, const TensorView& weight,
+                                           const SecondMoments& h, int threads = 1);
+
 // The layer's relative output error under H: sqrt(tr(E H E^T) / tr(W H W^T)), E = W - dequant(q).
 Result<double> RelativeOutputError(const QuantizedTensor& q, const TensorView& weight,
                                    const SecondMoments& h, int threads = 1);

@@ -27,6 +27,9 @@ struct SelectionRule {
   int bits = 0;
   std::string why;
   double threshold_scale = 1.0;
+  // A default of the tool's (not the user's): a size budget with measured sensitivity may give
+  // the layer another width (first/last layers, the time embedding).
+  bool overridable = false;
 };
 
 // Rules for tensors that stay in higher precision (norms, embeddings, time embedding, adaLN
@@ -44,8 +47,15 @@ struct ActivationPlan {
 
 // Second moments of a layer's inputs from calibration: `fit` (what GPTQ minimises the output
 // error on) and `check` (held-out rows: what validation measures the output error on).
+// `sensitivity` (optional, one value per output row): how much the whole model's one-step
+// prediction error grows per unit of that row's squared output error, measured with the FP model
+// (random projections of its output, backpropagated: the diagonal Gauss-Newton / Fisher weight),
+// relative to the prediction's energy. With it, the size budget's cost of a width is the
+// layer's estimated contribution to the whole-model relative one-step error squared:
+// sum_r sensitivity[r] * e_r H e_r^T / rows(H) on the held-out H.
 struct LayerMoments {
   std::shared_ptr<const SecondMoments> fit, check;
+  std::vector<double> sensitivity;
 };
 
 struct PipelineConfig {
@@ -62,9 +72,15 @@ struct PipelineConfig {
   // that tensor unquantized (keep_dtype; NaN and Inf survive the f16 conversion).
   bool keep_nonfinite = false;
   // > 0: a size budget in bits per weight over all tensors. Every layer the rules give the
-  // target width is measured at 2, 4 and 8 bits, and widths are assigned to minimise the total
-  // squared weight error within the budget (the threshold fallback is then not used).
+  // target width is measured at 2, 3, 4 and 8 bits and kept, and widths are assigned to minimise
+  // the total cost within the budget (the threshold fallback is then not used): the layers'
+  // measured contributions to the one-step error where calibration measured sensitivity (and
+  // then the default rules' fixed layers are free too), else output or weight error.
   double target_bpw = 0;
+  // With target_bpw 0: a size budget all the same, of what the free layers would take at `bits`
+  // (the profile's width) uniformly: the same size, redistributed by measured cost, no layer
+  // below half that width.
+  bool allocate = false;
   std::map<std::string, ActivationPlan> activations;  // from calibration (may be empty)
   // Layers with moments are quantized by GPTQ and validated on their output error (relative,
   // on the held-out rows, against max_rel_rmse); the others by weight error.
@@ -119,6 +135,7 @@ struct PlannedTensor {
   double threshold = 0;
   std::string why;
   bool target_width = false;  // the width is the job's target (free for a size budget)
+  bool overridable = false;   // fixed by a default rule that a measured budget may override
 };
 Result<std::vector<PlannedTensor>> PlanSelection(const Checkpoint& ck,
                                                  const PipelineConfig& config);

@@ -202,6 +202,12 @@ class PipelineConfig:
     def target_bpw(self, arg: float, /) -> None: ...
 
     @property
+    def allocate(self) -> bool: ...
+
+    @allocate.setter
+    def allocate(self, arg: bool, /) -> None: ...
+
+    @property
     def recipe_json(self) -> str: ...
 
     @recipe_json.setter
@@ -248,6 +254,11 @@ class PipelineConfig:
     def set_moments(self, moments: Mapping[str, tuple[SecondMoments, SecondMoments]]) -> None:
         """
         {weight name: (fit, check)}: GPTQ on `fit`, output-error validation on `check` (held-out rows; None: weight error)
+        """
+
+    def set_sensitivity(self, sensitivity: Mapping[str, Sequence[float]]) -> None:
+        """
+        {weight name: one value per output row}: the layers' measured contribution weights to the one-step error (LayerMoments::sensitivity); call after set_moments
         """
 
     def set_activations(self, plans: dict) -> None: ...

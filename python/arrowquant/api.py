@@ -21,6 +21,27 @@ MODEL_FILE: str = _core.MODEL_FILE_NAME
 ProgressCallback = Callable[[int, int, str], Any]
 
 
+def _resolve_calibration(
+    model_path: str | os.PathLike[str], cfg: DiffusionQuantConfig
+) -> tuple[DiffusionQuantConfig, dict[str, str]]:
+    """The config with calibration "auto" resolved, and which path runs and why (the report and
+    the file's recipe say it)."""
+    import dataclasses
+
+    if cfg.calibration != "auto":
+        if cfg.calibration:
+            return cfg, {"path": "calibrated", "why": f"calibration {cfg.calibration!r}"}
+        return cfg, {"path": "weight-only", "why": "calibration off"}
+    from arrowquant.diffusion import drivable
+
+    ok, why = drivable(model_path)
+    chosen = "synthetic" if ok else ""
+    out = dataclasses.replace(cfg, calibration=chosen)
+    if ok:
+        return out, {"path": "calibrated", "why": f"auto: {why}; the FP model's own samples"}
+    return out, {"path": "weight-only", "why": f"auto: {why}"}
+
+
 class ArrowQuantV2:
     """Quantizes diffusion models: `quantize_diffusion_model(model, out_folder)`."""
 
@@ -32,7 +53,8 @@ class ArrowQuantV2:
         progress_callback: ProgressCallback | None = None,
         overwrite: bool = False,
         allow_pickle: bool = False,
-        _calibration: tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None = None,
+        _calibration: tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]
+        | None = None,
     ) -> QuantizationReport:
         """Writes `output_path/` with model.aq.parquet, report.json and report.md.
 
@@ -66,9 +88,11 @@ class ArrowQuantV2:
         out: Path,
         cfg: DiffusionQuantConfig,
         progress_callback: ProgressCallback | None,
-        precomputed: tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None = None,
+        precomputed: tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]
+        | None = None,
     ) -> QuantizationReport:
-        """`precomputed`: (plans, summary, moments) recorded elsewhere (quantize_module)."""
+        """`precomputed`: (plans, summary, moments, sensitivity) recorded elsewhere
+        (quantize_module)."""
         from arrowquant import __version__
 
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -81,21 +105,32 @@ class ArrowQuantV2:
             ) from None
         recipe: dict[str, Any] = {"config": cfg.to_dict(), "tool": f"arrowquant {__version__}"}
         t0 = time.perf_counter()
+        if precomputed is None:
+            cfg, recipe["path"] = _resolve_calibration(model_path, cfg)
+        else:
+            recipe["path"] = {"path": "calibrated", "why": "quantize_module with calibrate=run"}
         try:
             plans: dict[str, Any] = {}
             moments: dict[str, Any] = {}
+            sensitivity: dict[str, Any] = {}
             if precomputed is not None:
-                plans, recipe["calibration"], moments = precomputed
+                plans, recipe["calibration"], moments, sensitivity = precomputed
             elif cfg.calibration:
                 from arrowquant.calibration import calibrate
 
                 plans, recipe["calibration"] = calibrate(
-                    model_path, cfg, moments=moments if cfg.gptq else None
+                    model_path,
+                    cfg,
+                    moments=moments if cfg.gptq else None,
+                    sensitivity=sensitivity if cfg.gptq and cfg.allocate else None,
                 )
             core = cfg.to_core(json.dumps(recipe))
             core.set_activations(plans)
             # No held-out rows (a layer called once with one row): validated on weight error.
             core.set_moments({k: (f, c if c.count else None) for k, (f, c) in moments.items()})
+            if sensitivity:
+                core.set_sensitivity({k: v.tolist() for k, v in sensitivity.items()})
+                core.allocate = cfg.allocate and not cfg.fail_fast  # fail-fast: thresholds
             raw = _core.run_pipeline(
                 str(model_path), str(tmp / MODEL_FILE), core, progress_callback, cfg.limits()
             )
@@ -121,7 +156,8 @@ class ArrowQuantV2:
                 threshold_missed=raw["threshold_missed"],
                 seconds=seconds,
                 peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                extra=({"budget": raw["budget_note"]} if raw["budget_note"] else {})
+                extra={"path": recipe["path"]}
+                | ({"budget": raw["budget_note"]} if raw["budget_note"] else {})
                 | ({"calibration": recipe["calibration"]} if "calibration" in recipe else {}),
             )
             report.write(tmp)

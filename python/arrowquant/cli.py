@@ -107,6 +107,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             "equalize": args.equalize or None,
             "gptq": args.gptq,
             "gptq_act_order": args.gptq_act_order or None,
+            "allocate": args.allocate,
             "activation_stats": args.activation_stats or None,
             "act_bits": args.act_bits,
             "nan_policy": args.nan_policy,
@@ -303,9 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
     c = q.add_argument_group("calibration (activation quantization, time-aware, equalization)")
     c.add_argument(
         "--calibration",
-        metavar="PATH|synthetic[:N]",
+        metavar="PATH|synthetic[:N]|auto",
         help="calibration data: .jsonl / .parquet / saved datasets folder, or the FP model's "
-        "own samples",
+        "own samples (synthetic); default auto: synthetic for a model the tool can sample",
+    )
+    c.add_argument(
+        "--no-calibration",
+        dest="calibration",
+        action="store_const",
+        const="",
+        help="the weight-only path (no sampling, no GPTQ)",
     )
     c.add_argument("--calibration-samples", type=int, metavar="N")
     c.add_argument("--calibration-steps", type=int, metavar="S", help="DDIM steps sampled")
@@ -341,6 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="gptq",
         action="store_false",
         help="with calibration, round weights to nearest (calibrate activations only)",
+    )
+    c.add_argument(
+        "--no-allocate",
+        dest="allocate",
+        action="store_false",
+        default=None,
+        help="with GPTQ, the profile's width per layer with threshold fallback, instead of widths "
+        "by measured sensitivity at the profile's size",
     )
     c.add_argument("--act-bits", type=int, choices=[4, 8])
     q.add_argument(

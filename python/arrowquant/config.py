@@ -50,9 +50,10 @@ class DiffusionQuantConfig:
     method: str | None = None
     scale_dtype: str | None = None
     max_rel_rmse: float = _FROM_PROFILE  # the profile's
-    # Calibration (activations): "" = none (weight-only), "synthetic[:N]", or a .jsonl /
+    # Calibration: "auto" = "synthetic" for a model the tool can sample (a diffusers UNet2DModel
+    # or DiT folder), else none; "" = none (weight-only); "synthetic[:N]", or a .jsonl /
     # .parquet / saved `datasets` path. The rest applies only with calibration.
-    calibration: str = ""
+    calibration: str = "auto"
     calibration_samples: int = 64  # trajectories for plain "synthetic"
     calibration_steps: int = 25  # DDIM steps sampled; each is a calibration timestep
     calibration_cache: str = ""  # "" = $ARROW_QUANT_CACHE or ~/.cache/arrowquant/calibration
@@ -71,6 +72,11 @@ class DiffusionQuantConfig:
     gptq: bool = True
     gptq_damp: float = 0.01  # added to H's diagonal, relative to its mean
     gptq_act_order: bool = False  # columns by decreasing input energy, static groups
+    # With GPTQ: each layer's width (2/3/4/8/keep) by its measured contribution to the whole
+    # model's one-step error, within the size the profile's width would give the same layers
+    # (or target_bpw); the default rules' first/last/time-embedding choices become overridable.
+    # False: the profile's width, with the threshold and fallback ladder.
+    allocate: bool = True
     # Store each calibrated layer's per-channel input min/max/absmax in the file (provenance).
     activation_stats: bool = False
     modality: str = ""  # "" = detect

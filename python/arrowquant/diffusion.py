@@ -63,6 +63,20 @@ def _find_component(root: Path) -> tuple[str, str]:
     raise ModelNotFoundError(f"{root}: no model_index.json or config.json (a diffusers folder)")
 
 
+def drivable(path: str | os.PathLike[str]) -> tuple[bool, str]:
+    """(whether calibration and evaluation can sample this model, why), from its folder's
+    configuration files alone (nothing is loaded)."""
+    root = Path(path)
+    if not root.is_dir():
+        return False, f"{root.name} is a file, not a diffusers folder with a sampler to drive"
+    try:
+        component, cls = _find_component(root)
+    except (ModelNotFoundError, UnsupportedError, ValueError, OSError) as e:
+        return False, str(e)
+    where = f"{component}/" if component else "the folder"
+    return True, f"{where} holds a diffusers {cls} the tool can sample"
+
+
 def load_reference(path: str | os.PathLike[str]) -> Denoiser:
     import diffusers
 

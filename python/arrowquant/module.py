@@ -43,13 +43,19 @@ def _state_file(module: Any, folder: Path) -> Path:
 
 
 def record(
-    module: Any, run: Callable[[Any], Any], cfg: DiffusionQuantConfig, moments: dict[str, Any]
+    module: Any,
+    run: Callable[[Any], Any],
+    cfg: DiffusionQuantConfig,
+    moments: dict[str, Any],
+    sensitivity: dict[str, Any],
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """(activation plans, summary): runs `run(module)` once with every Linear / Conv2d recorded,
-    filling `moments` ({weight name: (fit, held-out)}) when cfg.gptq."""
+    filling `moments` ({weight name: (fit, held-out)}) when cfg.gptq, and `sensitivity` (each
+    layer's, from replaying a sample of the module's recorded calls) when also cfg.allocate."""
     import torch
 
     from arrowquant.calibration import fit_plans, moments_summary, recording_summary
+    from arrowquant.calibration import sensitivity as sens
     from arrowquant.calibration.capture import Recorder
     from arrowquant.torch import TimestepTracker
 
@@ -63,12 +69,16 @@ def record(
         moments=moments if cfg.gptq else None,
         threads=cfg.threads or (os.cpu_count() or 1),
     )
+    want_sens = cfg.gptq and cfg.allocate
+    calls = sens.CallRecorder(module, seed=cfg.seed) if want_sens else None
     try:
         with torch.no_grad():
             run(module)
     finally:
         rec.remove()
         tracker.remove()
+        if calls is not None:
+            calls.remove()
     if not rec.collectors:
         raise ConfigurationError(
             "calibrate: the run never called a Linear or Conv2d of the module "
@@ -91,12 +101,19 @@ def record(
         "rows": 0,
         "kind": "the caller's sampling loop",
     }
+    sens_summary = None
+    if calls is not None and calls.calls:
+        values, sens_summary = sens.measure(
+            module, calls.calls, lambda n: f"{n}.weight", seed=cfg.seed
+        )
+        sensitivity.update(values)
     sampler = getattr(run, "__qualname__", type(run).__name__)
     summary |= recording_summary(module, sampler, rec.collectors, plans, cfg)
     summary |= {
         "equalize": False,
         "equalized_layers": 0,
         "second_moments": moments_summary(moments),
+        "sensitivity": sens_summary,
         "cache": "none",
         "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -128,8 +145,9 @@ def quantize_module(
         precomputed = None
         if calibrate is not None:
             moments: dict[str, Any] = {}
-            plans, summary = record(module, calibrate, cfg, moments)
-            precomputed = (plans, summary, moments)
+            sensitivity: dict[str, Any] = {}
+            plans, summary = record(module, calibrate, cfg, moments, sensitivity)
+            precomputed = (plans, summary, moments, sensitivity)
         return ArrowQuantV2().quantize_diffusion_model(
             source, out_path, cfg, overwrite=True, _calibration=precomputed
         )

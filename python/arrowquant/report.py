@@ -77,6 +77,11 @@ class QuantizationReport:
             f"({s['compression_ratio']:.2f}x), {s['bits_per_weight']:.3f} bits per weight overall",
             f"- formats: {', '.join(f'{k} x{v}' for k, v in s['formats'].items())}",
             f"- layers that fell back to more bits: {s['fallbacks']}",
+            *(
+                [f"- path: {self.extra['path']['path']} ({self.extra['path']['why']})"]
+                if "path" in self.extra
+                else []
+            ),
             *([f"- size budget: {self.extra['budget']}"] if "budget" in self.extra else []),
             *(
                 [_calibration_line(self.extra["calibration"])]
@@ -149,6 +154,12 @@ def _calibration_line(c: dict[str, Any]) -> str:
             f"; GPTQ weights on input second moments of {sm['layers']} layers "
             f"({sm['rows_per_layer']} rows each, {sm['held_out_rows_per_layer']} held out "
             f"for validation)"
+        )
+    sens = c.get("sensitivity")
+    if sens:
+        eq += (
+            f"; widths by measured sensitivity ({sens['layers']} layers, {sens['calls']} "
+            f"calls x {sens['probes']} probes, {sens['seconds']} s)"
         )
     check = c.get("one_step_check")
     tail = ""

@@ -116,6 +116,7 @@ void BindConfig(nb::module_& m) {
       .def_rw("fail_fast", &PipelineConfig::fail_fast)
       .def_rw("keep_nonfinite", &PipelineConfig::keep_nonfinite)
       .def_rw("target_bpw", &PipelineConfig::target_bpw)
+      .def_rw("allocate", &PipelineConfig::allocate)
       .def_rw("recipe_json", &PipelineConfig::recipe_json)
       .def_rw("tool_version", &PipelineConfig::tool_version)
       .def_prop_rw(
@@ -160,6 +161,17 @@ void BindConfig(nb::module_& m) {
           nb::arg("moments"),
           "{weight name: (fit, check)}: GPTQ on `fit`, output-error validation on `check` "
           "(held-out rows; None: weight error)")
+      .def(
+          "set_sensitivity",
+          [](PipelineConfig& c, const std::map<std::string, std::vector<double>>& sensitivity) {
+            for (auto& [name, lm] : c.moments) {
+              const auto it = sensitivity.find(name);
+              lm.sensitivity = it == sensitivity.end() ? std::vector<double>{} : it->second;
+            }
+          },
+          nb::arg("sensitivity"),
+          "{weight name: one value per output row}: the layers' measured contribution weights "
+          "to the one-step error (LayerMoments::sensitivity); call after set_moments")
       .def(
           "set_activations",
           [](PipelineConfig& c, nb::dict plans) { c.activations = ParseActivationPlans(plans); },

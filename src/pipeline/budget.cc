@@ -8,15 +8,70 @@
 #include "pipeline/layer.h"
 
 namespace arrowquant {
+namespace {
+
+// One width a layer can take (bits 0: kept in the keep dtype).
+struct Option {
+  int bits = 0;
+  double bytes = 0;
+  double measured = 0;  // with sensitivity: the estimated one-step error contribution
+  double relative = 0;  // relative error squared (output where calibrated, else weight)
+  double sse = 0;       // squared weight error
+};
+
+struct Candidate {
+  std::vector<Option> options;  // kWeightBits in order, then keep
+  bool has_sensitivity = false;
+  double signal = 0;  // with sensitivity: the contribution of losing the layer's output entirely
+};
+
+bool HasSensitivity(const LayerMoments* lm, uint64_t rows) {
+  return lm && lm->check && lm->check->count() > 0 && lm->sensitivity.size() == rows;
+}
+
+Status Measure(const CheckpointTensor& t, const PipelineConfig& c, Candidate& out) {
+  const TensorView view{t.name, t.info->dtype, t.info->shape, t.data()};
+  const LayerMoments* lm = MomentsOf(c, t.name);
+  const uint64_t rows = t.info->shape[0];
+  out.has_sensitivity = HasSensitivity(lm, rows);
+  AQ_ASSIGN_OR_RETURN(auto factor, LayerFactor(c, lm));
+  for (int b : kWeightBits) {
+    AQ_ASSIGN_OR_RETURN(QuantizedTensor q, QuantizeAt(view, c, factor.get(), b));
+    AQ_ASSIGN_OR_RETURN(ErrorMetrics m, MeasureError(q, view, QuantOptions{1}));
+    Option o{b, static_cast<double>(q.nbytes())};
+    o.sse = m.mse * static_cast<double>(m.count);
+    o.relative = m.rel_rmse * m.rel_rmse;
+    if (lm && lm->check) {
+      AQ_ASSIGN_OR_RETURN(RowOutputEnergy e, OutputEnergyPerRow(q, view, *lm->check, 1));
+      double err = 0, sig = 0, weighted = 0, weighted_sig = 0;
+      for (uint64_t r = 0; r < rows; ++r) {
+        err += e.error[r];
+        sig += e.signal[r];
+        if (out.has_sensitivity) {
+          weighted += lm->sensitivity[r] * e.error[r];
+          weighted_sig += lm->sensitivity[r] * e.signal[r];
+        }
+      }
+      o.relative = sig > 0 ? err / sig : (err > 0 ? 1.0 : 0.0);
+      const double n = static_cast<double>(lm->check->count());
+      o.measured = weighted / n;
+      out.signal = weighted_sig / n;
+    }
+    out.options.push_back(o);
+  }
+  out.options.push_back(
+      {0, static_cast<double>(
+              t.info->num_elements() *
+              ElementBytes(Traits(t.info->dtype).quantizable ? c.keep_dtype : t.info->dtype))});
+  return Status::OK();
+}
+
+}  // namespace
 
 Result<std::map<std::string, int>> AssignBudget(const Checkpoint& ck, const PipelineConfig& c,
                                                 const CompiledRules& rules, std::string* note) {
-  struct Option {
-    int bits;
-    double bytes, sse;
-  };
   const auto& tensors = ck.tensors();
-  std::vector<std::vector<Option>> options(tensors.size());
+  std::vector<Candidate> cand(tensors.size());
   std::vector<Status> errors(tensors.size());
   double fixed_bytes = 0, params = 0;
   std::vector<uint8_t> free(tensors.size(), 0);
@@ -24,7 +79,9 @@ Result<std::map<std::string, int>> AssignBudget(const Checkpoint& ck, const Pipe
     const auto& t = tensors[i];
     params += static_cast<double>(t.info->num_elements());
     const PlannedTensor p = Decide(t, c, rules);
-    free[i] = p.target_width;
+    // A default rule's fixed width becomes a choice where the layer's sensitivity was measured.
+    free[i] =
+        p.target_width || (p.overridable && HasSensitivity(MomentsOf(c, t.name), t.info->shape[0]));
     if (!free[i]) {
       const uint64_t n = t.info->num_elements();
       fixed_bytes += p.bits > 0 ? n * (p.bits + 0.5) / 8.0
@@ -33,79 +90,97 @@ Result<std::map<std::string, int>> AssignBudget(const Checkpoint& ck, const Pipe
                                                                : ElementBytes(t.info->dtype)));
     }
   }
-  // With calibration, a layer's cost is its relative output error squared (GPTQ codes, held-out
-  // rows), every layer counted alike; without, its squared weight error (as before).
-  const bool calibrated = !c.moments.empty();
   ParallelForEach(tensors.size(), c.threads, [&](size_t i) {
-    if (!free[i]) return;
-    const auto& t = tensors[i];
-    const TensorView view{t.name, t.info->dtype, t.info->shape, t.data()};
-    const LayerMoments* lm = MomentsOf(c, t.name);
-    auto factor = LayerFactor(c, lm);
-    if (!factor.ok()) {
-      errors[i] = factor.status();
-      return;
-    }
-    for (int b : kWeightBits) {
-      auto q = QuantizeAt(view, c, factor->get(), b);
-      if (!q.ok()) {
-        errors[i] = q.status();
-        return;
-      }
-      double cost = 0;
-      if (lm && lm->check) {
-        auto e = RelativeOutputError(*q, view, *lm->check, 1);
-        if (!e.ok()) {
-          errors[i] = e.status();
-          return;
-        }
-        cost = *e * *e;
-      } else {
-        auto m = MeasureError(*q, view, QuantOptions{1});
-        if (!m.ok()) {
-          errors[i] = m.status();
-          return;
-        }
-        cost = calibrated ? m->rel_rmse * m->rel_rmse : m->mse * static_cast<double>(m->count);
-      }
-      options[i].push_back({b, static_cast<double>(q->nbytes()), cost});
-    }
+    if (free[i]) errors[i] = Measure(tensors[i], c, cand[i]);
   });
   for (const auto& e : errors) AQ_RETURN_IF_ERROR(e);
-  const double budget = c.target_bpw * params / 8.0;
-  const size_t widest = std::size(kWeightBits) - 1;
-  std::vector<size_t> level(tensors.size(), widest);  // index into options: start at 8 bits
+
+  // The cost of each option, in one unit for every layer. With measured sensitivity: the
+  // estimated contribution to the whole-model relative one-step error squared; a layer without
+  // it (never called, or a conv the capture cannot unfold) counts its relative error squared at
+  // the median layer's sensitivity. Calibrated without sensitivity: relative output error
+  // squared, every layer alike. Weight only: squared weight error.
+  std::vector<double> signals;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (free[i] && cand[i].has_sensitivity) signals.push_back(cand[i].signal);
+  }
+  const bool measured = !signals.empty();
+  double median_signal = 0;
+  if (measured) {
+    std::nth_element(signals.begin(), signals.begin() + signals.size() / 2, signals.end());
+    median_signal = signals[signals.size() / 2];
+  }
+  const bool calibrated = !c.moments.empty();
+  // Sized by the profile (no explicit target): no layer below half the profile's width, where
+  // the first-order estimate of a coarse width's cost is least trustworthy.
+  const int min_bits = c.target_bpw > 0 ? 0 : c.bits / 2;
+  auto cost = [&](const Candidate& k, const Option& o) {
+    if (k.has_sensitivity) return o.measured;
+    if (measured) return o.relative * median_signal;
+    return calibrated ? o.relative : o.sse;
+  };
+
+  double budget = c.target_bpw * params / 8.0;
+  if (c.target_bpw <= 0) {  // c.allocate: the free layers at c.bits, uniformly
+    const auto at = std::find(std::begin(kWeightBits), std::end(kWeightBits), c.bits);
+    const size_t k = static_cast<size_t>(at - std::begin(kWeightBits));
+    budget = fixed_bytes;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      if (free[i]) budget += cand[i].options[std::min(k, cand[i].options.size() - 2)].bytes;
+    }
+  }
+  std::vector<size_t> level(tensors.size());  // index into options: start kept
   double total = fixed_bytes;
   for (size_t i = 0; i < tensors.size(); ++i) {
-    if (free[i]) total += options[i][widest].bytes;
+    if (!free[i]) continue;
+    level[i] = cand[i].options.size() - 1;
+    total += cand[i].options[level[i]].bytes;
   }
+  // Greedy on the lower convex hull: the step (to any narrower option of any layer) that adds
+  // the least cost per byte saved, until the model fits.
   while (total > budget) {
-    size_t best = SIZE_MAX;
+    size_t best = SIZE_MAX, best_to = 0;
     double best_ratio = 0;
     for (size_t i = 0; i < tensors.size(); ++i) {
-      if (!free[i] || level[i] == 0) continue;
-      const Option& cur = options[i][level[i]];
-      const Option& down = options[i][level[i] - 1];
-      const double saved = cur.bytes - down.bytes;
-      if (saved <= 0) continue;
-      const double ratio = (down.sse - cur.sse) / saved;
-      if (best == SIZE_MAX || ratio < best_ratio) {
-        best = i;
-        best_ratio = ratio;
+      if (!free[i]) continue;
+      const Option& cur = cand[i].options[level[i]];
+      for (size_t j = 0; j < cand[i].options.size(); ++j) {
+        const Option& down = cand[i].options[j];
+        if (down.bits > 0 && down.bits < min_bits) continue;
+        const double saved = cur.bytes - down.bytes;
+        if (saved <= 0) continue;
+        const double ratio = (cost(cand[i], down) - cost(cand[i], cur)) / saved;
+        if (best == SIZE_MAX || ratio < best_ratio) {
+          best = i;
+          best_to = j;
+          best_ratio = ratio;
+        }
       }
     }
     if (best == SIZE_MAX) break;
-    total -= options[best][level[best]].bytes - options[best][level[best] - 1].bytes;
-    --level[best];
+    total -= cand[best].options[level[best]].bytes - cand[best].options[best_to].bytes;
+    level[best] = best_to;
   }
-  char buf[200];
-  std::snprintf(buf, sizeof buf, "target %.3f bits/weight: %s at %.3f", c.target_bpw,
+  size_t n_free = 0, n_measured = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    n_free += free[i];
+    n_measured += free[i] && cand[i].has_sensitivity;
+  }
+  char buf[300];
+  std::snprintf(buf, sizeof buf, "target %.3f bits/weight%s: %s at %.3f; %zu layers allocated, %s",
+                8.0 * budget / std::max(1.0, params),
+                c.target_bpw > 0 ? "" : " (the allocated layers' size at the profile's width)",
                 total <= budget ? "met" : "not reachable with the rules' fixed layers",
-                8.0 * total / std::max(1.0, params));
+                8.0 * total / std::max(1.0, params), n_free,
+                measured ? (std::to_string(n_measured) +
+                            " by measured sensitivity (estimated one-step error contribution)")
+                               .c_str()
+                : calibrated ? "by relative output error"
+                             : "by squared weight error");
   *note = buf;
   std::map<std::string, int> out;
   for (size_t i = 0; i < tensors.size(); ++i) {
-    if (free[i]) out[tensors[i].name] = options[i][level[i]].bits;
+    if (free[i]) out[tensors[i].name] = cand[i].options[level[i]].bits;
   }
   return out;
 }

@@ -9,11 +9,13 @@
 
 namespace arrowquant {
 
-// Measures each layer the rules give the target width at 2/3/4/8 bits, then starts everyone at 8
-// and repeatedly lowers the layer whose next step down adds the least cost per byte saved, until
-// the model fits c.target_bpw. The cost: with calibration (c.moments), the layer's relative
-// output error squared on held-out rows, GPTQ codes; without, its squared weight error. Returns
-// the width per layer; `note` says whether the budget was met.
+// Measures each free layer (the rules give it the target width, or a default rule fixed it and
+// calibration measured its sensitivity) at 2/3/4/8 bits and kept, starts everyone kept and
+// repeatedly takes the step to a narrower option that adds the least cost per byte saved, until
+// the model fits c.target_bpw. The cost (GPTQ codes where calibrated, held-out rows): the
+// layer's estimated contribution to the one-step error where its sensitivity was measured
+// (LayerMoments::sensitivity), else its relative output error squared, else its squared weight
+// error. Returns the width per free layer (0: kept); `note` says how and whether it was met.
 Result<std::map<std::string, int>> AssignBudget(const Checkpoint& ck, const PipelineConfig& c,
                                                 const CompiledRules& rules, std::string* note);
 

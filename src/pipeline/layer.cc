@@ -72,9 +72,11 @@ void ProcessLayer(const CheckpointTensor& t, const PipelineConfig& c, const Comp
   r.source_dtype = std::string(Traits(t.info->dtype).safetensors_name);
   r.source_bytes = t.info->nbytes();
   const PlannedTensor plan = Decide(t, c, rules);
-  const int bits = forced_bits > 0 ? forced_bits : plan.bits;
-  const double threshold = forced_bits > 0 ? 1e30 : plan.threshold;
-  r.why = forced_bits > 0 ? "width from the size budget" : plan.why;
+  const bool forced = forced_bits >= 0;
+  const int bits = forced ? forced_bits : plan.bits;
+  const double threshold = forced ? 1e30 : plan.threshold;
+  r.why = forced ? (forced_bits == 0 ? "kept by the size budget" : "width from the size budget")
+                 : plan.why;
   TensorView view{t.name, t.info->dtype, t.info->shape, t.data()};
   if (const auto p = c.activations.find(t.name); p != c.activations.end()) {
     o.plan = &p->second;
@@ -100,11 +102,11 @@ void ProcessLayer(const CheckpointTensor& t, const PipelineConfig& c, const Comp
       return;
     }
   }
-  const std::vector<int> ladder = forced_bits > 0 ? std::vector<int>{bits}
-                                  : bits <= 2     ? std::vector<int>{2, 3, 4, 8}
-                                  : bits <= 3     ? std::vector<int>{3, 4, 8}
-                                  : bits <= 4     ? std::vector<int>{4, 8}
-                                                  : std::vector<int>{8};
+  const std::vector<int> ladder = forced      ? std::vector<int>{bits}
+                                  : bits <= 2 ? std::vector<int>{2, 3, 4, 8}
+                                  : bits <= 3 ? std::vector<int>{3, 4, 8}
+                                  : bits <= 4 ? std::vector<int>{4, 8}
+                                              : std::vector<int>{8};
   const LayerMoments* lm = MomentsOf(c, t.name);
   r.method = lm ? "gptq" : "rtn";
   r.validation = lm && lm->check ? "output" : "weight";

@@ -32,7 +32,8 @@ Result<std::shared_ptr<const GptqFactor>> LayerFactor(const PipelineConfig& c,
 Result<QuantizedTensor> QuantizeAt(const TensorView& view, const PipelineConfig& c,
                                    const GptqFactor* factor, int bits);
 
-// forced_bits > 0: the width chosen by the size budget (no threshold, no ladder).
+// forced_bits >= 0: the width chosen by the size budget (0: kept; no threshold, no ladder);
+// -1: the plan's width, validated, with the fallback ladder.
 void ProcessLayer(const CheckpointTensor& t, const PipelineConfig& c, const CompiledRules& rules,
                   int forced_bits, LayerOutcome& o);
 

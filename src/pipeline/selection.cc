@@ -29,6 +29,7 @@ std::vector<SelectionRule> DefaultSelectionRules(const std::string& modality) {
   if (modality == "audio") {
     rules.push_back({R"((^|/)(vocoder|mel)\w*)", 0, "audio front/back end"});
   }
+  for (auto& r : rules) r.overridable = true;
   return rules;
 }
 
@@ -38,6 +39,7 @@ PlannedTensor Decide(const CheckpointTensor& t, const PipelineConfig& c,
   for (const auto& [re, rule] : rules) {
     if (std::regex_search(t.name, re)) {
       p.target_width = rule.bits < 0;
+      p.overridable = rule.overridable && rule.bits >= 0;
       p.bits = rule.bits < 0 ? c.bits : rule.bits;
       p.threshold = c.max_rel_rmse * rule.threshold_scale;
       p.why = rule.why.empty() ? "rule '" + rule.pattern + "'" : rule.why;
@@ -56,6 +58,10 @@ PlannedTensor Decide(const CheckpointTensor& t, const PipelineConfig& c,
   }
   if (p.bits >= 16) p.bits = 0;
   if (p.bits == 0) p.target_width = false;
+  if (!Traits(t.info->dtype).quantizable || t.info->shape.size() < 2 ||
+      t.info->num_elements() < c.min_elements) {
+    p.overridable = false;
+  }
   return p;
 }
 

@@ -283,8 +283,8 @@ Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& 
   return q;
 }
 
-Result<double> RelativeOutputError(const QuantizedTensor& q, const TensorView& weight,
-                                   const SecondMoments& h, int threads) {
+Result<RowOutputEnergy> OutputEnergyPerRow(const QuantizedTensor& q, const TensorView& weight,
+                                           const SecondMoments& h, int threads) {
   AQ_RETURN_IF_ERROR(quant::CheckWeight(weight));
   if (weight.shape != q.shape || h.dim() != q.cols) {
     return Status(StatusCode::kSizeMismatch, "tensor '" + std::string(weight.name) +
@@ -295,7 +295,7 @@ Result<double> RelativeOutputError(const QuantizedTensor& q, const TensorView& w
   AQ_RETURN_IF_ERROR(Dequantize(q, DType::kF32, std::as_writable_bytes(std::span<float>(deq)),
                                 QuantOptions{threads}));
   const size_t esize = ElementBytes(weight.dtype);
-  std::vector<double> num(q.rows, 0.0), den(q.rows, 0.0);
+  RowOutputEnergy out{std::vector<double>(q.rows, 0.0), std::vector<double>(q.rows, 0.0)};
   // x^T H x over the upper triangle: diagonal once, off-diagonal twice.
   auto quad = [&](const std::vector<double>& v) {
     double s = 0;
@@ -320,16 +320,22 @@ Result<double> RelativeOutputError(const QuantizedTensor& q, const TensorView& w
         w[k] = x[k];
         e[k] = static_cast<double>(x[k]) - deq[r * q.cols + k];
       }
-      num[r] = quad(e);
-      den[r] = quad(w);
+      out.error[r] = std::max(0.0, quad(e));
+      out.signal[r] = std::max(0.0, quad(w));
     }
   });
+  return out;
+}
+
+Result<double> RelativeOutputError(const QuantizedTensor& q, const TensorView& weight,
+                                   const SecondMoments& h, int threads) {
+  AQ_ASSIGN_OR_RETURN(RowOutputEnergy rows, OutputEnergyPerRow(q, weight, h, threads));
   double n = 0, d = 0;
   for (uint64_t r = 0; r < q.rows; ++r) {
-    n += num[r];
-    d += den[r];
+    n += rows.error[r];
+    d += rows.signal[r];
   }
-  return d > 0 ? std::sqrt(std::max(0.0, n) / d) : (n > 0 ? INFINITY : 0.0);
+  return d > 0 ? std::sqrt(n / d) : (n > 0 ? INFINITY : 0.0);
 }
 
 }  // namespace arrowquant

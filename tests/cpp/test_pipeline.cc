@@ -217,6 +217,63 @@ TEST_F(PipelineTest, SizeBudgetAssignsBitsBySensitivity) {
   }
 }
 
+// Calibrated moments (H from random inputs) and a measured sensitivity per layer: a layer the
+// whole model is 1000x more sensitive to gets the widest option, a default rule's fixed layer
+// (conv_in, kept by rule) becomes free, and `allocate` keeps the size of the uniform width.
+TEST_F(PipelineTest, MeasuredSensitivityDrivesTheBudget) {
+  auto ck = Checkpoint::Open((dir_ / "model").string());
+  ASSERT_TRUE(ck.ok());
+  auto moments = [](uint64_t cols, uint32_t seed) {
+    LayerMoments lm;
+    for (int k = 0; k < 2; ++k) {
+      auto h = SecondMoments::Make(cols);
+      EXPECT_TRUE(h.ok());
+      const auto rows = Normal(512 * cols, seed + k, 1.0f);
+      EXPECT_TRUE((*h)->Add(rows, 512).ok());
+      (k ? lm.check : lm.fit) = std::shared_ptr<const SecondMoments>(std::move(*h));
+    }
+    return lm;
+  };
+  auto config = [&](double hot) {
+    PipelineConfig cfg;
+    cfg.threads = 2;
+    cfg.moments["conv_in.weight"] = moments(36, 10);
+    cfg.moments["blocks.0.attn.to_q.weight"] = moments(128, 20);
+    cfg.moments["blocks.0.ff.weight"] = moments(64, 30);
+    cfg.moments["blocks.0.hard.weight"] = moments(128, 40);
+    for (auto& [name, lm] : cfg.moments) {
+      const uint64_t rows = (*ck)->Find(name)->info->shape[0];
+      lm.sensitivity.assign(rows, name == "blocks.0.ff.weight" ? hot : 1.0);
+    }
+    return cfg;
+  };
+  std::map<double, std::map<std::string, int>> bits;
+  for (double hot : {1.0, 1000.0}) {
+    PipelineConfig cfg = config(hot);
+    cfg.allocate = true;  // the size of every free layer at 4 bits
+    auto rep = RunPipeline(**ck, (dir_ / "alloc.parquet").string(), cfg);
+    ASSERT_TRUE(rep.ok()) << rep.status().ToString();
+    EXPECT_NE(rep->budget_note.find("met"), std::string::npos) << rep->budget_note;
+    EXPECT_NE(rep->budget_note.find("4 by measured sensitivity"), std::string::npos)
+        << rep->budget_note;
+    for (const auto& l : rep->layers) bits[hot][l.name] = l.action == "quantized" ? l.bits : 16;
+    // conv_in is free now: the rule kept it, the budget measured it.
+    EXPECT_NE(bits[hot]["conv_in.weight"], 0);
+  }
+  EXPECT_GT(bits[1000.0]["blocks.0.ff.weight"], bits[1.0]["blocks.0.ff.weight"]);
+  EXPECT_GE(bits[1000.0]["blocks.0.ff.weight"], 8);
+  // Without sensitivity the default rules stand: conv_in stays kept.
+  PipelineConfig plain = config(1.0);
+  for (auto& [name, lm] : plain.moments) lm.sensitivity.clear();
+  plain.target_bpw = 4.5;
+  auto rep = RunPipeline(**ck, (dir_ / "plain.parquet").string(), plain);
+  ASSERT_TRUE(rep.ok()) << rep.status().ToString();
+  for (const auto& l : rep->layers) {
+    if (l.name == "conv_in.weight") EXPECT_EQ(l.action, "kept");
+  }
+  EXPECT_NE(rep->budget_note.find("relative output error"), std::string::npos) << rep->budget_note;
+}
+
 // The orchestrator's scheduling: items finish in any order, the consumer sees them in index
 // order, never more than `window` ahead, whatever the thread count; an error stops the work.
 TEST(ParallelOrdered, ConsumesInIndexOrderWithinTheWindow) {

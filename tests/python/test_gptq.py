@@ -109,3 +109,35 @@ def _rtn_output_error(out: Path, model: Path, name: str, moments: dict) -> float
     h = h.reshape(check.dim, check.dim)
     h = np.triu(h) + np.triu(h, 1).T
     return float(np.sqrt(np.einsum("ri,ij,rj->", e, h, e) / np.einsum("ri,ij,rj->", wf, h, wf)))
+
+
+def test_calibration_by_default_for_models_the_tool_can_sample(tmp_path: Path) -> None:
+    from arrowquant.api import _resolve_calibration
+
+    cfg = aq.DiffusionQuantConfig()
+    assert cfg.calibration == "auto"
+    got, path = _resolve_calibration(DIT, cfg)
+    assert got.calibration == "synthetic" and path["path"] == "calibrated"
+    assert "DiTTransformer2DModel" in path["why"]
+    unet_file = next((DDPM / "unet").glob("*.safetensors"))
+    got, path = _resolve_calibration(unet_file, cfg)
+    assert got.calibration == "" and path["path"] == "weight-only" and "file" in path["why"]
+    got, path = _resolve_calibration(DIT, aq.DiffusionQuantConfig(calibration=""))
+    assert path == {"path": "weight-only", "why": "calibration off"}
+
+    from arrowquant.cli import main
+
+    common = ["--calibration-samples", "4", "--calibration-steps", "3", "--time-groups", "2"]
+    (tmp_path / "c.yaml").write_text(f"calibration_cache: {tmp_path / 'cache'}\n")
+    env_cache = ["--config", str(tmp_path / "c.yaml")]
+    assert main(["quantize", str(DIT), str(tmp_path / "auto"), *common, *env_cache]) == 0
+    doc = json.loads((tmp_path / "auto" / "report.json").read_text())["summary"]
+    assert doc["path"]["path"] == "calibrated"
+    assert "by measured sensitivity" in doc["budget"]
+    assert doc["calibration"]["sensitivity"]["layers"] > 10
+    recipe = aq.open(tmp_path / "auto").metadata["arrowquant.recipe"]
+    assert recipe["path"]["path"] == "calibrated"
+    assert main(["quantize", str(DIT), str(tmp_path / "off"), "--no-calibration"]) == 0
+    off = json.loads((tmp_path / "off" / "report.json").read_text())["summary"]
+    assert off["path"]["path"] == "weight-only" and "calibration" not in off
+    assert "path: weight-only" in (tmp_path / "off" / "report.md").read_text()

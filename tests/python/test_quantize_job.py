@@ -78,7 +78,9 @@ def test_local_profile_file_is_small_and_matches_its_report(
     models: dict[str, Path], tmp_path: Path, which: str
 ) -> None:
     out = tmp_path / "out"
-    r = _run("quantize", str(models[which]), str(out), "--profile", "local", "--json")
+    r = _run(
+        "quantize", str(models[which]), str(out), "--profile", "local", "--no-calibration", "--json"
+    )
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     model = aq.open(out / "model.aq.parquet")
@@ -170,6 +172,7 @@ def test_fail_fast_exit_1(models: dict[str, Path], tmp_path: Path) -> None:
         "--max-rel-rmse",
         "0.0001",
         "--fail-fast",
+        "--no-calibration",
     )
     assert r.returncode == 1, r.stderr
     assert "relative RMSE" in r.stderr
@@ -253,7 +256,9 @@ def test_dry_run_shows_rules_and_writes_nothing(models: dict[str, Path], tmp_pat
 
 
 def test_config_file_on_the_command_line(models: dict[str, Path], tmp_path: Path) -> None:
-    (tmp_path / "c.yaml").write_text(aq.DiffusionQuantConfig.from_profile("cloud").to_yaml())
+    (tmp_path / "c.yaml").write_text(
+        aq.DiffusionQuantConfig.from_profile("cloud", calibration="").to_yaml()
+    )
     r = _run(
         "quantize",
         str(models["dit"]),

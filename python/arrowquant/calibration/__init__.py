@@ -46,6 +46,7 @@ def capture_cached(
     row_samples: dict[str, Any] | None = None,
     moments: dict[str, tuple[Any, Any]] | None = None,
     threads: int = 1,
+    calls: list[Any] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """(collectors, cache hit). The key covers the model's bytes, the calibration rows, the
     sampler settings and the equalization scales applied. With `moments` (a dict to fill), the
@@ -75,6 +76,7 @@ def capture_cached(
         row_samples=row_samples,
         moments=moments,
         threads=threads,
+        recorded_calls=calls,
     )
     cache.save(path, collectors)
     if moments is not None:
@@ -209,15 +211,56 @@ def equalization(ref: Any, raw: dict[str, Any], alpha: float) -> dict[str, np.nd
     return out
 
 
+def measured_sensitivity(
+    ref: Any,
+    calib: CalibrationSet,
+    cfg: Any,
+    digest: str,
+    calls: list[Any],
+    log: Callable[[str], None] | None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Each layer's sensitivity (sensitivity.py) on FP calls recorded while sampling; cached by
+    model, calibration set and sampler settings. Without recorded calls (the statistics came
+    from the cache) the FP model samples again to record them."""
+    from arrowquant.calibration import sensitivity
+
+    settings = {
+        "what": "sensitivity",
+        "version": 2,
+        "steps": cfg.calibration_steps,
+        "seed": cfg.seed,
+        "calls": sensitivity.MAX_CALLS,
+        "probes": sensitivity.PROBES,
+    }
+    path = (
+        cache.cache_dir(cfg.calibration_cache)
+        / f"{cache.cache_key(digest, calib.digest, settings)}.npz"
+    )
+    got = cache.load_arrays(path)
+    if got is not None:
+        return got[0], got[1]["summary"] | {"cache": "hit"}
+    if not calls:
+        capture(ref, calib, cfg.calibration_steps, cfg.seed, log=log, recorded_calls=calls)
+    if log:
+        log(f"calibration: sensitivity from {len(calls)} recorded calls")
+    values, summary = sensitivity.measure(
+        ref.module, calls, lambda n: weight_name(ref, n), seed=cfg.seed
+    )
+    cache.save_arrays(path, values, {"summary": summary})
+    return values, summary | {"cache": "miss"}
+
+
 def calibrate(
     model_path: str | os.PathLike[str],
     cfg: Any,
     log: Callable[[str], None] | None = None,
     moments: dict[str, tuple[Any, Any]] | None = None,
+    sensitivity: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """(plans for the pipeline, summary) for a DiffusionQuantConfig with `calibration` set.
     With `moments` (a dict to fill), each layer's input second moments as the runtime will see
-    its inputs (equalized where equalization was chosen): (fit, held-out) for GPTQ."""
+    its inputs (equalized where equalization was chosen): (fit, held-out) for GPTQ. With
+    `sensitivity` (a dict to fill), each layer's measured sensitivity per output row."""
     from arrowquant.diffusion import load_reference
 
     t0 = time.perf_counter()
@@ -228,6 +271,7 @@ def calibrate(
     rows: dict[str, Any] = {}
     want_rows = cfg.equalize and cfg.equalize_search
     threads = cfg.threads or (os.cpu_count() or 1)
+    calls: list[Any] = []
     raw, hit = capture_cached(
         ref,
         calib,
@@ -240,6 +284,7 @@ def calibrate(
         row_samples=rows if want_rows else None,
         moments=moments if not cfg.equalize else None,  # equalized inputs: the second pass
         threads=threads,
+        calls=calls if sensitivity is not None else None,
     )
     scales: dict[str, np.ndarray] | None = None
     choices: dict[str, Any] = {}
@@ -280,6 +325,10 @@ def calibrate(
         int(ref.scheduler_config.get("num_train_timesteps", 1000)),
         cfg.activation_stats,
     )
+    sens_summary = None
+    if sensitivity is not None:
+        values, sens_summary = measured_sensitivity(ref, calib, cfg, digest, calls, log)
+        sensitivity.update(values)
     summary = calib.summary()
     if ref.num_classes and calib.labels is None:
         summary["kind"] = f"class labels cycled over {ref.num_classes} classes"
@@ -294,6 +343,7 @@ def calibrate(
         "equalization_choices": {k: v["alpha"] for k, v in choices.items()},
         "equalization_formats": {k: v["format"] for k, v in choices.items()},
         "second_moments": moments_summary(moments),
+        "sensitivity": sens_summary,
         "cache": "hit" if hit and hit2 else "miss",
         "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -146,11 +146,14 @@ def capture(
     max_rows: int = 512,
     moments: dict[str, tuple[Any, Any]] | None = None,
     threads: int = 1,
+    recorded_calls: list[Any] | None = None,
 ) -> dict[str, Any]:
     """Weight name -> ActivationCollector over `steps` DDIM timesteps of the FP model (see
-    Recorder for `scales`, `row_samples` and `moments`)."""
+    Recorder for `scales`, `row_samples` and `moments`). With `recorded_calls` (a list to fill), a
+    seeded sample of the denoiser's forward calls (sensitivity.CallRecorder)."""
     import torch
 
+    from arrowquant.calibration.sensitivity import CallRecorder
     from arrowquant.torch import TimestepTracker
 
     count, labels = conditioning(ref, calib)
@@ -168,6 +171,7 @@ def capture(
         max_rows,
         threads,
     )
+    call_rec = CallRecorder(ref.module, seed=seed) if recorded_calls is not None else None
     try:
         g_noise = torch.Generator().manual_seed(seed)
         for start in range(0, count, batch):
@@ -180,6 +184,9 @@ def capture(
     finally:
         rec.remove()
         tracker.remove()
+        if call_rec is not None:
+            call_rec.remove()
+            recorded_calls.extend(call_rec.calls)  # type: ignore[union-attr]
     return rec.collectors
 
 

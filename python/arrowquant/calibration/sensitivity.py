@@ -1,0 +1,217 @@
+"""Measured sensitivity: how much each layer's output error moves the whole model's prediction.
+
+The size budget (C++ `AssignBudget`) gives each layer a width by its estimated contribution to
+the whole model's relative one-step error squared. Linearising the model around the FP weights,
+a weight error dW of layer l changes the prediction eps by J_l dW, and for a random probe
+v ~ N(0, I), E[(v . J_l dW)^2] = |J_l dW|^2, where v . J_l dW = <dW, grad_W (v . eps)>: the
+weight gradient of the probe's projection, which autograd gives for every layer in one backward.
+So with a reference error dW (round-to-nearest at 3 bits: errors spread like quantization
+errors, which the gain's spatial structure depends on), the layer's contribution is measured
+exactly to first order, positions and channels together (no independence assumption over the
+output). Dividing it by the same error's mean squared output error on the replayed inputs
+(|dW x|^2 per input row, what C++ computes as e H e^T / rows(H)) gives the layer's gain; the
+budget's cost of a width is gain x that width's output error on the held-out H. Each call is
+divided by its prediction's energy |eps|^2 and calls are averaged: units of the one-step
+check's relative error squared.
+
+Calls are recorded while the FP model samples (a seeded reservoir of forward calls of the
+denoiser, inputs copied) and replayed with gradients afterwards; each weight gradient is used
+in a hook and dropped at once, so the memory added is the replayed call's activations (big
+models replay one batch item at a time).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from arrowquant.calibration.capture import quantizable_layers
+
+MAX_CALLS = 8  # forward calls of the denoiser replayed
+PROBES = 4  # random projections per call
+# Above this many parameters a call is replayed one batch item at a time (activation memory).
+ONE_ITEM_PARAMS = 100_000_000
+
+
+def _map_tensors(obj: Any, fn: Callable[[Any], Any]) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, tuple | list):
+        return type(obj)(_map_tensors(v, fn) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    return obj
+
+
+def _float_tensors(obj: Any) -> list[Any]:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return [obj] if obj.is_floating_point() else []
+    if isinstance(obj, tuple | list):
+        return [t for v in obj for t in _float_tensors(v)]
+    if isinstance(obj, dict):  # diffusers' outputs are ordered dicts
+        return [t for v in obj.values() for t in _float_tensors(v)]
+    return []
+
+
+class CallRecorder:
+    """A seeded reservoir of up to `max_calls` forward calls of `module` (args and kwargs,
+    tensors detached and copied): the inputs sensitivity is measured on, uniform over the run."""
+
+    def __init__(self, module: Any, max_calls: int = MAX_CALLS, seed: int = 0) -> None:
+        self.calls: list[tuple[Any, Any]] = []
+        self.seen = 0
+        self.max_calls = max_calls
+        self.rng = random.Random(seed)
+        self.handle = module.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, _m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.seen += 1
+        slot = (
+            len(self.calls) if len(self.calls) < self.max_calls else self.rng.randrange(self.seen)
+        )
+        if slot >= self.max_calls:
+            return
+        call = _map_tensors((args, kwargs), lambda t: t.detach().clone())
+        if slot == len(self.calls):
+            self.calls.append(call)
+        else:
+            self.calls[slot] = call
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def _chunks(args: Any, kwargs: Any, per_chunk: int) -> list[tuple[Any, Any]]:
+    """The call split along the batch (every tensor whose first dimension is the batch of the
+    first floating tensor); other values are passed whole."""
+    floats = _float_tensors((args, kwargs))
+    if not floats or floats[0].dim() == 0:
+        return [(args, kwargs)]
+    batch = floats[0].shape[0]
+    if batch <= per_chunk:
+        return [(args, kwargs)]
+    out = []
+    for start in range(0, batch, per_chunk):
+
+        def cut(t: Any, s: int = start) -> Any:
+            return t[s : s + per_chunk] if t.dim() >= 1 and t.shape[0] == batch else t
+
+        out.append(_map_tensors((args, kwargs), cut))
+    return out
+
+
+def _reference_error(w: Any) -> Any:
+    """W - dequant(RTN 3-bit min/max, groups of 32): the reference error the gain is measured on."""
+    import torch
+
+    from arrowquant.quantize import quantize
+
+    wf = w.detach().float().cpu().contiguous()
+    q = quantize(wf.reshape(wf.shape[0], -1), bits=3, group_size=32, method="minmax")
+    return (wf - q.dequantize(torch.float32).reshape(wf.shape)).to(w.device, w.dtype)
+
+
+def measure(
+    module: Any,
+    calls: list[tuple[Any, Any]],
+    weight_names: Callable[[str], str],
+    probes: int = PROBES,
+    seed: int = 0,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """({weight name: [gain] * output rows}, summary) from replaying `calls` (module docstring)."""
+    import torch
+    import torch.nn.functional as F
+
+    t0 = time.perf_counter()
+    layers = {weight_names(n): m for n, m in quantizable_layers(module).items()}
+    deltas = {name: _reference_error(m.weight) for name, m in layers.items()}
+    contribution: dict[str, float] = dict.fromkeys(layers, 0.0)
+    out_sq: dict[str, float] = dict.fromkeys(layers, 0.0)
+    out_rows: dict[str, float] = dict.fromkeys(layers, 0.0)
+    scale = [0.0]
+
+    def out_hook(name: str, m: Any) -> Callable[..., None]:
+        def hook(_m: Any, args: tuple[Any, ...], _out: Any) -> None:
+            with torch.no_grad():
+                x = args[0]
+                if isinstance(m, torch.nn.Conv2d):
+                    d = m._conv_forward(x, deltas[name], None)
+                    rows = d.numel() / d.shape[1]
+                else:
+                    d = F.linear(x, deltas[name])
+                    rows = d.numel() / d.shape[-1]
+                out_sq[name] += float(d.double().pow(2).sum())
+                out_rows[name] += rows
+
+        return hook
+
+    def grad_hook(name: str) -> Callable[[Any], None]:
+        def hook(p: Any) -> None:
+            dot = float((deltas[name].double() * p.grad.double()).sum())
+            contribution[name] += dot * dot * scale[0]
+            p.grad = None  # used once: never more than one layer's gradient alive
+
+        return hook
+
+    params = list(module.parameters())
+    flags = [p.requires_grad for p in params]
+    handles = [m.register_forward_hook(out_hook(name, m)) for name, m in layers.items()]
+    n_params = sum(p.numel() for p in params)
+    g = torch.Generator().manual_seed(seed + 3)
+    replayed = 0
+    try:
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
+        for name, m in layers.items():
+            m.weight.requires_grad_(True)
+            handles.append(m.weight.register_post_accumulate_grad_hook(grad_hook(name)))
+        for args, kwargs in calls:
+            first = _float_tensors((args, kwargs))
+            batch = first[0].shape[0] if first and first[0].dim() else 1
+            parts = _chunks(args, kwargs, 1 if n_params > ONE_ITEM_PARAMS else batch)
+            for a, k in parts:
+                with torch.inference_mode(False), torch.enable_grad():
+                    # Copies outside inference mode (recorded tensors may be inference tensors).
+                    a, k = _map_tensors((a, k), lambda t: t.clone())
+                    outs = _float_tensors(module(*a, **k))
+                    if not outs or not any(o.requires_grad for o in outs):
+                        continue
+                    energy = sum(float(o.detach().double().pow(2).sum()) for o in outs)
+                    if energy <= 0:
+                        continue
+                    scale[0] = 1.0 / (probes * energy * len(parts) * len(calls))
+                    for i in range(probes):
+                        vs = [torch.randn(o.shape, generator=g).to(o.device, o.dtype) for o in outs]
+                        loss = sum((v * o).sum() for v, o in zip(vs, outs, strict=True))
+                        loss.backward(retain_graph=i + 1 < probes)
+                    replayed += 1
+    finally:
+        for h in handles:
+            h.remove()
+        for p, f in zip(params, flags, strict=True):
+            p.requires_grad_(f)
+            p.grad = None
+    out = {}
+    for name, m in layers.items():
+        if out_rows[name] > 0 and out_sq[name] > 0:
+            gain = contribution[name] / (out_sq[name] / out_rows[name])
+            out[name] = np.full(m.weight.shape[0], gain, dtype=np.float64)
+    summary = {
+        "method": "first-order whole-model gain of each layer's output error "
+        "(random output probes, RTN 3-bit reference error)",
+        "calls": len(calls),
+        "replays": replayed,
+        "probes": probes,
+        "layers": len(out),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    return out, summary
