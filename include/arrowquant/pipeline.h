@@ -71,15 +71,16 @@ struct PipelineConfig {
   // NaN/Inf in a weight: false = error naming the tensor and the count (default); true = keep
   // that tensor unquantized (keep_dtype; NaN and Inf survive the f16 conversion).
   bool keep_nonfinite = false;
-  // > 0: a size budget in bits per weight over all tensors. Every layer the rules give the
-  // target width is measured at 2, 3, 4 and 8 bits and kept, and widths are assigned to minimise
-  // the total cost within the budget (the threshold fallback is then not used): the layers'
-  // measured contributions to the one-step error where calibration measured sensitivity (and
-  // then the default rules' fixed layers are free too), else output or weight error.
+  // > 0: a size budget in bits per weight of the model file (its non-tensor bytes estimated). Every
+  // layer the rules give the target width is measured at 2, 3, 4 and 8 bits and kept, and widths
+  // are assigned to minimise the total cost within the budget (the threshold fallback is then not
+  // used): the layers' measured contributions to the one-step error where calibration measured
+  // sensitivity (and then the default rules' fixed layers are free too), else output or weight
+  // error.
   double target_bpw = 0;
-  // With target_bpw 0: a size budget all the same, of what the free layers would take at `bits`
-  // (the profile's width) uniformly: the same size, redistributed by measured cost, no layer
-  // below half that width.
+  // The size budget sized by a profile rather than asked for: no layer goes below half of
+  // `bits`. With target_bpw 0, the budget is what the free layers would take at `bits`
+  // uniformly (the same size, redistributed by measured cost).
   bool allocate = false;
   std::map<std::string, ActivationPlan> activations;  // from calibration (may be empty)
   // Layers with moments are quantized by GPTQ and validated on their output error (relative,

@@ -130,7 +130,11 @@ class ArrowQuantV2:
             core.set_moments({k: (f, c if c.count else None) for k, (f, c) in moments.items()})
             if sensitivity:
                 core.set_sensitivity({k: v.tolist() for k, v in sensitivity.items()})
-                core.allocate = cfg.allocate and not cfg.fail_fast  # fail-fast: thresholds
+                if (
+                    cfg.allocate and not cfg.fail_fast and not cfg.target_bpw
+                ):  # fail-fast: thresholds
+                    core.allocate = True
+                    core.target_bpw = cfg.size_bpw
             raw = _core.run_pipeline(
                 str(model_path), str(tmp / MODEL_FILE), core, progress_callback, cfg.limits()
             )

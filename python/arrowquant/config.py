@@ -5,6 +5,10 @@ Profiles (the seed's edge / local / cloud): 2, 4 and 8-bit weights. The seed's g
 bits (docs/benchmarks.md), and its "min accuracy" (weight cosine 0.65/0.85/0.95, which INT4
 passes whether or not the layer is fine) by a maximum relative RMSE per layer that the recommended
 format meets on ordinary weights at that width and outlier-heavy layers do not.
+
+With calibration (by default for models the tool can sample) and `allocate`, a profile is a size
+instead: what its width would take uniformly, each layer's width then chosen by its measured
+contribution to the model's one-step error (docs/gptq.md); the threshold is not used.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from arrowquant.errors import ConfigurationError
 # The only place profile-dependent defaults live: `DiffusionQuantConfig()` is the local profile,
 # and a field a profile names takes the profile's value unless the caller sets it.
 DEFAULT_PROFILE = "local"
+# size_bpw: what a calibrated, allocated model aims at (bits per weight over every tensor).
 PROFILES: dict[str, dict[str, Any]] = {
-    "edge": {"bits": 2, "max_rel_rmse": 0.40, "time_groups": 5},
+    "edge": {"bits": 2, "max_rel_rmse": 0.40, "time_groups": 5, "size_bpw": 2.5},
     # Between local and edge: the step from 4 to 2 bits is too large for many models.
-    "compact": {"bits": 3, "max_rel_rmse": 0.25, "time_groups": 8},
-    "local": {"bits": 4, "max_rel_rmse": 0.12, "time_groups": 10},
-    "cloud": {"bits": 8, "max_rel_rmse": 0.02, "time_groups": 20},
+    "compact": {"bits": 3, "max_rel_rmse": 0.25, "time_groups": 8, "size_bpw": 3.5},
+    "local": {"bits": 4, "max_rel_rmse": 0.12, "time_groups": 10, "size_bpw": 4.5},
+    "cloud": {"bits": 8, "max_rel_rmse": 0.02, "time_groups": 20, "size_bpw": 8.5},
 }
 # Marks a field whose default comes from the profile (filled in __post_init__).
 _FROM_PROFILE: Any = None
@@ -73,10 +78,11 @@ class DiffusionQuantConfig:
     gptq_damp: float = 0.01  # added to H's diagonal, relative to its mean
     gptq_act_order: bool = False  # columns by decreasing input energy, static groups
     # With GPTQ: each layer's width (2/3/4/8/keep) by its measured contribution to the whole
-    # model's one-step error, within the size the profile's width would give the same layers
-    # (or target_bpw); the default rules' first/last/time-embedding choices become overridable.
-    # False: the profile's width, with the threshold and fallback ladder.
+    # model's one-step error, within size_bpw (or target_bpw), no layer below half of `bits`;
+    # the default rules' first/last/time-embedding choices become overridable. False: the
+    # profile's width, with the threshold and fallback ladder.
     allocate: bool = True
+    size_bpw: float = _FROM_PROFILE  # the profile's
     # Store each calibrated layer's per-channel input min/max/absmax in the file (provenance).
     activation_stats: bool = False
     modality: str = ""  # "" = detect
@@ -204,6 +210,8 @@ class DiffusionQuantConfig:
             bad("keep_dtype", f"must be one of {', '.join(QUANTIZABLE)}")
         if self.target_bpw != 0 and not (1.0 <= self.target_bpw <= 16.0):
             bad("target_bpw", "must be 0 (off) or between 1 and 16")
+        if not (1.0 <= self.size_bpw <= 16.0):
+            bad("size_bpw", "must be between 1 and 16")
         if self.threads < 0:
             bad("threads", "must be >= 0")
         for o in self.overrides:

@@ -32,11 +32,18 @@ def _state_file(module: Any, folder: Path) -> Path:
     """The module's state dict as one safetensors file (tied tensors stored once each name)."""
     import safetensors.torch
 
-    state = {
-        k: v.detach().to("cpu").contiguous().clone()
-        for k, v in module.state_dict().items()
-        if hasattr(v, "detach")
-    }
+    # Copied only where safetensors needs it (tied or view tensors, another device): a big
+    # model's weights are not held twice.
+    state, seen = {}, set()
+    for k, v in module.state_dict().items():
+        if not hasattr(v, "detach"):
+            continue
+        t = v.detach().to("cpu").contiguous()
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen or storage.nbytes() != t.numel() * t.element_size():
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        state[k] = t
     path = folder / "module.safetensors"
     safetensors.torch.save_file(state, str(path))
     return path

@@ -64,6 +64,9 @@ def test_names_are_the_state_dict_and_calibrated_layers_use_gptq(tmp_path: Path)
     done = {x["name"]: x for x in r.layers if x["action"] == "quantized"}
     assert {"mid.0.weight", "mid.2.weight", "mix.weight"} <= set(done)
     assert all(x["method"] == "gptq" and x["validation"] == "output" for x in done.values())
+    # Widths by each layer's measured gain on replayed calls of the module (the caller's loop).
+    assert "by measured sensitivity" in r.extra["budget"]
+    assert cal["sensitivity"]["calls"] == 8 and cal["sensitivity"]["layers"] == 6
     plain = aq.quantize_module(net, tmp_path / "w", profile="local")
     assert all(x["method"] == "rtn" for x in plain.layers if x["action"] == "quantized")
 
@@ -123,3 +126,25 @@ def test_a_run_that_never_calls_the_module_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="calibrate=run"):
         aq.quantize_module(_net(), tmp_path / "x", calibration="synthetic")
     assert not (tmp_path / "x").exists()
+
+
+def test_tied_weights_are_written_once_per_name(tmp_path: Path) -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(64, 64)
+            self.b = nn.Linear(64, 64)
+            self.b.weight = self.a.weight
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.relu(self.a(x)))
+
+    def run(mod: nn.Module) -> None:
+        for t in (900, 500, 100):
+            mod(torch.randn(16, 64), torch.full((16,), t))
+
+    m = Tied()
+    aq.quantize_module(m, tmp_path / "t", calibrate=run, min_elements=16)
+    got = aq.load_state_dict(tmp_path / "t", dtype=torch.float32)
+    assert set(got) == set(m.state_dict())  # both names, stored from one shared tensor
+    assert (got["a.weight"] - m.a.weight).norm() < 0.2 * m.a.weight.norm()

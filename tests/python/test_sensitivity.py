@@ -86,3 +86,16 @@ def test_big_models_replay_one_item_at_a_time(monkeypatch: object) -> None:
     assert s["replays"] == 4 * 6  # six batch items per call
     for k in whole:  # the same quantity, other random probes: same order of magnitude
         assert 0.2 < items[k][0] / whole[k][0] < 5, k
+
+
+def test_layers_without_a_gradient_are_not_measured() -> None:
+    class Detached(Net):
+        def forward(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():  # the model's own no-grad section: no gradient reaches inp
+                h = self.inp(x)
+            return self.out(torch.tanh(self.mid(h)))
+
+    torch.manual_seed(0)
+    net = Detached().eval()
+    gains, _ = sensitivity.measure(net, _recorded(net), lambda n: n, probes=2)
+    assert set(gains) == {"mid", "out"}  # inp unmeasured (not "insensitive"), temb/quiet unused

@@ -137,6 +137,7 @@ def measure(
     out_sq: dict[str, float] = dict.fromkeys(layers, 0.0)
     out_rows: dict[str, float] = dict.fromkeys(layers, 0.0)
     scale = [0.0]
+    fired: set[str] = set()  # layers whose weight got a gradient (others: not measured)
 
     def out_hook(name: str, m: Any) -> Callable[..., None]:
         def hook(_m: Any, args: tuple[Any, ...], _out: Any) -> None:
@@ -153,10 +154,12 @@ def measure(
 
         return hook
 
-    def grad_hook(name: str) -> Callable[[Any], None]:
+    def grad_hook(names: list[str]) -> Callable[[Any], None]:
         def hook(p: Any) -> None:
-            dot = float((deltas[name].double() * p.grad.double()).sum())
-            contribution[name] += dot * dot * scale[0]
+            dot = float((deltas[names[0]].double() * p.grad.double()).sum())
+            for name in names:  # a tied weight: every layer using it
+                contribution[name] += dot * dot * scale[0]
+                fired.add(name)
             p.grad = None  # used once: never more than one layer's gradient alive
 
         return hook
@@ -171,9 +174,13 @@ def measure(
         for p in params:
             p.requires_grad_(False)
             p.grad = None
+        by_weight: dict[int, list[str]] = {}
         for name, m in layers.items():
             m.weight.requires_grad_(True)
-            handles.append(m.weight.register_post_accumulate_grad_hook(grad_hook(name)))
+            by_weight.setdefault(id(m.weight), []).append(name)
+        for names in by_weight.values():
+            w = layers[names[0]].weight
+            handles.append(w.register_post_accumulate_grad_hook(grad_hook(names)))
         for args, kwargs in calls:
             first = _float_tensors((args, kwargs))
             batch = first[0].shape[0] if first and first[0].dim() else 1
@@ -202,7 +209,7 @@ def measure(
             p.grad = None
     out = {}
     for name, m in layers.items():
-        if out_rows[name] > 0 and out_sq[name] > 0:
+        if name in fired and out_rows[name] > 0 and out_sq[name] > 0:
             gain = contribution[name] / (out_sq[name] / out_rows[name])
             out[name] = np.full(m.weight.shape[0], gain, dtype=np.float64)
     summary = {
