@@ -75,6 +75,7 @@ def record(
         cfg.seed,
         moments=moments if cfg.gptq else None,
         threads=cfg.threads or (os.cpu_count() or 1),
+        moments_cap=cfg.moments_memory_gb * 2**30,
     )
     want_sens = cfg.gptq and cfg.allocate
     calls = sens.CallRecorder(module, seed=cfg.seed) if want_sens else None

@@ -141,3 +141,39 @@ def test_calibration_by_default_for_models_the_tool_can_sample(tmp_path: Path) -
     off = json.loads((tmp_path / "off" / "report.json").read_text())["summary"]
     assert off["path"]["path"] == "weight-only" and "calibration" not in off
     assert "path: weight-only" in (tmp_path / "off" / "report.md").read_text()
+
+
+def test_second_moments_stay_within_their_memory_cap(tmp_path: Path) -> None:
+    from arrowquant.calibration.capture import _h_bytes, moment_plan
+
+    dims = {"a": 128, "b": 1280, "c": 11520, "d": 23040}
+
+    def total(plan: dict[str, tuple[int, int]]) -> int:
+        return sum(_h_bytes(dims[n], f) + _h_bytes(dims[n], c) for n, (f, c) in plan.items())
+
+    roomy = moment_plan(dims, 1e12)
+    assert roomy == {"a": (0, 0), "b": (0, 0), "c": (1024, 1024), "d": (1024, 1024)}
+    for cap in (5e8, 2e8, 6e7, 1e6):
+        plan = moment_plan(dims, cap)
+        assert total(plan) <= cap, cap
+        assert all(c in (0, 256) and f in (0, 256, 512, 1024) for f, c in plan.values())
+    assert moment_plan(dims, 5e8)["d"][1] == 256  # held-out H shrinks first
+    tight = moment_plan(dims, 6e7)
+    assert "d" not in tight and "a" in tight  # then the widest layers go without
+    # In a run: every layer's H within the cap; layers left out are rounded to nearest.
+    import torch
+    from torch import nn
+
+    net = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.Linear(512, 64))
+
+    def run(m: nn.Module) -> None:
+        for t in (800, 200):
+            with aq.torch.timestep(t):
+                m(torch.randn(64, 64))
+
+    cap_gb = 1.2 * 512 * 512 * 8 / 2**30  # room for one 512-wide layer at blocks of 256
+    r = aq.quantize_module(net, tmp_path / "q", calibrate=run, moments_memory_gb=cap_gb)
+    sm = r.extra["calibration"]["second_moments"]
+    assert sm["memory_mib"] * 2**20 <= cap_gb * 2**30
+    methods = {x["name"]: x["method"] for x in r.layers if x["action"] == "quantized"}
+    assert "rtn" in methods.values() and "gptq" in methods.values()

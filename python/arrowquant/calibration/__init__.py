@@ -47,18 +47,20 @@ def capture_cached(
     moments: dict[str, tuple[Any, Any]] | None = None,
     threads: int = 1,
     calls: list[Any] | None = None,
+    moments_cap: float = 0,
 ) -> tuple[dict[str, Any], bool]:
     """(collectors, cache hit). The key covers the model's bytes, the calibration rows, the
     sampler settings and the equalization scales applied. With `moments` (a dict to fill), the
     layers' input second moments too, cached beside the statistics."""
     settings: dict[str, Any] = {"steps": steps, "seed": seed}
+    m_settings = cache.MOMENT_SETTINGS | ({"cap": moments_cap} if moments_cap else {})
     if scales is not None:
         h = np.concatenate([scales[k] for k in sorted(scales)]).astype(np.float32).tobytes()
         settings["scales"] = hashlib.sha256(h).hexdigest()
     key = cache.cache_key(model_digest, calib.digest, settings)
     folder = cache.cache_dir(cache_folder)
     path = folder / f"{key}.npz"
-    m_key = cache.cache_key(model_digest, calib.digest, settings | cache.MOMENT_SETTINGS)
+    m_key = cache.cache_key(model_digest, calib.digest, settings | m_settings)
     m_path = folder / f"{m_key}.npz"
     got = cache.load(path)
     got_m = cache.load_moments(m_path) if moments is not None else {}
@@ -77,6 +79,7 @@ def capture_cached(
         moments=moments,
         threads=threads,
         recorded_calls=calls,
+        moments_cap=moments_cap,
     )
     cache.save(path, collectors)
     if moments is not None:
@@ -104,11 +107,16 @@ def moments_summary(moments: dict[str, tuple[Any, Any]] | None) -> dict[str, int
     """What the report says about the second moments GPTQ used (medians over layers)."""
     if not moments:
         return None
+    from arrowquant.calibration.capture import _h_bytes
+
     return {
         "layers": len(moments),
         "rows_per_layer": int(np.median([f.count for f, _ in moments.values()])),
         "held_out_rows_per_layer": int(np.median([c.count for _, c in moments.values()])),
         "block_diagonal_layers": sum(f.block < f.dim for f, _ in moments.values()),
+        "memory_mib": round(
+            sum(_h_bytes(h.dim, h.block) for pair in moments.values() for h in pair) / 2**20, 1
+        ),
     }
 
 
@@ -285,6 +293,7 @@ def calibrate(
         moments=moments if not cfg.equalize else None,  # equalized inputs: the second pass
         threads=threads,
         calls=calls if sensitivity is not None else None,
+        moments_cap=cfg.moments_memory_gb * 2**30,
     )
     scales: dict[str, np.ndarray] | None = None
     choices: dict[str, Any] = {}
@@ -312,6 +321,7 @@ def calibrate(
             log,
             moments=moments,
             threads=threads,
+            moments_cap=cfg.moments_memory_gb * 2**30,
         )
     plans = fit_plans(
         used,

@@ -18,6 +18,19 @@ from arrowquant.calibration.data import CalibrationSet
 from arrowquant.diffusion import Denoiser, sample
 from arrowquant.errors import UnsupportedError
 
+# Rows of each call's input that go into a layer's H (and, disjoint, into its held-out H). A
+# sampled call holds batch x tokens rows; a subset carries the same second moments at a fraction
+# of the cost (each row costs dim^2 / 2 multiply-adds).
+MOMENT_ROWS = 256
+CHECK_ROWS = 64
+# Layers with more input columns get a block-diagonal H (blocks of this many columns): memory
+# cols x block instead of cols^2 (docs/gptq.md).
+FULL_H_MAX_DIM = 2048
+H_BLOCK = 1024
+# Default cap on all layers' H together (fit and held-out), bytes: DiffusionQuantConfig's
+# moments_memory_gb.
+MOMENTS_CAP = 2 * 2**30
+
 
 def quantizable_layers(module: Any) -> dict[str, Any]:
     """Module name -> nn.Linear / nn.Conv2d with a weight."""
@@ -88,6 +101,7 @@ class Recorder:
         per_call: int = 1,
         max_rows: int = 512,
         threads: int = 1,
+        moments_cap: float = MOMENTS_CAP,
     ) -> None:
         import torch
 
@@ -97,10 +111,11 @@ class Recorder:
         self.per_call, self.max_rows, self.threads = per_call, max_rows, threads
         self.g_rows = torch.Generator().manual_seed(seed + 1)
         self.g_moments = torch.Generator().manual_seed(seed + 2)
-        self.handles = [
-            m.register_forward_pre_hook(self._hook(weight_names(name), m))
-            for name, m in quantizable_layers(module).items()
-        ]
+        layers = {weight_names(name): m for name, m in quantizable_layers(module).items()}
+        dims = {n: d for n, m in layers.items() if (d := layer_dim(m)) is not None}
+        # H for every layer is held while sampling: bounded (moment_plan), planned up front.
+        self.plan = moment_plan(dims, moments_cap) if moments is not None else {}
+        self.handles = [m.register_forward_pre_hook(self._hook(n, m)) for n, m in layers.items()]
 
     def _hook(self, name: str, m: Any) -> Callable[..., None]:
         import torch
@@ -124,8 +139,9 @@ class Recorder:
             col.add(-1 if t is None else t, x.numpy().reshape(-1), outer, c, inner)
             if self.row_samples is not None and s is None:
                 _keep_rows(name, m, x, self.row_samples, self.per_call, self.max_rows, self.g_rows)
-            if self.moments is not None:
-                _add_moments(name, m, x, self.moments, self.g_moments, self.threads)
+            if self.moments is not None and name in self.plan:
+                blocks = self.plan[name]
+                _add_moments(name, m, x, self.moments, self.g_moments, self.threads, blocks)
 
         return hook
 
@@ -147,6 +163,7 @@ def capture(
     moments: dict[str, tuple[Any, Any]] | None = None,
     threads: int = 1,
     recorded_calls: list[Any] | None = None,
+    moments_cap: float = 0,
 ) -> dict[str, Any]:
     """Weight name -> ActivationCollector over `steps` DDIM timesteps of the FP model (see
     Recorder for `scales`, `row_samples` and `moments`). With `recorded_calls` (a list to fill), a
@@ -170,6 +187,7 @@ def capture(
         max(1, math.ceil(max_rows / calls)),
         max_rows,
         threads,
+        moments_cap or MOMENTS_CAP,
     )
     call_rec = CallRecorder(ref.module, seed=seed) if recorded_calls is not None else None
     try:
@@ -190,19 +208,58 @@ def capture(
     return rec.collectors
 
 
-# Rows of each call's input that go into a layer's H (and, disjoint, into its held-out H). A
-# sampled call holds batch x tokens rows; a subset carries the same second moments at a fraction
-# of the cost (each row costs dim^2 / 2 multiply-adds).
-MOMENT_ROWS = 256
-CHECK_ROWS = 64
-# Layers with more input columns get a block-diagonal H (blocks of this many columns): memory
-# cols x block instead of cols^2 (docs/gptq.md).
-FULL_H_MAX_DIM = 2048
-H_BLOCK = 1024
-
-
 def moment_block(dim: int) -> int:
     return 0 if dim <= FULL_H_MAX_DIM else H_BLOCK
+
+
+def _h_bytes(dim: int, block: int) -> int:
+    """Bytes of a SecondMoments (f64 blocks on the diagonal; block 0: the full matrix)."""
+    if block == 0 or block >= dim:
+        return 8 * dim * dim
+    full, rest = divmod(dim, block)
+    return 8 * (full * block * block + rest * rest)
+
+
+def layer_dim(m: Any) -> int | None:
+    """Columns of the layer's flattened weight (H's size), None where layer_rows cannot unfold."""
+    import torch
+
+    if isinstance(m, torch.nn.Conv2d):
+        if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
+            return None
+        return int(m.in_channels * m.kernel_size[0] * m.kernel_size[1])
+    return int(m.in_features)
+
+
+def moment_plan(dims: dict[str, int], cap_bytes: float) -> dict[str, tuple[int, int]]:
+    """(fit block, held-out block) per layer so that every H together stays within cap_bytes:
+    first the held-out H (validation only) goes to blocks of 256, then the largest fit H's block
+    halves (down to 256), then the widest layers get none (round to nearest, weight-error
+    validation). Deterministic: ties go by name."""
+    plan = {n: (moment_block(d), moment_block(d)) for n, d in dims.items()}
+
+    def total() -> int:
+        return sum(_h_bytes(dims[n], f) + _h_bytes(dims[n], c) for n, (f, c) in plan.items())
+
+    if total() > cap_bytes:
+        plan = {n: (f, 256 if dims[n] > 256 else 0) for n, (f, _) in plan.items()}
+
+    def smaller(n: str) -> int | None:
+        now = plan[n][0] or dims[n]
+        return next((b for b in (1024, 512, 256) if b < now and b < dims[n]), None)
+
+    while total() > cap_bytes:
+        # The largest fit H that can still shrink gets the next smaller block.
+        shrinkable = [n for n in plan if smaller(n) is not None]
+        if not shrinkable:
+            break
+        n = max(shrinkable, key=lambda k: (_h_bytes(dims[k], plan[k][0]), k))
+        plan[n] = (smaller(n) or 0, plan[n][1])
+    for n in sorted(plan, key=lambda k: (-dims[k], k)):
+        if total() <= cap_bytes:
+            break
+        del plan[n]
+    return plan
 
 
 def layer_rows(m: Any, x: Any) -> Any | None:
@@ -220,7 +277,13 @@ def layer_rows(m: Any, x: Any) -> Any | None:
 
 
 def _add_moments(
-    name: str, m: Any, x: Any, out: dict[str, tuple[Any, Any]], g: Any, threads: int
+    name: str,
+    m: Any,
+    x: Any,
+    out: dict[str, tuple[Any, Any]],
+    g: Any,
+    threads: int,
+    blocks: tuple[int, int],
 ) -> None:
     import torch
 
@@ -232,10 +295,9 @@ def _add_moments(
     pair = out.get(name)
     if pair is None:
         dim = chosen.shape[1]
-        block = moment_block(dim)
         pair = out[name] = (
-            _core.SecondMoments.make(dim, block),
-            _core.SecondMoments.make(dim, block),
+            _core.SecondMoments.make(dim, blocks[0] if blocks[0] < dim else 0),
+            _core.SecondMoments.make(dim, blocks[1] if blocks[1] < dim else 0),
         )
     # A fifth held out (at least one row when there are two): layers fed few rows per call (the
     # time embedding sees one row per sample) still get held-out rows over the calls.
