@@ -2,7 +2,8 @@
 
 1. `ArrowQuantV2().quantize_diffusion_model` (what `arrowquant quantize` runs) with the cloud,
    local and edge profiles on models/digits-ddpm (a diffusers DDPMPipeline the project trained,
-   models/train_reference.py);
+   models/train_reference.py): calibrated by default (the model's own samples, GPTQ weights,
+   each layer's width by its measured effect on the prediction, at the profile's size);
 2. each result loaded back into the diffusers UNet2DModel, 512 samples drawn with DDIM (50 steps)
    from the same noise as the FP model (`arrowquant.eval`);
 3. a table: bits per weight, size, paired PSNR/SSIM to the FP samples, Fréchet distance to real

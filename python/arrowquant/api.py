@@ -42,6 +42,18 @@ def _resolve_calibration(
     return out, {"path": "weight-only", "why": f"auto: {why}"}
 
 
+def _calibrated_grid(cfg: DiffusionQuantConfig, calibrated: bool) -> DiffusionQuantConfig:
+    """GPTQ feeds each column's rounding error forward, which is what the error-minimizing grid
+    does for round to nearest; end to end the min/max grid under GPTQ is as good or better at
+    2-4 bits on both reference models, the search better at 8 (docs/benchmarks.md). So with
+    GPTQ and no method asked for, widths up to 4 bits take the min/max grid."""
+    import dataclasses
+
+    if calibrated and cfg.gptq and cfg.method is None and cfg.bits <= 4:
+        return dataclasses.replace(cfg, method="minmax")
+    return cfg
+
+
 class ArrowQuantV2:
     """Quantizes diffusion models: `quantize_diffusion_model(model, out_folder)`."""
 
@@ -103,12 +115,17 @@ class ArrowQuantV2:
             raise ArrowQuantIOError(
                 f"{out}: cannot create the output ({e.strerror})", "IoError"
             ) from None
-        recipe: dict[str, Any] = {"config": cfg.to_dict(), "tool": f"arrowquant {__version__}"}
         t0 = time.perf_counter()
         if precomputed is None:
-            cfg, recipe["path"] = _resolve_calibration(model_path, cfg)
+            cfg, path = _resolve_calibration(model_path, cfg)
         else:
-            recipe["path"] = {"path": "calibrated", "why": "quantize_module with calibrate=run"}
+            path = {"path": "calibrated", "why": "quantize_module with calibrate=run"}
+        cfg = _calibrated_grid(cfg, path["path"] == "calibrated")
+        recipe: dict[str, Any] = {
+            "config": cfg.to_dict(),
+            "tool": f"arrowquant {__version__}",
+            "path": path,
+        }
         try:
             plans: dict[str, Any] = {}
             moments: dict[str, Any] = {}

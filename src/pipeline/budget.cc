@@ -139,15 +139,27 @@ Result<std::map<std::string, int>> AssignBudget(const Checkpoint& ck, const Pipe
     return calibrated ? o.relative : o.sse;
   };
 
-  double budget = c.target_bpw * params / 8.0;
-  if (c.target_bpw <= 0) {  // c.allocate: the free layers at c.bits, uniformly
-    const auto at = std::find(std::begin(kWeightBits), std::end(kWeightBits), c.bits);
-    const size_t k = static_cast<size_t>(at - std::begin(kWeightBits));
-    budget = fixed_bytes;
-    for (size_t i = 0; i < tensors.size(); ++i) {
-      if (free[i]) budget += cand[i].options[std::min(k, cand[i].options.size() - 2)].bytes;
+  // What the free layers take at the profile's width, uniformly, and at their narrowest.
+  const auto at = std::find(std::begin(kWeightBits), std::end(kWeightBits), c.bits);
+  const size_t k = static_cast<size_t>(at - std::begin(kWeightBits));
+  double uniform = fixed_bytes, narrowest = fixed_bytes;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (!free[i]) continue;
+    const auto& o = cand[i].options;
+    uniform += o[std::min(k, o.size() - 2)].bytes;
+    double least = o.back().bytes;
+    for (const Option& x : o) {
+      if (x.bits == 0 || x.bits >= min_bits) least = std::min(least, x.bytes);
     }
+    narrowest += least;
   }
+  double budget = c.target_bpw > 0 ? c.target_bpw * params / 8.0 : uniform;
+  // A profile's size that even the narrowest widths miss (a tiny model whose metadata and kept
+  // tensors alone outweigh it): the profile's width's size instead, redistributed, rather than
+  // every layer at its narrowest for nothing. An explicit --target-bpw is obeyed as closely as
+  // it can be.
+  const bool unreachable = c.allocate && narrowest > budget;
+  if (unreachable) budget = std::max(budget, uniform);
   std::vector<size_t> level(tensors.size());  // index into options: start kept
   double total = fixed_bytes;
   for (size_t i = 0; i < tensors.size(); ++i) {
@@ -212,8 +224,9 @@ Result<std::map<std::string, int>> AssignBudget(const Checkpoint& ck, const Pipe
   char buf[300];
   std::snprintf(buf, sizeof buf, "target %.3f bits/weight%s: %s at %.3f; %zu layers allocated, %s",
                 8.0 * budget / std::max(1.0, params),
-                c.target_bpw > 0 ? (c.allocate ? " (the profile's size)" : "")
-                                 : " (the allocated layers' size at the profile's width)",
+                unreachable        ? " (the profile's size is out of reach: its width's size)"
+                : c.target_bpw > 0 ? (c.allocate ? " (the profile's size)" : "")
+                                   : " (the allocated layers' size at the profile's width)",
                 total <= budget ? "met" : "not reachable with the rules' fixed layers",
                 8.0 * total / std::max(1.0, params), n_free,
                 measured ? (std::to_string(n_measured) +
