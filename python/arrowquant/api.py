@@ -14,7 +14,7 @@ from typing import Any
 
 import arrowquant._core as _core
 from arrowquant.config import DiffusionQuantConfig
-from arrowquant.errors import ArrowQuantIOError, ConfigurationError
+from arrowquant.errors import ArrowQuantIOError, ConfigurationError, UnsupportedError
 from arrowquant.report import QuantizationReport
 
 MODEL_FILE: str = _core.MODEL_FILE_NAME
@@ -32,9 +32,16 @@ def _resolve_calibration(
         if cfg.calibration:
             return cfg, {"path": "calibrated", "why": f"calibration {cfg.calibration!r}"}
         return cfg, {"path": "weight-only", "why": "calibration off"}
-    from arrowquant.diffusion import drivable
+    from arrowquant.checkpoint import load_checkpoint
+    from arrowquant.diffusion import drivable, load_reference
 
     ok, why = drivable(model_path)
+    if ok:
+        load_checkpoint(model_path)  # a malformed file: the reader's typed error, as weight only
+        try:
+            load_reference(model_path)
+        except UnsupportedError as e:  # the folder says it can be sampled, but cannot be loaded
+            ok, why = False, f"cannot sample: {e}"
     chosen = "synthetic" if ok else ""
     out = dataclasses.replace(cfg, calibration=chosen)
     if ok:

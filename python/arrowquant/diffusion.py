@@ -17,7 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from arrowquant.errors import ModelNotFoundError, ShapeMismatchError, UnsupportedError
+from arrowquant.errors import (
+    ArrowQuantError,
+    ModelNotFoundError,
+    ShapeMismatchError,
+    UnsupportedError,
+)
 
 PROBE_STEPS = 10
 
@@ -84,18 +89,29 @@ def load_reference(path: str | os.PathLike[str]) -> Denoiser:
     if not root.is_dir():
         raise ModelNotFoundError(f"{root}: not a folder with a diffusers model")
     component, cls = _find_component(root)
-    module = getattr(diffusers, cls).from_pretrained(
-        root / component if component else root, low_cpu_mem_usage=False
-    )
-    module.eval().requires_grad_(False)
-    sched_file = root / "scheduler" / "scheduler_config.json"
-    sched = json.loads(sched_file.read_text()) if sched_file.is_file() else {}
-    cfg = module.config
-    kind = _KINDS[cls]
-    classes = int(cfg.num_embeds_ada_norm or 0) if kind == "dit" else int(cfg.num_class_embeds or 0)
-    size = cfg.sample_size
-    size = int(size[0] if isinstance(size, (list, tuple)) else size)
-    return Denoiser(root, kind, component, module, sched, classes, int(cfg.in_channels), size)
+    # diffusers' own errors (a config it cannot read, weights that do not match it) become one
+    # typed error naming the folder.
+    try:
+        module = getattr(diffusers, cls).from_pretrained(
+            root / component if component else root, low_cpu_mem_usage=False
+        )
+        module.eval().requires_grad_(False)
+        sched_file = root / "scheduler" / "scheduler_config.json"
+        sched = json.loads(sched_file.read_text()) if sched_file.is_file() else {}
+        cfg = module.config
+        kind = _KINDS[cls]
+        classes = (
+            int(cfg.num_embeds_ada_norm or 0) if kind == "dit" else int(cfg.num_class_embeds or 0)
+        )
+        size = cfg.sample_size
+        size = int(size[0] if isinstance(size, (list, tuple)) else size)
+        channels = int(cfg.in_channels)
+    except ArrowQuantError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure of a third-party loader
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UnsupportedError(f"{root}: diffusers cannot load the {cls}: {first}") from None
+    return Denoiser(root, kind, component, module, sched, classes, channels, size)
 
 
 def quantized_state(ref: Denoiser, quantized: str | os.PathLike[str]) -> dict[str, Any]:

@@ -177,3 +177,26 @@ def test_second_moments_stay_within_their_memory_cap(tmp_path: Path) -> None:
     assert sm["memory_mib"] * 2**20 <= cap_gb * 2**30
     methods = {x["name"]: x["method"] for x in r.layers if x["action"] == "quantized"}
     assert "rtn" in methods.values() and "gptq" in methods.values()
+
+
+def test_auto_calibration_on_a_folder_it_cannot_sample(tmp_path: Path) -> None:
+    import shutil
+
+    from arrowquant.errors import MalformedModelError, UnsupportedError
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    weights = DIT / "transformer" / "diffusion_pytorch_model.safetensors"
+    shutil.copy(weights, folder / "diffusion_pytorch_model.safetensors")
+    (folder / "config.json").write_text('{"_class_name": "UNet2DModel", "sample_size": "x"}')
+    api = aq.ArrowQuantV2()
+    r = api.quantize_diffusion_model(folder, tmp_path / "o", aq.DiffusionQuantConfig())
+    assert r.extra["path"]["path"] == "weight-only"
+    assert "cannot sample" in r.extra["path"]["why"] and "UNet2DModel" in r.extra["path"]["why"]
+    with pytest.raises(UnsupportedError, match="diffusers cannot load"):  # asked for: an error
+        api.quantize_diffusion_model(
+            folder, tmp_path / "o2", aq.DiffusionQuantConfig(calibration="synthetic:2")
+        )
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"\x10" * 64)
+    with pytest.raises(MalformedModelError):  # the reader's error, before diffusers sees it
+        api.quantize_diffusion_model(folder, tmp_path / "o3", aq.DiffusionQuantConfig())
