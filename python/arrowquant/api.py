@@ -37,7 +37,9 @@ def _resolve_calibration(
 
     ok, why = drivable(model_path)
     if ok:
-        load_checkpoint(os.fspath(model_path))  # a malformed file: the reader's typed error, as weight only
+        load_checkpoint(
+            os.fspath(model_path)
+        )  # a malformed file: the reader's typed error, as weight only
         try:
             load_reference(model_path)
         except UnsupportedError as e:  # the folder says it can be sampled, but cannot be loaded
