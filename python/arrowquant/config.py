@@ -7,8 +7,8 @@ passes whether or not the layer is fine) by a maximum relative RMSE per layer th
 format meets on ordinary weights at that width and outlier-heavy layers do not.
 
 With calibration (by default for models the tool can sample) and `allocate`, a profile is a size
-instead: what its width would take uniformly, each layer's width then chosen by its measured
-contribution to the model's one-step error (docs/gptq.md); the threshold is not used.
+instead (`size_bpw`, bits per weight of the file), each layer's width then chosen by its
+measured contribution to the model's one-step error (docs/gptq.md); the threshold is not used.
 """
 
 from __future__ import annotations
