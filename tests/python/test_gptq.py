@@ -200,3 +200,19 @@ def test_auto_calibration_on_a_folder_it_cannot_sample(tmp_path: Path) -> None:
     (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"\x10" * 64)
     with pytest.raises(MalformedModelError):  # the reader's error, before diffusers sees it
         api.quantize_diffusion_model(folder, tmp_path / "o3", aq.DiffusionQuantConfig())
+
+
+def test_sensitivity_is_cached_with_the_calibration(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    got = []
+    for _ in range(2):
+        moments: dict = {}
+        sens: dict = {}
+        _, summary = calibrate(DIT, cfg, moments=moments, sensitivity=sens)
+        got.append((summary["sensitivity"], sens))
+    (first, v1), (second, v2) = got
+    assert first["cache"] == "miss" and second["cache"] == "hit"
+    assert first["layers"] == len(v1) > 10 and v1.keys() == v2.keys()
+    for k in v1:  # per output row, one gain per layer, positive
+        assert v1[k].shape == v2[k].shape and (v1[k] > 0).all()
+        np.testing.assert_array_equal(v1[k], v2[k])
