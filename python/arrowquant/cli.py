@@ -130,6 +130,14 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     cfg = DiffusionQuantConfig.resolve(profile=args.profile, config=args.config, **changes)
     if args.dry_run:
         return _dry_run(args, cfg)
+    if cfg.calibration == "auto" and not args.json:
+        from arrowquant.diffusion import drivable
+
+        if drivable(args.model)[0]:  # the default job will sample the model: say so first
+            sys.stderr.write(
+                f"arrowquant: calibrating on the model's own samples ({cfg.calibration_samples} "
+                f"x {cfg.calibration_steps} DDIM steps, cached); --no-calibration skips it\n"
+            )
     tty = sys.stderr.isatty() and not args.json
 
     def progress(done: int, total: int, name: str) -> bool:

@@ -111,7 +111,9 @@ def _rtn_output_error(out: Path, model: Path, name: str, moments: dict) -> float
     return float(np.sqrt(np.einsum("ri,ij,rj->", e, h, e) / np.einsum("ri,ij,rj->", wf, h, wf)))
 
 
-def test_calibration_by_default_for_models_the_tool_can_sample(tmp_path: Path) -> None:
+def test_calibration_by_default_for_models_the_tool_can_sample(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from arrowquant.api import _resolve_calibration
 
     cfg = aq.DiffusionQuantConfig()
@@ -131,6 +133,7 @@ def test_calibration_by_default_for_models_the_tool_can_sample(tmp_path: Path) -
     (tmp_path / "c.yaml").write_text(f"calibration_cache: {tmp_path / 'cache'}\n")
     env_cache = ["--config", str(tmp_path / "c.yaml")]
     assert main(["quantize", str(DIT), str(tmp_path / "auto"), *common, *env_cache]) == 0
+    assert "calibrating on the model's own samples (4 x 3" in capsys.readouterr().err
     doc = json.loads((tmp_path / "auto" / "report.json").read_text())["summary"]
     assert doc["path"]["path"] == "calibrated"
     assert "by measured sensitivity" in doc["budget"]
@@ -138,6 +141,7 @@ def test_calibration_by_default_for_models_the_tool_can_sample(tmp_path: Path) -
     recipe = aq.open(tmp_path / "auto").metadata["arrowquant.recipe"]
     assert recipe["path"]["path"] == "calibrated"
     assert main(["quantize", str(DIT), str(tmp_path / "off"), "--no-calibration"]) == 0
+    assert "calibrating" not in capsys.readouterr().err
     off = json.loads((tmp_path / "off" / "report.json").read_text())["summary"]
     assert off["path"]["path"] == "weight-only" and "calibration" not in off
     assert "path: weight-only" in (tmp_path / "off" / "report.md").read_text()
