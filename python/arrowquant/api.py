@@ -37,9 +37,8 @@ def _resolve_calibration(
 
     ok, why = drivable(model_path)
     if ok:
-        load_checkpoint(
-            os.fspath(model_path)
-        )  # a malformed file: the reader's typed error, as weight only
+        # A malformed file: the reader's typed error, as on the weight-only path.
+        load_checkpoint(os.fspath(model_path))
         try:
             load_reference(model_path)
         except UnsupportedError as e:  # the folder says it can be sampled, but cannot be loaded
@@ -125,17 +124,17 @@ class ArrowQuantV2:
                 f"{out}: cannot create the output ({e.strerror})", "IoError"
             ) from None
         t0 = time.perf_counter()
-        if precomputed is None:
-            cfg, path = _resolve_calibration(model_path, cfg)
-        else:
-            path = {"path": "calibrated", "why": "quantize_module with calibrate=run"}
-        cfg = _calibrated_grid(cfg, path["path"] == "calibrated")
-        recipe: dict[str, Any] = {
-            "config": cfg.to_dict(),
-            "tool": f"arrowquant {__version__}",
-            "path": path,
-        }
         try:
+            if precomputed is None:
+                cfg, path = _resolve_calibration(model_path, cfg)
+            else:
+                path = {"path": "calibrated", "why": "quantize_module with calibrate=run"}
+            cfg = _calibrated_grid(cfg, path["path"] == "calibrated")
+            recipe: dict[str, Any] = {
+                "config": cfg.to_dict(),
+                "tool": f"arrowquant {__version__}",
+                "path": path,
+            }
             plans: dict[str, Any] = {}
             moments: dict[str, Any] = {}
             sensitivity: dict[str, Any] = {}

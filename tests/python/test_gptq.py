@@ -204,6 +204,7 @@ def test_auto_calibration_on_a_folder_it_cannot_sample(tmp_path: Path) -> None:
     (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"\x10" * 64)
     with pytest.raises(MalformedModelError):  # the reader's error, before diffusers sees it
         api.quantize_diffusion_model(folder, tmp_path / "o3", aq.DiffusionQuantConfig())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "o"]  # nothing half-written
 
 
 def test_sensitivity_is_cached_with_the_calibration(tmp_path: Path) -> None:
