@@ -1,8 +1,10 @@
 #include "pipeline/budget.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <utility>
 
 #include "core/parallel.h"
 #include "pipeline/layer.h"
@@ -167,54 +169,52 @@ Result<std::map<std::string, int>> AssignBudget(const Checkpoint& ck, const Pipe
     level[i] = cand[i].options.size() - 1;
     total += cand[i].options[level[i]].bytes;
   }
-  // Greedy on the lower convex hull: the step (to any narrower option of any layer) that adds
-  // the least cost per byte saved, until the model fits.
-  while (total > budget) {
+  // The best move of one free layer to another of its options: `score` rates a move (lower
+  // wins; NaN: not allowed). Returns {layer, option}, layer SIZE_MAX when none is allowed.
+  auto best_move = [&](const auto& score) {
     size_t best = SIZE_MAX, best_to = 0;
-    double best_ratio = 0;
+    double best_score = 0;
     for (size_t i = 0; i < tensors.size(); ++i) {
       if (!free[i]) continue;
       const Option& cur = cand[i].options[level[i]];
       for (size_t j = 0; j < cand[i].options.size(); ++j) {
-        const Option& down = cand[i].options[j];
-        if (down.bits > 0 && down.bits < min_bits) continue;
-        const double saved = cur.bytes - down.bytes;
-        if (saved <= 0) continue;
-        const double ratio = (cost(cand[i], down) - cost(cand[i], cur)) / saved;
-        if (best == SIZE_MAX || ratio < best_ratio) {
+        const double v = score(cand[i], cur, cand[i].options[j]);
+        if (!std::isnan(v) && (best == SIZE_MAX || v < best_score)) {
           best = i;
           best_to = j;
-          best_ratio = ratio;
+          best_score = v;
         }
       }
     }
-    if (best == SIZE_MAX) break;
-    total -= cand[best].options[level[best]].bytes - cand[best].options[best_to].bytes;
-    level[best] = best_to;
+    return std::pair{best, best_to};
+  };
+  auto move = [&](size_t i, size_t j) {
+    total += cand[i].options[j].bytes - cand[i].options[level[i]].bytes;
+    level[i] = j;
+  };
+  // Greedy on the lower convex hull: the step (to any narrower option of any layer) that adds
+  // the least cost per byte saved, until the model fits.
+  while (total > budget) {
+    const auto [i, j] =
+        best_move([&](const Candidate& k, const Option& cur, const Option& down) -> double {
+          const double saved = cur.bytes - down.bytes;
+          if ((down.bits > 0 && down.bits < min_bits) || saved <= 0) return NAN;
+          return (cost(k, down) - cost(k, cur)) / saved;
+        });
+    if (i == SIZE_MAX) break;
+    move(i, j);
   }
   // The last step may have saved more than needed: spend what is left on the widenings that
   // remove the most cost per byte added, while they fit.
   while (total <= budget) {
-    size_t best = SIZE_MAX, best_to = 0;
-    double best_ratio = 0;
-    for (size_t i = 0; i < tensors.size(); ++i) {
-      if (!free[i]) continue;
-      const Option& cur = cand[i].options[level[i]];
-      for (size_t j = 0; j < cand[i].options.size(); ++j) {
-        const Option& up = cand[i].options[j];
-        const double added = up.bytes - cur.bytes;
-        const double gain = cost(cand[i], cur) - cost(cand[i], up);
-        if (added <= 0 || gain <= 0 || total + added > budget) continue;
-        if (best == SIZE_MAX || gain / added > best_ratio) {
-          best = i;
-          best_to = j;
-          best_ratio = gain / added;
-        }
-      }
-    }
-    if (best == SIZE_MAX) break;
-    total += cand[best].options[best_to].bytes - cand[best].options[level[best]].bytes;
-    level[best] = best_to;
+    const auto [i, j] =
+        best_move([&](const Candidate& k, const Option& cur, const Option& up) -> double {
+          const double added = up.bytes - cur.bytes, gain = cost(k, cur) - cost(k, up);
+          if (added <= 0 || gain <= 0 || total + added > budget) return NAN;
+          return -gain / added;
+        });
+    if (i == SIZE_MAX) break;
+    move(i, j);
   }
   size_t n_free = 0, n_measured = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
