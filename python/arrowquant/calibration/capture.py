@@ -269,7 +269,7 @@ def layer_rows(m: Any, x: Any) -> Any | None:
     import torch.nn.functional as F
 
     if isinstance(m, torch.nn.Conv2d):
-        if layer_dim(m) is None:
+        if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
             return None
         rows = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # [N, C*k*k, L]
         return rows.transpose(1, 2).reshape(-1, rows.shape[1])
