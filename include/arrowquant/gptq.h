@@ -14,6 +14,7 @@
 // only within a block (docs/gptq.md measures what that costs).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -27,8 +28,10 @@ namespace arrowquant {
 
 // Second moments of a layer's inputs, H = sum x x^T over input rows x (for a conv, unfolded
 // patches in the flattened weight's column order). Blocks of `block` columns on the diagonal
-// (block = dim: the full matrix). Sums are f64, each row of H owned by one thread, so the result
-// is the same for any thread count; two accumulators over the same rows merge exactly.
+// (block = dim: the full matrix), each stored as its upper triangle, row by row (row i of an
+// m-column block holds columns i..m-1, contiguous): half the memory of the square, since H is
+// symmetric. Sums are f64, each row of H owned by one thread, so the result is the same for
+// any thread count; two accumulators over the same rows merge exactly.
 class SecondMoments {
  public:
   // block: 0 = full (dim x dim); else a multiple of 256 (so that groups of every supported size
@@ -42,10 +45,15 @@ class SecondMoments {
   uint64_t dim() const { return dim_; }
   uint64_t block() const { return block_; }
   uint64_t count() const { return count_; }  // rows added
-  // Block b (columns [b*block, min(dim, (b+1)*block))), row-major, its size squared.
-  std::span<const double> Block(uint64_t b) const;
   uint64_t num_blocks() const { return dim_ == 0 ? 0 : (dim_ + block_ - 1) / block_; }
-  // Every block, in order (what a cache stores and Restore reads back).
+  // Columns in block b: [b*block, b*block + BlockSize(b)).
+  uint64_t BlockSize(uint64_t b) const { return std::min(block_, dim_ - b * block_); }
+  // Row i of block b (block-local) from its diagonal on: H[i][i], H[i][i+1], ..., H[i][m-1].
+  const double* UpperRow(uint64_t b, uint64_t i) const {
+    const uint64_t m = BlockSize(b);
+    return h_.data() + offsets_[b] + i * m - i * (i - 1) / 2;  // (i = 0: the wrap cancels)
+  }
+  // Every block's upper triangle, in order (what a cache stores and Restore reads back).
   std::span<const double> data() const { return h_; }
   Status Restore(std::span<const double> data, uint64_t count);
 
@@ -80,12 +88,14 @@ Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& 
 
 // Per output row r of a layer: error[r] = e_r H e_r^T (e_r = row r of W - dequant(q)) and
 // signal[r] = w_r H w_r^T, i.e. the squared output error and output energy of that row summed
-// over H's rows.
+// over H's rows. `signal` false: only the error (the signal does not depend on the width, so a
+// caller trying several widths of one layer computes it once); `signal` is then empty.
 struct RowOutputEnergy {
   std::vector<double> error, signal;
 };
 Result<RowOutputEnergy> OutputEnergyPerRow(const QuantizedTensor& q, const TensorView& weight,
-                                           const SecondMoments& h, int threads = 1);
+                                           const SecondMoments& h, int threads = 1,
+                                           bool signal = true);
 
 // The layer's relative output error under H: sqrt(tr(E H E^T) / tr(W H W^T)), E = W - dequant(q).
 Result<double> RelativeOutputError(const QuantizedTensor& q, const TensorView& weight,

@@ -298,7 +298,9 @@ def scale_input_channels(weight: Annotated[NDArray[numpy.float32], dict(order='C
     """
 
 class SecondMoments:
-    """H = sum x x^T of a layer's inputs (block-diagonal, f64): GPTQ's input"""
+    """
+    H = sum x x^T of a layer's inputs (block-diagonal, f64, upper triangles packed row by row): GPTQ's input
+    """
 
     @staticmethod
     def make(dim: int, block: int = 0) -> SecondMoments: ...

@@ -28,24 +28,54 @@ from arrowquant.report import QuantizationReport
 NUM_TRAIN_TIMESTEPS = 1000
 
 
-def _state_file(module: Any, folder: Path) -> Path:
-    """The module's state dict as one safetensors file (tied tensors stored once each name)."""
-    import safetensors.torch
+# torch dtype name -> safetensors dtype.
+_ST_DTYPES = {
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float64": "F64",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+}
 
-    # Copied only where safetensors needs it (tied or view tensors, another device): a big
-    # model's weights are not held twice.
-    state, seen = {}, set()
-    for k, v in module.state_dict().items():
-        if not hasattr(v, "detach"):
-            continue
-        t = v.detach().to("cpu").contiguous()
-        storage = t.untyped_storage()
-        if storage.data_ptr() in seen or storage.nbytes() != t.numel() * t.element_size():
-            t = t.clone()
-        seen.add(t.untyped_storage().data_ptr())
-        state[k] = t
+
+def _state_file(module: Any, folder: Path) -> Path:
+    """The module's state dict as one safetensors file, streamed tensor by tensor: a big
+    model's weights are never held twice (safetensors.torch.save_file would first copy every
+    tensor to bytes). Tied tensors are written once per name."""
+    import json
+
+    import torch
+
+    state = {k: v for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+    header: dict[str, Any] = {}
+    offset = 0
+    for k, v in state.items():
+        dtype = _ST_DTYPES.get(str(v.dtype).removeprefix("torch."))
+        if dtype is None:
+            raise ConfigurationError(
+                f"quantize_module: state dict entry '{k}' has dtype {v.dtype}, "
+                "which a safetensors file cannot hold"
+            )
+        n = v.numel() * v.element_size()
+        header[k] = {"dtype": dtype, "shape": list(v.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
     path = folder / "module.safetensors"
-    safetensors.torch.save_file(state, str(path))
+    with open(path, "wb") as f:
+        f.write(len(head).to_bytes(8, "little"))
+        f.write(head)
+        for v in state.values():
+            if v.numel():
+                t = v.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+                f.write(t.numpy().data)
     return path
 
 

@@ -191,7 +191,8 @@ void BindCalibration(nb::module_& m) {
       "A copy of an f32 weight [out, in, ...] as W / s (divide, how equalized weights are stored) "
       "or W * s along the input-channel axis; every kernel position of channel i shares s_i.");
   nb::class_<SecondMoments>(m, "SecondMoments",
-                            "H = sum x x^T of a layer's inputs (block-diagonal, f64): GPTQ's input")
+                            "H = sum x x^T of a layer's inputs (block-diagonal, f64, upper "
+                            "triangles packed row by row): GPTQ's input")
       .def_static(
           "make",
           [](uint64_t dim, uint64_t block) {

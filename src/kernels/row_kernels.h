@@ -13,6 +13,10 @@
 
 namespace arrowquant::kernels {
 
+// Rows handled side by side by the GPTQ sweep and the output-error quadratic forms, stored
+// column-interleaved: element k of lane l at [k * kRowLanes + l].
+constexpr size_t kRowLanes = 8;
+
 namespace ref {
 void GroupMinMax(const float* x, size_t n, size_t g, float* mn, float* mx);
 // code = round_half_even(clamp((x + offset) * inv_scale, 0, qmax))
@@ -33,6 +37,19 @@ void FromF32(DType dtype, const float* x, size_t n, uint16_t* out);
 // (F32/F16/BF16) at `out` (may be unaligned). Defined as UnpackCodes, DequantizeGroups, FromF32.
 void DequantizePacked(const uint8_t* packed, int bits, size_t n, size_t g, const float* scale,
                       const float* offset, DType dtype, void* out);
+// y[k] += a * x[k]   (a multiply, then an add)
+void Axpy(float a, const float* x, size_t n, float* y);
+// Four rows of a tile's X^T X: out[a * out_stride + k] = sum over r = 0, 1, ..., rows - 1 (in
+// that order, from 0) of xi[r * stride + a] * xj[r * stride + k], for a < 4 and k < len.
+void SumOuter4(const float* xi, const float* xj, size_t stride, size_t rows, size_t len, float* out,
+               size_t out_stride);
+// w[k * kRowLanes + l] -= e[l] * u[k] for k < n, every lane l (a multiply, then a subtract).
+void LanesAxpy(const float* e, const float* u, size_t n, float* w);
+// t[l] += h[k] * v[k * kRowLanes + l] for k = 0, 1, ..., n - 1 in that order, every lane l.
+void LanesDot(const double* h, const double* v, size_t n, double* t);
+// LanesDot for four rows of h at once (row a at h[a], sums into t + a * kRowLanes): the
+// lanes' loads are shared and the four rows' sums run side by side.
+void LanesDot4(const double* const* h, const double* v, size_t n, double* t);
 }  // namespace ref
 
 void GroupMinMax(const float* x, size_t n, size_t g, float* mn, float* mx);
@@ -46,6 +63,13 @@ void F32ToF16Up(const float* x, size_t n, uint16_t* out);
 void FromF32(DType dtype, const float* x, size_t n, uint16_t* out);
 void DequantizePacked(const uint8_t* packed, int bits, size_t n, size_t g, const float* scale,
                       const float* offset, DType dtype, void* out);
+
+void Axpy(float a, const float* x, size_t n, float* y);
+void SumOuter4(const float* xi, const float* xj, size_t stride, size_t rows, size_t len, float* out,
+               size_t out_stride);
+void LanesAxpy(const float* e, const float* u, size_t n, float* w);
+void LanesDot(const double* h, const double* v, size_t n, double* t);
+void LanesDot4(const double* const* h, const double* v, size_t n, double* t);
 
 // Name of the SIMD target the dispatcher picks on this machine (e.g. "AVX2").
 const char* ActiveTarget();

@@ -355,6 +355,129 @@ size_t CountNonFiniteImpl(const float* HWY_RESTRICT x, size_t n) {
   return count + ref::CountNonFinite(x + i, n - i);
 }
 
+void AxpyImpl(float a, const float* HWY_RESTRICT x, size_t n, float* HWY_RESTRICT y) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  const auto av = hn::Set(d, a);
+  size_t k = 0;
+  for (; k + N <= n; k += N) {
+    hn::StoreU(hn::Add(hn::LoadU(d, y + k), hn::Mul(av, hn::LoadU(d, x + k))), d, y + k);
+  }
+  ref::Axpy(a, x + k, n - k, y + k);
+}
+
+// The lanes are kRowLanes rows: one vector (or two halves) per column, no reduction, so each
+// lane's arithmetic is the reference's in the same order.
+void LanesAxpyImpl(const float* HWY_RESTRICT e, const float* HWY_RESTRICT u, size_t n,
+                   float* HWY_RESTRICT w) {
+  const hn::CappedTag<float, kRowLanes> d;
+  const size_t N = hn::Lanes(d);
+  if (kRowLanes % N != 0) return ref::LanesAxpy(e, u, n, w);
+  for (size_t k = 0; k < n; ++k) {
+    const auto uk = hn::Set(d, u[k]);
+    float* wk = w + k * kRowLanes;
+    for (size_t l = 0; l < kRowLanes; l += N) {
+      hn::StoreU(hn::Sub(hn::LoadU(d, wk + l), hn::Mul(hn::LoadU(d, e + l), uk)), d, wk + l);
+    }
+  }
+}
+
+void LanesDotImpl(const double* HWY_RESTRICT h, const double* HWY_RESTRICT v, size_t n,
+                  double* HWY_RESTRICT t) {
+  const hn::CappedTag<double, kRowLanes> d;
+  const size_t N = hn::Lanes(d);
+  if (N < 2 || kRowLanes % N != 0 || kRowLanes / N > 4) return ref::LanesDot(h, v, n, t);
+  using V = hn::Vec<decltype(d)>;
+  V acc[4];
+  const size_t parts = kRowLanes / N;
+  for (size_t p = 0; p < parts; ++p) acc[p] = hn::LoadU(d, t + p * N);
+  for (size_t k = 0; k < n; ++k) {
+    const auto hk = hn::Set(d, h[k]);
+    const double* vk = v + k * kRowLanes;
+    for (size_t p = 0; p < parts; ++p)
+      acc[p] = hn::Add(acc[p], hn::Mul(hk, hn::LoadU(d, vk + p * N)));
+  }
+  for (size_t p = 0; p < parts; ++p) hn::StoreU(acc[p], d, t + p * N);
+}
+
+void LanesDot4Impl(const double* const* HWY_RESTRICT h, const double* HWY_RESTRICT v, size_t n,
+                   double* HWY_RESTRICT t) {
+  const hn::CappedTag<double, kRowLanes> d;
+  const size_t N = hn::Lanes(d);
+  if (N < 2 || kRowLanes % N != 0 || kRowLanes / N > 4) return ref::LanesDot4(h, v, n, t);
+  using V = hn::Vec<decltype(d)>;
+  const size_t parts = kRowLanes / N;
+  V acc[4][4];
+  for (size_t a = 0; a < 4; ++a) {
+    for (size_t p = 0; p < parts; ++p) acc[a][p] = hn::LoadU(d, t + a * kRowLanes + p * N);
+  }
+  for (size_t k = 0; k < n; ++k) {
+    const double* vk = v + k * kRowLanes;
+    V x[4];
+    for (size_t p = 0; p < parts; ++p) x[p] = hn::LoadU(d, vk + p * N);
+    for (size_t a = 0; a < 4; ++a) {
+      const auto ha = hn::Set(d, h[a][k]);
+      for (size_t p = 0; p < parts; ++p) acc[a][p] = hn::Add(acc[a][p], hn::Mul(ha, x[p]));
+    }
+  }
+  for (size_t a = 0; a < 4; ++a) {
+    for (size_t p = 0; p < parts; ++p) hn::StoreU(acc[a][p], d, t + a * kRowLanes + p * N);
+  }
+}
+
+// Register-blocked: 4 rows x 2 vectors of columns stay in registers over the tile's rows, each
+// element summed in the reference's order (r ascending, a multiply then an add).
+void SumOuter4Impl(const float* HWY_RESTRICT xi, const float* HWY_RESTRICT xj, size_t stride,
+                   size_t rows, size_t len, float* HWY_RESTRICT out, size_t out_stride) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t k = 0;
+  for (; k + 2 * N <= len; k += 2 * N) {
+    auto a0 = hn::Zero(d), a1 = hn::Zero(d), b0 = hn::Zero(d), b1 = hn::Zero(d);
+    auto c0 = hn::Zero(d), c1 = hn::Zero(d), e0 = hn::Zero(d), e1 = hn::Zero(d);
+    for (size_t r = 0; r < rows; ++r) {
+      const float* xr = xj + r * stride + k;
+      const float* ir = xi + r * stride;
+      const auto v0 = hn::LoadU(d, xr), v1 = hn::LoadU(d, xr + N);
+      const auto s0 = hn::Set(d, ir[0]), s1 = hn::Set(d, ir[1]);
+      const auto s2 = hn::Set(d, ir[2]), s3 = hn::Set(d, ir[3]);
+      a0 = hn::Add(a0, hn::Mul(s0, v0));
+      a1 = hn::Add(a1, hn::Mul(s0, v1));
+      b0 = hn::Add(b0, hn::Mul(s1, v0));
+      b1 = hn::Add(b1, hn::Mul(s1, v1));
+      c0 = hn::Add(c0, hn::Mul(s2, v0));
+      c1 = hn::Add(c1, hn::Mul(s2, v1));
+      e0 = hn::Add(e0, hn::Mul(s3, v0));
+      e1 = hn::Add(e1, hn::Mul(s3, v1));
+    }
+    float* o = out + k;
+    hn::StoreU(a0, d, o);
+    hn::StoreU(a1, d, o + N);
+    hn::StoreU(b0, d, o + out_stride);
+    hn::StoreU(b1, d, o + out_stride + N);
+    hn::StoreU(c0, d, o + 2 * out_stride);
+    hn::StoreU(c1, d, o + 2 * out_stride + N);
+    hn::StoreU(e0, d, o + 3 * out_stride);
+    hn::StoreU(e1, d, o + 3 * out_stride + N);
+  }
+  for (; k + N <= len; k += N) {
+    auto a0 = hn::Zero(d), b0 = hn::Zero(d), c0 = hn::Zero(d), e0 = hn::Zero(d);
+    for (size_t r = 0; r < rows; ++r) {
+      const auto v0 = hn::LoadU(d, xj + r * stride + k);
+      const float* ir = xi + r * stride;
+      a0 = hn::Add(a0, hn::Mul(hn::Set(d, ir[0]), v0));
+      b0 = hn::Add(b0, hn::Mul(hn::Set(d, ir[1]), v0));
+      c0 = hn::Add(c0, hn::Mul(hn::Set(d, ir[2]), v0));
+      e0 = hn::Add(e0, hn::Mul(hn::Set(d, ir[3]), v0));
+    }
+    hn::StoreU(a0, d, out + k);
+    hn::StoreU(b0, d, out + out_stride + k);
+    hn::StoreU(c0, d, out + 2 * out_stride + k);
+    hn::StoreU(e0, d, out + 3 * out_stride + k);
+  }
+  ref::SumOuter4(xi, xj + k, stride, rows, len - k, out + k, out_stride);
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace arrowquant::kernels
 HWY_AFTER_NAMESPACE();
@@ -372,6 +495,28 @@ HWY_EXPORT(F32ToF16UpImpl);
 HWY_EXPORT(FromF32Impl);
 HWY_EXPORT(UnpackCodesImpl);
 HWY_EXPORT(DequantizePackedImpl);
+HWY_EXPORT(AxpyImpl);
+HWY_EXPORT(SumOuter4Impl);
+HWY_EXPORT(LanesAxpyImpl);
+HWY_EXPORT(LanesDotImpl);
+HWY_EXPORT(LanesDot4Impl);
+
+void Axpy(float a, const float* x, size_t n, float* y) {
+  HWY_DYNAMIC_DISPATCH(AxpyImpl)(a, x, n, y);
+}
+void SumOuter4(const float* xi, const float* xj, size_t stride, size_t rows, size_t len, float* out,
+               size_t out_stride) {
+  HWY_DYNAMIC_DISPATCH(SumOuter4Impl)(xi, xj, stride, rows, len, out, out_stride);
+}
+void LanesAxpy(const float* e, const float* u, size_t n, float* w) {
+  HWY_DYNAMIC_DISPATCH(LanesAxpyImpl)(e, u, n, w);
+}
+void LanesDot(const double* h, const double* v, size_t n, double* t) {
+  HWY_DYNAMIC_DISPATCH(LanesDotImpl)(h, v, n, t);
+}
+void LanesDot4(const double* const* h, const double* v, size_t n, double* t) {
+  HWY_DYNAMIC_DISPATCH(LanesDot4Impl)(h, v, n, t);
+}
 
 void DequantizePacked(const uint8_t* packed, int bits, size_t n, size_t g, const float* scale,
                       const float* offset, DType dtype, void* out) {

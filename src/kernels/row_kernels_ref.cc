@@ -108,4 +108,35 @@ void ToF32(DType dtype, const void* src, size_t n, float* out) {
   }
 }
 
+void Axpy(float a, const float* x, size_t n, float* y) {
+  for (size_t k = 0; k < n; ++k) y[k] += a * x[k];
+}
+
+void LanesAxpy(const float* e, const float* u, size_t n, float* w) {
+  for (size_t k = 0; k < n; ++k) {
+    for (size_t l = 0; l < kRowLanes; ++l) w[k * kRowLanes + l] -= e[l] * u[k];
+  }
+}
+
+void LanesDot(const double* h, const double* v, size_t n, double* t) {
+  for (size_t k = 0; k < n; ++k) {
+    for (size_t l = 0; l < kRowLanes; ++l) t[l] += h[k] * v[k * kRowLanes + l];
+  }
+}
+
+void LanesDot4(const double* const* h, const double* v, size_t n, double* t) {
+  for (size_t a = 0; a < 4; ++a) LanesDot(h[a], v, n, t + a * kRowLanes);
+}
+
+void SumOuter4(const float* xi, const float* xj, size_t stride, size_t rows, size_t len, float* out,
+               size_t out_stride) {
+  for (size_t a = 0; a < 4; ++a) {
+    for (size_t k = 0; k < len; ++k) {
+      float s = 0.0f;
+      for (size_t r = 0; r < rows; ++r) s += xi[r * stride + a] * xj[r * stride + k];
+      out[a * out_stride + k] = s;
+    }
+  }
+}
+
 }  // namespace arrowquant::kernels::ref

@@ -37,6 +37,7 @@ Status Measure(const CheckpointTensor& t, const PipelineConfig& c, Candidate& ou
   const uint64_t rows = t.info->shape[0];
   out.has_sensitivity = HasSensitivity(lm, rows);
   AQ_ASSIGN_OR_RETURN(auto factor, LayerFactor(c, lm));
+  std::vector<double> row_signal;  // w_r H w_r^T: the same for every width
   for (int b : kWeightBits) {
     AQ_ASSIGN_OR_RETURN(QuantizedTensor q, QuantizeAt(view, c, factor.get(), b));
     AQ_ASSIGN_OR_RETURN(ErrorMetrics m, MeasureError(q, view, QuantOptions{1}));
@@ -44,14 +45,16 @@ Status Measure(const CheckpointTensor& t, const PipelineConfig& c, Candidate& ou
     o.sse = m.mse * static_cast<double>(m.count);
     o.relative = m.rel_rmse * m.rel_rmse;
     if (lm && lm->check) {
-      AQ_ASSIGN_OR_RETURN(RowOutputEnergy e, OutputEnergyPerRow(q, view, *lm->check, 1));
+      AQ_ASSIGN_OR_RETURN(RowOutputEnergy e,
+                          OutputEnergyPerRow(q, view, *lm->check, 1, row_signal.empty()));
+      if (row_signal.empty()) row_signal = std::move(e.signal);
       double err = 0, sig = 0, weighted = 0, weighted_sig = 0;
       for (uint64_t r = 0; r < rows; ++r) {
         err += e.error[r];
-        sig += e.signal[r];
+        sig += row_signal[r];
         if (out.has_sensitivity) {
           weighted += lm->sensitivity[r] * e.error[r];
-          weighted_sig += lm->sensitivity[r] * e.signal[r];
+          weighted_sig += lm->sensitivity[r] * row_signal[r];
         }
       }
       o.relative = sig > 0 ? err / sig : (err > 0 ? 1.0 : 0.0);
@@ -112,7 +115,10 @@ Result<std::map<std::string, int>> AssignBudget(const Checkpoint& ck, const Pipe
     }
   }
   ParallelForEach(tensors.size(), c.threads, [&](size_t i) {
-    if (free[i]) errors[i] = Measure(tensors[i], c, cand[i]);
+    if (!free[i]) return;
+    errors[i] = Measure(tensors[i], c, cand[i]);
+    // Read again when it is written: meanwhile its pages leave this process's memory.
+    tensors[i].file->Evict(*tensors[i].info);
   });
   for (const auto& e : errors) AQ_RETURN_IF_ERROR(e);
 

@@ -22,7 +22,7 @@ using quant::Format;
 using quant::RowParams;
 using quant::RowStored;
 
-constexpr size_t kLanes = 8;
+constexpr size_t kLanes = kernels::kRowLanes;
 
 struct BlockFactor {
   uint64_t c0 = 0, m = 0;
@@ -85,15 +85,15 @@ Result<std::vector<BlockFactor>> Factor(const SecondMoments& h, double damp, boo
   std::vector<BlockFactor> out;
   dead.assign(h.dim(), 0);
   for (uint64_t b = 0; b < h.num_blocks(); ++b) {
-    const auto blk = h.Block(b);
     BlockFactor f;
     f.c0 = b * h.block();
-    f.m = std::min(h.block(), h.dim() - f.c0);
+    f.m = h.BlockSize(b);
     const uint64_t m = f.m;
     std::vector<double> a(m * m);
     double mean = 0;
     for (uint64_t i = 0; i < m; ++i) {
-      for (uint64_t j = i; j < m; ++j) a[i * m + j] = a[j * m + i] = blk[i * m + j];
+      const double* row = h.UpperRow(b, i);
+      for (uint64_t j = i; j < m; ++j) a[i * m + j] = a[j * m + i] = row[j - i];
       if (a[i * m + i] <= 0) {
         a[i * m + i] = 1;  // an input that never varied: its weights do not matter
         dead[f.c0 + i] = 1;
@@ -175,6 +175,10 @@ bool SweepTile(const Format& f, const quant::Layout& l, const std::vector<BlockF
         codes[r][j] = static_cast<uint8_t>(q);
         const float deq = q * scale[r] - offset[r];
         err[r] = (wj[r] - deq) / ujj;
+      }
+      if (!static_groups) {  // sweep order = column order: the later columns are contiguous
+        kernels::LanesAxpy(err, urow + jj + 1, bf.m - jj - 1, wj + kLanes);
+        continue;
       }
       for (uint64_t kk = jj + 1; kk < bf.m; ++kk) {
         const float u = urow[kk];
@@ -283,8 +287,52 @@ Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& 
   return q;
 }
 
+namespace {
+
+// x^T H x for kLanes vectors at once (v[k * kLanes + lane], f64), over the upper triangle of each
+// H block: the diagonal once, the rest twice. Each lane sums in exactly the order a single
+// vector would (j ascending within row i), so a row's value does not depend on its tile
+// neighbours; the lanes make the loop over j a vector operation instead of one dependent sum.
+void QuadLanes(const SecondMoments& h, const double* v, double* out) {
+  for (size_t l = 0; l < kLanes; ++l) out[l] = 0;
+  for (uint64_t b = 0; b < h.num_blocks(); ++b) {
+    const uint64_t c0 = b * h.block(), m = h.BlockSize(b);
+    const double* vb = v + c0 * kLanes;
+    // Four rows of H at a time: each row's head (the columns before the four rows' common
+    // start) first, then the common columns together, so every sum keeps its order.
+    for (uint64_t i0 = 0; i0 < m; i0 += 4) {
+      const uint64_t rows = std::min<uint64_t>(4, m - i0), common = std::min(i0 + 4, m);
+      double t[4][kLanes] = {};
+      const double* tail[4] = {};
+      for (uint64_t a = 0; a < rows; ++a) {
+        const uint64_t i = i0 + a;
+        const double* row = h.UpperRow(b, i);  // row[k] = H[i][i + k]
+        kernels::LanesDot(row + 1, vb + (i + 1) * kLanes, common - i - 1, t[a]);
+        tail[a] = row + (common - i);
+      }
+      if (common < m) {
+        if (rows == 4) {
+          kernels::LanesDot4(tail, vb + common * kLanes, m - common, t[0]);
+        } else {
+          for (uint64_t a = 0; a < rows; ++a) {
+            kernels::LanesDot(tail[a], vb + common * kLanes, m - common, t[a]);
+          }
+        }
+      }
+      for (uint64_t a = 0; a < rows; ++a) {
+        const uint64_t i = i0 + a;
+        const double* vi = vb + i * kLanes;
+        const double hii = h.UpperRow(b, i)[0];
+        for (size_t l = 0; l < kLanes; ++l) out[l] += vi[l] * (hii * vi[l] + 2 * t[a][l]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
 Result<RowOutputEnergy> OutputEnergyPerRow(const QuantizedTensor& q, const TensorView& weight,
-                                           const SecondMoments& h, int threads) {
+                                           const SecondMoments& h, int threads, bool signal) {
   AQ_RETURN_IF_ERROR(quant::CheckWeight(weight));
   if (weight.shape != q.shape || h.dim() != q.cols) {
     return Status(StatusCode::kSizeMismatch, "tensor '" + std::string(weight.name) +
@@ -295,33 +343,27 @@ Result<RowOutputEnergy> OutputEnergyPerRow(const QuantizedTensor& q, const Tenso
   AQ_RETURN_IF_ERROR(Dequantize(q, DType::kF32, std::as_writable_bytes(std::span<float>(deq)),
                                 QuantOptions{threads}));
   const size_t esize = ElementBytes(weight.dtype);
-  RowOutputEnergy out{std::vector<double>(q.rows, 0.0), std::vector<double>(q.rows, 0.0)};
-  // x^T H x over the upper triangle: diagonal once, off-diagonal twice.
-  auto quad = [&](const std::vector<double>& v) {
-    double s = 0;
-    for (uint64_t b = 0; b < h.num_blocks(); ++b) {
-      const auto blk = h.Block(b);
-      const uint64_t c0 = b * h.block(), m = std::min(h.block(), h.dim() - c0);
-      for (uint64_t i = 0; i < m; ++i) {
-        const double* row = blk.data() + i * m;
-        double t = 0;
-        for (uint64_t j = i + 1; j < m; ++j) t += row[j] * v[c0 + j];
-        s += v[c0 + i] * (row[i] * v[c0 + i] + 2 * t);
-      }
-    }
-    return s;
-  };
-  ParallelFor(q.rows, threads, [&](size_t begin, size_t end, int) {
+  RowOutputEnergy out{std::vector<double>(q.rows, 0.0),
+                      std::vector<double>(signal ? q.rows : 0, 0.0)};
+  const uint64_t tiles = (q.rows + kLanes - 1) / kLanes;
+  ParallelForEach(tiles, threads, [&](size_t tile) {
     std::vector<float> x(q.cols);
-    std::vector<double> e(q.cols), w(q.cols);
-    for (size_t r = begin; r < end; ++r) {
+    std::vector<double> e(q.cols * kLanes, 0.0), w(signal ? q.cols * kLanes : 0, 0.0);
+    const uint64_t r0 = tile * kLanes, n = std::min<uint64_t>(kLanes, q.rows - r0);
+    for (uint64_t l = 0; l < n; ++l) {
+      const uint64_t r = r0 + l;
       kernels::ToF32(weight.dtype, weight.data.data() + r * q.cols * esize, q.cols, x.data());
       for (uint64_t k = 0; k < q.cols; ++k) {
-        w[k] = x[k];
-        e[k] = static_cast<double>(x[k]) - deq[r * q.cols + k];
+        e[k * kLanes + l] = static_cast<double>(x[k]) - deq[r * q.cols + k];
+        if (signal) w[k * kLanes + l] = x[k];
       }
-      out.error[r] = std::max(0.0, quad(e));
-      out.signal[r] = std::max(0.0, quad(w));
+    }
+    double qe[kLanes], qw[kLanes];
+    QuadLanes(h, e.data(), qe);
+    if (signal) QuadLanes(h, w.data(), qw);
+    for (uint64_t l = 0; l < n; ++l) {
+      out.error[r0 + l] = std::max(0.0, qe[l]);
+      if (signal) out.signal[r0 + l] = std::max(0.0, qw[l]);
     }
   });
   return out;

@@ -1,12 +1,14 @@
-// H = sum x x^T, block-diagonal, upper triangle of each block (j >= i) maintained; readers
-// mirror it. Rows arrive in tiles of kTile: each H element first sums the tile in f32 (an
-// elementwise multiply-add, vectorized without reassociation), then adds that to its f64 total.
+// H = sum x x^T, block-diagonal, upper triangle of each block (j >= i) stored packed; readers
+// mirror it. Rows arrive in tiles of kTile: each H element first sums the tile in f32 (rows in
+// order, a multiply then an add: kernels::SumOuter4, vectorized across columns without
+// reassociation), then adds that to its f64 total.
 #include <algorithm>
 #include <cstring>
 #include <string>
 
 #include "arrowquant/gptq.h"
 #include "core/parallel.h"
+#include "kernels/row_kernels.h"
 
 namespace arrowquant {
 namespace {
@@ -21,7 +23,7 @@ SecondMoments::SecondMoments(uint64_t dim, uint64_t block) : dim_(dim), block_(b
   for (uint64_t c0 = 0; c0 < dim_; c0 += block_) {
     offsets_.push_back(total);
     const uint64_t m = std::min(block_, dim_ - c0);
-    total += m * m;
+    total += m * (m + 1) / 2;
   }
   h_.assign(total, 0.0);
 }
@@ -36,40 +38,42 @@ Result<std::unique_ptr<SecondMoments>> SecondMoments::Make(uint64_t dim, uint64_
   return std::unique_ptr<SecondMoments>(new SecondMoments(dim, b));
 }
 
-std::span<const double> SecondMoments::Block(uint64_t b) const {
-  const uint64_t m = std::min(block_, dim_ - b * block_);
-  return {h_.data() + offsets_[b], m * m};
-}
-
 Status SecondMoments::Add(std::span<const float> rows, uint64_t n, int threads) {
   if (rows.size() != n * dim_) {
     return Status(StatusCode::kSizeMismatch, "second moments: " + std::to_string(rows.size()) +
                                                  " values are not " + std::to_string(n) +
                                                  " rows of " + std::to_string(dim_));
   }
-  for (uint64_t t0 = 0; t0 < n; t0 += kTile) {
-    const uint64_t t1 = std::min(n, t0 + kTile);
-    const float* tile = rows.data() + t0 * dim_;
-    const uint64_t tasks = (dim_ + kRowsPerTask - 1) / kRowsPerTask;
-    ParallelForEach(tasks, threads, [&](size_t task) {
-      thread_local std::vector<float> acc;
-      const uint64_t i0 = task * kRowsPerTask, i1 = std::min(dim_, i0 + kRowsPerTask);
-      for (uint64_t i = i0; i < i1; ++i) {
-        const uint64_t b = i / block_, c0 = b * block_, c1 = std::min(dim_, c0 + block_);
-        const uint64_t m = c1 - c0, len = c1 - i;
-        acc.assign(len, 0.0f);
-        for (uint64_t r = 0; r < t1 - t0; ++r) {
-          const float* x = tile + r * dim_;
-          const float xi = x[i];
-          if (xi == 0.0f) continue;
-          const float* xj = x + i;
-          for (uint64_t k = 0; k < len; ++k) acc[k] += xi * xj[k];
+  // Each task owns kRowsPerTask rows of H and walks the tiles in order; four rows at a time
+  // share their column loads (the block boundaries, multiples of 256, never split a four).
+  const uint64_t tasks = (dim_ + kRowsPerTask - 1) / kRowsPerTask;
+  ParallelForEach(tasks, threads, [&](size_t task) {
+    std::vector<float> acc;
+    const uint64_t i0 = task * kRowsPerTask, i1 = std::min(dim_, i0 + kRowsPerTask);
+    for (uint64_t i = i0; i < i1;) {
+      const uint64_t b = i / block_, c0 = b * block_, c1 = std::min(dim_, c0 + block_);
+      const uint64_t len = c1 - i, four = i + 4 <= i1 ? 4 : 1;
+      acc.resize(4 * len);
+      for (uint64_t t0 = 0; t0 < n; t0 += kTile) {
+        const uint64_t t1 = std::min(n, t0 + kTile);
+        const float* tile = rows.data() + t0 * dim_;
+        if (four == 4) {
+          kernels::SumOuter4(tile + i, tile + i, dim_, t1 - t0, len, acc.data(), len);
+        } else {
+          std::fill(acc.begin(), acc.begin() + len, 0.0f);
+          for (uint64_t r = 0; r < t1 - t0; ++r) {
+            kernels::Axpy(tile[r * dim_ + i], tile + r * dim_ + i, len, acc.data());
+          }
         }
-        double* h = h_.data() + offsets_[b] + (i - c0) * m + (i - c0);
-        for (uint64_t k = 0; k < len; ++k) h[k] += acc[k];
+        for (uint64_t a = 0; a < four; ++a) {
+          double* h = h_.data() + (UpperRow(b, i + a - c0) - h_.data());
+          const float* s = acc.data() + a * len + a;  // from the diagonal on
+          for (uint64_t k = 0; k < len - a; ++k) h[k] += s[k];
+        }
       }
-    });
-  }
+      i += four;
+    }
+  });
   count_ += n;
   return Status::OK();
 }

@@ -49,15 +49,17 @@ TEST(SecondMoments, ExactSumsForAnyThreadCountAndBlocking) {
   ASSERT_EQ(full1->data().size(), full3->data().size());
   EXPECT_EQ(0, std::memcmp(full1->data().data(), full3->data().data(),
                            full1->data().size() * sizeof(double)));
-  const auto h = full1->Block(0);
+  // Packed upper triangles: d(d+1)/2 values for the full H, two 256-column triangles blocked.
+  EXPECT_EQ(full1->data().size(), d * (d + 1) / 2);
+  EXPECT_EQ(blocked->data().size(), 2 * 256 * 257 / 2);
   for (uint64_t i = 0; i < d; i += 37) {
     for (uint64_t j = i; j < d; j += 41) {
       double ref = 0;
       for (uint64_t r = 0; r < n; ++r) ref += double(x[r * d + i]) * x[r * d + j];
-      EXPECT_NEAR(h[i * d + j], ref, 1e-5 * (std::fabs(ref) + 1)) << i << "," << j;
+      const double hij = full1->UpperRow(0, i)[j - i];
+      EXPECT_NEAR(hij, ref, 1e-5 * (std::fabs(ref) + 1)) << i << "," << j;
       if (i / 256 == j / 256) {
-        const auto b = blocked->Block(i / 256);
-        EXPECT_EQ(b[(i % 256) * 256 + j % 256], h[i * d + j]);
+        EXPECT_EQ(blocked->UpperRow(i / 256, i % 256)[j - i], hij);
       }
     }
   }
@@ -107,8 +109,8 @@ TEST(Gptq, UncorrelatedInputsGiveRoundToNearestByteForByte) {
   std::vector<float> w(rows * cols);
   for (auto& v : w) v = nd(rng);
   auto h = *SecondMoments::Make(cols);
-  std::vector<double> diag(cols * cols, 0.0);
-  for (uint64_t i = 0; i < cols; ++i) diag[i * cols + i] = 1.0 + (i % 7);
+  std::vector<double> diag(cols * (cols + 1) / 2, 0.0);  // packed upper triangle
+  for (uint64_t i = 0, at = 0; i < cols; at += cols - i, ++i) diag[at] = 1.0 + (i % 7);
   ASSERT_TRUE(h->Restore(diag, 100).ok());
   for (const QuantSpec& spec : Specs()) {
     auto rtn = Quantize(View(w, {rows, cols}), spec);

@@ -156,6 +156,42 @@ TEST_F(PerTarget, KernelsMatchReferenceBitForBit) {
     ToF32(DType::kBF16, all.data(), all.size(), a.data());
     ref::ToF32(DType::kBF16, all.data(), all.size(), b.data());
     ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4));
+    // The GPTQ sweep's and the output error's linear algebra: same bits as the reference.
+    for (size_t n : {1u, 3u, 17u, 300u}) {  // (n = 0: the loops do nothing)
+      std::vector<float> xs(n), ys(n), e(kRowLanes), w(n * kRowLanes);
+      std::vector<double> hd(n), vd(n * kRowLanes);
+      for (auto& v : xs) v = normal(rng);
+      for (auto& v : ys) v = normal(rng);
+      for (auto& v : e) v = normal(rng);
+      for (auto& v : w) v = normal(rng);
+      for (auto& v : hd) v = normal(rng);
+      for (auto& v : vd) v = normal(rng);
+      std::vector<float> y1 = ys, y2 = ys, w1 = w, w2 = w;
+      Axpy(0.37f, xs.data(), n, y1.data());
+      ref::Axpy(0.37f, xs.data(), n, y2.data());
+      ASSERT_EQ(0, std::memcmp(y1.data(), y2.data(), n * 4)) << n;
+      LanesAxpy(e.data(), xs.data(), n, w1.data());
+      ref::LanesAxpy(e.data(), xs.data(), n, w2.data());
+      ASSERT_EQ(0, std::memcmp(w1.data(), w2.data(), w.size() * 4)) << n;
+      double t1[kRowLanes] = {0.5}, t2[kRowLanes] = {0.5};
+      LanesDot(hd.data(), vd.data(), n, t1);
+      ref::LanesDot(hd.data(), vd.data(), n, t2);
+      ASSERT_EQ(0, std::memcmp(t1, t2, sizeof t1)) << n;
+      const size_t stride = n / 4;  // rows of h overlap: any rows are allowed
+      const double* rows4[4] = {hd.data(), hd.data() + stride, hd.data() + 2 * stride,
+                                hd.data() + 3 * stride};
+      std::vector<double> q1(4 * kRowLanes, 0.25), q2 = q1;
+      LanesDot4(rows4, vd.data(), n - 3 * stride, q1.data());
+      ref::LanesDot4(rows4, vd.data(), n - 3 * stride, q2.data());
+      ASSERT_EQ(0, std::memcmp(q1.data(), q2.data(), q1.size() * 8)) << n;
+      // A tile of 5 rows x (n + 4) columns; four H rows from column 1 against n columns from 4.
+      std::vector<float> tile(5 * (n + 4));
+      for (auto& v : tile) v = normal(rng);
+      std::vector<float> o1(4 * (n + 1), -1.0f), o2 = o1;
+      SumOuter4(tile.data() + 1, tile.data() + 4, n + 4, 5, n, o1.data(), n + 1);
+      ref::SumOuter4(tile.data() + 1, tile.data() + 4, n + 4, 5, n, o2.data(), n + 1);
+      ASSERT_EQ(0, std::memcmp(o1.data(), o2.data(), o1.size() * 4)) << n;
+    }
     ++tested;
   }
   hwy::SetSupportedTargetsForTest(0);

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,10 +36,13 @@ def test_second_moments_binding_and_cache_round_trip(tmp_path: Path) -> None:
     x = rng.normal(size=(100, 300)).astype(np.float32)
     h = _core.SecondMoments.make(300)
     h.add(x, 2)
-    full = h.data().reshape(300, 300)
-    np.testing.assert_allclose(np.triu(full), np.triu(x.T.astype(np.float64) @ x), atol=1e-4)
+    # Packed upper triangle, row by row: row i holds columns i..299.
+    packed = h.data()
+    assert packed.size == 300 * 301 // 2
+    rows, cols = np.triu_indices(300)
+    np.testing.assert_allclose(packed, (x.T.astype(np.float64) @ x)[rows, cols], atol=1e-4)
     blocked = _core.SecondMoments.make(600, 512)
-    assert blocked.block == 512 and blocked.data().size == 512 * 512 + 88 * 88
+    assert blocked.block == 512 and blocked.data().size == 512 * 513 // 2 + 88 * 89 // 2
     with pytest.raises(ValueError, match="multiple of 256"):
         _core.SecondMoments.make(300, 100)
     cache.save_moments(tmp_path / "m.npz", {"a.weight": (h, h)})
@@ -104,10 +108,10 @@ def _rtn_output_error(out: Path, model: Path, name: str, moments: dict) -> float
     check = moments[name][1]
     e = (w - q.dequantize(np.float32)).reshape(w.shape[0], -1).astype(np.float64)
     wf = w.reshape(w.shape[0], -1).astype(np.float64)
-    h = check.data()
     assert check.block >= check.dim  # the reference layers are small enough for a full H
-    h = h.reshape(check.dim, check.dim)
-    h = np.triu(h) + np.triu(h, 1).T
+    h = np.zeros((check.dim, check.dim))
+    h[np.triu_indices(check.dim)] = check.data()  # the packed upper triangle
+    h = h + np.triu(h, 1).T
     return float(np.sqrt(np.einsum("ri,ij,rj->", e, h, e) / np.einsum("ri,ij,rj->", wf, h, wf)))
 
 
@@ -157,12 +161,12 @@ def test_second_moments_stay_within_their_memory_cap(tmp_path: Path) -> None:
 
     roomy = moment_plan(dims, 1e12)
     assert roomy == {"a": (0, 0), "b": (0, 0), "c": (1024, 1024), "d": (1024, 1024)}
-    for cap in (5e8, 2e8, 6e7, 1e6):
+    for cap in (2.5e8, 1e8, 3e7, 5e5):
         plan = moment_plan(dims, cap)
         assert total(plan) <= cap, cap
         assert all(c in (0, 256) and f in (0, 256, 512, 1024) for f, c in plan.values())
-    assert moment_plan(dims, 5e8)["d"][1] == 256  # held-out H shrinks first
-    tight = moment_plan(dims, 6e7)
+    assert moment_plan(dims, 2.5e8)["d"] == (1024, 256)  # held-out H shrinks first
+    tight = moment_plan(dims, 3e7)
     assert "d" not in tight and "a" in tight  # then the widest layers go without
     # In a run: every layer's H within the cap; layers left out are rounded to nearest.
     import torch
@@ -175,7 +179,9 @@ def test_second_moments_stay_within_their_memory_cap(tmp_path: Path) -> None:
             with aq.torch.timestep(t):
                 m(torch.randn(64, 64))
 
-    cap_gb = 1.2 * 512 * 512 * 8 / 2**30  # room for one 512-wide layer at blocks of 256
+    # Room for one 512-wide layer at blocks of 256 (fit and held-out: 2 x 2 packed triangles of
+    # 256 columns, 8 bytes each), not for two.
+    cap_gb = 1.2 * 4 * 256 * 257 / 2 * 8 / 2**30
     r = aq.quantize_module(net, tmp_path / "q", calibrate=run, moments_memory_gb=cap_gb)
     sm = r.extra["calibration"]["second_moments"]
     assert sm["memory_mib"] * 2**20 <= cap_gb * 2**30
@@ -221,3 +227,31 @@ def test_sensitivity_is_cached_with_the_calibration(tmp_path: Path) -> None:
     for k in v1:  # per output row, one gain per layer, positive
         assert v1[k].shape == v2[k].shape and (v1[k] > 0).all()
         np.testing.assert_array_equal(v1[k], v2[k])
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        dict(kernel_size=3, padding=1),
+        dict(kernel_size=3, stride=2, padding=1),
+        dict(kernel_size=(3, 2), stride=(2, 1), padding=(0, 1), dilation=(1, 2)),
+        dict(kernel_size=1),
+    ],
+)
+def test_picked_rows_are_the_unfolded_rows(conv: dict[str, Any]) -> None:
+    # H gets a random subset of each call's rows: gathered directly, the same rows (values and
+    # order) as unfolding the whole input and indexing it.
+    import torch
+    from torch import nn
+
+    from arrowquant.calibration.capture import layer_rows, picked_rows, row_count
+
+    m = nn.Conv2d(5, 7, **conv)
+    x = torch.randn(3, 5, 9, 8)
+    full = layer_rows(m, x)
+    assert full is not None and full.shape[0] == row_count(m, x)
+    pick = torch.randperm(full.shape[0], generator=torch.Generator().manual_seed(0))[:40]
+    assert torch.equal(picked_rows(m, x, pick), full[pick])
+    lin, xl = nn.Linear(5, 4), torch.randn(2, 3, 5)
+    assert row_count(lin, xl) == 6
+    assert torch.equal(picked_rows(lin, xl, pick[:3] % 6), xl.reshape(-1, 5)[pick[:3] % 6])

@@ -148,3 +148,27 @@ def test_tied_weights_are_written_once_per_name(tmp_path: Path) -> None:
     got = aq.load_state_dict(tmp_path / "t", dtype=torch.float32)
     assert set(got) == set(m.state_dict())  # both names, stored from one shared tensor
     assert (got["a.weight"] - m.a.weight).norm() < 0.2 * m.a.weight.norm()
+
+
+def test_state_file_is_a_valid_safetensors_file_of_every_dtype(tmp_path: Path) -> None:
+    # Streamed tensor by tensor (no second copy of a big model): every dtype, a transposed
+    # (non-contiguous) parameter, a 0-dim and an empty buffer read back exactly.
+    import safetensors.torch
+
+    from arrowquant.module import _state_file
+
+    m = nn.Module()
+    m.lin = nn.Linear(5, 3)
+    m.lin.weight = nn.Parameter(torch.randn(5, 3).t())
+    m.register_buffer("h16", torch.randn(4, 2).half())
+    m.register_buffer("bf", torch.randn(7).bfloat16())
+    m.register_buffer("ids", torch.arange(6).view(2, 3))
+    m.register_buffer("mask", torch.tensor([True, False, True]))
+    m.register_buffer("scalar", torch.tensor(2.5, dtype=torch.float64))
+    m.register_buffer("empty", torch.zeros(0, 4))
+    got = safetensors.torch.load_file(str(_state_file(m, tmp_path)))
+    want = m.state_dict()
+    assert set(got) == set(want)
+    for k, v in want.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
+        assert torch.equal(got[k], v), k

@@ -99,3 +99,16 @@ def test_layers_without_a_gradient_are_not_measured() -> None:
     net = Detached().eval()
     gains, _ = sensitivity.measure(net, _recorded(net), lambda n: n, probes=2)
     assert set(gains) == {"mid", "out"}  # inp unmeasured (not "insensitive"), temb/quiet unused
+
+
+def test_big_models_replay_fewer_calls_and_probes() -> None:
+    # Each probe is a backward pass of the whole model: past ONE_ITEM_PARAMS the replay shrinks
+    # (weights on the meta device: nothing is allocated).
+    big = nn.Linear(12_000, 10_000, device="meta")
+    assert sum(p.numel() for p in big.parameters()) > sensitivity.ONE_ITEM_PARAMS
+    assert sensitivity.replay_budget(big) == (
+        sensitivity.BIG_MODEL_CALLS,
+        sensitivity.BIG_MODEL_PROBES,
+    )
+    assert sensitivity.replay_budget(Net()) == (sensitivity.MAX_CALLS, sensitivity.PROBES)
+    assert sensitivity.CallRecorder(big).max_calls == sensitivity.BIG_MODEL_CALLS

@@ -96,7 +96,8 @@ def load(path: Path) -> dict[str, Any] | None:
 
 
 # What the second-moment cache depends on besides the capture's own settings.
-MOMENT_SETTINGS: dict[str, Any] = {"what": "second_moments", "version": 1}
+# version 2: packed upper triangles
+MOMENT_SETTINGS: dict[str, Any] = {"what": "second_moments", "version": 2}
 
 
 def save_moments(path: Path, moments: dict[str, tuple[Any, Any]]) -> None:

@@ -213,11 +213,16 @@ def moment_block(dim: int) -> int:
 
 
 def _h_bytes(dim: int, block: int) -> int:
-    """Bytes of a SecondMoments (f64 blocks on the diagonal; block 0: the full matrix)."""
+    """Bytes of a SecondMoments (f64 upper triangles of the diagonal blocks; block 0: the whole
+    matrix)."""
+
+    def tri(m: int) -> int:
+        return 8 * m * (m + 1) // 2
+
     if block == 0 or block >= dim:
-        return 8 * dim * dim
+        return tri(dim)
     full, rest = divmod(dim, block)
-    return 8 * (full * block * block + rest * rest)
+    return full * tri(block) + tri(rest)
 
 
 def layer_dim(m: Any) -> int | None:
@@ -276,6 +281,44 @@ def layer_rows(m: Any, x: Any) -> Any | None:
     return x.reshape(-1, x.shape[-1])
 
 
+def _conv_geometry(m: Any, x: Any) -> tuple[list[int], int, int]:
+    """([kh, kw, sh, sw, ph, pw, dh, dw], output height, output width) of conv m on input x
+    (a conv layer_dim accepts: zero padding given as numbers)."""
+    kh, kw, sh, sw, ph, pw, dh, dw = (
+        int(v) for v in (*m.kernel_size, *m.stride, *m.padding, *m.dilation)
+    )
+    oh = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return [kh, kw, sh, sw, ph, pw, dh, dw], max(int(oh), 0), max(int(ow), 0)
+
+
+def row_count(m: Any, x: Any) -> int:
+    """How many rows layer_rows(m, x) has (output positions x batch for a conv)."""
+    import torch
+
+    if isinstance(m, torch.nn.Conv2d):
+        _, oh, ow = _conv_geometry(m, x)
+        return int(x.shape[0]) * oh * ow
+    return int(x.numel() // x.shape[-1])
+
+
+def picked_rows(m: Any, x: Any, pick: Any) -> Any:
+    """layer_rows(m, x)[pick], gathering only the picked patches of a conv: unfolding the whole
+    input to keep a few hundred rows cost more than the layer's own forward."""
+    import torch
+    import torch.nn.functional as F
+
+    if not isinstance(m, torch.nn.Conv2d):
+        return x.reshape(-1, x.shape[-1])[pick]
+    (kh, kw, sh, sw, ph, pw, dh, dw), oh, ow = _conv_geometry(m, x)
+    n, pos = pick // (oh * ow), pick % (oh * ow)
+    y0, x0 = (pos // ow) * sh, (pos % ow) * sw
+    xp = F.pad(x, (pw, pw, ph, ph))
+    # unfold's column order: channel-major, then kernel row, then kernel column.
+    taps = [xp[n, :, y0 + ky * dh, x0 + kx * dw] for ky in range(kh) for kx in range(kw)]
+    return torch.stack(taps, dim=2).reshape(pick.shape[0], -1)
+
+
 def _add_moments(
     name: str,
     m: Any,
@@ -287,11 +330,10 @@ def _add_moments(
 ) -> None:
     import torch
 
-    rows = layer_rows(m, x)
-    if rows is None:
+    if layer_dim(m) is None:
         return
-    pick = torch.randperm(rows.shape[0], generator=g)[: MOMENT_ROWS + CHECK_ROWS]
-    chosen = rows[pick].float().contiguous()
+    pick = torch.randperm(row_count(m, x), generator=g)[: MOMENT_ROWS + CHECK_ROWS]
+    chosen = picked_rows(m, x, pick).float().contiguous()
     pair = out.get(name)
     if pair is None:
         dim = chosen.shape[1]

@@ -33,8 +33,20 @@ from arrowquant.calibration.capture import quantizable_layers
 
 MAX_CALLS = 8  # forward calls of the denoiser replayed
 PROBES = 4  # random projections per call
-# Above this many parameters a call is replayed one batch item at a time (activation memory).
+# Above this many parameters a call is replayed one batch item at a time (activation memory),
+# and fewer calls and probes are replayed: each probe is a backward pass of the whole model (an
+# SD1.5-sized UNet on 2 cores: 13 s forward with gradients, 30 s per backward), so 8 x 4 would
+# cost more than the sampling itself. The estimate is noisier there, not biased.
 ONE_ITEM_PARAMS = 100_000_000
+BIG_MODEL_CALLS = 2
+BIG_MODEL_PROBES = 2
+
+
+def replay_budget(module: Any) -> tuple[int, int]:
+    """(calls recorded and replayed, probes per call) for this module's size."""
+    if sum(p.numel() for p in module.parameters()) > ONE_ITEM_PARAMS:
+        return BIG_MODEL_CALLS, BIG_MODEL_PROBES
+    return MAX_CALLS, PROBES
 
 
 def _map_tensors(obj: Any, fn: Callable[[Any], Any]) -> Any:
@@ -65,10 +77,10 @@ class CallRecorder:
     """A seeded reservoir of up to `max_calls` forward calls of `module` (args and kwargs,
     tensors detached and copied): the inputs sensitivity is measured on, uniform over the run."""
 
-    def __init__(self, module: Any, max_calls: int = MAX_CALLS, seed: int = 0) -> None:
+    def __init__(self, module: Any, max_calls: int | None = None, seed: int = 0) -> None:
         self.calls: list[tuple[Any, Any]] = []
         self.seen = 0
-        self.max_calls = max_calls
+        self.max_calls = max_calls or replay_budget(module)[0]
         self.rng = random.Random(seed)
         self.handle = module.register_forward_pre_hook(self._hook, with_kwargs=True)
 
@@ -123,7 +135,7 @@ def measure(
     module: Any,
     calls: list[tuple[Any, Any]],
     weight_names: Callable[[str], str],
-    probes: int = PROBES,
+    probes: int | None = None,
     seed: int = 0,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """({weight name: [gain] * output rows}, summary) from replaying `calls` (module docstring)."""
@@ -132,7 +144,21 @@ def measure(
 
     t0 = time.perf_counter()
     layers = {weight_names(n): m for n, m in quantizable_layers(module).items()}
-    deltas = {name: _reference_error(m.weight) for name, m in layers.items()}
+    params = list(module.parameters())
+    n_params = sum(p.numel() for p in params)
+    probes = probes or replay_budget(module)[1]
+    # The reference errors are as big as the weights: kept for small models, recomputed at each
+    # use (deterministic) for big ones, whose memory would otherwise double.
+    cached: dict[str, Any] = {}
+
+    def delta(name: str) -> Any:
+        d = cached.get(name)
+        if d is None:
+            d = _reference_error(layers[name].weight)
+            if n_params <= ONE_ITEM_PARAMS:
+                cached[name] = d
+        return d
+
     contribution: dict[str, float] = dict.fromkeys(layers, 0.0)
     out_sq: dict[str, float] = dict.fromkeys(layers, 0.0)
     out_rows: dict[str, float] = dict.fromkeys(layers, 0.0)
@@ -144,10 +170,10 @@ def measure(
             with torch.no_grad():
                 x = args[0]
                 if isinstance(m, torch.nn.Conv2d):
-                    d = m._conv_forward(x, deltas[name], None)
+                    d = m._conv_forward(x, delta(name), None)
                     rows = d.numel() / d.shape[1]
                 else:
-                    d = F.linear(x, deltas[name])
+                    d = F.linear(x, delta(name))
                     rows = d.numel() / d.shape[-1]
                 out_sq[name] += float(d.double().pow(2).sum())
                 out_rows[name] += rows
@@ -156,7 +182,7 @@ def measure(
 
     def grad_hook(names: list[str]) -> Callable[[Any], None]:
         def hook(p: Any) -> None:
-            dot = float((deltas[names[0]].double() * p.grad.double()).sum())
+            dot = float((delta(names[0]).double() * p.grad.double()).sum())
             for name in names:  # a tied weight: every layer using it
                 contribution[name] += dot * dot * scale[0]
                 fired.add(name)
@@ -164,10 +190,8 @@ def measure(
 
         return hook
 
-    params = list(module.parameters())
     flags = [p.requires_grad for p in params]
     handles = [m.register_forward_hook(out_hook(name, m)) for name, m in layers.items()]
-    n_params = sum(p.numel() for p in params)
     g = torch.Generator().manual_seed(seed + 3)
     replayed = 0
     try:
