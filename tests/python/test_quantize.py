@@ -86,7 +86,7 @@ def test_every_format_round_trips_within_its_grid(fmt: dict[str, object]) -> Non
     storage=st.sampled_from(["f16", "f32", "q6", "q7", "q8"]),
 )
 # A subnormal f16 step: rounding it up adds 2^-24, far more than 2^-10 of it.
-@example(np.array([[2.94842e-07]], np.float32), bits=2, group=32, scheme="asym", storage="f16")
+@example(w=np.array([[2.94842e-07]], np.float32), bits=2, group=32, scheme="asym", storage="f16")
 def test_minmax_error_is_at_most_half_a_step(
     w: np.ndarray, bits: int, group: int, scheme: str, storage: str
 ) -> None:
