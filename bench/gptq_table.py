@@ -6,12 +6,14 @@ For each reference model (models/digits-ddpm, models/digits-dit) and each profil
 compact 3, local 4, cloud 8 bits), four methods:
 - min/max: weight only, round to nearest on a min/max grid (`--no-calibration --method minmax`);
 - search: weight only, the error-minimizing grid (`--no-calibration`, the weight-only default);
-- GPTQ: calibrated (synthetic, the default), min/max grid (`--method minmax`);
-- GPTQ+search: calibrated, the default (GPTQ with the grid search, widths by measured
-  sensitivity at the profile's size);
-plus `--target-bpw 3.0` calibrated. Every setting is sampled by `arrowquant.eval` with the same
-noise as the FP model (DDIM, paired), and reported at the bits per weight its file has. Writes
-table.md, results.json and psnr_vs_bpw.png under --out.
+- GPTQ: calibrated (synthetic, the default), min/max grid (`--method minmax`; the default up
+  to 4 bits);
+- GPTQ+search: calibrated, the error-minimizing grid (`--method search`; the default at 8 bits);
+both with widths by measured sensitivity at the profile's size and the profile's default group
+size (64 at edge, 32 otherwise); plus `--target-bpw 3.0` calibrated with every default. Every
+setting is sampled by `arrowquant.eval` with the same noise as the FP model (DDIM, paired), and
+reported at the bits per weight its file has. Writes table.md, results.json and
+psnr_vs_bpw.png under --out.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "min/max": {"calibration": "", "method": "minmax"},
     "search": {"calibration": ""},
     "GPTQ": {"method": "minmax"},
-    "GPTQ+search": {},
+    "GPTQ+search": {"method": "search"},
 }
 
 
@@ -42,7 +44,7 @@ def settings() -> list[tuple[str, str, dict[str, Any]]]:
         for profile in PROFILES
         for method, kw in METHODS.items()
     ]
-    out.append(("GPTQ+search target 3.0", "local", {"target_bpw": 3.0}))
+    out.append(("GPTQ target 3.0", "local", {"target_bpw": 3.0}))
     return out
 
 

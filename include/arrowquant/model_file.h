@@ -95,6 +95,10 @@ struct ModelReaderOptions {
   uint64_t max_rows = 1'000'000;
 };
 
+// The bytes `q` takes in a model file's payload: its codes, and its scale, zero-point and
+// super-scale buffers as the writer compresses them (zstd). What a size budget counts.
+Result<uint64_t> StoredPayloadBytes(const QuantizedTensor& q);
+
 // The model file a path names: the path itself when it is a file, `<folder>/model.aq.parquet`
 // when it is the folder that `arrowquant quantize` writes. NotFound when there is neither.
 inline constexpr const char* kModelFileName = "model.aq.parquet";

@@ -79,7 +79,7 @@ _PROFILE_HELP = (
     "edge = INT2 (2.38 bits/weight, weight relRMSE ~0.31), "
     "compact = INT3 (3.41 bits/weight, ~0.15), "
     "local = INT4 (4.45 bits/weight, ~0.07), cloud = INT8 (8.38 bits/weight, ~0.005). "
-    "Calibrated (the default for a diffusers UNet2DModel/DiT folder): a file of 2.5 / 3.5 / 4.5 / "
+    "Calibrated (the default for a diffusers UNet2DModel/DiT folder): a file of 2.7 / 3.5 / 4.5 / "
     "8.5 bits per weight, each layer's width (2/3/4/8/kept) chosen by its measured effect on "
     "the model's prediction. "
     "Weight only (--no-calibration, other checkpoints): layers above --max-rel-rmse climb to "

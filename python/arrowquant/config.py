@@ -28,12 +28,15 @@ from arrowquant.errors import ConfigurationError
 DEFAULT_PROFILE = "local"
 # size_bpw: what a calibrated, allocated model aims at (bits per weight over every tensor).
 PROFILES: dict[str, dict[str, Any]] = {
-    "edge": {"bits": 2, "max_rel_rmse": 0.40, "time_groups": 5, "size_bpw": 2.5},
+    "edge": {"bits": 2, "max_rel_rmse": 0.40, "time_groups": 5, "size_bpw": 2.7},
     # Between local and edge: the step from 4 to 2 bits is too large for many models.
     "compact": {"bits": 3, "max_rel_rmse": 0.25, "time_groups": 8, "size_bpw": 3.5},
     "local": {"bits": 4, "max_rel_rmse": 0.12, "time_groups": 10, "size_bpw": 4.5},
     "cloud": {"bits": 8, "max_rel_rmse": 0.02, "time_groups": 20, "size_bpw": 8.5},
 }
+# The group size of a calibrated (GPTQ) 2-bit profile when none is asked for
+# (api._calibrated_format).
+GPTQ_2BIT_GROUP_SIZE = 64
 # Marks a field whose default comes from the profile (filled in __post_init__).
 _FROM_PROFILE: Any = None
 ENV_PREFIX = "ARROW_QUANT_"

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <utility>
 
+#include "arrowquant/model_file.h"
 #include "core/parallel.h"
 #include "pipeline/layer.h"
 
@@ -41,7 +42,8 @@ Status Measure(const CheckpointTensor& t, const PipelineConfig& c, Candidate& ou
   for (int b : kWeightBits) {
     AQ_ASSIGN_OR_RETURN(QuantizedTensor q, QuantizeAt(view, c, factor.get(), b));
     AQ_ASSIGN_OR_RETURN(ErrorMetrics m, MeasureError(q, view, QuantOptions{1}));
-    Option o{b, static_cast<double>(q.nbytes())};
+    AQ_ASSIGN_OR_RETURN(const uint64_t stored, StoredPayloadBytes(q));
+    Option o{b, static_cast<double>(stored)};
     o.sse = m.mse * static_cast<double>(m.count);
     o.relative = m.rel_rmse * m.rel_rmse;
     if (lm && lm->check) {
@@ -72,12 +74,30 @@ Status Measure(const CheckpointTensor& t, const PipelineConfig& c, Candidate& ou
 }
 
 // The model file's bytes besides the tensors' own (codes, scales, kept values), so that a size
-// budget is the file's bits per weight: footer and schema, each tensor row's metadata columns
-// (name, shape, dtype, format fields: about 120 bytes a row in our writer, measured on files of
-// 82 and 182 rows) and the activation parameters calibration adds.
+// budget is the file's bits per weight. Measured on our writer's files (docs/format.md,
+// "Overhead"): the footer ~1.5 KB plus the recipe; ~3.3 KB per row group (its 33 column chunks'
+// page headers and footer entries); ~16 bytes per row in a shared row group (light columns,
+// zstd). A tensor of >= 256 KiB gets a row group of its own, and the small tensors between two
+// of those share one (up to 256 rows). Plus the activation parameters calibration adds.
 double OtherFileBytes(const Checkpoint& ck, const PipelineConfig& c) {
-  constexpr double kFooter = 15000, kPerRow = 120;
-  double bytes = kFooter + kPerRow * static_cast<double>(ck.tensors().size());
+  constexpr double kFooter = 1500, kPerRowGroup = 3300, kPerRow = 16;
+  constexpr double kOwnGroupBytes = 256 << 10;
+  double groups = 0;
+  size_t small_run = 0;
+  for (const auto& t : ck.tensors()) {
+    // Whether it gets its own row group depends on the width it is given: counted as its own
+    // where its widest (16-bit) form would be, so that the estimate errs on the large side.
+    const bool own = static_cast<double>(t.info->num_elements()) * 2.0 >= kOwnGroupBytes;
+    if (own) {
+      groups += 1;
+      small_run = 0;
+    } else {
+      groups += small_run % 256 == 0 ? 1 : 0;
+      ++small_run;
+    }
+  }
+  double bytes = kFooter + static_cast<double>(c.recipe_json.size()) + kPerRowGroup * groups +
+                 kPerRow * static_cast<double>(ck.tensors().size());
   for (const auto& [name, plan] : c.activations) {
     if (plan.time_aware) {
       const auto& t = *plan.time_aware;

@@ -72,8 +72,9 @@ def test_calibration_collects_moments_per_layer_and_caches_them(tmp_path: Path) 
 def test_gptq_lowers_the_layers_output_error(model: Path, tmp_path: Path) -> None:
     api = aq.ArrowQuantV2()
     g = api.quantize_diffusion_model(model, tmp_path / "g", _cfg(tmp_path, profile="edge"))
+    # Round to nearest in GPTQ's format at this profile (groups of 64: api._calibrated_format).
     r = api.quantize_diffusion_model(
-        model, tmp_path / "r", _cfg(tmp_path, profile="edge", gptq=False)
+        model, tmp_path / "r", _cfg(tmp_path, profile="edge", gptq=False, group_size=64)
     )
     lg = {x["name"]: x for x in g.layers if x["action"] == "quantized"}
     lr = {x["name"]: x for x in r.layers if x["action"] == "quantized"}
@@ -84,13 +85,14 @@ def test_gptq_lowers_the_layers_output_error(model: Path, tmp_path: Path) -> Non
     # Same bytes on disk per layer; lower output error on held-out rows for most layers.
     moments: dict = {}
     calibrate(model, _cfg(tmp_path, profile="edge"), moments=moments)
+    # (The allocator widens some GPTQ layers: those are not compared.)
+    same = [n for n in gptq if lr[n]["bits"] == lg[n]["bits"]]
+    assert len(same) > 10
     wins = 0
-    for n in gptq:
-        if lr[n]["bits"] != lg[n]["bits"]:
-            continue
+    for n in same:
         assert lr[n]["stored_bytes"] == lg[n]["stored_bytes"]
         wins += lg[n]["output_error"] < _rtn_output_error(tmp_path / "r", model, n, moments)
-    assert wins >= 0.8 * len(gptq)
+    assert wins >= 0.8 * len(same)
     # The whole-model check: one-step prediction error on fresh FP trajectories, lower with GPTQ.
     cg, cr = g.extra["calibration"]["one_step_check"], r.extra["calibration"]["one_step_check"]
     assert cg["groups"] and len(cg["per_timestep"]) >= 4

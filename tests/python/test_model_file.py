@@ -111,9 +111,9 @@ def test_file_size_is_payload_plus_fixed_overhead(tmp_path: Path) -> None:
     payload = sum(q.nbytes for q in tensors.values())
     size = (tmp_path / "m.parquet").stat().st_size
     overhead = size - payload
-    # Measured (docs/format.md): about 4.2 KB per file (footer, schema, key/values) and 3.3 KB
-    # per tensor (33 column chunks: page headers and footer entries). Pinned here with slack so
-    # that a regression shows.
+    # Measured (docs/format.md): about 1.5 KB per file (footer, key/values) and 3.3 KB per row
+    # group (33 column chunks: page headers and footer entries); these tensors have one each.
+    # Pinned here with slack so that a regression shows.
     assert overhead < 6144 + 3600 * len(tensors), overhead
     assert size <= 1.02 * payload + 6144 + 3600 * len(tensors)
 
@@ -135,6 +135,13 @@ def test_other_readers_open_the_file(tmp_path: Path) -> None:
         f"SELECT layer_name, bits, num_params FROM '{p}' ORDER BY layer_name"
     ).fetchall()
     assert rows == [("a.bias", 0, 24), ("a.weight", 4, 24 * 200)]
+    # The key/values are the footer's own (no second copy in an embedded Arrow schema), and
+    # pyarrow shows them as the schema's metadata all the same.
+    assert b"ARROW:schema" not in kv
+    assert pq.read_table(p).schema.metadata[b"arrowquant.format"] == b"arrowquant-parquet"
+    rg = pq.ParquetFile(p).metadata.row_group(0)
+    codecs = {rg.column(i).path_in_schema: rg.column(i).compression for i in range(rg.num_columns)}
+    assert codecs["data"] == "UNCOMPRESSED" and codecs["layer_name"] == "ZSTD", codecs
     meta = duckdb.sql(f"SELECT key, value FROM parquet_kv_metadata('{p}')").fetchall()
     assert any(k == b"arrowquant.format_version" and v == b"2.0" for k, v in meta)
     df = pl.read_parquet(p, columns=["layer_name", "quant_type", "bits"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -318,8 +319,12 @@ def test_target_bpw_budget(models: dict[str, Path], tmp_path: Path) -> None:
     r = _run("quantize", str(models["unet"]), str(tmp_path / "o"), "--target-bpw", "5", "--json")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
-    assert rep["summary"]["bits_per_weight"] <= 5.05
     assert "met" in rep["summary"]["budget"]
+    # The budget is the file's (metadata, footer, scales as zstd stores them), not the payload's
+    # uncompressed bits per weight that the summary reports.
+    params = sum(math.prod(layer["shape"]) for layer in rep["layers"])
+    file_bpw = 8 * (tmp_path / "o" / "model.aq.parquet").stat().st_size / params
+    assert 4.5 < file_bpw <= 5.0, file_bpw
     widths = {
         layer["bits"] for layer in rep["layers"] if layer["why"] == "width from the size budget"
     }

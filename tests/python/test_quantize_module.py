@@ -67,15 +67,36 @@ def test_names_are_the_state_dict_and_calibrated_layers_use_gptq(tmp_path: Path)
     # Widths by each layer's measured gain on replayed calls of the module (the caller's loop).
     assert "by measured sensitivity" in r.extra["budget"]
     assert cal["sensitivity"]["calls"] == 8 and cal["sensitivity"]["layers"] == 6
+    # GPTQ's own format where none is asked for: at a 4-bit profile the min/max grid, groups of
+    # 32 (api._calibrated_format); the weight-only path keeps the recommended format.
+    assert all("-g32-" in x["format"] and x["format"].endswith("-minmax") for x in done.values())
     plain = aq.quantize_module(net, tmp_path / "w", profile="local")
     assert all(x["method"] == "rtn" for x in plain.layers if x["action"] == "quantized")
+    assert all("-g32-" in x["format"] for x in plain.layers if x["action"] == "quantized")
+    asked = aq.quantize_module(
+        net, tmp_path / "g", profile="edge", calibrate=_run, group_size=32, method="search"
+    )
+    assert all(
+        x["format"].endswith("-search") and "-g32-" in x["format"]
+        for x in asked.layers
+        if x["action"] == "quantized"
+    )
+    # A 2-bit profile: groups of 64 unless asked.
+    edge = aq.quantize_module(net, tmp_path / "e", profile="edge", calibrate=_run)
+    assert all("-g64-" in x["format"] for x in edge.layers if x["action"] == "quantized")
 
 
 @pytest.mark.parametrize("profile", ["local", "edge"])
 def test_calibrated_model_generates_closer_to_fp(tmp_path: Path, profile: str) -> None:
+    # GPTQ against round to nearest with the same calibration, at the profile's width for every
+    # layer (allocate=False: without GPTQ there is no measured allocation, and an allocated file
+    # would be compared with a file of other bits per weight).
     net = _net()
-    aq.quantize_module(net, tmp_path / "g", profile=profile, calibrate=_run)
-    aq.quantize_module(net, tmp_path / "r", profile=profile, calibrate=_run, gptq=False)
+    kw = {"profile": profile, "calibrate": _run, "allocate": False}
+    aq.quantize_module(net, tmp_path / "g", **kw)
+    aq.quantize_module(net, tmp_path / "r", gptq=False, **kw)
+    size = {k: (tmp_path / k / "model.aq.parquet").stat().st_size for k in "gr"}
+    assert size["g"] <= 1.02 * size["r"], size
     with torch.no_grad():
         ref = _run(net, seed=1)  # other noise than calibration saw
         e_g = (_run(_loaded(tmp_path / "g"), seed=1) - ref).norm() / ref.norm()

@@ -355,14 +355,15 @@ def _keep_rows(
 ) -> None:
     import torch
 
-    rows = layer_rows(m, x)
-    if rows is None:
+    dim = layer_dim(m)
+    if dim is None:
         return
-    cap = min(max_rows, max(1, (8 << 20) // (4 * rows.shape[1])))
+    cap = min(max_rows, max(1, (8 << 20) // (4 * dim)))
     have = out.get(name)
     room = cap - (0 if have is None else have.shape[0])
     if room <= 0:
         return
-    pick = torch.randperm(rows.shape[0], generator=g)[: min(per_call, room)]
-    new = rows[pick].clone()
+    # The rows layer_rows would give, gathered without unfolding the whole input.
+    pick = torch.randperm(row_count(m, x), generator=g)[: min(per_call, room)]
+    new = picked_rows(m, x, pick)
     out[name] = new if have is None else torch.cat([have, new])

@@ -1,10 +1,5 @@
 #include "formats/parquet/model_schema.h"
 
-#include <arrow/ipc/writer.h>
-#include <arrow/util/base64.h>
-
-#include <string_view>
-
 namespace arrowquant::pq {
 
 bool IsPayloadColumn(const std::string& name) {
@@ -56,19 +51,6 @@ std::shared_ptr<arrow::Schema> ModelSchema() {
 Status FromArrow(const arrow::Status& st, const std::string& context, StatusCode code) {
   if (st.ok()) return Status::OK();
   return Status(code, context + ": " + st.ToString());
-}
-
-}  // namespace arrowquant::pq
-
-namespace arrowquant::pq {
-
-Status SerializedArrowSchema(const arrow::Schema& schema, std::string* out) {
-  auto buf = arrow::ipc::SerializeSchema(schema, arrow::default_memory_pool());
-  if (!buf.ok())
-    return FromArrow(buf.status(), "serializing the Arrow schema", StatusCode::kInternal);
-  *out = arrow::util::base64_encode(std::string_view(reinterpret_cast<const char*>((*buf)->data()),
-                                                     static_cast<size_t>((*buf)->size())));
-  return Status::OK();
 }
 
 }  // namespace arrowquant::pq

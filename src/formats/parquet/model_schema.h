@@ -63,12 +63,7 @@ inline constexpr const char* kModality = "arrowquant.modality";
 inline constexpr const char* kDiffusion = "arrowquant.is_diffusion_model";
 inline constexpr const char* kCreated = "arrowquant.created";
 inline constexpr const char* kTotals = "arrowquant.totals";
-// Parquet's key for the serialized Arrow schema (base64 of an IPC schema message).
-inline constexpr const char* kArrowSchema = "ARROW:schema";
 }  // namespace key
-
-// `schema` (with its metadata) as Parquet stores it under ARROW:schema.
-Status SerializedArrowSchema(const arrow::Schema& schema, std::string* out);
 
 Status FromArrow(const arrow::Status& st, const std::string& context,
                  StatusCode code = StatusCode::kIoError);

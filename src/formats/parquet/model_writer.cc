@@ -88,22 +88,23 @@ Result<std::unique_ptr<ModelWriter>> ModelWriter::Open(const std::string& path,
   if (!sink.ok()) return FromArrow(sink.status(), path + ": cannot create the output");
   impl->sink = *sink;
   parquet::WriterProperties::Builder b;
-  // Every column chunk costs page headers and footer entries once per tensor, so the light
-  // columns go without dictionary, compression or statistics (layer_name keeps statistics for
-  // predicate push-down). Payload compression was chosen by bench/compression.py: packed codes
-  // gain 3-9% from zstd, f16 scales and zero-points 28-50%, coded scales nothing; codes stay
-  // uncompressed (load speed), the small scale columns use zstd.
+  // Payload compression was chosen by bench/compression.py: packed codes gain 3-9% from zstd,
+  // f16 scales and zero-points 28-50%, coded scales nothing; codes stay uncompressed (load
+  // speed). The light columns (names, shapes, format fields, activation parameters) are zstd'd
+  // too: on a small model they are a tenth of the file (names repeat their prefixes), and on a
+  // big one a few bytes a row group. No dictionary, and statistics only on layer_name (predicate
+  // push-down): each costs footer bytes per column chunk.
   b.version(parquet::ParquetVersion::PARQUET_2_6)
       ->data_page_version(parquet::ParquetDataPageVersion::V2)
       ->enable_page_checksum()
       ->disable_dictionary()
       ->disable_statistics()
       ->enable_statistics(col::kName)
-      ->compression(arrow::Compression::UNCOMPRESSED);
-  for (const auto& name : {col::kScales, col::kZeros, col::kSuper}) {
-    b.compression(name, arrow::Compression::ZSTD);
-  }
-  auto arrow_props = parquet::ArrowWriterProperties::Builder().store_schema()->build();
+      ->compression(arrow::Compression::ZSTD)
+      ->compression(col::kData, arrow::Compression::UNCOMPRESSED);
+  // No stored Arrow schema (ARROW:schema, ~9 KB of footer): the Parquet schema gives back every
+  // type but large_binary, and readers take the payload as binary or large_binary alike.
+  auto arrow_props = parquet::ArrowWriterProperties::Builder().build();
   auto w = parquet::arrow::FileWriter::Open(*pq::ModelSchema(), arrow::default_memory_pool(),
                                             impl->sink, b.build(), arrow_props);
   if (!w.ok()) {
@@ -198,15 +199,8 @@ Status ModelWriter::Close() {
        m.meta.source_json, m.meta.modality, m.meta.is_diffusion_model ? "true" : "false",
        NowIso8601(), totals});
   for (const auto& [k, v] : m.meta.extra) kv->Append(k, v);
-  // The same key/values in the embedded Arrow schema, where pyarrow, Polars and DuckDB users
-  // look (read_table(...).schema.metadata); it replaces the schema stored at Open().
-  std::string arrow_schema;
-  if (Status st = pq::SerializedArrowSchema(*pq::ModelSchema()->WithMetadata(kv), &arrow_schema);
-      !st.ok()) {
-    Abort();
-    return Status(st.code(), m.path + ": " + st.message());
-  }
-  kv->Append(pq::key::kArrowSchema, arrow_schema);
+  // Only in the footer's key/values: pyarrow, Polars and DuckDB show them from there as the
+  // schema's metadata, and a second copy in an embedded Arrow schema cost ~9 KB a file.
   Status st = FromArrow(m.writer->AddKeyValueMetadata(kv), m.path);
   if (st.ok()) st = FromArrow(m.writer->Close(), m.path);
   if (st.ok()) st = FromArrow(m.sink->Close(), m.path);
