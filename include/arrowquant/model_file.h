@@ -95,6 +95,12 @@ struct ModelReaderOptions {
   uint64_t max_rows = 1'000'000;
 };
 
+// How the writer groups rows: a row (tensor chunk) of at least this many payload bytes gets a
+// row group of its own; smaller rows share one, up to kSharedRowGroupRows of them. A size
+// budget estimates the file's row groups from these.
+inline constexpr uint64_t kOwnRowGroupBytes = 256 << 10;
+inline constexpr size_t kSharedRowGroupRows = 256;
+
 // The bytes `q` takes in a model file's payload: its codes, and its scale, zero-point and
 // super-scale buffers as the writer compresses them (zstd). What a size budget counts.
 Result<uint64_t> StoredPayloadBytes(const QuantizedTensor& q);

@@ -81,18 +81,18 @@ Status Measure(const CheckpointTensor& t, const PipelineConfig& c, Candidate& ou
 // of those share one (up to 256 rows). Plus the activation parameters calibration adds.
 double OtherFileBytes(const Checkpoint& ck, const PipelineConfig& c) {
   constexpr double kFooter = 1500, kPerRowGroup = 3300, kPerRow = 16;
-  constexpr double kOwnGroupBytes = 256 << 10;
   double groups = 0;
   size_t small_run = 0;
   for (const auto& t : ck.tensors()) {
     // Whether it gets its own row group depends on the width it is given: counted as its own
     // where its widest (16-bit) form would be, so that the estimate errs on the large side.
-    const bool own = static_cast<double>(t.info->num_elements()) * 2.0 >= kOwnGroupBytes;
+    const bool own =
+        static_cast<double>(t.info->num_elements()) * 2.0 >= static_cast<double>(kOwnRowGroupBytes);
     if (own) {
       groups += 1;
       small_run = 0;
     } else {
-      groups += small_run % 256 == 0 ? 1 : 0;
+      groups += small_run % kSharedRowGroupRows == 0 ? 1 : 0;
       ++small_run;
     }
   }

@@ -56,9 +56,9 @@ std::string NowIso8601() {
   return buf;
 }
 
-constexpr uint64_t kSmallRowBytes = 256 << 10;  // rows below this share row groups
-constexpr uint64_t kPendingLimit = 4 << 20;     // ... up to this many payload bytes
-constexpr size_t kPendingRows = 256;            // ... or rows
+// Shared row groups also close at this many payload bytes (kOwnRowGroupBytes, kSharedRowGroupRows:
+// model_file.h).
+constexpr uint64_t kPendingLimit = 4 << 20;
 
 }  // namespace
 
@@ -137,7 +137,7 @@ Status ModelWriter::Write(const TensorRecord& r) {
 
 Status ModelWriter::Impl::Append(std::vector<std::shared_ptr<arrow::Array>> cols,
                                  uint64_t row_bytes, const std::string& where) {
-  if (row_bytes >= kSmallRowBytes) {
+  if (row_bytes >= kOwnRowGroupBytes) {
     AQ_RETURN_IF_ERROR(FlushPending());
     return WriteRowGroup({cols});
   }
@@ -151,7 +151,8 @@ Status ModelWriter::Impl::Append(std::vector<std::shared_ptr<arrow::Array>> cols
   }
   pending.push_back(std::move(cols));
   pending_bytes += row_bytes;
-  if (pending_bytes >= kPendingLimit || pending.size() >= kPendingRows) return FlushPending();
+  if (pending_bytes >= kPendingLimit || pending.size() >= kSharedRowGroupRows)
+    return FlushPending();
   return Status::OK();
 }
 
