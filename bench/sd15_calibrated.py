@@ -85,7 +85,10 @@ def main() -> None:
         "recording_and_sensitivity_s": calib.get("seconds"),
         "sensitivity_s": (calib.get("sensitivity") or {}).get("seconds"),
         "second_moments": calib.get("second_moments"),
-        "bits_per_weight": d.get("bits_per_weight"),
+        "bits_per_weight": d.get("bits_per_weight"),  # stored payload, scales uncompressed
+        "file_bits_per_weight": round(8 * d["file_bytes"] / params, 3)
+        if d.get("file_bytes")
+        else None,
         "c++_job_s": d.get("seconds"),
         "formats": d.get("formats"),
         "peak_rss_gib_after_model": round(rss_model, 2),

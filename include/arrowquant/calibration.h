@@ -59,8 +59,10 @@ class ActivationCollector {
  public:
   static Result<std::unique_ptr<ActivationCollector>> Make(uint64_t channels);
   // Adds a float32 activation tensor seen at `timestep`. Non-finite values are an error: they
-  // would poison every range derived from them.
-  Status Add(int32_t timestep, std::span<const float> values, const ActivationLayout& layout);
+  // would poison every range derived from them. `threads` split the rows (`outer`); the result
+  // is the same for any count (minima, maxima and counts merge exactly).
+  Status Add(int32_t timestep, std::span<const float> values, const ActivationLayout& layout,
+             int threads = 1);
   // Restores statistics saved earlier (the calibration cache).
   Status Merge(const TimestepActivationStats& in);
 

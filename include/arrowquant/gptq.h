@@ -34,8 +34,9 @@ namespace arrowquant {
 // any thread count; two accumulators over the same rows merge exactly.
 class SecondMoments {
  public:
-  // block: 0 = full (dim x dim); else a multiple of 256 (so that groups of every supported size
-  // fall inside one block).
+  // block: 0 = full (dim x dim); else a multiple of 128. GPTQ needs whole groups inside a block
+  // (256 holds every supported group size); held-out H, used for output errors only, may take
+  // 128 to halve its memory.
   static Result<std::unique_ptr<SecondMoments>> Make(uint64_t dim, uint64_t block = 0);
 
   // Adds n rows of dim floats (row-major).

@@ -82,8 +82,9 @@ class DiffusionQuantConfig:
     gptq_act_order: bool = False  # columns by decreasing input energy, static groups
     # Cap on the second moments (GPTQ's H, every layer, fit and held-out) held while sampling:
     # above it, held-out H go to blocks of 256, then the largest H's blocks shrink, then the
-    # widest layers are rounded to nearest instead (the report lists GPTQ per layer).
-    moments_memory_gb: float = 2.0
+    # widest layers are rounded to nearest instead (the report lists GPTQ per layer). 0: 35% of
+    # the model's own parameter bytes, at least 0.5 and at most 2 GiB (capture.moments_cap_bytes).
+    moments_memory_gb: float = 0.0
     # With GPTQ: each layer's width (2/3/4/8/keep) by its measured contribution to the whole
     # model's one-step error, within size_bpw (or target_bpw), no layer below half of `bits`;
     # the default rules' first/last/time-embedding choices become overridable. False: the
@@ -217,8 +218,8 @@ class DiffusionQuantConfig:
             bad("keep_dtype", f"must be one of {', '.join(QUANTIZABLE)}")
         if self.target_bpw != 0 and not (1.0 <= self.target_bpw <= 16.0):
             bad("target_bpw", "must be 0 (off) or between 1 and 16")
-        if not (0.001 <= self.moments_memory_gb <= 4096):
-            bad("moments_memory_gb", "must be between 0.001 and 4096")
+        if self.moments_memory_gb != 0 and not (0.001 <= self.moments_memory_gb <= 4096):
+            bad("moments_memory_gb", "must be 0 (auto) or between 0.001 and 4096")
         if not (1.0 <= self.size_bpw <= 16.0):
             bad("size_bpw", "must be between 1 and 16")
         if self.threads < 0:

@@ -12,13 +12,15 @@ checkpoint file would (GPTQ on the recorded second moments, validation, fallback
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from arrowquant._memory import release_freed
 from arrowquant.config import DiffusionQuantConfig
 from arrowquant.errors import ConfigurationError
 from arrowquant.report import QuantizationReport
@@ -79,6 +81,41 @@ def _state_file(module: Any, folder: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _spilled(moments: dict[str, Any], enabled: bool) -> Iterator[None]:
+    """Within the block, `moments` ({name: (fit, held-out) SecondMoments}) lives in a scratch
+    file instead of memory, written and read back one matrix at a time."""
+    if not enabled or not moments:
+        yield
+        return
+    import numpy as np
+
+    import arrowquant._core as _core
+
+    with tempfile.TemporaryFile(prefix="aq-moments-") as f:
+        layout = []
+        for name in list(moments):
+            parts = []
+            for h in moments.pop(name):
+                data = h.data()
+                data.tofile(f)
+                parts.append((h.dim, h.block if h.block < h.dim else 0, h.count, data.size))
+                del data, h
+            layout.append((name, parts))
+        release_freed()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            for name, parts in layout:
+                restored = []
+                for dim, block, count, size in parts:
+                    h = _core.SecondMoments.make(dim, block)
+                    h.restore(np.fromfile(f, dtype=np.float64, count=size), count)
+                    restored.append(h)
+                moments[name] = (restored[0], restored[1])
+
+
 def record(
     module: Any,
     run: Callable[[Any], Any],
@@ -93,7 +130,7 @@ def record(
 
     from arrowquant.calibration import fit_plans, moments_summary, recording_summary
     from arrowquant.calibration import sensitivity as sens
-    from arrowquant.calibration.capture import Recorder
+    from arrowquant.calibration.capture import Recorder, moments_cap_bytes
     from arrowquant.torch import TimestepTracker
 
     t0 = time.perf_counter()
@@ -105,7 +142,7 @@ def record(
         cfg.seed,
         moments=moments if cfg.gptq else None,
         threads=cfg.threads or (os.cpu_count() or 1),
-        moments_cap=cfg.moments_memory_gb * 2**30,
+        moments_cap=moments_cap_bytes(module, cfg.moments_memory_gb),
     )
     want_sens = cfg.gptq and cfg.allocate
     calls = sens.CallRecorder(module, seed=cfg.seed) if want_sens else None
@@ -139,12 +176,17 @@ def record(
         "rows": 0,
         "kind": "the caller's sampling loop",
     }
+    release_freed()  # the sampler's freed activations, before H and the replay's graph
     sens_summary = None
     if calls is not None and calls.calls:
-        values, sens_summary = sens.measure(
-            module, calls.calls, lambda n: f"{n}.weight", seed=cfg.seed
-        )
+        # A big model's H waits on disk while its replay builds autograd graphs: the two
+        # together, on top of the model, are what bounded the peak memory.
+        with _spilled(moments, enabled=sens.big_model(module)):
+            values, sens_summary = sens.measure(
+                module, calls.calls, lambda n: f"{n}.weight", seed=cfg.seed
+            )
         sensitivity.update(values)
+        release_freed()
     sampler = getattr(run, "__qualname__", type(run).__name__)
     summary |= recording_summary(module, sampler, rec.collectors, plans, cfg)
     summary |= {

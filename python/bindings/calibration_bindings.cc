@@ -72,17 +72,17 @@ void BindCalibration(nb::module_& m) {
           "add",
           [](ActivationCollector& c, int32_t t,
              nb::ndarray<const float, nb::c_contig, nb::device::cpu> x, uint64_t outer,
-             uint64_t channels, uint64_t inner) {
+             uint64_t channels, uint64_t inner, int threads) {
             // Reads the tensor's memory in place (a torch CPU tensor's numpy view): no copy.
             Status st;
             {
               nb::gil_scoped_release release;
-              st = c.Add(t, {x.data(), x.size()}, {outer, channels, inner});
+              st = c.Add(t, {x.data(), x.size()}, {outer, channels, inner}, threads);
             }
             ThrowIfError(st);
           },
           nb::arg("timestep"), nb::arg("values"), nb::arg("outer"), nb::arg("channels"),
-          nb::arg("inner"))
+          nb::arg("inner"), nb::arg("threads") = 1)
       .def(
           "merge",
           [](ActivationCollector& c, int32_t t, uint64_t count, const F32In& mn, const F32In& mx,

@@ -19,6 +19,7 @@ struct Option {
   double bytes = 0;
   double measured = 0;  // with sensitivity: the estimated one-step error contribution
   double relative = 0;  // relative error squared (output where calibrated, else weight)
+  bool output = false;  // `relative` is the output error on the held-out H
   double sse = 0;       // squared weight error
 };
 
@@ -33,7 +34,8 @@ bool HasSensitivity(const LayerMoments* lm, uint64_t rows) {
 }
 
 Status Measure(const CheckpointTensor& t, const PipelineConfig& c, Candidate& out) {
-  const TensorView view{t.name, t.info->dtype, t.info->shape, t.data()};
+  std::vector<float> equalized;
+  AQ_ASSIGN_OR_RETURN(const TensorView view, LayerView(t, c, equalized));
   const LayerMoments* lm = MomentsOf(c, t.name);
   const uint64_t rows = t.info->shape[0];
   out.has_sensitivity = HasSensitivity(lm, rows);
@@ -60,6 +62,7 @@ Status Measure(const CheckpointTensor& t, const PipelineConfig& c, Candidate& ou
         }
       }
       o.relative = sig > 0 ? err / sig : (err > 0 ? 1.0 : 0.0);
+      o.output = true;
       const double n = static_cast<double>(lm->check->count());
       o.measured = weighted / n;
       out.signal = weighted_sig / n;
@@ -112,8 +115,10 @@ double OtherFileBytes(const Checkpoint& ck, const PipelineConfig& c) {
 
 }  // namespace
 
-Result<std::map<std::string, int>> AssignBudget(const Checkpoint& ck, const PipelineConfig& c,
-                                                const CompiledRules& rules, std::string* note) {
+Result<std::map<std::string, BudgetChoice>> AssignBudget(const Checkpoint& ck,
+                                                         const PipelineConfig& c,
+                                                         const CompiledRules& rules,
+                                                         std::string* note) {
   const auto& tensors = ck.tensors();
   std::vector<Candidate> cand(tensors.size());
   std::vector<Status> errors(tensors.size());
@@ -261,9 +266,11 @@ Result<std::map<std::string, int>> AssignBudget(const Checkpoint& ck, const Pipe
                 : calibrated ? "by relative output error"
                              : "by squared weight error");
   *note = buf;
-  std::map<std::string, int> out;
+  std::map<std::string, BudgetChoice> out;
   for (size_t i = 0; i < tensors.size(); ++i) {
-    if (free[i]) out[tensors[i].name] = cand[i].options[level[i]].bits;
+    if (!free[i]) continue;
+    const Option& o = cand[i].options[level[i]];
+    out[tensors[i].name] = {o.bits, o.bits > 0 && o.output ? std::sqrt(o.relative) : -1.0};
   }
   return out;
 }

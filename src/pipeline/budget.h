@@ -5,6 +5,7 @@
 #include <string>
 
 #include "arrowquant/pipeline.h"
+#include "pipeline/layer.h"
 #include "pipeline/selection.h"
 
 namespace arrowquant {
@@ -15,8 +16,11 @@ namespace arrowquant {
 // the model fits c.target_bpw. The cost (GPTQ codes where calibrated, held-out rows): the
 // layer's estimated contribution to the one-step error where its sensitivity was measured
 // (LayerMoments::sensitivity), else its relative output error squared, else its squared weight
-// error. Returns the width per free layer (0: kept); `note` says how and whether it was met.
-Result<std::map<std::string, int>> AssignBudget(const Checkpoint& ck, const PipelineConfig& c,
-                                                const CompiledRules& rules, std::string* note);
+// error. Returns the width per free layer (0: kept), with the output error measured for it;
+// `note` says how and whether it was met.
+Result<std::map<std::string, BudgetChoice>> AssignBudget(const Checkpoint& ck,
+                                                         const PipelineConfig& c,
+                                                         const CompiledRules& rules,
+                                                         std::string* note);
 
 }  // namespace arrowquant

@@ -47,6 +47,19 @@ Status EqualizedWeight(const TensorView& w, const std::vector<float>& s, std::ve
 
 }  // namespace
 
+Result<TensorView> LayerView(const CheckpointTensor& t, const PipelineConfig& c,
+                             std::vector<float>& equalized) {
+  const TensorView view{t.name, t.info->dtype, t.info->shape, t.data()};
+  const auto p = c.activations.find(t.name);
+  if (p == c.activations.end() || !p->second.spatial ||
+      p->second.spatial->equalization_scales.empty()) {
+    return view;
+  }
+  AQ_RETURN_IF_ERROR(EqualizedWeight(view, p->second.spatial->equalization_scales, equalized));
+  return TensorView{t.name, DType::kF32, t.info->shape,
+                    std::as_bytes(std::span<const float>(equalized))};
+}
+
 const LayerMoments* MomentsOf(const PipelineConfig& c, const std::string& name) {
   const auto it = c.moments.find(name);
   return it != c.moments.end() && it->second.fit ? &it->second : nullptr;
@@ -65,31 +78,24 @@ Result<QuantizedTensor> QuantizeAt(const TensorView& view, const PipelineConfig&
 }
 
 void ProcessLayer(const CheckpointTensor& t, const PipelineConfig& c, const CompiledRules& rules,
-                  int forced_bits, LayerOutcome& o) {
+                  const BudgetChoice* forced, LayerOutcome& o) {
   LayerReport& r = o.report;
   r.name = t.name;
   r.shape = t.info->shape;
   r.source_dtype = std::string(Traits(t.info->dtype).safetensors_name);
   r.source_bytes = t.info->nbytes();
   const PlannedTensor plan = Decide(t, c, rules);
-  const bool forced = forced_bits >= 0;
-  const int bits = forced ? forced_bits : plan.bits;
+  const int bits = forced ? forced->bits : plan.bits;
   const double threshold = forced ? 1e30 : plan.threshold;
-  r.why = forced ? (forced_bits == 0 ? "kept by the size budget" : "width from the size budget")
+  r.why = forced ? (forced->bits == 0 ? "kept by the size budget" : "width from the size budget")
                  : plan.why;
-  TensorView view{t.name, t.info->dtype, t.info->shape, t.data()};
-  if (const auto p = c.activations.find(t.name); p != c.activations.end()) {
-    o.plan = &p->second;
-    if (o.plan->spatial && !o.plan->spatial->equalization_scales.empty()) {
-      if (Status st = EqualizedWeight(view, o.plan->spatial->equalization_scales, o.equalized);
-          !st.ok()) {
-        o.status = st;
-        return;
-      }
-      view = TensorView{t.name, DType::kF32, t.info->shape,
-                        std::as_bytes(std::span<const float>(o.equalized))};
-    }
+  if (const auto p = c.activations.find(t.name); p != c.activations.end()) o.plan = &p->second;
+  auto viewed = LayerView(t, c, o.equalized);
+  if (!viewed.ok()) {
+    o.status = viewed.status();
+    return;
   }
+  const TensorView view = *viewed;
   if (bits == 0) {
     if (r.why.empty()) r.why = "kept by rule";
     Keep(view, c.keep_dtype, o);
@@ -128,7 +134,10 @@ void ProcessLayer(const CheckpointTensor& t, const PipelineConfig& c, const Comp
     }
     double err = m->rel_rmse;
     const char* what = "relative RMSE";
-    if (lm && lm->check) {
+    if (lm && lm->check && forced && forced->output_error >= 0) {
+      r.output_error = err = forced->output_error;  // measured on this very quantization
+      what = "relative output error";
+    } else if (lm && lm->check) {
       auto out_err = RelativeOutputError(*q, view, *lm->check, 1);
       if (!out_err.ok()) {
         o.status = out_err.status();

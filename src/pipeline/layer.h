@@ -23,6 +23,18 @@ struct LayerOutcome {
   std::vector<float> equalized;          // W / s, when the plan equalizes this layer
 };
 
+// The width the size budget gave a layer (0: kept) and, where calibration measured it, the
+// relative output error of exactly that quantization (held-out H): validation need not
+// measure it again.
+struct BudgetChoice {
+  int bits = 0;
+  double output_error = -1;  // < 0: not measured
+};
+
+// The weight as it is quantized: W / s (f32, in `equalized`) when the layer's activation plan
+// equalizes it, else the checkpoint's own bytes. The view borrows `equalized` or the mmap.
+Result<TensorView> LayerView(const CheckpointTensor& t, const PipelineConfig& c,
+                             std::vector<float>& equalized);
 // The layer's calibration moments (fit H present), or null: round-to-nearest.
 const LayerMoments* MomentsOf(const PipelineConfig& c, const std::string& name);
 // GPTQ's factored H for the layer (null without moments): computed once, shared by every width.
@@ -32,9 +44,9 @@ Result<std::shared_ptr<const GptqFactor>> LayerFactor(const PipelineConfig& c,
 Result<QuantizedTensor> QuantizeAt(const TensorView& view, const PipelineConfig& c,
                                    const GptqFactor* factor, int bits);
 
-// forced_bits >= 0: the width chosen by the size budget (0: kept; no threshold, no ladder);
-// -1: the plan's width, validated, with the fallback ladder.
+// `forced`: the width chosen by the size budget (no threshold, no ladder); null: the plan's
+// width, validated, with the fallback ladder.
 void ProcessLayer(const CheckpointTensor& t, const PipelineConfig& c, const CompiledRules& rules,
-                  int forced_bits, LayerOutcome& o);
+                  const BudgetChoice* forced, LayerOutcome& o);
 
 }  // namespace arrowquant

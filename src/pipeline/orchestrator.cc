@@ -84,7 +84,7 @@ Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_
   }
   AQ_ASSIGN_OR_RETURN(std::unique_ptr<ModelWriter> writer,
                       OpenWriter(ck, out_path, config, report.modality));
-  std::map<std::string, int> forced;
+  std::map<std::string, BudgetChoice> forced;
   if (config.target_bpw > 0 || config.allocate) {
     AQ_ASSIGN_OR_RETURN(forced, AssignBudget(ck, config, rules, &report.budget_note));
   }
@@ -96,7 +96,7 @@ Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_
   auto work = [&](size_t i) {
     auto o = std::make_unique<LayerOutcome>();
     const auto f = forced.find(tensors[i].name);
-    ProcessLayer(tensors[i], config, rules, f == forced.end() ? -1 : f->second, *o);
+    ProcessLayer(tensors[i], config, rules, f == forced.end() ? nullptr : &f->second, *o);
     slots[i] = std::move(o);
   };
   auto write = [&](size_t i) -> Status {

@@ -12,6 +12,7 @@
 #include "core/parallel.h"
 #include "kernels/round.h"
 #include "kernels/row_kernels.h"
+#include "quant/gptq_factor.h"
 #include "quant/group_fit.h"
 #include "quant/layout.h"
 
@@ -29,56 +30,6 @@ struct BlockFactor {
   std::vector<float> u;         // upper Cholesky factor of the damped H^-1, row-major m x m
   std::vector<uint64_t> order;  // sweep position -> column within the block
 };
-
-// In-place lower Cholesky factor of a symmetric positive definite m x m matrix (row-major).
-bool Cholesky(std::vector<double>& a, uint64_t m) {
-  for (uint64_t j = 0; j < m; ++j) {
-    double* rj = a.data() + j * m;
-    double s = rj[j];
-    for (uint64_t k = 0; k < j; ++k) s -= rj[k] * rj[k];
-    if (!(s > 0)) return false;
-    const double d = std::sqrt(s);
-    rj[j] = d;
-    for (uint64_t i = j + 1; i < m; ++i) {
-      double* ri = a.data() + i * m;
-      double t = ri[j];
-      for (uint64_t k = 0; k < j; ++k) t -= ri[k] * rj[k];
-      ri[j] = t / d;
-    }
-  }
-  for (uint64_t i = 0; i < m; ++i) {
-    for (uint64_t j = i + 1; j < m; ++j) a[i * m + j] = 0;
-  }
-  return true;
-}
-
-// The upper factor U of (L L^T)^-1 = U^T U, from the lower factor L.
-std::vector<float> UpperFactorOfInverse(const std::vector<double>& l, uint64_t m) {
-  // Linv (lower) column by column: L Linv = I.
-  std::vector<double> li(m * m, 0.0);
-  for (uint64_t c = 0; c < m; ++c) {
-    for (uint64_t i = c; i < m; ++i) {
-      double t = i == c ? 1.0 : 0.0;
-      for (uint64_t k = c; k < i; ++k) t -= l[i * m + k] * li[k * m + c];
-      li[i * m + c] = t / l[i * m + i];
-    }
-  }
-  // H^-1 = Linv^T Linv, then its lower Cholesky factor, transposed.
-  std::vector<double> inv(m * m, 0.0);
-  for (uint64_t i = 0; i < m; ++i) {
-    for (uint64_t j = 0; j <= i; ++j) {
-      double t = 0;
-      for (uint64_t k = i; k < m; ++k) t += li[k * m + i] * li[k * m + j];
-      inv[i * m + j] = inv[j * m + i] = t;
-    }
-  }
-  std::vector<float> u(m * m, 0.0f);
-  if (!Cholesky(inv, m)) return {};
-  for (uint64_t i = 0; i < m; ++i) {
-    for (uint64_t j = 0; j <= i; ++j) u[j * m + i] = static_cast<float>(inv[i * m + j]);
-  }
-  return u;
-}
 
 Result<std::vector<BlockFactor>> Factor(const SecondMoments& h, double damp, bool act_order,
                                         std::vector<uint8_t>& dead) {
@@ -117,10 +68,8 @@ Result<std::vector<BlockFactor>> Factor(const SecondMoments& h, double damp, boo
     for (double d = damp; d <= 10.0; d *= 10) {
       std::vector<double> l = a;
       for (uint64_t i = 0; i < m; ++i) l[i * m + i] += d * mean;
-      if (Cholesky(l, m)) {
-        f.u = UpperFactorOfInverse(l, m);
-        if (!f.u.empty()) break;
-      }
+      f.u = quant::UpperFactorOfInverse(l, m);
+      if (!f.u.empty()) break;
     }
     if (f.u.empty()) {
       return Status(StatusCode::kInvalidArgument,

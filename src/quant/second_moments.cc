@@ -30,9 +30,9 @@ SecondMoments::SecondMoments(uint64_t dim, uint64_t block) : dim_(dim), block_(b
 
 Result<std::unique_ptr<SecondMoments>> SecondMoments::Make(uint64_t dim, uint64_t block) {
   if (dim == 0) return Status(StatusCode::kInvalidArgument, "second moments: dimension 0");
-  if (block != 0 && block % 256 != 0) {
+  if (block != 0 && block % 128 != 0) {
     return Status(StatusCode::kInvalidArgument,
-                  "second moments: block must be a multiple of 256, got " + std::to_string(block));
+                  "second moments: block must be a multiple of 128, got " + std::to_string(block));
   }
   const uint64_t b = block == 0 ? dim : std::min(block, dim);
   return std::unique_ptr<SecondMoments>(new SecondMoments(dim, b));
@@ -45,7 +45,7 @@ Status SecondMoments::Add(std::span<const float> rows, uint64_t n, int threads) 
                                                  " rows of " + std::to_string(dim_));
   }
   // Each task owns kRowsPerTask rows of H and walks the tiles in order; four rows at a time
-  // share their column loads (the block boundaries, multiples of 256, never split a four).
+  // share their column loads (the block boundaries, multiples of 128, never split a four).
   const uint64_t tasks = (dim_ + kRowsPerTask - 1) / kRowsPerTask;
   ParallelForEach(tasks, threads, [&](size_t task) {
     std::vector<float> acc;

@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 #include <rapidcheck.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -50,6 +51,49 @@ TEST(Collector, PerChannelRangesForConvLayout) {
   ASSERT_TRUE(d->Merge(s).ok());
   EXPECT_EQ(d->by_timestep().at(10).count, 24u);
   EXPECT_FLOAT_EQ(d->Overall().absmax[1], 9);
+}
+
+TEST(Collector, SameStatisticsForAnyThreadCountAndLayout) {
+  // Heavy-tailed values with exact zeros, a row layout and a conv layout, 1..5 threads.
+  std::mt19937 rng(7);
+  std::student_t_distribution<float> td(2.0f);
+  std::vector<float> x(7 * 12 * 33);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = i % 11 == 0 ? 0.0f : td(rng);
+  for (const ActivationLayout layout :
+       {ActivationLayout{7 * 33, 12, 1}, ActivationLayout{7, 12, 33}}) {
+    auto one = ActivationCollector::Make(12).value();
+    ASSERT_TRUE(one->Add(3, x, layout, 1).ok());
+    const auto& a = one->by_timestep().at(3);
+    // The plain definition: per-channel min/max over every value of the channel.
+    for (uint64_t c = 0; c < 12; ++c) {
+      float lo = INFINITY, hi = -INFINITY;
+      for (uint64_t o = 0; o < layout.outer; ++o) {
+        for (uint64_t i = 0; i < layout.inner; ++i) {
+          const float v = x[(o * 12 + c) * layout.inner + i];
+          lo = std::min(lo, v);
+          hi = std::max(hi, v);
+        }
+      }
+      EXPECT_EQ(a.channel_min[c], lo);
+      EXPECT_EQ(a.channel_max[c], hi);
+    }
+    for (int threads : {2, 3, 5}) {
+      auto many = ActivationCollector::Make(12).value();
+      ASSERT_TRUE(many->Add(3, x, layout, threads).ok());
+      const auto& b = many->by_timestep().at(3);
+      EXPECT_EQ(a.histogram, b.histogram) << threads;
+      EXPECT_EQ(a.channel_min, b.channel_min) << threads;
+      EXPECT_EQ(a.channel_max, b.channel_max) << threads;
+      EXPECT_EQ(a.channel_absmax, b.channel_absmax) << threads;
+      EXPECT_EQ(a.count, b.count);
+    }
+  }
+  // A non-finite value is found whichever thread reads it, and nothing is recorded.
+  x[x.size() - 2] = -INFINITY;
+  auto bad = ActivationCollector::Make(12).value();
+  const Status st = bad->Add(3, x, {7, 12, 33}, 3);
+  EXPECT_EQ(st.code(), StatusCode::kNonFinite);
+  EXPECT_TRUE(bad->by_timestep().empty());
 }
 
 TEST(Collector, BadInputIsAnError) {

@@ -2,6 +2,7 @@
 // round-to-nearest when H carries no correlation, and a lower layer-output error when it does.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "arrowquant/gptq.h"
+#include "quant/gptq_factor.h"
 
 namespace arrowquant {
 namespace {
@@ -100,6 +102,46 @@ std::vector<QuantSpec> Specs() {
     }
   }
   return out;
+}
+
+TEST(GptqFactor, UpperFactorOfTheInverse) {
+  // U upper with a positive diagonal and U^T U H = I, on a correlated (ill-conditioned) H.
+  for (const uint64_t m : {1ull, 2ull, 7ull, 64ull, 300ull}) {
+    const uint64_t n = 4 * m + 8;
+    const auto x = Correlated(n, m, static_cast<uint32_t>(m));
+    std::vector<double> h(m * m, 0.0);
+    for (uint64_t r = 0; r < n; ++r) {
+      for (uint64_t i = 0; i < m; ++i) {
+        for (uint64_t j = 0; j < m; ++j) h[i * m + j] += double(x[r * m + i]) * x[r * m + j];
+      }
+    }
+    for (uint64_t i = 0; i < m; ++i) h[i * m + i] += 0.01 * h[i * m + i] + 1e-3;
+    std::vector<double> a = h;
+    const std::vector<float> u = quant::UpperFactorOfInverse(a, m);
+    ASSERT_EQ(u.size(), m * m) << m;
+    double worst = 0;
+    for (uint64_t i = 0; i < m; ++i) {
+      EXPECT_GT(u[i * m + i], 0.0f) << m;
+      for (uint64_t j = 0; j < i; ++j) EXPECT_EQ(u[i * m + j], 0.0f) << m;
+    }
+    // (U^T U H)[i][j] = sum_k U[k][i] (U H)[k][j].
+    std::vector<double> uh(m * m, 0.0);
+    for (uint64_t k = 0; k < m; ++k) {
+      for (uint64_t l = k; l < m; ++l) {
+        for (uint64_t j = 0; j < m; ++j) uh[k * m + j] += double(u[k * m + l]) * h[l * m + j];
+      }
+    }
+    for (uint64_t i = 0; i < m; ++i) {
+      for (uint64_t j = 0; j < m; ++j) {
+        double s = 0;
+        for (uint64_t k = 0; k <= i; ++k) s += double(u[k * m + i]) * uh[k * m + j];
+        worst = std::max(worst, std::abs(s - (i == j ? 1.0 : 0.0)));
+      }
+    }
+    EXPECT_LT(worst, 1e-4) << m;  // U is stored as f32
+  }
+  std::vector<double> indefinite{1, 2, 2, 1};
+  EXPECT_TRUE(quant::UpperFactorOfInverse(indefinite, 2).empty());
 }
 
 TEST(Gptq, UncorrelatedInputsGiveRoundToNearestByteForByte) {

@@ -9,6 +9,8 @@
 #include <thread>
 #include <vector>
 
+#include "arrowquant/gptq.h"
+#include "arrowquant/model_file.h"
 #include "arrowquant/pipeline.h"
 #include "core/parallel.h"
 #include "safetensors_builder.h"
@@ -277,6 +279,24 @@ TEST_F(PipelineTest, MeasuredSensitivityDrivesTheBudget) {
     if (l.name == "conv_in.weight") EXPECT_EQ(l.action, "kept");
   }
   EXPECT_NE(rep->budget_note.find("relative output error"), std::string::npos) << rep->budget_note;
+  // Validation reuses the budget's measurement of the same codes: the stored tensors give it.
+  auto reader = ModelReader::Open((dir_ / "plain.parquet").string());
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  int checked = 0;
+  for (const auto& l : rep->layers) {
+    const auto lm = plain.moments.find(l.name);
+    if (l.action != "quantized" || lm == plain.moments.end()) continue;
+    auto q = (*reader)->ReadQuantized(l.name);
+    ASSERT_TRUE(q.ok()) << q.status().ToString();
+    const CheckpointTensor* t = (*ck)->Find(l.name);
+    const TensorView w{t->name, t->info->dtype, t->info->shape, t->data()};
+    auto err = RelativeOutputError(*q, w, *lm->second.check, 1);
+    ASSERT_TRUE(err.ok());
+    ASSERT_TRUE(l.output_error.has_value()) << l.name;
+    EXPECT_NEAR(*l.output_error, *err, 1e-9 * *err) << l.name;
+    ++checked;
+  }
+  EXPECT_GE(checked, 3);
 }
 
 // The orchestrator's scheduling: items finish in any order, the consumer sees them in index

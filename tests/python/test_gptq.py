@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 import arrowquant as aq
 import arrowquant._core as _core
@@ -43,7 +44,7 @@ def test_second_moments_binding_and_cache_round_trip(tmp_path: Path) -> None:
     np.testing.assert_allclose(packed, (x.T.astype(np.float64) @ x)[rows, cols], atol=1e-4)
     blocked = _core.SecondMoments.make(600, 512)
     assert blocked.block == 512 and blocked.data().size == 512 * 513 // 2 + 88 * 89 // 2
-    with pytest.raises(ValueError, match="multiple of 256"):
+    with pytest.raises(ValueError, match="multiple of 128"):
         _core.SecondMoments.make(300, 100)
     cache.save_moments(tmp_path / "m.npz", {"a.weight": (h, h)})
     back = cache.load_moments(tmp_path / "m.npz")
@@ -166,8 +167,8 @@ def test_second_moments_stay_within_their_memory_cap(tmp_path: Path) -> None:
     for cap in (2.5e8, 1e8, 3e7, 5e5):
         plan = moment_plan(dims, cap)
         assert total(plan) <= cap, cap
-        assert all(c in (0, 256) and f in (0, 256, 512, 1024) for f, c in plan.values())
-    assert moment_plan(dims, 2.5e8)["d"] == (1024, 256)  # held-out H shrinks first
+        assert all(c in (0, 128) and f in (0, 256, 512, 1024) for f, c in plan.values())
+    assert moment_plan(dims, 2.5e8)["d"] == (1024, 128)  # held-out H shrinks first
     tight = moment_plan(dims, 3e7)
     assert "d" not in tight and "a" in tight  # then the widest layers go without
     # In a run: every layer's H within the cap; layers left out are rounded to nearest.
@@ -189,6 +190,48 @@ def test_second_moments_stay_within_their_memory_cap(tmp_path: Path) -> None:
     assert sm["memory_mib"] * 2**20 <= cap_gb * 2**30
     methods = {x["name"]: x["method"] for x in r.layers if x["action"] == "quantized"}
     assert "rtn" in methods.values() and "gptq" in methods.values()
+
+
+def test_default_moments_cap_follows_the_model_size() -> None:
+    from torch import nn
+
+    from arrowquant.calibration.capture import (
+        MOMENTS_CAP,
+        MOMENTS_CAP_MIN,
+        MOMENTS_CAP_SHARE,
+        moments_cap_bytes,
+    )
+
+    def linear(params_m: int) -> nn.Module:  # meta device: nothing is allocated
+        return nn.Linear(1000, params_m * 1000, bias=False, device="meta")
+
+    assert moments_cap_bytes(linear(1), 0.25) == 0.25 * 2**30  # given: obeyed
+    assert moments_cap_bytes(linear(1), 0) == MOMENTS_CAP_MIN  # small models: the floor
+    # SD1.5's UNet in f32 (860 M parameters, 3.4 GB): 35% of it.
+    assert moments_cap_bytes(linear(860), 0) == pytest.approx(MOMENTS_CAP_SHARE * 860e6 * 4)
+    assert moments_cap_bytes(linear(5000), 0) == MOMENTS_CAP  # at most 2 GiB
+    half = nn.Linear(1000, 860_000, bias=False, device="meta", dtype=torch.float16)
+    assert moments_cap_bytes(half, 0) == pytest.approx(MOMENTS_CAP_SHARE * 860e6 * 2)
+
+
+def test_spilled_moments_come_back_unchanged() -> None:
+    from arrowquant.module import _spilled
+
+    rng = np.random.default_rng(1)
+    moments: dict[str, tuple[Any, Any]] = {}
+    for name, dim, block in (("a", 300, 0), ("b", 600, 256)):
+        fit, check = _core.SecondMoments.make(dim, block), _core.SecondMoments.make(dim, block)
+        fit.add(rng.normal(size=(40, dim)).astype(np.float32), 1)
+        check.add(rng.normal(size=(9, dim)).astype(np.float32), 1)
+        moments[name] = (fit, check)
+    before = {k: [(h.dim, h.block, h.count, h.data()) for h in v] for k, v in moments.items()}
+    with _spilled(moments, enabled=True):
+        assert moments == {}  # out of memory while the block runs
+    assert list(moments) == ["a", "b"]
+    for k, pair in moments.items():
+        for h, (dim, block, count, data) in zip(pair, before[k], strict=True):
+            assert (h.dim, h.block, h.count) == (dim, block, count)
+            np.testing.assert_array_equal(h.data(), data)
 
 
 def test_auto_calibration_on_a_folder_it_cannot_sample(tmp_path: Path) -> None:
@@ -257,3 +300,33 @@ def test_picked_rows_are_the_unfolded_rows(conv: dict[str, Any]) -> None:
     lin, xl = nn.Linear(5, 4), torch.randn(2, 3, 5)
     assert row_count(lin, xl) == 6
     assert torch.equal(picked_rows(lin, xl, pick[:3] % 6), xl.reshape(-1, 5)[pick[:3] % 6])
+
+
+def test_big_models_draw_fewer_rows_into_h() -> None:
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from arrowquant.calibration.capture import (
+        BIG_MODEL_MOMENT_ROWS,
+        CHECK_ROWS,
+        MOMENT_ROWS,
+        Recorder,
+    )
+
+    state = SimpleNamespace(current=None)
+    big = nn.Linear(12_000, 10_000, device="meta")  # 120 M parameters, nothing allocated
+    small = nn.Linear(64, 64)
+    for module, rows in ((big, BIG_MODEL_MOMENT_ROWS), (small, MOMENT_ROWS)):
+        rec = Recorder(module, lambda n: n, state, moments={})
+        assert rec.moment_rows == rows
+        rec.remove()
+    # In a run: each call adds that many rows (and the held-out fifth) to a layer's H.
+    moments: dict[str, tuple[Any, Any]] = {}
+    rec = Recorder(small, lambda n: n, state, moments=moments)
+    rec.moment_rows = 40
+    with torch.no_grad():
+        small(torch.randn(500, 64))
+    rec.remove()
+    fit, check = moments[""]
+    assert fit.count + check.count == 40 + CHECK_ROWS and check.count == 20

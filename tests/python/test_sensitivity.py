@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -82,6 +83,9 @@ def test_big_models_replay_one_item_at_a_time(monkeypatch: object) -> None:
     calls = _recorded(net)
     whole, _ = sensitivity.measure(net, calls, lambda n: n, probes=2, seed=3)
     monkeypatch.setattr(sensitivity, "ONE_ITEM_PARAMS", 0)  # type: ignore[attr-defined]
+    _, first = sensitivity.measure(net, calls, lambda n: n, probes=2, seed=3)
+    assert first["replays"] == 4 * sensitivity.BIG_MODEL_ITEMS  # the first item of each call
+    monkeypatch.setattr(sensitivity, "BIG_MODEL_ITEMS", 6)  # type: ignore[attr-defined]
     items, s = sensitivity.measure(net, calls, lambda n: n, probes=2, seed=3)
     assert s["replays"] == 4 * 6  # six batch items per call
     for k in whole:  # the same quantity, other random probes: same order of magnitude
@@ -112,3 +116,77 @@ def test_big_models_replay_fewer_calls_and_probes() -> None:
     )
     assert sensitivity.replay_budget(Net()) == (sensitivity.MAX_CALLS, sensitivity.PROBES)
     assert sensitivity.CallRecorder(big).max_calls == sensitivity.BIG_MODEL_CALLS
+
+
+class Attn(Net):
+    """Net with self-attention over positions: transposed (non-contiguous) saved operands."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(24, 72)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        b, c, hh, ww = h.shape
+        q, k, v = self.qkv(h.flatten(2).transpose(1, 2)).chunk(3, dim=-1)
+        heads = [z.reshape(b, hh * ww, 4, 6).transpose(1, 2) for z in (q, k, v)]
+        a = torch.nn.functional.scaled_dot_product_attention(*heads)
+        h = h + a.transpose(1, 2).reshape(b, hh * ww, c).transpose(1, 2).reshape(b, c, hh, ww)
+        return self.out(torch.tanh(h))
+
+
+@pytest.mark.parametrize("cls", [Net, Attn])
+def test_offloaded_activations_give_the_same_gradients(monkeypatch: object, cls: type) -> None:
+    from arrowquant.calibration import offload
+
+    monkeypatch.setattr(offload, "MIN_BYTES", 0)  # type: ignore[attr-defined]
+    torch.manual_seed(0)
+    net = cls()
+    x, t = torch.randn(3, 2, 8, 8), torch.tensor([10, 500, 900])
+
+    def grads(offloaded: bool) -> list[torch.Tensor]:
+        net.zero_grad()
+        saved: list[int] = []
+
+        def count(_t: torch.Tensor) -> None:
+            saved.append(1)
+
+        ctx = (
+            offload.offloaded(net)
+            if offloaded
+            else torch.autograd.graph.saved_tensors_hooks(lambda t: (count(t), t)[1], lambda t: t)
+        )
+        with ctx:  # the backward too: the file lives as long as the block
+            y = net(x, timestep=t)
+            v = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+            (v * y).sum().backward(retain_graph=True)
+            (v * y).sum().backward()  # a retained graph reads the file a second time
+        assert offloaded or saved  # the model saves activations: the hooks have work to do
+        return [p.grad.clone() for p in net.parameters() if p.grad is not None]
+
+    plain, disk = grads(False), grads(True)
+    assert len(plain) == len(disk) > 0
+    for a, b in zip(plain, disk, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_big_models_compute_each_reference_error_once(monkeypatch: object) -> None:
+    torch.manual_seed(0)
+    net = Net().eval()
+    calls = _recorded(net)
+    computed: list[object] = []
+    real = sensitivity._reference_error
+
+    def counting(w: torch.Tensor) -> torch.Tensor:
+        computed.append(w)
+        return real(w)
+
+    monkeypatch.setattr(sensitivity, "_reference_error", counting)  # type: ignore[attr-defined]
+    monkeypatch.setattr(sensitivity, "ONE_ITEM_PARAMS", 0)  # type: ignore[attr-defined]
+    spilled, _ = sensitivity.measure(net, calls, lambda n: n, probes=3, seed=3)
+    assert len(computed) == len(quantizable_layers(net)) == len(spilled)  # once per layer
+    monkeypatch.setattr(sensitivity, "SPILL_REFERENCE_ERRORS", False)  # type: ignore[attr-defined]
+    held, _ = sensitivity.measure(net, calls, lambda n: n, probes=3, seed=3)
+    assert spilled.keys() == held.keys()
+    for k in held:  # read back from the file: the same bytes, the same gains
+        np.testing.assert_array_equal(spilled[k], held[k])

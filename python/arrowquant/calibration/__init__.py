@@ -20,7 +20,12 @@ import numpy as np
 
 import arrowquant._core as _core
 from arrowquant.calibration import cache
-from arrowquant.calibration.capture import capture, quantizable_layers, weight_name
+from arrowquant.calibration.capture import (
+    capture,
+    moments_cap_bytes,
+    quantizable_layers,
+    weight_name,
+)
 from arrowquant.calibration.data import CalibrationSet, load_calibration
 
 __all__ = [
@@ -293,7 +298,7 @@ def calibrate(
         moments=moments if not cfg.equalize else None,  # equalized inputs: the second pass
         threads=threads,
         calls=calls if sensitivity is not None else None,
-        moments_cap=cfg.moments_memory_gb * 2**30,
+        moments_cap=moments_cap_bytes(ref.module, cfg.moments_memory_gb),
     )
     scales: dict[str, np.ndarray] | None = None
     choices: dict[str, Any] = {}
@@ -321,7 +326,7 @@ def calibrate(
             log,
             moments=moments,
             threads=threads,
-            moments_cap=cfg.moments_memory_gb * 2**30,
+            moments_cap=moments_cap_bytes(ref.module, cfg.moments_memory_gb),
         )
     plans = fit_plans(
         used,

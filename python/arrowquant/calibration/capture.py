@@ -23,13 +23,34 @@ from arrowquant.errors import UnsupportedError
 # of the cost (each row costs dim^2 / 2 multiply-adds).
 MOMENT_ROWS = 256
 CHECK_ROWS = 64
+# A big model's calls are few but each is expensive to record: 128 + 64 rows are drawn instead
+# of 256 + 64 (a fifth of them held out), since H took a third of an SD1.5-sized UNet's
+# sampling time on 2 cores; its 40 calls still give 6,000 fit rows, 3x the widest full H.
+BIG_MODEL_PARAMS = 100_000_000
+BIG_MODEL_MOMENT_ROWS = 128
 # Layers with more input columns get a block-diagonal H (blocks of this many columns): memory
 # cols x block instead of cols^2 (docs/gptq.md).
 FULL_H_MAX_DIM = 2048
 H_BLOCK = 1024
-# Default cap on all layers' H together (fit and held-out), bytes: DiffusionQuantConfig's
-# moments_memory_gb.
+# Under the memory cap, held-out H (output errors only: no group has to fit a block) go to
+# blocks of this many columns first: an SD1.5-sized UNet's take 0.35 GiB instead of 0.70 at 256.
+CHECK_BLOCK = 128
+# Cap on all layers' H together (fit and held-out), bytes, when DiffusionQuantConfig's
+# moments_memory_gb is 0 (auto): a share of the model's own memory, so that a big model's run
+# stays within a small multiple of the model (an SD1.5-sized f32 UNet: 3.4 GB of weights, H
+# 1.12 GiB), within these bounds.
 MOMENTS_CAP = 2 * 2**30
+MOMENTS_CAP_MIN = 2**29
+MOMENTS_CAP_SHARE = 0.35
+
+
+def moments_cap_bytes(module: Any, gb: float) -> float:
+    """Bytes every layer's H may take together: `gb` GiB when given, else MOMENTS_CAP_SHARE of
+    the module's parameter bytes, between MOMENTS_CAP_MIN and MOMENTS_CAP."""
+    if gb > 0:
+        return gb * 2**30
+    own = sum(p.numel() * p.element_size() for p in module.parameters())
+    return float(min(MOMENTS_CAP, max(MOMENTS_CAP_MIN, MOMENTS_CAP_SHARE * own)))
 
 
 def quantizable_layers(module: Any) -> dict[str, Any]:
@@ -115,6 +136,8 @@ class Recorder:
         dims = {n: d for n, m in layers.items() if (d := layer_dim(m)) is not None}
         # H for every layer is held while sampling: bounded (moment_plan), planned up front.
         self.plan = moment_plan(dims, moments_cap) if moments is not None else {}
+        params = sum(p.numel() for p in module.parameters())
+        self.moment_rows = BIG_MODEL_MOMENT_ROWS if params > BIG_MODEL_PARAMS else MOMENT_ROWS
         self.handles = [m.register_forward_pre_hook(self._hook(n, m)) for n, m in layers.items()]
 
     def _hook(self, name: str, m: Any) -> Callable[..., None]:
@@ -136,12 +159,14 @@ class Recorder:
             if col is None:
                 col = self.collectors[name] = _core.ActivationCollector.make(c)
             t = self.state.current
-            col.add(-1 if t is None else t, x.numpy().reshape(-1), outer, c, inner)
+            col.add(-1 if t is None else t, x.numpy().reshape(-1), outer, c, inner, self.threads)
             if self.row_samples is not None and s is None:
                 _keep_rows(name, m, x, self.row_samples, self.per_call, self.max_rows, self.g_rows)
             if self.moments is not None and name in self.plan:
                 blocks = self.plan[name]
-                _add_moments(name, m, x, self.moments, self.g_moments, self.threads, blocks)
+                _add_moments(
+                    name, m, x, self.moments, self.g_moments, self.threads, blocks, self.moment_rows
+                )
 
         return hook
 
@@ -238,16 +263,16 @@ def layer_dim(m: Any) -> int | None:
 
 def moment_plan(dims: dict[str, int], cap_bytes: float) -> dict[str, tuple[int, int]]:
     """(fit block, held-out block) per layer so that every H together stays within cap_bytes:
-    first the held-out H (validation only) goes to blocks of 256, then the largest fit H's block
-    halves (down to 256), then the widest layers get none (round to nearest, weight-error
-    validation). Deterministic: ties go by name."""
+    first the held-out H (validation only) goes to blocks of CHECK_BLOCK, then the largest fit
+    H's block halves (down to 256), then the widest layers get none (round to nearest,
+    weight-error validation). Deterministic: ties go by name."""
     plan = {n: (moment_block(d), moment_block(d)) for n, d in dims.items()}
 
     def total() -> int:
         return sum(_h_bytes(dims[n], f) + _h_bytes(dims[n], c) for n, (f, c) in plan.items())
 
     if total() > cap_bytes:
-        plan = {n: (f, 256 if dims[n] > 256 else 0) for n, (f, _) in plan.items()}
+        plan = {n: (f, CHECK_BLOCK if dims[n] > CHECK_BLOCK else 0) for n, (f, _) in plan.items()}
 
     def smaller(n: str) -> int | None:
         now = plan[n][0] or dims[n]
@@ -327,12 +352,13 @@ def _add_moments(
     g: Any,
     threads: int,
     blocks: tuple[int, int],
+    rows: int = MOMENT_ROWS,
 ) -> None:
     import torch
 
     if layer_dim(m) is None:
         return
-    pick = torch.randperm(row_count(m, x), generator=g)[: MOMENT_ROWS + CHECK_ROWS]
+    pick = torch.randperm(row_count(m, x), generator=g)[: rows + CHECK_ROWS]
     chosen = picked_rows(m, x, pick).float().contiguous()
     pair = out.get(name)
     if pair is None:

@@ -22,29 +22,40 @@ models replay one batch item at a time).
 
 from __future__ import annotations
 
+import contextlib
 import random
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from arrowquant.calibration.capture import quantizable_layers
+from arrowquant.calibration.capture import BIG_MODEL_PARAMS, quantizable_layers
+from arrowquant.calibration.offload import offloaded
 
 MAX_CALLS = 8  # forward calls of the denoiser replayed
 PROBES = 4  # random projections per call
 # Above this many parameters a call is replayed one batch item at a time (activation memory),
-# and fewer calls and probes are replayed: each probe is a backward pass of the whole model (an
-# SD1.5-sized UNet on 2 cores: 13 s forward with gradients, 30 s per backward), so 8 x 4 would
-# cost more than the sampling itself. The estimate is noisier there, not biased.
-ONE_ITEM_PARAMS = 100_000_000
+# and fewer calls, items and probes are replayed: each probe is a backward pass of the whole
+# model (an SD1.5-sized UNet on 2 cores: 13 s forward with gradients, 30 s per backward), so 8
+# calls x 4 probes would cost more than the sampling itself. The estimate is noisier there, not
+# biased: the replayed item is the first of a call drawn at random from the run.
+ONE_ITEM_PARAMS = BIG_MODEL_PARAMS
 BIG_MODEL_CALLS = 2
+BIG_MODEL_ITEMS = 1  # batch items replayed per call
 BIG_MODEL_PROBES = 2
+SPILL_REFERENCE_ERRORS = True  # big models: reference errors in a scratch file (see measure)
+
+
+def big_model(module: Any) -> bool:
+    """Whether the replay is cut down for this module's size (ONE_ITEM_PARAMS)."""
+    return bool(sum(p.numel() for p in module.parameters()) > ONE_ITEM_PARAMS)
 
 
 def replay_budget(module: Any) -> tuple[int, int]:
     """(calls recorded and replayed, probes per call) for this module's size."""
-    if sum(p.numel() for p in module.parameters()) > ONE_ITEM_PARAMS:
+    if big_model(module):
         return BIG_MODEL_CALLS, BIG_MODEL_PROBES
     return MAX_CALLS, PROBES
 
@@ -120,6 +131,16 @@ def _chunks(args: Any, kwargs: Any, per_chunk: int) -> list[tuple[Any, Any]]:
     return out
 
 
+def _dot64(a: Any, b: Any, chunk: int = 1 << 20) -> float:
+    """<a, b> summed in f64, a chunk at a time: f64 copies of a whole big layer's weight and
+    gradient (and their product) would be a gigabyte of the replay's peak memory."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    return sum(
+        float((a[i : i + chunk].double() * b[i : i + chunk].double()).sum())
+        for i in range(0, a.numel(), chunk)
+    )
+
+
 def _reference_error(w: Any) -> Any:
     """W - dequant(RTN 3-bit min/max, groups of 32): the reference error the gain is measured on."""
     import torch
@@ -146,17 +167,38 @@ def measure(
     layers = {weight_names(n): m for n, m in quantizable_layers(module).items()}
     params = list(module.parameters())
     n_params = sum(p.numel() for p in params)
+    big = n_params > ONE_ITEM_PARAMS
     probes = probes or replay_budget(module)[1]
-    # The reference errors are as big as the weights: kept for small models, recomputed at each
-    # use (deterministic) for big ones, whose memory would otherwise double.
+    # The reference errors are as big as the weights: kept in memory for small models; for big
+    # ones, whose memory would otherwise double, written to a scratch file at first use and read
+    # back at the others (each is used 1 + probes times a replay; computing it again each time
+    # was a quarter of an SD1.5-sized UNet's replay).
     cached: dict[str, Any] = {}
+    stored: dict[str, int] = {}
+    scratch = contextlib.ExitStack()
+    spill = (
+        # Closed with `scratch`, in the replay's finally.
+        scratch.enter_context(tempfile.TemporaryFile(prefix="aq-delta-"))  # noqa: SIM115
+        if big and SPILL_REFERENCE_ERRORS
+        else None
+    )
 
     def delta(name: str) -> Any:
         d = cached.get(name)
-        if d is None:
-            d = _reference_error(layers[name].weight)
-            if n_params <= ONE_ITEM_PARAMS:
-                cached[name] = d
+        if d is not None:
+            return d
+        w = layers[name].weight
+        if spill is not None and name in stored:
+            spill.seek(stored[name])
+            raw = np.fromfile(spill, dtype=np.uint8, count=w.numel() * w.element_size())
+            return torch.from_numpy(raw).view(w.dtype).reshape(w.shape).to(w.device)
+        d = _reference_error(w)
+        if spill is None:
+            cached[name] = d
+        else:
+            spill.seek(0, 2)
+            stored[name] = spill.tell()
+            spill.write(d.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
         return d
 
     contribution: dict[str, float] = dict.fromkeys(layers, 0.0)
@@ -182,7 +224,7 @@ def measure(
 
     def grad_hook(names: list[str]) -> Callable[[Any], None]:
         def hook(p: Any) -> None:
-            dot = float((delta(names[0]).double() * p.grad.double()).sum())
+            dot = _dot64(delta(names[0]), p.grad)
             for name in names:  # a tied weight: every layer using it
                 contribution[name] += dot * dot * scale[0]
                 fired.add(name)
@@ -208,9 +250,15 @@ def measure(
         for args, kwargs in calls:
             first = _float_tensors((args, kwargs))
             batch = first[0].shape[0] if first and first[0].dim() else 1
-            parts = _chunks(args, kwargs, 1 if n_params > ONE_ITEM_PARAMS else batch)
+            if big:
+                parts = _chunks(args, kwargs, 1)[:BIG_MODEL_ITEMS]
+            else:
+                parts = _chunks(args, kwargs, batch)
             for a, k in parts:
-                with torch.inference_mode(False), torch.enable_grad():
+                # A big model's saved activations go to disk: the graph of one item would
+                # otherwise be most of the run's peak memory.
+                saved = offloaded(module) if big else contextlib.nullcontext()
+                with torch.inference_mode(False), torch.enable_grad(), saved:
                     # Copies outside inference mode (recorded tensors may be inference tensors).
                     a, k = _map_tensors((a, k), lambda t: t.clone())
                     outs = _float_tensors(module(*a, **k))
@@ -226,6 +274,7 @@ def measure(
                         loss.backward(retain_graph=i + 1 < probes)
                     replayed += 1
     finally:
+        scratch.close()
         for h in handles:
             h.remove()
         for p, f in zip(params, flags, strict=True):
