@@ -365,6 +365,9 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--samples", type=int, default=256, help="end-to-end samples per setting")
     p.add_argument("--inputs", nargs="*", default=list(INPUTS), choices=list(INPUTS))
+    # Rerunning one tool's rows (e.g. after a change to the product): the others' numbers do not
+    # depend on it (end to end, every setting is paired with the same FP samples and noise).
+    p.add_argument("--tools", nargs="*", default=list(TOOLS), choices=list(TOOLS))
     args = p.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
@@ -374,6 +377,8 @@ def main() -> int:
             results[inp] = {}
             dumps: dict[str, str] = {}
             for tool, settings in TOOLS.items():
+                if tool not in args.tools:
+                    continue
                 for setting, fn in settings.items():
                     key = f"{tool} | {setting}"
                     calibrated = tool == CALIBRATED and inp.startswith("digits")
