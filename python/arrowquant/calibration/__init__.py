@@ -284,6 +284,7 @@ def calibrate(
     rows: dict[str, Any] = {}
     want_rows = cfg.equalize and cfg.equalize_search
     threads = cfg.threads or (os.cpu_count() or 1)
+    cap = moments_cap_bytes(ref.module, cfg.moments_memory_gb)
     calls: list[Any] = []
     raw, hit = capture_cached(
         ref,
@@ -298,7 +299,7 @@ def calibrate(
         moments=moments if not cfg.equalize else None,  # equalized inputs: the second pass
         threads=threads,
         calls=calls if sensitivity is not None else None,
-        moments_cap=moments_cap_bytes(ref.module, cfg.moments_memory_gb),
+        moments_cap=cap,
     )
     scales: dict[str, np.ndarray] | None = None
     choices: dict[str, Any] = {}
@@ -326,7 +327,7 @@ def calibrate(
             log,
             moments=moments,
             threads=threads,
-            moments_cap=moments_cap_bytes(ref.module, cfg.moments_memory_gb),
+            moments_cap=cap,
         )
     plans = fit_plans(
         used,

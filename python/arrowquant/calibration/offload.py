@@ -21,6 +21,24 @@ import numpy as np
 MIN_BYTES = 1 << 20  # smaller tensors stay in memory: not worth a write
 
 
+def append(f: Any, t: Any) -> int:
+    """Writes tensor `t`'s bytes (contiguous, CPU) at the end of scratch file `f`; returns where."""
+    import torch
+
+    f.seek(0, 2)
+    at: int = f.tell()
+    f.write(t.detach().reshape(-1).view(torch.uint8).numpy().data)
+    return at
+
+
+def read(f: Any, at: int, nbytes: int) -> Any:
+    """`nbytes` bytes of scratch file `f` from `at`, as a uint8 tensor."""
+    import torch
+
+    f.seek(at)
+    return torch.from_numpy(np.fromfile(f, dtype=np.uint8, count=nbytes))
+
+
 @contextlib.contextmanager
 def offloaded(module: Any) -> Iterator[None]:
     import torch
@@ -33,12 +51,6 @@ def offloaded(module: Any) -> Iterator[None]:
         # included). Not shared between saved views: once packed, a tensor may be freed and its
         # memory reused by another at the same address.
 
-        def write(raw: Any) -> int:
-            f.seek(0, 2)
-            at = f.tell()
-            f.write(raw.numpy().data)
-            return at
-
         def pack(t: Any) -> Any:
             size = t.numel() * t.element_size()
             storage = t.untyped_storage()
@@ -47,7 +59,7 @@ def offloaded(module: Any) -> Iterator[None]:
             if storage.nbytes() > 4 * size:  # a small view of a big buffer: just its values
                 c = t.detach().contiguous()
                 return (
-                    write(c.reshape(-1).view(torch.uint8)),
+                    append(f, c),
                     size,
                     t.dtype,
                     t.shape,
@@ -55,15 +67,20 @@ def offloaded(module: Any) -> Iterator[None]:
                     0,
                 )
             raw = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),), (1,))
-            return (write(raw), storage.nbytes(), t.dtype, t.shape, t.stride(), t.storage_offset())
+            return (
+                append(f, raw),
+                storage.nbytes(),
+                t.dtype,
+                t.shape,
+                t.stride(),
+                t.storage_offset(),
+            )
 
         def unpack(saved: Any) -> Any:
             if isinstance(saved, torch.Tensor):
                 return saved
             at, nbytes, dtype, shape, stride, offset = saved
-            f.seek(at)
-            raw = torch.from_numpy(np.fromfile(f, dtype=np.uint8, count=nbytes)).view(dtype)
-            return torch.as_strided(raw, shape, stride, offset)
+            return torch.as_strided(read(f, at, nbytes).view(dtype), shape, stride, offset)
 
         with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
             yield

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from arrowquant.calibration.capture import BIG_MODEL_PARAMS, quantizable_layers
-from arrowquant.calibration.offload import offloaded
+from arrowquant.calibration.offload import append, offloaded, read
 
 MAX_CALLS = 8  # forward calls of the denoiser replayed
 PROBES = 4  # random projections per call
@@ -166,8 +166,7 @@ def measure(
     t0 = time.perf_counter()
     layers = {weight_names(n): m for n, m in quantizable_layers(module).items()}
     params = list(module.parameters())
-    n_params = sum(p.numel() for p in params)
-    big = n_params > ONE_ITEM_PARAMS
+    big = big_model(module)
     probes = probes or replay_budget(module)[1]
     # The reference errors are as big as the weights: kept in memory for small models; for big
     # ones, whose memory would otherwise double, written to a scratch file at first use and read
@@ -189,16 +188,13 @@ def measure(
             return d
         w = layers[name].weight
         if spill is not None and name in stored:
-            spill.seek(stored[name])
-            raw = np.fromfile(spill, dtype=np.uint8, count=w.numel() * w.element_size())
-            return torch.from_numpy(raw).view(w.dtype).reshape(w.shape).to(w.device)
+            raw = read(spill, stored[name], w.numel() * w.element_size())
+            return raw.view(w.dtype).reshape(w.shape).to(w.device)
         d = _reference_error(w)
         if spill is None:
             cached[name] = d
         else:
-            spill.seek(0, 2)
-            stored[name] = spill.tell()
-            spill.write(d.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            stored[name] = append(spill, d.cpu().contiguous())
         return d
 
     contribution: dict[str, float] = dict.fromkeys(layers, 0.0)
