@@ -58,6 +58,17 @@ struct LayerMoments {
   std::vector<double> sensitivity;
 };
 
+// One pipeline component's own settings ("vae" at 8 bits while "unet" takes 4): they replace the
+// job's fields of the same names for that component's tensors, and a size budget is met by each
+// component on its own (a VAE's layers never trade bytes with the denoiser's).
+struct ComponentSettings {
+  int bits = 4;
+  std::optional<QuantSpec> spec;
+  double max_rel_rmse = 0.12;
+  double target_bpw = 0;
+  bool allocate = false;
+};
+
 struct PipelineConfig {
   int bits = 4;                      // target width; fallback climbs 2 -> 4 -> 8 -> keep
   std::optional<QuantSpec> spec;     // format at `bits` (default: QuantSpec::Recommended)
@@ -90,6 +101,12 @@ struct PipelineConfig {
   bool gptq_act_order = false;     // GptqOptions::act_order
   std::string recipe_json = "{}";  // stored in the file as given
   std::string tool_version;
+  // Per pipeline component (CheckpointTensor::component), settings that replace the ones above;
+  // components not named here take the job's own.
+  std::map<std::string, ComponentSettings> components;
+
+  // This config as component `name` sees it (the job's own where it has no settings).
+  PipelineConfig ForComponent(const std::string& name) const;
 
   // The format a layer gets at `width` bits: `spec` with that width (coded scales at that
   // width's recommended code size), or the recommended format of the width. Calibration fits

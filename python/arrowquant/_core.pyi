@@ -239,6 +239,15 @@ class PipelineConfig:
     def spec_for(self, bits: int) -> dict:
         """The format a layer gets at `bits` (what the pipeline quantizes with)."""
 
+    def set_component(self, name: str, own: PipelineConfig) -> None:
+        """
+        Component `name` (a pipeline folder's subfolder) takes `own`'s width, format, threshold and size budget instead of this config's.
+        """
+
+    @property
+    def components(self) -> list[str]:
+        """Names of the components with their own settings."""
+
     @property
     def gptq_damp(self) -> float: ...
 

@@ -34,7 +34,22 @@ def _resolve_calibration(
         return cfg, {"path": "weight-only", "why": "calibration off"}
     from arrowquant.checkpoint import load_checkpoint
     from arrowquant.diffusion import drivable, load_reference
+    from arrowquant.masked_diffusion import is_masked_lm, load_masked_lm
 
+    if is_masked_lm(model_path):
+        load_checkpoint(os.fspath(model_path))
+        try:
+            load_masked_lm(model_path)
+        except UnsupportedError as e:
+            return dataclasses.replace(cfg, calibration=""), {
+                "path": "weight-only",
+                "why": f"auto: cannot drive the masked LM: {e}",
+            }
+        return dataclasses.replace(cfg, calibration="synthetic"), {
+            "path": "calibrated",
+            "why": "auto: a masked diffusion LM the tool can drive (mask ratio as timestep); "
+            "the FP model's own generations",
+        }
     ok, why = drivable(model_path)
     if ok:
         # A malformed file: the reader's typed error, as on the weight-only path.
@@ -71,6 +86,38 @@ def _calibrated_format(cfg: DiffusionQuantConfig, calibrated: bool) -> Diffusion
     if cfg.group_size is None and cfg.bits <= 2:
         cfg = dataclasses.replace(cfg, group_size=GPTQ_2BIT_GROUP_SIZE)
     return cfg
+
+
+def component_profiles(
+    model_path: str | os.PathLike[str], cfg: DiffusionQuantConfig
+) -> dict[str, str]:
+    """Component -> profile ("keep": left unquantized) for a pipeline folder: the config's
+    `components` and the defaults for the components the folder has; {} for a lone model with
+    none named (a component named for one is the pipeline's error, naming what it has)."""
+    root = Path(model_path)
+    present: list[str] = []
+    if (root / "model_index.json").is_file():
+        from arrowquant.checkpoint import load_checkpoint
+
+        present = [c["name"] for c in load_checkpoint(os.fspath(root)).components if c["name"]]
+    return cfg.component_profiles(present) if len(present) > 1 or cfg.components else {}
+
+
+def set_components(
+    core: Any, cfg: DiffusionQuantConfig, profiles: dict[str, str], calibrated: bool
+) -> None:
+    """Gives each component of `profiles` its profile's settings in the pipeline's config
+    (`core`), on top of `cfg` (the user's, before the calibrated path's format defaults); with
+    a measured allocation, each component is sized by its own profile."""
+    for name, profile in profiles.items():
+        if profile == "keep":  # a selection rule (DiffusionQuantConfig.rules)
+            continue
+        own = _calibrated_format(cfg.for_component(profile), calibrated)
+        own_core = own.to_core()
+        if core.allocate:
+            own_core.allocate = True
+            own_core.target_bpw = own.size_bpw
+        core.set_component(name, own_core)
 
 
 class ArrowQuantV2:
@@ -140,12 +187,16 @@ class ArrowQuantV2:
                 cfg, path = _resolve_calibration(model_path, cfg)
             else:
                 path = {"path": "calibrated", "why": "quantize_module with calibrate=run"}
+            chosen = cfg  # before the calibrated path's format defaults: components apply theirs
             cfg = _calibrated_format(cfg, path["path"] == "calibrated")
             recipe: dict[str, Any] = {
                 "config": cfg.to_dict(),
                 "tool": f"arrowquant {__version__}",
                 "path": path,
             }
+            profiles = component_profiles(model_path, cfg)
+            if profiles:
+                recipe["components"] = profiles
             plans: dict[str, Any] = {}
             moments: dict[str, Any] = {}
             sensitivity: dict[str, Any] = {}
@@ -171,15 +222,25 @@ class ArrowQuantV2:
                 ):  # fail-fast: thresholds
                     core.allocate = True
                     core.target_bpw = cfg.size_bpw
+            set_components(core, chosen, profiles, path["path"] == "calibrated")
             raw = _core.run_pipeline(
                 str(model_path), str(tmp / MODEL_FILE), core, progress_callback, cfg.limits()
             )
             if cfg.calibration and precomputed is None:
-                from arrowquant.calibration.check import one_step_check
+                from arrowquant.masked_diffusion import is_masked_lm
 
-                recipe["calibration"]["one_step_check"] = one_step_check(
-                    model_path, tmp / MODEL_FILE, cfg
-                )
+                if is_masked_lm(model_path):
+                    from arrowquant.calibration.masked import nll_check
+
+                    recipe["calibration"]["nll_check"] = nll_check(
+                        model_path, tmp / MODEL_FILE, cfg
+                    )
+                else:
+                    from arrowquant.calibration.check import one_step_check
+
+                    recipe["calibration"]["one_step_check"] = one_step_check(
+                        model_path, tmp / MODEL_FILE, cfg
+                    )
             seconds = time.perf_counter() - t0
             report = QuantizationReport(
                 model_path=str(model_path),
@@ -197,6 +258,7 @@ class ArrowQuantV2:
                 seconds=seconds,
                 peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                 extra={"path": recipe["path"]}
+                | ({"component_profiles": profiles} if profiles else {})
                 | ({"budget": raw["budget_note"]} if raw["budget_note"] else {})
                 | ({"calibration": recipe["calibration"]} if "calibration" in recipe else {}),
             )

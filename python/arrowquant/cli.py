@@ -124,6 +124,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     }
     if args.override:
         changes["overrides"] = list(args.override)
+    if args.component:
+        changes["components"] = [c for arg in args.component for c in arg.split(",") if c]
     if args.config and not Path(args.config).is_file():
         raise ConfigurationError(f"--config {args.config}: no such file")
     # defaults < --profile < --config YAML < ARROW_QUANT_* environment < these flags
@@ -173,8 +175,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 def _dry_run(args: argparse.Namespace, cfg: Any) -> int:
     import arrowquant._core as _core
+    from arrowquant.api import component_profiles, set_components
 
-    plan = _core.plan(args.model, cfg.to_core())
+    core = cfg.to_core()
+    set_components(core, cfg, component_profiles(args.model, cfg), calibrated=False)
+    plan = _core.plan(args.model, core)
     rules = cfg.rules() + _core.default_rules(cfg.modality or "image")
     if args.json:
         rows = [{"name": n, "bits": b, "threshold": t, "why": w} for n, b, t, w in plan]
@@ -245,6 +250,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise ConfigurationError(f"two settings named {name!r}; use NAME=PATH")
         settings[name] = path
     log = None if args.json else (lambda m: print(m, file=sys.stderr))
+    prompts = None
+    if args.prompts:
+        from arrowquant.calibration.data import load_calibration
+
+        got = load_calibration(args.prompts)
+        if got.texts is None:
+            raise ConfigurationError(f"--prompts {args.prompts}: no prompt / text column")
+        prompts = got.texts
     doc = evaluate(
         args.model,
         settings,
@@ -253,10 +266,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         out_dir=args.out,
         log=log,
+        prompts=prompts,
     )
     if args.json:
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
+        return EXIT_OK
+    if doc.get("kind") == "masked diffusion language model":
+        from arrowquant.eval.masked import markdown as masked_markdown
+
+        print(masked_markdown(doc))
+        print(f"eval.json, eval.md and samples.json in {args.out}/")
         return EXIT_OK
     from arrowquant.eval.report import markdown
 
@@ -306,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="REGEX=BITS",
         help="BITS 2/3/4/8, or 16/keep to keep; first match wins, before the defaults",
+    )
+    q.add_argument(
+        "--component",
+        action="append",
+        metavar="NAME=PROFILE[,...]",
+        help="a pipeline component's own profile (edge/compact/local/cloud, or keep), e.g. "
+        "unet=local,vae=cloud,text_encoder=cloud; unnamed components take --profile, a VAE cloud",
     )
     q.add_argument(
         "--target-bpw",
@@ -411,13 +438,23 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="sample the FP model and quantized versions with the same noise; compare images",
     )
-    e.add_argument("model", help="the FP diffusers model folder (UNet2DModel or DiT)")
+    e.add_argument(
+        "model",
+        help="the FP diffusers model folder (UNet2DModel, DiT, or a text-to-image pipeline)",
+    )
     e.add_argument(
         "quantized", nargs="+", help="quantize output folders or .parquet files, as [NAME=]PATH"
     )
     e.add_argument("--samples", type=int, default=512)
     e.add_argument("--steps", type=int, default=50, help="DDIM steps")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument(
+        "--prompts",
+        metavar="PATH",
+        help="text-to-image: prompts (.jsonl / .parquet / datasets folder with a prompt column), "
+        "cycled over the samples; default: synthetic prompts from the tokenizer's words. Masked "
+        "diffusion LM: held-out texts (default: the model folder's heldout.jsonl)",
+    )
     e.add_argument("--out", default="eval-out", help="folder for eval.json, eval.md, grid.png")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_cmd_eval)

@@ -41,6 +41,11 @@ GPTQ_2BIT_GROUP_SIZE = 64
 _FROM_PROFILE: Any = None
 ENV_PREFIX = "ARROW_QUANT_"
 _OVERRIDE = re.compile(r"^(?P<pattern>.+)=(?P<bits>2|3|4|8|16|keep)$")
+_COMPONENT = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)=(?P<profile>[a-z]+)$")
+# A pipeline's VAE when `components` does not name it: its decoder turns every latent into
+# pixels, so its error is in every image, and it is a small share of a pipeline's bytes
+# (docs/text-to-image.md measures it).
+DEFAULT_COMPONENT_PROFILES = {"vae": "cloud"}
 
 
 def _check_profile(name: object) -> None:
@@ -95,6 +100,10 @@ class DiffusionQuantConfig:
     activation_stats: bool = False
     modality: str = ""  # "" = detect
     overrides: list[str] = field(default_factory=list)  # "REGEX=BITS" (BITS 2/3/4/8/16/keep)
+    # Per pipeline component, "NAME=PROFILE" (edge/compact/local/cloud) or "NAME=keep": that
+    # component's width, threshold and size budget (e.g. unet=local, vae=cloud). Unnamed
+    # components take the job's profile, a VAE "cloud" (DEFAULT_COMPONENT_PROFILES).
+    components: list[str] = field(default_factory=list)
     keep_dtype: str = "F16"
     threads: int = 0  # 0 = all cores
     min_elements: int = 1024
@@ -224,6 +233,18 @@ class DiffusionQuantConfig:
             bad("size_bpw", "must be between 1 and 16")
         if self.threads < 0:
             bad("threads", "must be >= 0")
+        seen: set[str] = set()
+        for c in self.components:
+            m = _COMPONENT.match(c)
+            if not m or m.group("profile") not in (*PROFILES, "keep"):
+                bad(
+                    "components",
+                    f"{c!r} is not NAME=PROFILE with PROFILE in {', '.join(PROFILES)} or keep",
+                )
+            elif m.group("name") in seen:
+                bad("components", f"component {m.group('name')!r} is named twice")
+            else:
+                seen.add(m.group("name"))
         for o in self.overrides:
             m = _OVERRIDE.match(o)
             if not m:
@@ -232,6 +253,25 @@ class DiffusionQuantConfig:
                 re.compile(m.group("pattern"))  # type: ignore[union-attr]
             except re.error as e:
                 bad("overrides", f"{o!r}: {e}")
+
+    def component_profiles(self, present: list[str] | None = None) -> dict[str, str]:
+        """Component -> profile name or "keep": the `components` entries, then for every other
+        component in `present` (a pipeline's subfolders) its default (DEFAULT_COMPONENT_PROFILES)
+        or the job's profile, so that each component meets its own size."""
+        out: dict[str, str] = {}
+        for c in self.components:
+            m = _COMPONENT.match(c)
+            assert m  # validate() checked
+            out[m.group("name")] = m.group("profile")
+        for name in present or []:
+            if name not in out:
+                out[name] = DEFAULT_COMPONENT_PROFILES.get(name, self.profile)
+        return out
+
+    def for_component(self, profile: str) -> DiffusionQuantConfig:
+        """These settings with a component's profile: its width, threshold, time groups and
+        size in place of the job's."""
+        return dataclasses.replace(self, profile=profile, components=[], **PROFILES[profile])
 
     def limits(self) -> tuple[int, int, int, int]:
         big = 2**64 - 1
@@ -244,6 +284,10 @@ class DiffusionQuantConfig:
 
     def rules(self) -> list[tuple[str, int, str]]:
         out = []
+        for c in self.components:
+            name, _, profile = c.partition("=")
+            if profile == "keep":
+                out.append((f"^{re.escape(name)}/", 0, f"component {c}"))
         for o in self.overrides:
             m = _OVERRIDE.match(o)
             assert m

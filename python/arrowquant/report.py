@@ -35,6 +35,36 @@ class QuantizationReport:
         """Stored bits per parameter over all tensors (kept ones included)."""
         return 8 * self.stored_bytes / self.total_params if self.total_params else 0.0
 
+    def components(self) -> dict[str, dict[str, Any]]:
+        """Per pipeline component (the tensor names' folder; "" outside pipelines): its profile,
+        tensors, parameters, bytes and bits per weight as stored, and formats."""
+        import math
+
+        profiles = self.extra.get("component_profiles", {})
+        out: dict[str, dict[str, Any]] = {}
+        for layer in self.layers:
+            name = layer["name"].split("/", 1)[0] if "/" in layer["name"] else ""
+            c = out.setdefault(
+                name,
+                {
+                    "profile": profiles.get(name, self.config.get("profile")),
+                    "tensors": 0,
+                    "params": 0,
+                    "source_bytes": 0,
+                    "stored_bytes": 0,
+                    "formats": {},
+                },
+            )
+            c["tensors"] += 1
+            c["params"] += math.prod(layer["shape"])
+            c["source_bytes"] += layer.get("source_bytes", 0)
+            c["stored_bytes"] += layer.get("stored_bytes", 0)
+            key = layer["format"] if layer["action"] == "quantized" else f"kept {layer['format']}"
+            c["formats"][key] = c["formats"].get(key, 0) + 1
+        for c in out.values():
+            c["bits_per_weight"] = round(8 * c["stored_bytes"] / max(1, c["params"]), 3)
+        return out
+
     def summary(self) -> dict[str, Any]:
         by_action: dict[str, int] = {}
         for layer in self.layers:
@@ -53,6 +83,7 @@ class QuantizationReport:
             "threshold_missed": self.threshold_missed,
             "seconds": round(self.seconds, 3),
             "peak_rss_bytes": self.peak_rss_bytes,
+            "components": self.components(),
         } | self.extra
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,12 +120,33 @@ class QuantizationReport:
                 else []
             ),
             f"- time {s['seconds']:.2f} s, peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB",
-            "",
+        ]
+        comps = self.components()
+        if len(comps) > 1:
+            lines += [
+                "",
+                "| component | profile | tensors | parameters | MiB before -> stored | "
+                "bits/weight |",
+                "|---|---|---|---|---|---|",
+            ]
+            for name, c in comps.items():
+                lines.append(
+                    f"| {name or '(top level)'} | {c['profile']} | {c['tensors']} | "
+                    f"{c['params']:,} | {c['source_bytes'] / 2**20:.2f} -> "
+                    f"{c['stored_bytes'] / 2**20:.2f} | {c['bits_per_weight']:.3f} |"
+                )
+        header = [
             "| tensor | shape | action | format | method | rel RMSE | SQNR dB | output error "
             "(held out) | why / fallbacks |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
+        current: str | None = None
         for layer in self.layers:
+            comp = layer["name"].split("/", 1)[0] if "/" in layer["name"] else ""
+            if comp != current:
+                current = comp
+                title = f"## {comp} ({comps[comp]['profile']})" if len(comps) > 1 else ""
+                lines += ["", *([title, ""] if title else []), *header]
             m = layer["metrics"] or {}
             rel = f"{m['rel_rmse']:.4f}" if m else ""
             sq = f"{m['sqnr_db']:.1f}" if m else ""

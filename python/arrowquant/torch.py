@@ -121,6 +121,8 @@ class _ActQuant(nn.Module):
     def group(self, t: int | None) -> int:
         ta = self.time_aware
         assert ta is not None
+        if ta["num_groups"] == 1:  # inputs that do not move with t: no timestep needed
+            return 0
         if t is None:
             raise RuntimeError(
                 "quantized activations need the timestep: call the denoiser with it, or use "
@@ -209,8 +211,10 @@ def apply(
     quantized: str | os.PathLike[str],
     act_quant: bool = True,
     dtype: torch.dtype | None = None,
+    prefix: str | None = None,
 ) -> ApplyReport:
-    """Loads the quantized file into `model` (in place); see the module docstring."""
+    """Loads the quantized file into `model` (in place); see the module docstring. `prefix`:
+    the model's names in the file ("unet/"); None finds it."""
     import arrowquant as aq
     from arrowquant.errors import ShapeMismatchError
 
@@ -218,7 +222,8 @@ def apply(
     path = qm.path
     names = set(qm.names())
     state_keys = list(model.state_dict().keys())
-    prefix = _prefix(names, state_keys)
+    if prefix is None:
+        prefix = _prefix(names, state_keys)
     missing = [k for k in state_keys if prefix + k not in names]
     if missing:
         raise ShapeMismatchError(
@@ -263,6 +268,31 @@ def apply(
         model.to(dtype)
     tracker = TimestepTracker(model, state)
     return ApplyReport(len(params), equalized, act_quantized, state, tracker)
+
+
+def apply_pipeline(
+    pipe: Any,
+    quantized: str | os.PathLike[str],
+    act_quant: bool = True,
+    dtype: torch.dtype | None = None,
+) -> dict[str, ApplyReport]:
+    """`apply` to every component of a diffusers pipeline (`pipe.components`) that the quantized
+    file holds (text encoder, denoiser, VAE, ...), each under its own folder's names; returns
+    the report of each. A component the file lacks is left as it is."""
+    import arrowquant as aq
+    from arrowquant.errors import ShapeMismatchError
+
+    names = aq.open(quantized).names()
+    out: dict[str, ApplyReport] = {}
+    for key, module in pipe.components.items():
+        if isinstance(module, nn.Module) and any(n.startswith(f"{key}/") for n in names):
+            out[key] = apply(module, quantized, act_quant, dtype, prefix=f"{key}/")
+    if not out:
+        raise ShapeMismatchError(
+            f"{quantized}: holds none of the pipeline's components "
+            f"({', '.join(k for k, m in pipe.components.items() if isinstance(m, nn.Module))})"
+        )
+    return out
 
 
 @contextlib.contextmanager

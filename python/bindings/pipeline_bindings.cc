@@ -148,6 +148,23 @@ void BindConfig(nb::module_& m) {
       .def(
           "spec_for", [](const PipelineConfig& c, int bits) { return SpecDict(c.SpecFor(bits)); },
           nb::arg("bits"), "The format a layer gets at `bits` (what the pipeline quantizes with).")
+      .def(
+          "set_component",
+          [](PipelineConfig& c, const std::string& name, const PipelineConfig& own) {
+            c.components[name] = {own.bits, own.spec, own.max_rel_rmse, own.target_bpw,
+                                  own.allocate};
+          },
+          nb::arg("name"), nb::arg("own"),
+          "Component `name` (a pipeline folder's subfolder) takes `own`'s width, format, "
+          "threshold and size budget instead of this config's.")
+      .def_prop_ro(
+          "components",
+          [](const PipelineConfig& c) {
+            std::vector<std::string> out;
+            for (const auto& [name, _] : c.components) out.push_back(name);
+            return out;
+          },
+          "Names of the components with their own settings.")
       .def_rw("gptq_damp", &PipelineConfig::gptq_damp)
       .def_rw("gptq_act_order", &PipelineConfig::gptq_act_order)
       .def(

@@ -118,14 +118,24 @@ double OtherFileBytes(const Checkpoint& ck, const PipelineConfig& c) {
 Result<std::map<std::string, BudgetChoice>> AssignBudget(const Checkpoint& ck,
                                                          const PipelineConfig& c,
                                                          const CompiledRules& rules,
-                                                         std::string* note) {
+                                                         std::string* note,
+                                                         const TensorScope& in_scope) {
   const auto& tensors = ck.tensors();
   std::vector<Candidate> cand(tensors.size());
   std::vector<Status> errors(tensors.size());
-  double fixed_bytes = OtherFileBytes(ck, c), params = 0;
+  std::vector<uint8_t> scope(tensors.size(), 1);
+  size_t in = tensors.size();
+  if (in_scope) {
+    in = 0;
+    for (size_t i = 0; i < tensors.size(); ++i) in += scope[i] = in_scope(tensors[i]) ? 1 : 0;
+  }
+  double fixed_bytes = OtherFileBytes(ck, c) * static_cast<double>(in) /
+                       static_cast<double>(std::max<size_t>(1, tensors.size())),
+         params = 0;
   std::vector<uint8_t> free(tensors.size(), 0);
   for (size_t i = 0; i < tensors.size(); ++i) {
     const auto& t = tensors[i];
+    if (!scope[i]) continue;
     params += static_cast<double>(t.info->num_elements());
     const PlannedTensor p = Decide(t, c, rules);
     // A default rule's fixed width becomes a choice where the layer's sensitivity was measured.

@@ -1,6 +1,7 @@
 // The size budget (--target-bpw): widths by measured sensitivity instead of a threshold.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <string>
 
@@ -17,10 +18,13 @@ namespace arrowquant {
 // layer's estimated contribution to the one-step error where its sensitivity was measured
 // (LayerMoments::sensitivity), else its relative output error squared, else its squared weight
 // error. Returns the width per free layer (0: kept), with the output error measured for it;
-// `note` says how and whether it was met.
+// `note` says how and whether it was met. With `in_scope`, only those tensors take part (one
+// pipeline component's budget): the file's shared bytes are charged by their share of tensors.
+using TensorScope = std::function<bool(const CheckpointTensor&)>;
 Result<std::map<std::string, BudgetChoice>> AssignBudget(const Checkpoint& ck,
                                                          const PipelineConfig& c,
                                                          const CompiledRules& rules,
-                                                         std::string* note);
+                                                         std::string* note,
+                                                         const TensorScope& in_scope = {});
 
 }  // namespace arrowquant

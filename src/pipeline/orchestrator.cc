@@ -18,15 +18,71 @@
 namespace arrowquant {
 namespace {
 
-Status CheckConfig(const PipelineConfig& config) {
-  if (!IsWeightWidth(config.bits)) {
+Status CheckSettings(int bits, double max_rel_rmse, const std::string& where) {
+  if (!IsWeightWidth(bits)) {
     return Status(StatusCode::kInvalidArgument,
-                  "bits must be 2, 3, 4 or 8, got " + std::to_string(config.bits));
+                  where + "bits must be 2, 3, 4 or 8, got " + std::to_string(bits));
   }
-  if (!(config.max_rel_rmse > 0)) {
-    return Status(StatusCode::kInvalidArgument, "max_rel_rmse must be positive");
+  if (!(max_rel_rmse > 0)) {
+    return Status(StatusCode::kInvalidArgument, where + "max_rel_rmse must be positive");
   }
   return Status::OK();
+}
+
+Status CheckConfig(const PipelineConfig& config, const Checkpoint& ck) {
+  AQ_RETURN_IF_ERROR(CheckSettings(config.bits, config.max_rel_rmse, ""));
+  for (const auto& entry : config.components) {
+    const std::string& name = entry.first;
+    const ComponentSettings& s = entry.second;
+    AQ_RETURN_IF_ERROR(CheckSettings(s.bits, s.max_rel_rmse, "component '" + name + "': "));
+    const bool found = std::any_of(ck.components().begin(), ck.components().end(),
+                                   [&](const auto& c) { return c.name == name; });
+    if (!found) {
+      std::string have;
+      for (const auto& c : ck.components()) have += (have.empty() ? "" : ", ") + c.name;
+      return Status(
+          StatusCode::kInvalidArgument,
+          "component '" + name + "': " + ck.path() + " has no such component" +
+              (have.empty() ? " (it is not a pipeline folder)" : " (it has " + have + ")"));
+    }
+  }
+  return Status::OK();
+}
+
+// Each size budget: the job's over the tensors of components without settings, and one per
+// component with its own settings.
+Result<std::map<std::string, BudgetChoice>> Budgets(
+    const Checkpoint& ck, const PipelineConfig& config,
+    const std::map<std::string, PipelineConfig>& per, const CompiledRules& rules,
+    std::string* note) {
+  std::map<std::string, BudgetChoice> forced;
+  if (per.empty()) {
+    if (config.target_bpw > 0 || config.allocate) {
+      AQ_ASSIGN_OR_RETURN(forced, AssignBudget(ck, config, rules, note));
+    }
+    return forced;
+  }
+  auto add = [&](const std::string& label, const PipelineConfig& c,
+                 const TensorScope& scope) -> Status {
+    if (!(c.target_bpw > 0 || c.allocate)) return Status::OK();
+    std::string part;
+    AQ_ASSIGN_OR_RETURN(auto got, AssignBudget(ck, c, rules, &part, scope));
+    forced.merge(got);
+    *note += (note->empty() ? "" : "; ") + label + ": " + part;
+    return Status::OK();
+  };
+  const bool rest = std::any_of(ck.tensors().begin(), ck.tensors().end(),
+                                [&](const auto& t) { return !per.contains(t.component); });
+  if (rest) {
+    AQ_RETURN_IF_ERROR(add("other components", config,
+                           [&](const CheckpointTensor& t) { return !per.contains(t.component); }));
+  }
+  for (const auto& entry : per) {
+    const std::string& name = entry.first;
+    AQ_RETURN_IF_ERROR(add(name, entry.second,
+                           [&name](const CheckpointTensor& t) { return t.component == name; }));
+  }
+  return forced;
 }
 
 Result<std::unique_ptr<ModelWriter>> OpenWriter(const Checkpoint& ck, const std::string& out_path,
@@ -67,7 +123,7 @@ TensorRecord RecordOf(const CheckpointTensor& t, const LayerOutcome& o) {
 
 Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_path,
                                    const PipelineConfig& config, const ProgressFn& progress) {
-  AQ_RETURN_IF_ERROR(CheckConfig(config));
+  AQ_RETURN_IF_ERROR(CheckConfig(config, ck));
   PipelineReport report;
   if (config.modality.empty()) {
     std::tie(report.modality, report.modality_reason) = DetectModality(ck);
@@ -84,10 +140,14 @@ Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_
   }
   AQ_ASSIGN_OR_RETURN(std::unique_ptr<ModelWriter> writer,
                       OpenWriter(ck, out_path, config, report.modality));
-  std::map<std::string, BudgetChoice> forced;
-  if (config.target_bpw > 0 || config.allocate) {
-    AQ_ASSIGN_OR_RETURN(forced, AssignBudget(ck, config, rules, &report.budget_note));
-  }
+  // Built once: a layer's outcome points into its config's activation plans until it is written.
+  std::map<std::string, PipelineConfig> per;
+  for (const auto& [name, _] : config.components) per.emplace(name, config.ForComponent(name));
+  auto config_of = [&](const CheckpointTensor& t) -> const PipelineConfig& {
+    const auto it = per.find(t.component);
+    return it == per.end() ? config : it->second;
+  };
+  AQ_ASSIGN_OR_RETURN(const auto forced, Budgets(ck, config, per, rules, &report.budget_note));
 
   const auto& tensors = ck.tensors();
   uint64_t total = 0, done = 0;
@@ -96,7 +156,8 @@ Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_
   auto work = [&](size_t i) {
     auto o = std::make_unique<LayerOutcome>();
     const auto f = forced.find(tensors[i].name);
-    ProcessLayer(tensors[i], config, rules, f == forced.end() ? nullptr : &f->second, *o);
+    ProcessLayer(tensors[i], config_of(tensors[i]), rules, f == forced.end() ? nullptr : &f->second,
+                 *o);
     slots[i] = std::move(o);
   };
   auto write = [&](size_t i) -> Status {

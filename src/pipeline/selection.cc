@@ -4,6 +4,8 @@
 // stay unquantized. Every other linear and conv weight, convs included, takes the target width.
 #include "pipeline/selection.h"
 
+#include <map>
+
 namespace arrowquant {
 
 std::vector<SelectionRule> DefaultSelectionRules(const std::string& modality) {
@@ -23,7 +25,9 @@ std::vector<SelectionRule> DefaultSelectionRules(const std::string& modality) {
       {R"((embed_tokens|embeddings?[./]|wte|wpe|pos_embed|position_embedding|class_embedding|)"
        R"(x_embedder|patch_embed|label_emb))",
        0, "embedding"},
-      {R"((^|/)(conv_in|conv_out|proj_out(_2)?|proj_in)\.)", 0, "first or last layer"},
+      // A VAE's encoder and decoder each have their own first and last convolution.
+      {R"((^|/|(en|de)coder\.)(conv_in|conv_out|proj_out(_2)?|proj_in)\.)", 0,
+       "first or last layer"},
       {R"((lm_head|final_layer|\bout_proj_final))", 0, "output head"},
   };
   if (modality == "audio") {
@@ -89,12 +93,31 @@ QuantSpec PipelineConfig::SpecFor(int width) const {
   return s;
 }
 
+PipelineConfig PipelineConfig::ForComponent(const std::string& name) const {
+  PipelineConfig out = *this;
+  out.components.clear();
+  const auto it = components.find(name);
+  if (it == components.end()) return out;
+  const ComponentSettings& s = it->second;
+  out.bits = s.bits;
+  out.spec = s.spec;
+  out.max_rel_rmse = s.max_rel_rmse;
+  out.target_bpw = s.target_bpw;
+  out.allocate = s.allocate;
+  return out;
+}
+
 Result<std::vector<PlannedTensor>> PlanSelection(const Checkpoint& ck,
                                                  const PipelineConfig& config) {
   const std::string modality = config.modality.empty() ? DetectModality(ck).first : config.modality;
   AQ_ASSIGN_OR_RETURN(CompiledRules rules, CompileRules(config, modality));
   std::vector<PlannedTensor> out;
-  for (const auto& t : ck.tensors()) out.push_back(Decide(t, config, rules));
+  std::map<std::string, PipelineConfig> per;
+  for (const auto& [name, _] : config.components) per.emplace(name, config.ForComponent(name));
+  for (const auto& t : ck.tensors()) {
+    const auto it = per.find(t.component);
+    out.push_back(Decide(t, it == per.end() ? config : it->second, rules));
+  }
   return out;
 }
 

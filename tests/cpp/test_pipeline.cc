@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <random>
 #include <thread>
 #include <vector>
@@ -222,6 +223,60 @@ TEST_F(PipelineTest, SizeBudgetAssignsBitsBySensitivity) {
   for (const auto& l : rep->layers) {
     if (l.action == "quantized") EXPECT_EQ(l.bits, 2) << l.name;
   }
+}
+
+// A pipeline folder whose components take their own settings: the VAE at 8 bits with its own
+// size budget, the denoiser at 2, a component without settings at the job's width; a component
+// the folder lacks is an error naming the ones it has.
+TEST_F(PipelineTest, ComponentsTakeTheirOwnSettings) {
+  const auto block = [](uint32_t seed) {
+    return testing::ValidFile(
+        {{"blocks.0.ff.weight", "F32", {256, 128}, F32(Normal(256 * 128, seed))},
+         {"blocks.0.proj.weight", "F32", {128, 256}, F32(Normal(128 * 256, seed + 1))}});
+  };
+  testing::WriteFile(dir_ / "pipe" / "model_index.json",
+                     R"({"unet":["diffusers","UNet2DConditionModel"],)"
+                     R"("vae":["diffusers","AutoencoderKL"],)"
+                     R"("text_encoder":["transformers","CLIPTextModel"]})");
+  testing::WriteFile(dir_ / "pipe" / "unet" / "diffusion_pytorch_model.safetensors", block(10));
+  testing::WriteFile(dir_ / "pipe" / "vae" / "diffusion_pytorch_model.safetensors", block(20));
+  testing::WriteFile(dir_ / "pipe" / "text_encoder" / "model.safetensors", block(30));
+  auto ck = Checkpoint::Open((dir_ / "pipe").string());
+  ASSERT_TRUE(ck.ok()) << ck.status().ToString();
+  PipelineConfig cfg;
+  cfg.bits = 4;
+  cfg.max_rel_rmse = 10;  // no fallback: the widths are the settings'
+  cfg.components["unet"] = {2, std::nullopt, 10, 0, false};
+  cfg.components["vae"] = {8, std::nullopt, 10, 0, false};
+  auto rep = RunPipeline(**ck, (dir_ / "c.parquet").string(), cfg);
+  ASSERT_TRUE(rep.ok()) << rep.status().ToString();
+  std::map<std::string, int> bits;
+  for (const auto& l : rep->layers) bits[l.name] = l.bits;
+  EXPECT_EQ(bits["unet/blocks.0.ff.weight"], 2);
+  EXPECT_EQ(bits["vae/blocks.0.proj.weight"], 8);
+  EXPECT_EQ(bits["text_encoder/blocks.0.ff.weight"], 4);
+  // Budgets per component: the VAE's 8.5 bits are spent within the VAE.
+  cfg.components["vae"] = {8, std::nullopt, 10, 8.5, true};
+  cfg.components["unet"] = {4, std::nullopt, 10, 3.0, false};
+  rep = RunPipeline(**ck, (dir_ / "b.parquet").string(), cfg);
+  ASSERT_TRUE(rep.ok()) << rep.status().ToString();
+  EXPECT_NE(rep->budget_note.find("vae: target 8.5"), std::string::npos) << rep->budget_note;
+  EXPECT_NE(rep->budget_note.find("unet: target 3.0"), std::string::npos) << rep->budget_note;
+  std::map<std::string, uint64_t> bytes, params;
+  for (const auto& l : rep->layers) {
+    const std::string comp = l.name.substr(0, l.name.find('/'));
+    bytes[comp] += l.stored_bytes;
+    params[comp] += l.shape[0] * l.shape[1];
+  }
+  EXPECT_GT(8.0 * bytes["vae"] / params["vae"], 6.0);
+  EXPECT_LT(8.0 * bytes["unet"] / params["unet"], 3.1);
+  cfg.components["transformer"] = {4, std::nullopt, 10, 0, false};
+  rep = RunPipeline(**ck, (dir_ / "x.parquet").string(), cfg);
+  ASSERT_FALSE(rep.ok());
+  EXPECT_NE(rep.status().message().find("component 'transformer'"), std::string::npos);
+  EXPECT_NE(rep.status().message().find("text_encoder, unet, vae"), std::string::npos)
+      << rep.status().message();
+  EXPECT_FALSE(fs::exists(dir_ / "x.parquet"));
 }
 
 // Calibrated moments (H from random inputs) and a measured sensitivity per layer: a layer the

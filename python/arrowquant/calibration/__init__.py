@@ -101,6 +101,7 @@ def recording_summary(
         "sampler": sampler,
         "timesteps": sorted({s["timestep"] for c in collectors.values() for s in c.stats()}),
         "layers": len(plans),
+        "time_invariant_layers": sum(bool(p.get("time_invariant")) for p in plans.values()),
         "time_groups": cfg.time_groups,
         "adaptive_groups": cfg.adaptive_groups,
         "act_bits": cfg.act_bits,
@@ -143,8 +144,11 @@ def fit_plans(
     models)."""
     plans: dict[str, dict[str, Any]] = {}
     for name, col in collectors.items():
+        # Inputs that do not move with t (cross-attention K/V on text embeddings, a text
+        # encoder's or VAE's layers) get one group: more would only repeat the same grid.
+        still = time_invariant(col)
         ta = _core.fit_time_groups(
-            col, groups, adaptive, act_bits, clip, 99.99, num_train_timesteps
+            col, 1 if still else groups, adaptive, act_bits, clip, 99.99, num_train_timesteps
         )
         overall = raw_collectors[name].overall()
         plans[name] = {
@@ -159,8 +163,23 @@ def fit_plans(
             "stats": (
                 {k: overall[k].tolist() for k in ("min", "max", "absmax")} if keep_stats else None
             ),
+            "time_invariant": still,  # the report's; the pipeline reads the keys above
         }
     return plans
+
+
+def time_invariant(collector: Any) -> bool:
+    """Whether a layer's inputs were the same at every timestep recorded (identical statistics
+    and histograms), or were all recorded outside the denoising loop (timestep -1)."""
+    stats = collector.stats()
+    if all(s["timestep"] == -1 for s in stats):
+        return True
+    first = stats[0]
+    return all(
+        s["count"] == first["count"]
+        and all(np.array_equal(s[k], first[k]) for k in ("min", "max", "absmax", "histogram"))
+        for s in stats[1:]
+    )
 
 
 def searched_equalization(
@@ -275,7 +294,12 @@ def calibrate(
     its inputs (equalized where equalization was chosen): (fit, held-out) for GPTQ. With
     `sensitivity` (a dict to fill), each layer's measured sensitivity per output row."""
     from arrowquant.diffusion import load_reference
+    from arrowquant.masked_diffusion import is_masked_lm
 
+    if is_masked_lm(model_path):
+        from arrowquant.calibration.masked import calibrate_masked
+
+        return calibrate_masked(model_path, cfg, log, moments, sensitivity)
     t0 = time.perf_counter()
     calib = load_calibration(cfg.calibration, cfg.calibration_samples)
     ref = load_reference(model_path)
@@ -348,9 +372,15 @@ def calibrate(
     summary = calib.summary()
     if ref.num_classes and calib.labels is None:
         summary["kind"] = f"class labels cycled over {ref.num_classes} classes"
-    summary |= recording_summary(
-        ref.module, f"DDIM eta=0, {steps} steps, seed {seed}", raw, plans, cfg
-    )
+    sampler = f"DDIM eta=0, {steps} steps, seed {seed}"
+    if ref.text is not None:
+        if calib.texts is None:
+            summary["kind"] = "synthetic prompts from the tokenizer's words"
+        sampler += (
+            f", classifier-free guidance {ref.text.guidance} (both branches recorded); "
+            f"prompts through {ref.text.components[0]}, latents decoded by {ref.text.components[1]}"
+        )
+    summary |= recording_summary(ref.module, sampler, raw, plans, cfg)
     summary |= {
         "equalize": cfg.equalize,
         "equalize_alpha": cfg.equalize_alpha if cfg.equalize else None,

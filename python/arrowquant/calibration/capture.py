@@ -15,7 +15,7 @@ import numpy as np
 
 import arrowquant._core as _core
 from arrowquant.calibration.data import CalibrationSet
-from arrowquant.diffusion import Denoiser, sample
+from arrowquant.diffusion import Denoiser, encode_prompts, sample, synthetic_prompts
 from arrowquant.errors import UnsupportedError
 
 # Rows of each call's input that go into a layer's H (and, disjoint, into its held-out H). A
@@ -78,15 +78,23 @@ def _layout(m: Any, x: Any) -> tuple[int, int, int]:
     return x.numel() // c, c, 1
 
 
-def conditioning(ref: Denoiser, calib: CalibrationSet) -> tuple[int, Any]:
-    """(number of trajectories, class labels or None) for this model and calibration set."""
+def conditioning(ref: Denoiser, calib: CalibrationSet, seed: int = 0) -> tuple[int, Any]:
+    """(number of trajectories, class labels, prompts (text-to-image) or None) for this model and
+    calibration set."""
     import torch
 
+    if ref.text is not None:
+        if calib.labels is not None:
+            raise UnsupportedError(
+                f"{calib.source}: class labels, but {ref.path} is a text-to-image pipeline "
+                "(calibrate it with prompts: a `prompt` column, or synthetic)"
+            )
+        return calib.count, calib.texts or synthetic_prompts(ref, calib.count, seed)
     if calib.texts is not None:
         raise UnsupportedError(
             f"{calib.source}: text prompts, but {type(ref.module).__name__} takes "
             + ("class labels" if ref.num_classes else "no conditioning")
-            + "; text-conditioned pipelines are not supported by calibration yet"
+            + " (prompts calibrate text-to-image pipelines)"
         )
     if not ref.num_classes:
         return calib.count, None
@@ -196,11 +204,33 @@ def capture(
     import torch
 
     from arrowquant.calibration.sensitivity import CallRecorder
-    from arrowquant.torch import TimestepTracker
+    from arrowquant.torch import TimestepState, TimestepTracker
 
-    count, labels = conditioning(ref, calib)
+    count, labels = conditioning(ref, calib, seed)
     calls = steps * math.ceil(count / batch)
     tracker = TimestepTracker(ref.module)
+
+    # A pipeline's text encoder and VAE run outside the denoising loop: their layers' inputs do
+    # not move with t (one activation group), and their H come from the same prompts.
+    def prefixed(key: str) -> Callable[[str], str]:
+        return lambda n: f"{key}/{n}.weight"
+
+    others = [
+        Recorder(
+            getattr(ref.text, key),
+            prefixed(key),
+            TimestepState(),
+            seed,
+            None,
+            moments,
+            row_samples,
+            max(1, math.ceil(max_rows / math.ceil(count / batch))),
+            max_rows,
+            threads,
+            moments_cap_bytes(getattr(ref.text, key), 0),
+        )
+        for key in (ref.text.components if ref.text is not None else ())
+    ]
     rec = Recorder(
         ref.module,
         lambda n: weight_name(ref, n),
@@ -221,16 +251,22 @@ def capture(
             n = min(batch, count - start)
             noise = torch.randn((n, ref.channels, ref.size, ref.size), generator=g_noise)
             lab = None if labels is None else labels[start : start + n]
+            if ref.text is not None:  # the prompts through the pipeline's own text encoder
+                lab = encode_prompts(ref, ref.text.text_encoder, list(lab or []))
             sample(ref, ref.module, noise, lab, steps)
             if log:
                 log(f"calibration: {start + n}/{count} trajectories x {steps} timesteps")
     finally:
-        rec.remove()
+        for r in (rec, *others):
+            r.remove()
         tracker.remove()
         if call_rec is not None:
             call_rec.remove()
             recorded_calls.extend(call_rec.calls)  # type: ignore[union-attr]
-    return rec.collectors
+    collectors = dict(rec.collectors)
+    for r in others:
+        collectors |= r.collectors
+    return collectors
 
 
 def moment_block(dim: int) -> int:

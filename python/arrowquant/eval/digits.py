@@ -13,6 +13,7 @@ import numpy as np
 
 IMAGE_SIZE = 16
 NUM_CLASSES = 10
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def load_digits_images(size: int = IMAGE_SIZE) -> tuple[Any, Any]:
@@ -37,3 +38,17 @@ def to_classifier_input(images: Any) -> np.ndarray:
     pooled = x.reshape(x.shape[0], 8, f, 8, f).mean(axis=(2, 4))
     out: np.ndarray = ((np.clip(pooled, -1.0, 1.0) + 1.0) * 8.0).reshape(x.shape[0], 64)
     return out
+
+
+def requested_digit(prompt: str) -> int | None:
+    """The digit a prompt asks for, by name ("a thin seven") or numeral ("number 7"); None
+    when it names none or several."""
+    import re
+
+    found = set()
+    for word in re.findall(r"[a-z]+|\d", prompt.lower()):
+        if word in DIGIT_NAMES:
+            found.add(DIGIT_NAMES.index(word))
+        elif word.isdigit():
+            found.add(int(word))
+    return found.pop() if len(found) == 1 else None

@@ -22,11 +22,15 @@ import numpy as np
 
 from arrowquant.diffusion import (
     Denoiser,
+    Parts,
     Trajectory,
+    cycled,
+    encode_prompts,
     initial_noise,
     load_reference,
-    quantized_state,
+    quantized_parts,
     sample,
+    synthetic_prompts,
 )
 from arrowquant.errors import ConfigurationError
 from arrowquant.eval.metrics import (
@@ -57,14 +61,15 @@ class _Features:
 
     def __init__(self, ref: Denoiser) -> None:
         self.reason = ""
-        if ref.channels != 1 or ref.size % 8:
+        channels, size = ref.image_shape
+        if channels != 1 or size % 8:
             self.reason = "Fréchet distance / accuracy need 1-channel images of a size 8k"
             return
         from arrowquant.eval.classifier import DigitsClassifier
         from arrowquant.eval.digits import load_digits_images
 
         self.clf = DigitsClassifier.load()
-        real, _ = load_digits_images(ref.size)
+        real, _ = load_digits_images(size)
         self.real = self.clf.features(as_numpy(real))
         # The noise floor: two random halves of the real digits.
         perm = np.random.default_rng(0).permutation(len(self.real))
@@ -84,21 +89,38 @@ def evaluate(
     out_dir: str | os.PathLike[str] | None = None,
     bootstrap_rounds: int = 500,
     log: Callable[[str], None] | None = None,
+    prompts: list[str] | None = None,
 ) -> dict[str, Any]:
     """Samples the FP model and every setting from the same noise; returns (and with `out_dir`
     writes) eval.json, eval.md and grid.png. A setting is a model file / quantize output folder,
-    or a state dict for the denoiser (e.g. to plant a fault)."""
+    or a state dict for the denoiser (e.g. to plant a fault). A text-to-image pipeline samples
+    `prompts` (cycled over the samples; synthetic ones when None), each setting through its own
+    text encoder, denoiser and VAE; the report adds per-prompt PSNR, prompt adherence where the
+    prompts name digits, and a grid per prompt."""
     import arrowquant
+    from arrowquant.masked_diffusion import is_masked_lm
 
     say = log or (lambda _m: None)
     if samples < 2 or steps < 1:
         raise ConfigurationError(f"need samples >= 2 and steps >= 1 (got {samples}, {steps})")
+    if is_masked_lm(model):  # text/code diffusion: NLL by mask ratio, generation agreement
+        from arrowquant.eval.masked import evaluate_masked
+
+        return evaluate_masked(
+            model, settings, samples, steps, seed, out_dir, bootstrap_rounds, log, prompts
+        )
     ref = load_reference(model)
     # Every setting is loaded (and checked against the model) before any sampling starts.
     n_weights = sum(v.numel() for v in ref.module.state_dict().values())
     prepared = [(name, *_prepare(ref, s, n_weights)) for name, s in settings.items()]
     feats = _Features(ref)
-    noise, labels = initial_noise(ref, samples, seed)
+    if ref.text is None and prompts:
+        raise ConfigurationError(
+            f"{ref.path}: prompts given, but it is not a text-to-image pipeline"
+        )
+    if ref.text is not None:
+        prompts = cycled(prompts or synthetic_prompts(ref, samples, seed), samples)
+    noise, labels = initial_noise(ref, samples, seed, prompts)
     t0 = time.perf_counter()
     fp = sample(ref, ref.module, noise, labels, steps, keep_inputs=True)
     fp_np = as_numpy(fp.samples)
@@ -109,7 +131,13 @@ def evaluate(
         "conditional_classes": ref.num_classes,
         "samples": samples,
         "steps": steps,
-        "sampler": "DDIM eta=0, same noise and labels for every setting",
+        "sampler": "DDIM eta=0, same noise and labels for every setting"
+        + (
+            f", classifier-free guidance {ref.text.guidance}, each setting's own text encoder "
+            "and VAE"
+            if ref.text is not None
+            else ""
+        ),
         "seed": seed,
         "psnr_cap_db": PSNR_CAP_DB,
         "metrics_note": feats.reason,
@@ -124,14 +152,28 @@ def evaluate(
         if ref.num_classes:
             hit = (feats.clf.predict(fp_np) == as_numpy(labels)).astype(np.float64)
             doc["reference"]["accuracy"] = mean_ci(hit, bootstrap_rounds, seed)
+    asked = _asked_digits(prompts) if feats and prompts else None
+    if asked is not None:
+        hit = (feats.clf.predict(fp_np) == asked).astype(np.float64)
+        doc["reference"]["adherence"] = mean_ci(hit, bootstrap_rounds, seed)
+    if prompts is not None:
+        doc["prompts"] = sorted(set(prompts), key=prompts.index)
     doc["reference"]["seconds"] = round(time.perf_counter() - t0, 2)
     say(f"FP: {samples} samples x {steps} steps in {doc['reference']['seconds']} s")
     grid_rows: list[tuple[str, np.ndarray]] = [("FP", fp_np)]
-    for name, module, info in prepared:
+    for name, parts, info in prepared:
         t1 = time.perf_counter()
         entry: dict[str, Any] = {"name": name} | info
-        q = sample(ref, module, noise, labels, steps, probe=fp)
+        q_labels = labels
+        if prompts is not None and parts.text_encoder is not None:
+            q_labels = encode_prompts(ref, parts.text_encoder, prompts)
+        q = sample(ref, parts.denoiser, noise, q_labels, steps, probe=fp, vae=parts.vae)
         entry.update(_compare(ref, fp, fp_np, fp_feats, q, labels, feats, bootstrap_rounds, seed))
+        if prompts is not None:
+            entry.update(_per_prompt(fp_np, as_numpy(q.samples), prompts, asked, feats))
+            if asked is not None:
+                hit = (feats.clf.predict(as_numpy(q.samples)) == asked).astype(np.float64)
+                entry["adherence"] = mean_ci(hit, bootstrap_rounds, seed)
         entry["seconds"] = round(time.perf_counter() - t1, 2)
         doc["settings"].append(entry)
         grid_rows.append((name, as_numpy(q.samples)))
@@ -142,18 +184,58 @@ def evaluate(
     if out_dir is not None:
         from arrowquant.eval.report import write_outputs
 
-        write_outputs(doc, grid_rows, Path(out_dir))
+        write_outputs(doc, grid_rows, Path(out_dir), prompts)
     return doc
 
 
-def _prepare(ref: Denoiser, setting: Setting, n_weights: int) -> tuple[Any, dict[str, Any]]:
-    """(module to sample, what it is)."""
+def _asked_digits(prompts: list[str]) -> np.ndarray | None:
+    """The digit each prompt asks for (by name or numeral), or None unless every prompt names
+    exactly one."""
+    from arrowquant.eval.digits import requested_digit
+
+    asked = [requested_digit(p) for p in prompts]
+    return None if any(a is None for a in asked) else np.asarray(asked)
+
+
+def _per_prompt(
+    fp_np: np.ndarray,
+    q_np: np.ndarray,
+    prompts: list[str],
+    asked: np.ndarray | None,
+    feats: _Features,
+) -> dict[str, Any]:
+    """PSNR / SSIM (and adherence where the prompts name digits) for each distinct prompt."""
+    from arrowquant.eval.metrics import psnr, ssim
+
+    p, s = psnr(fp_np, q_np), ssim(fp_np, q_np)
+    hits = None
+    if asked is not None and feats:
+        hits = feats.clf.predict(q_np) == asked
+        fp_hits = feats.clf.predict(fp_np) == asked
+    out = []
+    for text in sorted(set(prompts), key=prompts.index):
+        idx = np.asarray([i for i, x in enumerate(prompts) if x == text])
+        row: dict[str, Any] = {
+            "prompt": text,
+            "samples": len(idx),
+            "psnr": float(p[idx].mean()),
+            "ssim": float(s[idx].mean()),
+        }
+        if hits is not None:
+            row["adherence"] = float(hits[idx].mean())
+            row["adherence_fp"] = float(fp_hits[idx].mean())
+        out.append(row)
+    return {"per_prompt": out}
+
+
+def _prepare(ref: Denoiser, setting: Setting, n_weights: int) -> tuple[Parts, dict[str, Any]]:
+    """(what to sample with, what it is)."""
     if isinstance(setting, Mapping):
-        return ref.with_state(dict(setting)), {"source": "state dict"}
+        return Parts(ref.with_state(dict(setting))), {"source": "state dict"}
     if callable(getattr(setting, "forward", None)):
         module: Any = setting
-        return module.eval(), {"source": type(setting).__name__}
-    state = quantized_state(ref, setting)
+        return Parts(module.eval()), {"source": type(setting).__name__}
+    parts = quantized_parts(ref, setting)
     from arrowquant.model import resolve_model_path
 
     f = resolve_model_path(setting)
@@ -162,7 +244,7 @@ def _prepare(ref: Denoiser, setting: Setting, n_weights: int) -> tuple[Any, dict
         "file_bytes": f.stat().st_size,
         "file_bits_per_weight": 8.0 * f.stat().st_size / n_weights,
     }
-    return ref.with_state(state), info
+    return parts, info
 
 
 def _compare(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -59,6 +60,23 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {s['drift']['trajectory_mean']:.4f} | {s['drift']['one_step_mean']:.4f} "
             f"| {s['seconds']:.1f} |"
         )
+    if "adherence" in ref:
+        lines += [
+            "",
+            "Prompt adherence (the digits classifier's prediction = the digit the prompt names): "
+            f"FP {_ci(ref['adherence'], '.3f')}; "
+            + "; ".join(f"{s['name']} {_ci(s.get('adherence'), '.3f')}" for s in doc["settings"]),
+        ]
+    for s in doc["settings"]:
+        if "per_prompt" not in s:
+            continue
+        lines += ["", f"Per prompt, {s['name']}:", ""]
+        lines += ["| prompt | samples | PSNR dB | SSIM | adherence (FP) |", "|---|---|---|---|---|"]
+        for r in s["per_prompt"]:
+            adh = f"{r['adherence']:.2f} ({r['adherence_fp']:.2f})" if "adherence" in r else "-"
+            lines.append(
+                f"| {r['prompt']} | {r['samples']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {adh} |"
+            )
     lines += ["", "Drift (denoiser output relative error) by timestep:", ""]
     if doc["settings"]:
         ts = doc["settings"][0]["drift"]["timesteps"]
@@ -92,9 +110,29 @@ def write_grid(rows: list[tuple[str, np.ndarray]], fh: IO[bytes]) -> None:
     plt.close(fig)
 
 
-def write_outputs(doc: dict[str, Any], rows: list[tuple[str, np.ndarray]], out: Path) -> None:
+def _grid_writer(rows: list[tuple[str, np.ndarray]]) -> Callable[[IO[bytes]], None]:
+    return lambda fh: write_grid(rows, fh)
+
+
+def write_outputs(
+    doc: dict[str, Any],
+    rows: list[tuple[str, np.ndarray]],
+    out: Path,
+    prompts: list[str] | None = None,
+) -> None:
+    """eval.json, eval.md, grid.png; with `prompts` (one per sample), also grid-prompt-K.png per
+    distinct prompt K (its samples in every setting, same seeds) and prompts.json naming them."""
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(doc, indent=2) + "\n"
     write_atomic(out / "eval.json", lambda fh: fh.write(text.encode()))
     write_atomic(out / "eval.md", lambda fh: fh.write(markdown(doc).encode()))
     write_atomic(out / "grid.png", lambda fh: write_grid(rows, fh))
+    if prompts is None:
+        return
+    names = {}
+    for k, p in enumerate(sorted(set(prompts), key=prompts.index)):
+        idx = np.asarray([i for i, x in enumerate(prompts) if x == p])
+        names[f"grid-prompt-{k}.png"] = p
+        write_atomic(out / f"grid-prompt-{k}.png", _grid_writer([(n, x[idx]) for n, x in rows]))
+    listing = json.dumps(names, indent=2) + "\n"
+    write_atomic(out / "prompts.json", lambda fh: fh.write(listing.encode()))
