@@ -129,9 +129,8 @@ Result<std::map<std::string, BudgetChoice>> AssignBudget(const Checkpoint& ck,
     in = 0;
     for (size_t i = 0; i < tensors.size(); ++i) in += scope[i] = in_scope(tensors[i]) ? 1 : 0;
   }
-  double fixed_bytes = OtherFileBytes(ck, c) * static_cast<double>(in) /
-                       static_cast<double>(std::max<size_t>(1, tensors.size())),
-         params = 0;
+  double fixed_bytes = OtherFileBytes(ck, c), params = 0;
+  if (in_scope) fixed_bytes *= static_cast<double>(in) / static_cast<double>(tensors.size());
   std::vector<uint8_t> free(tensors.size(), 0);
   for (size_t i = 0; i < tensors.size(); ++i) {
     const auto& t = tensors[i];

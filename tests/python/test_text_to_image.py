@@ -254,3 +254,25 @@ def test_cli_eval_prompts_bad_input(
     assert cli.main([*args, "--samples", "30", "--steps", "4", "--out", str(out)]) == 0
     assert "Prompt adherence" in capsys.readouterr().out
     assert len(list(out.glob("grid-prompt-*.png"))) == 30
+
+
+def test_equalization_and_time_groups_run_on_the_pipeline(tmp_path: Path) -> None:
+    """The activation work (DiTAS equalization chosen per layer, adaptive time groups, W8A8)
+    on a text-to-image pipeline: the denoiser's layers get several groups, text-side ones one."""
+    out = tmp_path / "eq"
+    cfg = aq.DiffusionQuantConfig.resolve(
+        profile="cloud",
+        calibration="synthetic:4",
+        calibration_steps=4,
+        calibration_cache=str(tmp_path / "cache"),
+        equalize=True,
+        time_groups=3,
+    )
+    r = aq.ArrowQuantV2().quantize_diffusion_model(T2I, out, cfg)
+    cal = r.summary()["calibration"]
+    assert cal["equalize"] and cal["kind"] == "synthetic prompts from the tokenizer's words"
+    model = aq.open(out)
+    groups = {n: (model.info(n).get("time_aware") or {}).get("num_groups") for n in model.names()}
+    assert groups["unet/down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"] > 1
+    assert groups["unet/down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"] == 1
+    assert groups["text_encoder/encoder.layers.0.mlp.fc1.weight"] == 1
