@@ -109,6 +109,8 @@ def test_calibrated_pipeline_quantizes_every_component(local_out: Path) -> None:
     # The text encoder and the VAE decoder were recorded too (one group: no t moves them), as
     # were the cross-attention K/V projections of the UNet, whose input is the text.
     assert cal["time_invariant_layers"] > 0
+    # The whole-model check ran the stored UNet on the stored text encoder's embeddings.
+    assert 0 < cal["one_step_check"]["mean"] < 0.2
     layers = {x["name"]: x for x in report["layers"]}
     te = [x for n, x in layers.items() if n.startswith("text_encoder/") and x["bits"]]
     assert te and all(x["method"] == "gptq" for x in te)

@@ -1,5 +1,6 @@
 """The whole-model check after quantization: the denoiser's one-step prediction with the stored
-weights against the FP model's, on FP trajectories from noise calibration did not see."""
+weights against the FP model's, on FP trajectories from noise calibration did not see (for a
+text-to-image pipeline, conditioned by the stored text encoder's embeddings)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import numpy as np
 
 from arrowquant.diffusion import (
     call_denoiser,
+    encode_prompts,
     initial_noise,
     load_reference,
-    quantized_state,
+    quantized_parts,
     sample,
+    synthetic_prompts,
 )
 
 SAMPLES = 8
@@ -28,14 +31,21 @@ def one_step_check(
     import torch
 
     ref = load_reference(model_path)
-    q = ref.with_state(quantized_state(ref, quantized))
-    noise, labels = initial_noise(ref, SAMPLES, cfg.seed + 7919)  # not calibration's noise
+    parts = quantized_parts(ref, quantized)
+    q = parts.denoiser
+    seed = cfg.seed + 7919  # not calibration's noise
+    prompts = synthetic_prompts(ref, SAMPLES, seed) if ref.text is not None else None
+    noise, labels = initial_noise(ref, SAMPLES, seed, prompts)
+    # A text-to-image pipeline's quantized text encoder conditions the quantized denoiser.
+    q_labels = labels
+    if prompts is not None and parts.text_encoder is not None:
+        q_labels = encode_prompts(ref, parts.text_encoder, prompts)
     traj = sample(ref, ref.module, noise, labels, cfg.calibration_steps, keep_inputs=True)
     per_t: dict[int, float] = {}
     with torch.inference_mode():
         for i, x in sorted(traj.inputs.items()):
             t = traj.timesteps[i]
-            fp, got = traj.eps[i].double(), call_denoiser(ref, q, x, t, labels).double()
+            fp, got = traj.eps[i].double(), call_denoiser(ref, q, x, t, q_labels).double()
             per_t[t] = float((got - fp).norm() / fp.norm().clamp_min(1e-30))
     train_steps = int(ref.scheduler_config.get("num_train_timesteps", 1000))
     k = max(1, int(cfg.time_groups))
