@@ -23,7 +23,6 @@ the Python version whose library was read, and the wall time.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import sysconfig
 import time
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from schedule import ema_step, lr_at
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "code-mdlm"
@@ -141,19 +141,14 @@ def main() -> int:
     model.train()
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = (
-                lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
-            )
+            g["lr"] = lr_at(step, steps, lr, warmup)
         x = data[torch.randint(0, data.shape[0], (batch,), generator=gen)]
         loss = mdlm_loss(model, x, mask_id, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        decay = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1.0 - decay)
+        ema_step(ema, model, step)
         losses.append(loss.item())
         if step % 500 == 0 or step == steps - 1:
             print(f"mdlm step {step:5d} loss {np.mean(losses[-100:]):.4f}", flush=True)

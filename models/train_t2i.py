@@ -22,7 +22,6 @@ algorithms, 2 threads; EMA weights; `training.json` records the settings and the
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from schedule import ema_step, lr_at
 
 from arrowquant.eval.digits import IMAGE_SIZE, load_digits_images
 
@@ -162,10 +162,6 @@ def make_scheduler() -> Any:
     )
 
 
-def _lr(step: int, steps: int, lr: float, warmup: int = 200) -> float:
-    return lr * min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * step / steps))
-
-
 def train_vae(
     images: torch.Tensor, steps: int, batch: int, lr: float
 ) -> tuple[Any, dict[str, Any]]:
@@ -176,7 +172,7 @@ def train_vae(
     vae.train()
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, lr)
+            g["lr"] = lr_at(step, steps, lr)
         x = images[torch.randint(0, images.shape[0], (batch,), generator=gen)]
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
@@ -231,7 +227,7 @@ def train_denoiser(
     unet.train()
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, lr)
+            g["lr"] = lr_at(step, steps, lr)
         idx = torch.randint(0, images.shape[0], (batch,), generator=gen)
         words = [
             "" if rng.random() < PROMPT_DROPOUT else prompts[i][int(rng.integers(len(prompts[i])))]
@@ -250,11 +246,8 @@ def train_denoiser(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        decay = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for ema, live in ((ema_text, text), (ema_unet, unet)):
-                for pe, pm in zip(ema.parameters(), live.parameters(), strict=True):
-                    pe.lerp_(pm, 1.0 - decay)
+        ema_step(ema_text, text, step)
+        ema_step(ema_unet, unet, step)
         losses.append(loss.item())
         if step % 500 == 0 or step == steps - 1:
             recent = float(np.mean(losses[-100:]))

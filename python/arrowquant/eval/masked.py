@@ -82,6 +82,7 @@ def evaluate_masked(
     x = windows(ref, texts)[:samples]
     n_gen = min(samples, GENERATED)
     steps = max(1, min(steps, ref.length))
+    n_weights = sum(v.numel() for v in ref.module.state_dict().values())
     prepared = []
     for name, s in settings.items():
         if callable(getattr(s, "forward", None)):
@@ -90,7 +91,6 @@ def evaluate_masked(
         from arrowquant.model import resolve_model_path
 
         f = resolve_model_path(s)
-        n_weights = sum(v.numel() for v in ref.module.state_dict().values())
         info = {
             "source": str(f),
             "file_bytes": f.stat().st_size,
