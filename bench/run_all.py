@@ -26,6 +26,7 @@ def main() -> int:
         [py, str(ROOT / "bench" / "time_aware.py")],
         [py, str(ROOT / "bench" / "e2e_activations.py")],
         [py, str(ROOT / "bench" / "compare.py")],
+        [py, str(ROOT / "bench" / "inference.py"), "--dir", str(out)],
     ]
     out.mkdir(exist_ok=True)
     for cmd in runs:

@@ -70,6 +70,8 @@ std::string_view SchemeName(Scheme s);
 std::string_view GridName(Grid g);
 std::string ScaleDTypeName(const QuantSpec& s);  // "f16", "f32", "q7"
 
+struct QuantizedView;
+
 struct QuantizedTensor {
   QuantSpec spec;
   DType source_dtype = DType::kF32;
@@ -95,12 +97,26 @@ struct QuantizedTensor {
   uint64_t nbytes() const {
     return codes.size() + scales.size() + zeros.size() + super_scales.size();
   }
+  // The four buffers borrowed (valid while this tensor lives and is not resized).
+  QuantizedView View() const;
   // Every stored bit (codes, scales, zero-points, super-scales, row padding) per weight.
   double bits_per_weight() const {
     return num_elements()
                ? 8.0 * static_cast<double>(nbytes()) / static_cast<double>(num_elements())
                : 0.0;
   }
+};
+
+// A quantized tensor's four buffers, borrowed from memory someone else owns (a PyTorch module's
+// buffers at inference): the layout of QuantizedTensor, nothing copied.
+struct QuantizedView {
+  QuantSpec spec;
+  uint64_t rows = 0;
+  uint64_t cols = 0;
+  std::span<const uint8_t> codes, scales, zeros, super_scales;
+
+  // The spec is valid and every span has the size rows, cols and spec imply.
+  Status Validate() const;
 };
 
 struct QuantOptions {
@@ -115,6 +131,12 @@ Result<QuantizedTensor> Quantize(const TensorView& weight, const QuantSpec& spec
 // Writes num_elements() values of `dtype` (F32, F16 or BF16) into `out`.
 Status Dequantize(const QuantizedTensor& q, DType dtype, std::span<std::byte> out,
                   const QuantOptions& options = {});
+
+// Rows [begin, end) of q dequantized into `out`, (end - begin) * cols values of `dtype` (F32,
+// F16 or BF16), row-major: a tile of a weight for inference, so that the whole float matrix is
+// never held. The values are those Dequantize() writes for the same rows.
+Status DequantizeRows(const QuantizedView& q, uint64_t begin, uint64_t end, DType dtype,
+                      std::span<std::byte> out, const QuantOptions& options = {});
 
 // Error of q against the weight it came from, computed row by row without materialising the
 // dequantized tensor. Sums are accumulated per row in double and added in row order, so the

@@ -14,6 +14,12 @@ namespace arrowquant::py {
 namespace {
 
 using InArray = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu>;
+using ByteArray = nb::ndarray<nb::ro, uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using OutArray = nb::ndarray<nb::c_contig, nb::device::cpu>;
+
+std::span<const uint8_t> Bytes(const ByteArray& a) {
+  return {static_cast<const uint8_t*>(a.data()), a.size()};
+}
 
 TensorView ViewOf(const InArray& a, const std::string& dtype, const std::string& name) {
   TensorView v;
@@ -119,6 +125,49 @@ void BindQuantize(nb::module_& m) {
       },
       nb::arg("array"), nb::arg("dtype"), nb::arg("name"), nb::arg("bits"), nb::arg("group_size"),
       nb::arg("scheme"), nb::arg("method"), nb::arg("scale_dtype"), nb::arg("threads") = 1);
+  // Inference (arrowquant.torch's packed modules): rows [begin, end) of a weight whose four
+  // buffers the caller owns, decoded into the caller's `out` (F32/F16/BF16 by its dtype), GIL
+  // released. The spec comes as numbers so that a forward pass parses no strings.
+  m.def(
+      "dequantize_rows",
+      [](ByteArray codes, ByteArray scales, ByteArray zeros, ByteArray super_scales, int bits,
+         int group_size, int scheme, int scale_storage, int scale_bits, uint64_t rows,
+         uint64_t cols, uint64_t begin, uint64_t end, OutArray out, int threads) {
+        QuantizedView v;
+        v.spec.bits = bits;
+        v.spec.group_size = group_size;
+        v.spec.scheme = static_cast<Scheme>(scheme);
+        v.spec.scales = static_cast<ScaleStorage>(scale_storage);
+        v.spec.scale_bits = scale_bits;
+        if (scheme < 0 || scheme > 1 || scale_storage < 0 || scale_storage > 2) {
+          throw StatusError(Status(StatusCode::kInvalidArgument, "dequantize_rows: bad format"));
+        }
+        v.rows = rows;
+        v.cols = cols;
+        v.codes = Bytes(codes);
+        v.scales = Bytes(scales);
+        v.zeros = Bytes(zeros);
+        v.super_scales = Bytes(super_scales);
+        const nb::dlpack::dtype d = out.dtype();
+        DType dt;
+        if (d == nb::dtype<float>()) {
+          dt = DType::kF32;
+        } else if (d.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float) && d.bits == 16) {
+          dt = DType::kF16;
+        } else if (d.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat) && d.bits == 16) {
+          dt = DType::kBF16;
+        } else {
+          throw StatusError(Status(StatusCode::kInvalidArgument,
+                                   "dequantize_rows: output must be float32, float16 or bfloat16"));
+        }
+        std::span<std::byte> o(static_cast<std::byte*>(out.data()), out.size() * out.itemsize());
+        nb::gil_scoped_release release;
+        ThrowIfError(DequantizeRows(v, begin, end, dt, o, QuantOptions{threads}));
+      },
+      nb::arg("codes"), nb::arg("scales"), nb::arg("zeros"), nb::arg("super_scales"),
+      nb::arg("bits"), nb::arg("group_size"), nb::arg("scheme"), nb::arg("scale_storage"),
+      nb::arg("scale_bits"), nb::arg("rows"), nb::arg("cols"), nb::arg("begin"), nb::arg("end"),
+      nb::arg("out"), nb::arg("threads") = 1);
   m.def("recommended_spec", [](int bits) { return SpecDict(QuantSpec::Recommended(bits)); });
 }
 

@@ -24,7 +24,7 @@ using quant::RowsCols;
 using quant::RowStored;
 using quant::StoreRow;
 
-void LoadRow(const QuantizedTensor& q, const Layout& l, uint64_t r, RowStored& st) {
+void LoadRow(const QuantizedView& q, const Layout& l, uint64_t r, RowStored& st) {
   const Format f(q.spec);
   st.Resize(f, l.groups);
   const uint8_t* sc = q.scales.data() + r * l.scale_row_bytes;
@@ -47,10 +47,9 @@ void LoadRow(const QuantizedTensor& q, const Layout& l, uint64_t r, RowStored& s
   if (asym) kernels::UnpackCodes(zp, l.groups, q.spec.bits, st.zero.data());
 }
 
-// Dequantizes row r into out (cols floats).
 // Dequantizes row r into `out` (cols values of `dtype`, F32/F16/BF16; may be unaligned).
-void DequantizeRow(const QuantizedTensor& q, const Layout& l, uint64_t r, RowStored& st,
-                   RowParams& p, DType dtype, void* out) {
+void DequantizeRow(const QuantizedView& q, const Layout& l, uint64_t r, RowStored& st, RowParams& p,
+                   DType dtype, void* out) {
   LoadRow(q, l, r, st);
   quant::DecodeRow(Format(q.spec), st, l.groups, p);
   kernels::DequantizePacked(q.codes.data() + r * l.code_row_bytes, q.spec.bits, l.cols, l.g,
@@ -135,6 +134,28 @@ uint64_t QuantizedTensor::bytes_per_row() const {
   return l.code_row_bytes + l.scale_row_bytes + l.zero_row_bytes + l.super_row_bytes;
 }
 
+QuantizedView QuantizedTensor::View() const {
+  return QuantizedView{spec, rows, cols, codes, scales, zeros, super_scales};
+}
+
+Status QuantizedView::Validate() const {
+  AQ_RETURN_IF_ERROR(spec.Validate());
+  const Layout l = MakeLayout(spec, rows, cols);
+  auto check = [&](std::span<const uint8_t> b, size_t per_row, const char* what) {
+    uint64_t need = 0;
+    if (__builtin_mul_overflow(l.rows, per_row, &need) || b.size() != need) {
+      return Status(StatusCode::kCorrupt, std::string(what) + " hold " + std::to_string(b.size()) +
+                                              " bytes; shape and format " + spec.ToString() +
+                                              " need " + std::to_string(need));
+    }
+    return Status::OK();
+  };
+  AQ_RETURN_IF_ERROR(check(codes, l.code_row_bytes, "codes"));
+  AQ_RETURN_IF_ERROR(check(scales, l.scale_row_bytes, "scales"));
+  AQ_RETURN_IF_ERROR(check(zeros, l.zero_row_bytes, "zero-points"));
+  return check(super_scales, l.super_row_bytes, "super-scales");
+}
+
 Status QuantizedTensor::Validate() const {
   AQ_RETURN_IF_ERROR(spec.Validate());
   uint64_t n = 1;
@@ -147,19 +168,7 @@ Status QuantizedTensor::Validate() const {
   if (shape.empty() || r != rows || c != cols) {
     return Status(StatusCode::kCorrupt, "rows/cols do not match the shape");
   }
-  const Layout l = MakeLayout(*this);
-  auto check = [&](const std::vector<uint8_t>& b, size_t per_row, const char* what) {
-    if (b.size() != l.rows * per_row) {
-      return Status(StatusCode::kCorrupt, std::string(what) + " hold " + std::to_string(b.size()) +
-                                              " bytes; shape and format " + spec.ToString() +
-                                              " need " + std::to_string(l.rows * per_row));
-    }
-    return Status::OK();
-  };
-  AQ_RETURN_IF_ERROR(check(codes, l.code_row_bytes, "codes"));
-  AQ_RETURN_IF_ERROR(check(scales, l.scale_row_bytes, "scales"));
-  AQ_RETURN_IF_ERROR(check(zeros, l.zero_row_bytes, "zero-points"));
-  return check(super_scales, l.super_row_bytes, "super-scales");
+  return View().Validate();
 }
 uint64_t QuantizedTensor::group_len() const {
   return MakeLayout(*this).g;
@@ -219,27 +228,38 @@ Result<QuantizedTensor> Quantize(const TensorView& w, const QuantSpec& spec,
   return q;
 }
 
-Status Dequantize(const QuantizedTensor& q, DType dtype, std::span<std::byte> out,
-                  const QuantOptions& options) {
+Status DequantizeRows(const QuantizedView& q, uint64_t begin, uint64_t end, DType dtype,
+                      std::span<std::byte> out, const QuantOptions& options) {
   if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) {
     return Status(StatusCode::kInvalidArgument, "dequantize to F32, F16 or BF16 only");
   }
-  const Layout l = MakeLayout(q);
+  AQ_RETURN_IF_ERROR(q.Validate());
+  if (begin > end || end > q.rows) {
+    return Status(StatusCode::kInvalidArgument,
+                  "dequantize: rows [" + std::to_string(begin) + ", " + std::to_string(end) +
+                      ") outside the tensor's " + std::to_string(q.rows));
+  }
+  const Layout l = MakeLayout(q.spec, q.rows, q.cols);
   const size_t esize = ElementBytes(dtype);
-  if (out.size() != l.rows * l.cols * esize) {
+  if (out.size() != (end - begin) * l.cols * esize) {
     return Status(StatusCode::kSizeMismatch, "dequantize: output buffer has " +
                                                  std::to_string(out.size()) + " bytes, need " +
-                                                 std::to_string(l.rows * l.cols * esize));
+                                                 std::to_string((end - begin) * l.cols * esize));
   }
-  AQ_RETURN_IF_ERROR(q.Validate());
-  ParallelFor(l.rows, options.threads, [&](size_t begin, size_t end, int) {
+  ParallelFor(end - begin, options.threads, [&](size_t b, size_t e, int) {
     RowStored st;
     RowParams p;
-    for (size_t r = begin; r < end; ++r) {
-      DequantizeRow(q, l, r, st, p, dtype, out.data() + r * l.cols * esize);
+    for (size_t i = b; i < e; ++i) {
+      DequantizeRow(q, l, begin + i, st, p, dtype, out.data() + i * l.cols * esize);
     }
   });
   return Status::OK();
+}
+
+Status Dequantize(const QuantizedTensor& q, DType dtype, std::span<std::byte> out,
+                  const QuantOptions& options) {
+  AQ_RETURN_IF_ERROR(q.Validate());
+  return DequantizeRows(q.View(), 0, q.rows, dtype, out, options);
 }
 
 Result<ErrorMetrics> MeasureError(const QuantizedTensor& q, const TensorView& w,
@@ -255,13 +275,14 @@ Result<ErrorMetrics> MeasureError(const QuantizedTensor& q, const TensorView& w,
   };
   std::vector<RowSums> sums(l.rows);
   const size_t esize = ElementBytes(w.dtype);
+  const QuantizedView v = q.View();
   ParallelFor(l.rows, options.threads, [&](size_t begin, size_t end, int) {
     std::vector<float> x(l.cols), y(l.cols);
     RowStored st;
     RowParams p;
     for (size_t r = begin; r < end; ++r) {
       kernels::ToF32(w.dtype, w.data.data() + r * l.cols * esize, l.cols, x.data());
-      DequantizeRow(q, l, r, st, p, DType::kF32, y.data());
+      DequantizeRow(v, l, r, st, p, DType::kF32, y.data());
       RowSums s;
       for (size_t i = 0; i < l.cols; ++i) {
         const double a = x[i], b = y[i], e = a - b;
@@ -304,8 +325,9 @@ Decoded DecodeAll(const QuantizedTensor& q) {
   d.codes.resize(l.rows * l.cols);
   RowStored st;
   RowParams p;
+  const QuantizedView v = q.View();
   for (uint64_t r = 0; r < l.rows; ++r) {
-    LoadRow(q, l, r, st);
+    LoadRow(v, l, r, st);
     DecodeRow(Format(q.spec), st, l.groups, p);
     std::copy(p.scale.begin(), p.scale.end(), d.scale.begin() + r * l.groups);
     std::copy(p.offset.begin(), p.offset.end(), d.offset.begin() + r * l.groups);

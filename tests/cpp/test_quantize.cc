@@ -317,6 +317,42 @@ TEST(Quantize, MetricsAndHalfOutputs) {
             StatusCode::kSizeMismatch);
 }
 
+// Inference dequantizes a weight tile by tile from borrowed buffers: every tile equals the same
+// rows of the whole-tensor decode, for every format, tails included.
+TEST(Quantize, DequantizeRowsIsTheWholeDecodeTileByTile) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 0.05f);
+  std::vector<float> v(7 * 300);
+  for (auto& e : v) e = normal(rng);
+  auto t = MakeTensor(v, {7, 300});  // 300 columns: a short last group at every group size
+  for (const QuantSpec& spec : AllSpecs()) {
+    auto q = Quantize(t.view, spec);
+    ASSERT_TRUE(q.ok()) << spec.ToString();
+    const auto whole = Deq(*q);
+    const QuantizedView view = q->View();
+    for (uint64_t tile : {1u, 3u, 7u}) {
+      for (uint64_t r = 0; r < q->rows; r += tile) {
+        const uint64_t e = std::min<uint64_t>(q->rows, r + tile);
+        std::vector<float> y((e - r) * q->cols);
+        const Status st = DequantizeRows(view, r, e, DType::kF32,
+                                         std::as_writable_bytes(std::span<float>(y)), {2});
+        ASSERT_TRUE(st.ok()) << st.ToString();
+        ASSERT_EQ(0, std::memcmp(y.data(), whole.data() + r * q->cols, y.size() * 4))
+            << spec.ToString() << " rows " << r;
+      }
+    }
+  }
+  auto q = Quantize(t.view, QuantSpec::Recommended(4));
+  ASSERT_TRUE(q.ok());
+  std::vector<float> y(2 * 300);
+  auto out = std::as_writable_bytes(std::span<float>(y));
+  EXPECT_EQ(DequantizeRows(q->View(), 6, 8, DType::kF32, out).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(DequantizeRows(q->View(), 0, 3, DType::kF32, out).code(), StatusCode::kSizeMismatch);
+  QuantizedView cut = q->View();
+  cut.codes = cut.codes.subspan(1);
+  EXPECT_EQ(DequantizeRows(cut, 0, 2, DType::kF32, out).code(), StatusCode::kCorrupt);
+}
+
 TEST(QuantSpecFields, ParsePrintRoundTripAndRejectUnknown) {
   for (int bits : {2, 3, 4, 8}) {
     for (const char* scheme : {"asym", "sym"}) {

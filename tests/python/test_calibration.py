@@ -21,7 +21,7 @@ import arrowquant._core as _core
 from arrowquant.calibration import calibrate, load_calibration
 from arrowquant.diffusion import initial_noise, load_reference, sample
 from arrowquant.errors import ConfigurationError, UnsupportedError
-from arrowquant.torch import _ActQuant, apply, fake_quant, timestep
+from arrowquant.torch import ActQuant, apply, fake_quant, timestep
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 DIT = MODELS / "digits-dit"
@@ -138,7 +138,7 @@ def test_fake_quant_and_group_choice() -> None:
     }
     from arrowquant.torch import TimestepState
 
-    a = _ActQuant(-1, None, ta, TimestepState())
+    a = ActQuant(-1, None, ta, TimestepState())
     assert [a.group(t) for t in (0, 299, 300, 699, 700, 999, 5000)] == [0, 0, 1, 1, 2, 2, 2]
     with pytest.raises(RuntimeError, match="timestep"):
         a(torch.ones(2))

@@ -233,6 +233,39 @@ def test_round_trip_generates_with_stock_pipeline(local_out: Path) -> None:
     assert mse > 0 and 10 * np.log10(1 / mse) > 20
 
 
+def test_load_pipeline_packed_generates_as_dequantize_once(local_out: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    from arrowquant.torch import PackedConv2d, PackedLinear, load_pipeline, module_bytes
+
+    def run(pipe: StableDiffusionPipeline) -> np.ndarray:
+        pipe.set_progress_bar_config(disable=True)
+        g = torch.Generator().manual_seed(4)
+        prompts = ["a handwritten four", "the number 9"]
+        return pipe(prompts, num_inference_steps=6, output_type="np", generator=g).images
+
+    stock = StableDiffusionPipeline.from_pretrained(T2I, local_files_only=True)
+    fp_bytes = module_bytes(stock.unet)
+    apply_pipeline(stock, local_out, packed=False)
+    want = run(stock)
+    # One call, the configs from the source folder the file records; no float weight built.
+    pipe, reports = load_pipeline(local_out / "model.aq.parquet", model=T2I)
+    assert isinstance(pipe, StableDiffusionPipeline)
+    assert set(reports) == {"unet", "text_encoder", "vae"} and reports["unet"].packed
+    packed = [pipe.unet.get_submodule(n) for n in reports["unet"].packed]
+    assert all(isinstance(m, PackedLinear | PackedConv2d) for m in packed)
+    assert module_bytes(pipe.unet) < 0.35 * fp_bytes
+    assert np.array_equal(run(pipe), want)
+    # diffusers' model offload hooks move the packed buffers like any other.
+    pipe.enable_model_cpu_offload(device="cpu")
+    assert np.array_equal(run(pipe), want)
+    # pipe.to(dtype): float tensors convert, packed bytes stay; generation still close.
+    half, _ = load_pipeline(local_out / "model.aq.parquet", model=T2I, dtype=torch.bfloat16)
+    assert half.unet.dtype == torch.bfloat16
+    got = run(half)
+    assert 10 * np.log10(1 / max(float(np.mean((got - want) ** 2)), 1e-12)) > 25
+
+
 def test_cli_eval_prompts_bad_input(
     tmp_path: Path, local_out: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
