@@ -122,7 +122,7 @@ def test_custom_ops_pass_opcheck_compile_and_export() -> None:
         (x, *(getattr(lin, f"weight_{b}") for b in BUFFERS), lin.bias, lin.fmt, 16 * 64),
     )
     torch.library.opcheck(
-        torch.ops.arrowquant.conv2d.default,
+        torch.ops.arrowquant.conv.default,
         (img, *(getattr(pc, f"weight_{b}") for b in BUFFERS), pc.bias, pc.fmt)
         + (pc.weight_shape, [1, 1], [1, 1], [1, 1], 1, 1 << 20),
     )
@@ -130,7 +130,7 @@ def test_custom_ops_pass_opcheck_compile_and_export() -> None:
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     assert torch.equal(compiled(x), model(x))
     ep = torch.export.export(pc, (img,))
-    assert any("arrowquant.conv2d" in str(n.target) for n in ep.graph.nodes)
+    assert any("arrowquant.conv" in str(n.target) for n in ep.graph.nodes)
     assert torch.equal(ep.module()(img), pc(img))
 
 
@@ -212,3 +212,37 @@ def test_applied_model_samples_as_dequantize_once_in_file_bytes(
 def test_apply_on_a_model_of_another_shape_names_the_problem(ddpm_int4: Path) -> None:
     with pytest.raises(aq.ShapeMismatchError, match="lacks"):
         aqt.apply(nn.Sequential(nn.Linear(3, 3)), ddpm_int4)
+
+
+class _AudioVideo(nn.Module):
+    """Conv1d (audio), Conv3d (video) and Linear layers, as a weight-only file holds them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wave = nn.Conv1d(8, 32, 5, padding=2)
+        self.frames = nn.Conv3d(4, 16, 3, padding=1, padding_mode="replicate")
+        self.depthwise = nn.Conv1d(32, 32, 3, groups=32, bias=False)
+        self.head = nn.Linear(32, 64)
+
+    def forward(self, a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        h = self.depthwise(self.wave(a)).mean(-1)
+        return self.head(h) + self.frames(v).mean((1, 2, 3, 4))[:, None]
+
+
+def test_conv1d_and_conv3d_layers_are_packed_too(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _AudioVideo().eval()
+    aq.quantize_module(model, tmp_path / "q", profile="local", min_elements=64)
+    a, v = torch.randn(2, 8, 40), torch.randn(2, 4, 3, 6, 6)
+    deq = _AudioVideo().eval()
+    aqt.apply(deq, tmp_path / "q", packed=False)
+    packed = _AudioVideo().eval()
+    rep = aqt.apply(packed, tmp_path / "q", tile_bytes=4 * 8 * 5 * 7)  # tiles of 7 channels
+    kinds = {type(packed.get_submodule(n)) for n in rep.packed}
+    assert {aqt.PackedConv1d, aqt.PackedConv3d, aqt.PackedLinear} <= kinds
+    with torch.no_grad():
+        torch.testing.assert_close(packed(a, v), deq(a, v), rtol=1e-5, atol=1e-5)
+    # Gradients reach the input through the conv op's backward.
+    a.requires_grad_(True)
+    packed(a, v).sum().backward()
+    assert a.grad is not None and torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0

@@ -1,10 +1,11 @@
 """`apply(model, path)`: an ArrowQuant model file put into a PyTorch / diffusers module.
 
-Packed (the default): each nn.Linear / nn.Conv2d whose weight the file stores quantized becomes
-a PackedLinear / PackedConv2d holding the stored bytes (arrowquant.torch.packed); every other
-tensor (biases, norms, embeddings, layers kept in float) is loaded in the module's dtype. The
-model may be built on the meta device (`empty_weights()`): nothing of its float weights is ever
-allocated then, so the process holds about the file's bytes.
+Packed (the default): each nn.Linear / nn.Conv1d / Conv2d / Conv3d whose weight the file stores
+quantized becomes a PackedLinear / PackedConv1d / 2d / 3d holding the stored bytes
+(arrowquant.torch.packed); every other tensor (biases, norms, embeddings, layers kept in float)
+is loaded in the module's dtype. The model may be built on the meta device (`empty_weights()`):
+nothing of its float weights is ever allocated then, so the process holds about the file's
+bytes.
 
 `packed=False`: every weight is dequantized once into the module's float parameters.
 
@@ -29,7 +30,7 @@ from torch import nn
 from arrowquant._memory import release_freed
 from arrowquant.torch.act import ActQuant, dequantized_replacement
 from arrowquant.torch.ops import DEFAULT_TILE_ELEMENTS
-from arrowquant.torch.packed import BUFFERS, PackedConv2d, PackedLinear, format_of
+from arrowquant.torch.packed import BUFFERS, PACKED_CONV, PackedConv, PackedLinear, format_of
 from arrowquant.torch.timestep_state import TimestepState, TimestepTracker
 
 
@@ -42,6 +43,11 @@ def empty_weights() -> Iterator[None]:
 
     with init_empty_weights(include_buffers=False):
         yield
+
+
+# The layers a packed model computes with from the stored bytes (calibration records
+# activations of Linear and Conv2d).
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _prefix(names: set[str], keys: list[str]) -> str:
@@ -121,17 +127,17 @@ def _fill(qm: Any, targets: dict[str, torch.Tensor], threads: int) -> None:
 
 def _packed_module(
     qm: Any, m: nn.Module, wname: str, bname: str | None, tile_elements: int
-) -> PackedLinear | PackedConv2d:
+) -> PackedLinear | PackedConv:
     q = qm._core.read_quantized(wname)
     fmt = format_of(q.spec, q.rows, q.cols)
     buffers = {b: torch.from_numpy(np.array(getattr(q, b))) for b in BUFFERS}
     del q
-    p: PackedLinear | PackedConv2d
+    p: PackedLinear | PackedConv
     if isinstance(m, nn.Linear):
         p = PackedLinear(m.in_features, m.out_features, m.bias is not None, tile_elements)
     else:
-        assert isinstance(m, nn.Conv2d)
-        p = PackedConv2d(m, tile_elements)
+        assert isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+        p = PACKED_CONV[type(m)](m, tile_elements)
     p.set_packed(fmt, buffers)
     if m.bias is not None:
         rows = fmt[5]
@@ -177,7 +183,7 @@ def apply(
     packed_names: list[str] = []
     replace: list[tuple[str, nn.Module]] = []
     for mod_name, m in model.named_modules():
-        if type(m) not in (nn.Linear, nn.Conv2d):
+        if type(m) not in _LAYERS:
             continue
         wname = f"{prefix}{mod_name}.weight"
         if wname not in names:
@@ -190,7 +196,7 @@ def apply(
             eq = torch.tensor(spatial["equalization_scales"], dtype=torch.float32)
             equalized.append(mod_name)
         act = None
-        if eq is not None or ta is not None:
+        if (eq is not None or ta is not None) and type(m) in (nn.Linear, nn.Conv2d):
             if ta is not None:
                 act_quantized.append(mod_name)
             act = ActQuant(1 if isinstance(m, nn.Conv2d) else -1, eq, ta, state)

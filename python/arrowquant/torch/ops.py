@@ -1,5 +1,5 @@
-"""PyTorch custom ops that compute with packed weights: `torch.ops.arrowquant.linear` and
-`torch.ops.arrowquant.conv2d`.
+"""PyTorch custom ops that compute with packed weights: `torch.ops.arrowquant.linear`,
+`torch.ops.arrowquant.conv` (1-D, 2-D and 3-D) and `torch.ops.arrowquant.dequantize`.
 
 A packed weight is its four stored buffers (codes, scales, zero-points, super-scales: the bytes
 of the model file) plus `fmt`, seven integers: bits, group size, scheme (0 asymmetric,
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.nn.grad import conv2d_input
+from torch.nn.grad import conv1d_input, conv2d_input, conv3d_input
 
 from arrowquant import _core
 
@@ -31,6 +31,9 @@ _PARALLEL_ELEMENTS = 1 << 22
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 _scratch = threading.local()
+# By the number of spatial dimensions - 1 (the weight's rank - 3).
+_CONV = (F.conv1d, F.conv2d, F.conv3d)
+_CONV_INPUT: tuple[Any, ...] = (conv1d_input, conv2d_input, conv3d_input)
 
 
 def scratch(elements: int, dtype: torch.dtype) -> tuple[torch.Tensor, Any]:
@@ -171,7 +174,7 @@ def _linear_fake(
     return x.new_empty(*x.shape[:-1], fmt[5])
 
 
-def conv2d_cpu(
+def conv_cpu(
     x: torch.Tensor,
     codes: torch.Tensor,
     scales: torch.Tensor,
@@ -186,15 +189,16 @@ def conv2d_cpu(
     groups: int,
     tile_elements: int,
 ) -> torch.Tensor:
-    """F.conv2d with the weight (out, in / groups, kh, kw) decoded tile by tile: a tile is a
-    run of output channels (whole channel groups for grouped convolutions)."""
+    """F.conv1d / conv2d / conv3d (by the weight's rank) with the weight (out, in / groups,
+    *kernel) decoded tile by tile: a tile is a run of output channels (whole channel groups for
+    grouped convolutions)."""
     _check(x, codes)
     packed = (codes, scales, zeros, super_scales)
     conv = (weight_shape, stride, padding, dilation, groups)
-    return conv2d_packed(x, packed, bias, fmt, conv, tile_elements)
+    return conv_packed(x, packed, bias, fmt, conv, tile_elements)
 
 
-def conv2d_packed(
+def conv_packed(
     x: torch.Tensor,
     packed: Sequence[Any],
     bias: torch.Tensor | None,
@@ -202,7 +206,7 @@ def conv2d_packed(
     conv: tuple[list[int], list[int], list[int], list[int], int],
     tile_elements: int,
 ) -> torch.Tensor:
-    """conv2d_cpu with the buffers as one sequence and the convolution's arguments as
+    """conv_cpu with the buffers as one sequence and the convolution's arguments as
     (weight shape, stride, padding, dilation, groups)."""
     _check(x)
     weight_shape, stride, padding, dilation, groups = conv
@@ -210,28 +214,29 @@ def conv2d_packed(
     if bias is not None and bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
     kernel = weight_shape[1:]
+    fn = _CONV[len(kernel) - 2]
     per_group = rows // groups
     step = _tile_rows(fmt, tile_elements)
     if groups > 1:  # a tile holds whole groups, so that it is a grouped conv of its own
         step = max(per_group, step // per_group * per_group)
     if step >= rows:
         w = decode_tile(packed, fmt, 0, rows, x.dtype).view(rows, *kernel)
-        return F.conv2d(x, w, bias, stride, padding, dilation, groups)
+        return fn(x, w, bias, stride, padding, dilation, groups)
     parts = []
     for r in range(0, rows, step):
         e = min(rows, r + step)
         w = decode_tile(packed, fmt, r, e, x.dtype).view(e - r, *kernel)
         xg = x if groups == 1 else x[:, r // per_group * kernel[0] : e // per_group * kernel[0]]
         b = None if bias is None else bias[r:e]
-        parts.append(F.conv2d(xg, w, b, stride, padding, dilation, max(1, (e - r) // per_group)))
+        parts.append(fn(xg, w, b, stride, padding, dilation, max(1, (e - r) // per_group)))
     return torch.cat(parts, dim=1)
 
 
-conv2d = torch.library.custom_op("arrowquant::conv2d", mutates_args=())(conv2d_cpu)
+conv = torch.library.custom_op("arrowquant::conv", mutates_args=())(conv_cpu)
 
 
-@conv2d.register_fake
-def _conv2d_fake(
+@conv.register_fake
+def _conv_fake(
     x: torch.Tensor,
     codes: torch.Tensor,
     scales: torch.Tensor,
@@ -247,7 +252,7 @@ def _conv2d_fake(
     tile_elements: int,
 ) -> torch.Tensor:
     w = x.new_empty(weight_shape)
-    return F.conv2d(x, w, None, stride, padding, dilation, groups)
+    return _CONV[len(weight_shape) - 3](x, w, None, stride, padding, dilation, groups)
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -334,9 +339,11 @@ def _setup_conv(ctx: object, inputs: tuple[Any, ...], output: torch.Tensor) -> N
 def _conv_backward(ctx: object, grad: torch.Tensor) -> tuple[Any, ...]:
     in_shape, shape, stride, padding, dilation, groups = ctx.conv  # type: ignore[attr-defined]
     w = _full_weight(ctx, grad.dtype).reshape(shape)
-    gx = conv2d_input(in_shape, w, grad, stride, padding, dilation, groups)  # type: ignore[no-untyped-call]
-    gb = grad.sum((0, 2, 3)) if ctx.has_bias else None  # type: ignore[attr-defined]
+    grad_input = _CONV_INPUT[len(shape) - 3]
+    gx = grad_input(in_shape, w, grad, stride, padding, dilation, groups)
+    dims = [0, *range(2, grad.dim())]
+    gb = grad.sum(dims) if ctx.has_bias else None  # type: ignore[attr-defined]
     return (gx, None, None, None, None, gb) + (None,) * 7
 
 
-conv2d.register_autograd(_conv_backward, setup_context=_setup_conv)
+conv.register_autograd(_conv_backward, setup_context=_setup_conv)

@@ -1,4 +1,5 @@
-"""Layers that keep their weight packed at run time: `PackedLinear` and `PackedConv2d`.
+"""Layers that keep their weight packed at run time: `PackedLinear` and `PackedConv1d` /
+`PackedConv2d` / `PackedConv3d`.
 
 Their buffers are the weight's stored bytes (`weight_codes`, `weight_scales`, `weight_zeros`,
 `weight_super_scales`, as in the model file) and `weight_format` (the seven integers of
@@ -151,10 +152,10 @@ class PackedLinear(_Packed):
         )
 
 
-class PackedConv2d(_Packed):
-    """nn.Conv2d computing with a packed weight (arrowquant.torch.ops.conv2d)."""
+class PackedConv(_Packed):
+    """nn.Conv1d / Conv2d / Conv3d computing with a packed weight (arrowquant.torch.ops.conv)."""
 
-    def __init__(self, conv: nn.Conv2d, tile_elements: int) -> None:
+    def __init__(self, conv: nn.Conv1d | nn.Conv2d | nn.Conv3d, tile_elements: int) -> None:
         super().__init__(list(conv.weight.shape), tile_elements)
         self.in_channels = conv.in_channels
         self.out_channels = conv.out_channels
@@ -165,7 +166,7 @@ class PackedConv2d(_Packed):
         self.padding_mode = conv.padding_mode
         self.padding = conv.padding
         self._pad: tuple[int, ...] | None = None  # explicit F.pad before the conv
-        self._conv_padding = [0, 0]
+        self._conv_padding = [0] * (len(conv.weight.shape) - 2)
         if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
             self._pad = tuple(conv._reversed_padding_repeated_twice)
         else:
@@ -189,8 +190,8 @@ class PackedConv2d(_Packed):
         )
         bias = self._parameters["bias"]
         if ops.eager(x, bias) and self._buffers["weight_codes"].device.type == "cpu":  # type: ignore[union-attr]
-            return ops.conv2d_packed(x, self._arrays(), bias, self._fmt, conv, self.tile_elements)
-        y: torch.Tensor = torch.ops.arrowquant.conv2d(
+            return ops.conv_packed(x, self._arrays(), bias, self._fmt, conv, self.tile_elements)
+        y: torch.Tensor = torch.ops.arrowquant.conv(
             x, *self._buffers_in_order(), self.bias, self._fmt, *conv, self.tile_elements
         )
         return y
@@ -201,3 +202,18 @@ class PackedConv2d(_Packed):
             f"stride={self.stride}, padding={self.padding}, groups={self.groups}, "
             f"format={format_name(self._fmt)}"
         )
+
+
+class PackedConv1d(PackedConv):
+    """nn.Conv1d with a packed weight."""
+
+
+class PackedConv2d(PackedConv):
+    """nn.Conv2d with a packed weight."""
+
+
+class PackedConv3d(PackedConv):
+    """nn.Conv3d with a packed weight."""
+
+
+PACKED_CONV = {nn.Conv1d: PackedConv1d, nn.Conv2d: PackedConv2d, nn.Conv3d: PackedConv3d}
