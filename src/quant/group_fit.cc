@@ -3,17 +3,16 @@
 #include <algorithm>
 #include <limits>
 
+#include "kernels/grid_search.h"
 #include "kernels/round.h"
 #include "kernels/row_kernels.h"
 
 namespace arrowquant::quant {
 namespace {
 
-// Search settings of llama.cpp's k-quants (make_qkx2_quants): 21 candidate scalings of the
-// range, from (qmax - 1) to (qmax + 1) steps across it, each refitted by least squares.
-constexpr int kSteps = 20;
-constexpr float kRMin = -1.0f;
-constexpr float kRDelta = 0.1f;
+constexpr int kSteps = kernels::kSearchSteps;
+constexpr float kRMin = kernels::kSearchRMin;
+constexpr float kRDelta = kernels::kSearchRDelta;
 
 uint16_t F16Nearest(float v) {
   return F32ToF16Bits(v);
@@ -35,49 +34,7 @@ float Nearest(float v) {
   return std::nearbyint(v);
 }
 
-// Least-squares fit of x ~ s * L + mn for fixed codes L. Returns false if degenerate.
-bool FitLinear(const float* x, const float* L, size_t n, bool force_mn_nonpositive, float* s,
-               float* mn) {
-  // Eight float partial sums in a fixed order (vectorizes; codes are small integers, so the
-  // code sums are exact), combined in double.
-  constexpr size_t kLanes = 8;
-  float pl[kLanes] = {}, pl2[kLanes] = {}, pxl[kLanes] = {}, px[kLanes] = {};
-  size_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (size_t k = 0; k < kLanes; ++k) {
-      const float l = L[i + k], v = x[i + k];
-      pl[k] += l;
-      pl2[k] += l * l;
-      pxl[k] += v * l;
-      px[k] += v;
-    }
-  }
-  double sl = 0, sl2 = 0, sxl = 0, sx = 0;
-  for (; i < n; ++i) {
-    sl += L[i];
-    sl2 += static_cast<double>(L[i]) * L[i];
-    sxl += static_cast<double>(L[i]) * x[i];
-    sx += x[i];
-  }
-  for (size_t k = 0; k < kLanes; ++k) {
-    sl += pl[k];
-    sl2 += pl2[k];
-    sxl += pxl[k];
-    sx += px[k];
-  }
-  const double D = static_cast<double>(n) * sl2 - sl * sl;
-  if (D <= 0) return false;
-  double ss = (static_cast<double>(n) * sxl - sx * sl) / D;
-  double mm = (sl2 * sx - sl * sxl) / D;
-  if (force_mn_nonpositive && mm > 0) {
-    mm = 0;
-    ss = sl2 > 0 ? sxl / sl2 : 0;
-  }
-  if (!(ss > 0)) return false;
-  *s = static_cast<float>(ss);
-  *mn = static_cast<float>(mm);
-  return true;
-}
+using kernels::ref::FitLinear;
 
 // Continuous asymmetric candidates (scale, offset = -min) for one group, best first by the
 // evaluator `eval(scale, offset) -> sse`, which applies the storage format.
@@ -243,21 +200,14 @@ void ContinuousGroup(const Format& f, const float* xg, size_t len, float mn, flo
     }
     return;
   }
-  const float lo = std::min(mn, 0.0f) + 0.0f;
   c.hi = std::max(mx, 0.0f);
+  if (search) {
+    kernels::ref::SearchAsymGroups(xg, len, 1, &mn, &mx, f.qmax, &c.s, &c.m);
+    return;
+  }
+  const float lo = std::min(mn, 0.0f) + 0.0f;
   c.s = (c.hi - lo) / f.qmax;
   c.m = -lo;
-  if (search) {
-    double best = GroupSse(xg, len, c.s, c.m, f.qmax);
-    SearchAsym(xg, len, lo, mx, f.qmax, /*m_nonneg=*/true, L, [&](float cs, float coff) {
-      const double e = GroupSse(xg, len, cs, coff, f.qmax);
-      if (e < best) {
-        best = e;
-        c.s = cs;
-        c.m = coff;
-      }
-    });
-  }
 }
 
 void CodeOffset(const Format& f, float dmin, RowStored& st, size_t gi, ContinuousParams& c) {
@@ -313,8 +263,23 @@ void FitCodedRow(const Format& f, const float* x, size_t n, size_t g, RowStored&
                  const float* mn, const float* mx, std::vector<float>& L, bool* ok) {
   const size_t groups = (n + g - 1) / g;
   std::vector<ContinuousParams> c(groups);
-  // Stage 1: continuous (scale, offset) per group.
-  for (size_t start = 0, gi = 0; start < n; start += g, ++gi) {
+  // Stage 1: continuous (scale, offset) per group; the asymmetric search runs the row's whole
+  // groups side by side (SIMD), the short last one alone.
+  size_t first = 0;
+  if (!f.sym && f.spec.grid == Grid::kSearch && n / g > 1) {
+    thread_local std::vector<float> s, m;
+    first = n / g;
+    s.resize(first);
+    m.resize(first);
+    kernels::SearchAsymGroups(x, g, first, mn, mx, f.qmax, s.data(), m.data());
+    for (size_t gi = 0; gi < first; ++gi) {
+      c[gi].s = s[gi];
+      c[gi].m = m[gi];
+      c[gi].hi = std::max(mx[gi], 0.0f);
+    }
+  }
+  for (size_t gi = first; gi < groups; ++gi) {
+    const size_t start = gi * g;
     ContinuousGroup(f, x + start, std::min(g, n - start), mn[gi], mx[gi], L, &c[gi]);
   }
   // Stage 2: row super-scales, then the codes.
@@ -398,28 +363,7 @@ void DecodeRow(const Format& f, const RowStored& st, size_t groups, RowParams& p
 }
 
 double GroupSse(const float* x, size_t len, float scale, float offset, float qmax) {
-  const float inv = InvScale(scale);
-  // Eight partial sums in a fixed order: vectorizes, and stays deterministic.
-  constexpr size_t kLanes = 8;
-  float part[kLanes] = {};
-  size_t i = 0;
-  for (; i + kLanes <= len; i += kLanes) {
-    for (size_t k = 0; k < kLanes; ++k) {
-      const float q = ClampRound((x[i + k] + offset) * inv, qmax);
-      const float p = q * scale;
-      const float e = (p - offset) - x[i + k];
-      part[k] += e * e;
-    }
-  }
-  double sse = 0;
-  for (; i < len; ++i) {
-    const float q = ClampRound((x[i] + offset) * inv, qmax);
-    const float p = q * scale;
-    const float e = (p - offset) - x[i];
-    sse += static_cast<double>(e) * e;
-  }
-  for (float v : part) sse += v;
-  return sse;
+  return kernels::ref::GroupSse(x, len, scale, offset, qmax);
 }
 
 bool FitRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st, RowParams& p) {

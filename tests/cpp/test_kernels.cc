@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 #include <rapidcheck.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -9,6 +11,7 @@
 #include "arrowquant/dtype.h"
 #include "arrowquant/quantize.h"
 #include "hwy/targets.h"
+#include "kernels/grid_search.h"
 #include "kernels/pack.h"
 #include "kernels/row_kernels.h"
 
@@ -54,6 +57,51 @@ class PerTarget : public ::testing::Test {
  protected:
   void TearDown() override { hwy::SetSupportedTargetsForTest(0); }
 };
+
+// The error-minimizing grid's search runs groups side by side on SIMD targets; every group's
+// scale and offset must be the reference's, bit for bit, whatever the vector width.
+TEST_F(PerTarget, GridSearchMatchesReferenceBitForBit) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  std::student_t_distribution<float> heavy(3.0f);
+  int tested = 0;
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(hwy::TargetName(target));
+    for (size_t n : {8u, 12u, 32u, 33u, 64u, 100u, 256u}) {
+      for (size_t count : {1u, 3u, 8u, 17u, 40u}) {
+        for (float qmax : {3.0f, 7.0f, 15.0f, 255.0f}) {
+          std::vector<float> x(n * count);
+          for (size_t i = 0; i < x.size(); ++i) {
+            x[i] = (i / n) % 5 == 1 ? 0.01f * heavy(rng) : normal(rng);
+          }
+          // Edge groups: constant, all-negative, all-zero (no range), tiny values.
+          if (count > 2) std::fill(x.begin() + n, x.begin() + 2 * n, 0.25f);
+          if (count > 3) {
+            for (size_t i = 2 * n; i < 3 * n; ++i) x[i] = -std::fabs(x[i]) - 1e-3f;
+          }
+          if (count > 8) std::fill(x.begin() + 7 * n, x.begin() + 8 * n, 0.0f);
+          if (count > 10) {
+            for (size_t i = 9 * n; i < 10 * n; ++i) x[i] *= 1e-30f;
+          }
+          std::vector<float> mn(count), mx(count);
+          for (size_t j = 0; j < count; ++j) {
+            mn[j] = *std::min_element(x.begin() + j * n, x.begin() + (j + 1) * n);
+            mx[j] = *std::max_element(x.begin() + j * n, x.begin() + (j + 1) * n);
+          }
+          std::vector<float> s(count), m(count), rs(count), rm(count);
+          SearchAsymGroups(x.data(), n, count, mn.data(), mx.data(), qmax, s.data(), m.data());
+          ref::SearchAsymGroups(x.data(), n, count, mn.data(), mx.data(), qmax, rs.data(),
+                                rm.data());
+          ASSERT_EQ(0, std::memcmp(s.data(), rs.data(), count * 4)) << n << " " << count;
+          ASSERT_EQ(0, std::memcmp(m.data(), rm.data(), count * 4)) << n << " " << count;
+          ++tested;
+        }
+      }
+    }
+  }
+  EXPECT_GT(tested, 0);
+}
 
 TEST_F(PerTarget, KernelsMatchReferenceBitForBit) {
   std::mt19937 rng(7);
