@@ -32,8 +32,14 @@ bool FitLinear(const float* x, const float* L, size_t n, bool force_mn_nonpositi
 // the first lowest wins. Writes the winner's scale and offset.
 void SearchAsymGroups(const float* x, size_t n, size_t count, const float* mn, const float* mx,
                       float qmax, float* scale, float* offset);
+// GroupSse of `count` groups of n values (group j at x + j * n) at `cands` candidate grids each:
+// sse[c * count + j] = GroupSse(group j, scale[c * count + j], offset[c * count + j]).
+void GroupSseCandidates(const float* x, size_t n, size_t count, size_t cands, const float* scale,
+                        const float* offset, float qmax, double* sse);
 }  // namespace ref
 
+void GroupSseCandidates(const float* x, size_t n, size_t count, size_t cands, const float* scale,
+                        const float* offset, float qmax, double* sse);
 void SearchAsymGroups(const float* x, size_t n, size_t count, const float* mn, const float* mx,
                       float qmax, float* scale, float* offset);
 

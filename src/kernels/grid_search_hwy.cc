@@ -40,14 +40,49 @@ HWY_INLINE VF ClampRound(DF d, VF v, VF qmax) {
   return hn::Sub(hn::Add(MinOf(MaxZero(d, v), qmax), magic), magic);
 }
 
+#if HWY_TARGET == HWY_SCALAR
+// One lane: the reference itself.
+constexpr bool kBatched = false;
+void BatchSse(DF, const float*, size_t, VF, VF, VF, double*) {}
+#else
+constexpr bool kBatched = true;
+using DD = hn::Repartition<double, DF>;  // half as many double lanes
+using VD = hn::Vec<DD>;
+using DH = hn::Half<DF>;
+
+// The lower and upper halves of a float vector as doubles.
+HWY_INLINE VD Lo(VF v) {
+  return hn::PromoteTo(DD(), hn::LowerHalf(DH(), v));
+}
+HWY_INLINE VD Hi(VF v) {
+  return hn::PromoteTo(DD(), hn::UpperHalf(DH(), v));
+}
+// Two double vectors back to one float vector (round to nearest, as static_cast<float>).
+HWY_INLINE VF ToFloat(VD lo, VD hi) {
+  return hn::Combine(DF(), hn::DemoteTo(DH(), hi), hn::DemoteTo(DH(), lo));
+}
+// A double-lane mask as a float-lane mask (lanes 0 .. N/2 - 1 from lo).
+HWY_INLINE hn::Mask<DF> ToFloatMask(hn::Mask<DD> lo, hn::Mask<DD> hi) {
+  const VD one = hn::Set(DD(), 1.0);
+  return hn::Gt(ToFloat(hn::IfThenElseZero(lo, one), hn::IfThenElseZero(hi, one)), hn::Zero(DF()));
+}
+
 // GroupSse of each lane's group at its own (scale, offset): xt holds the batch transposed
-// (value i of lane l at xt[i * N + l]). Results per lane in `sse`.
-void BatchSse(DF d, const float* xt, size_t n, VF scale, VF offset, VF qmax, double* sse) {
+// (value i of lane l at xt[i * N + l]). The sums per lane in (lo, hi) halves.
+void BatchSse(DF d, const float* xt, size_t n, VF scale, VF offset, VF qmax, VD* out_lo,
+              VD* out_hi) {
   const size_t N = hn::Lanes(d);
   const VF inv =
       hn::IfThenElse(hn::Gt(scale, hn::Zero(d)), hn::Div(hn::Set(d, 1.0f), scale), hn::Zero(d));
   const size_t whole = n / kParts * kParts;
-  HWY_ALIGN float part[kParts][hn::MaxLanes(d)];
+  VD lo = hn::Zero(DD()), hi = lo;
+  for (size_t i = whole; i < n; ++i) {  // the reference adds the rest first
+    const VF x = hn::Load(d, xt + i * N);
+    const VF q = ClampRound(d, hn::Mul(hn::Add(x, offset), inv), qmax);
+    const VF e = hn::Sub(hn::Sub(hn::Mul(q, scale), offset), x);
+    lo = hn::Add(lo, hn::Mul(Lo(e), Lo(e)));
+    hi = hn::Add(hi, hn::Mul(Hi(e), Hi(e)));
+  }
   for (size_t k = 0; k < kParts; ++k) {
     VF acc = hn::Zero(d);
     for (size_t i = k; i < whole; i += kParts) {
@@ -56,66 +91,105 @@ void BatchSse(DF d, const float* xt, size_t n, VF scale, VF offset, VF qmax, dou
       const VF e = hn::Sub(hn::Sub(hn::Mul(q, scale), offset), x);
       acc = hn::Add(acc, hn::Mul(e, e));
     }
-    hn::Store(acc, d, part[k]);
+    lo = hn::Add(lo, Lo(acc));
+    hi = hn::Add(hi, Hi(acc));
   }
-  HWY_ALIGN float tail[hn::MaxLanes(d)];
-  for (size_t l = 0; l < N; ++l) sse[l] = 0;
-  for (size_t i = whole; i < n; ++i) {
-    const VF x = hn::Load(d, xt + i * N);
-    const VF q = ClampRound(d, hn::Mul(hn::Add(x, offset), inv), qmax);
-    const VF e = hn::Sub(hn::Sub(hn::Mul(q, scale), offset), x);
-    hn::Store(e, d, tail);
-    for (size_t l = 0; l < N; ++l) sse[l] += static_cast<double>(tail[l]) * tail[l];
-  }
-  for (size_t k = 0; k < kParts; ++k) {
-    for (size_t l = 0; l < N; ++l) sse[l] += part[k][l];
+  *out_lo = lo;
+  *out_hi = hi;
+}
+
+void BatchSse(DF d, const float* xt, size_t n, VF scale, VF offset, VF qmax, double* sse) {
+  VD lo, hi;
+  BatchSse(d, xt, n, scale, offset, qmax, &lo, &hi);
+  hn::StoreU(lo, DD(), sse);
+  hn::StoreU(hi, DD(), sse + hn::Lanes(DD()));
+}
+#endif
+
+// Aligned scratch of at least `floats` values for this thread.
+float* Scratch(size_t floats) {
+  thread_local std::vector<float> buf;
+  buf.resize(floats + kAlign / sizeof(float));
+  const auto p = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<float*>((p + kAlign - 1) / kAlign * kAlign);
+}
+
+// Groups j0 .. j0 + N - 1 (n values each, from x) transposed: value i of lane l at xt[i * N + l].
+void Transpose(const float* x, size_t n, size_t j0, size_t N, float* xt) {
+  for (size_t l = 0; l < N; ++l) {
+    const float* src = x + (j0 + l) * n;
+    for (size_t i = 0; i < n; ++i) xt[i * N + l] = src[i];
   }
 }
 
 }  // namespace
+
+void GroupSseCandidatesImpl(const float* HWY_RESTRICT x, size_t n, size_t count, size_t cands,
+                            const float* HWY_RESTRICT scale, const float* HWY_RESTRICT offset,
+                            float qmax, double* HWY_RESTRICT sse) {
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  const size_t batched = kBatched && N > 1 ? count / N * N : 0;
+  float* xt = Scratch(n * N);
+  const VF vq = hn::Set(d, qmax);
+  for (size_t j0 = 0; j0 < batched; j0 += N) {
+    Transpose(x, n, j0, N, xt);
+    for (size_t c = 0; c < cands; ++c) {
+      const size_t k = c * count + j0;
+      BatchSse(d, xt, n, hn::LoadU(d, scale + k), hn::LoadU(d, offset + k), vq, sse + k);
+    }
+  }
+  for (size_t c = 0; c < cands && batched < count; ++c) {
+    for (size_t j = batched; j < count; ++j) {
+      const size_t k = c * count + j;
+      sse[k] = ref::GroupSse(x + j * n, n, scale[k], offset[k], qmax);
+    }
+  }
+}
 
 void SearchAsymGroupsImpl(const float* HWY_RESTRICT x, size_t n, size_t count,
                           const float* HWY_RESTRICT mn, const float* HWY_RESTRICT mx, float qmax,
                           float* HWY_RESTRICT scale, float* HWY_RESTRICT offset) {
   const DF d;
   const size_t N = hn::Lanes(d);
-  const size_t batched = N > 1 ? count / N * N : 0;
-  thread_local std::vector<float> xt_buf;
-  xt_buf.resize(n * N + kAlign / sizeof(float));
-  // Aligned starts inside the buffers.
-  auto align = [&](std::vector<float>& b) {
-    const auto p = reinterpret_cast<uintptr_t>(b.data());
-    const uintptr_t a = kAlign;
-    return reinterpret_cast<float*>((p + a - 1) / a * a);
-  };
-  float* xt = align(xt_buf);
+  const size_t batched = kBatched && N > 1 ? count / N * N : 0;
+#if HWY_TARGET != HWY_SCALAR
+  const DD dd;
+  float* xt = Scratch(n * N);
   const VF vq = hn::Set(d, qmax);
+  const VD vn = hn::Set(dd, static_cast<double>(n));
   const size_t whole = n / kParts * kParts;
-  HWY_ALIGN float tmp[hn::MaxLanes(d)];
-  HWY_ALIGN float pl[kParts][hn::MaxLanes(d)], pl2[kParts][hn::MaxLanes(d)],
-      pxl[kParts][hn::MaxLanes(d)], px[kParts][hn::MaxLanes(d)];
-  std::vector<double> best(N), sse(N), sl(N), sl2(N), sxl(N), sx(N);
-  std::vector<float> s(N), m(N), cs(N), cm(N);
-  std::vector<uint8_t> ok(N);
   for (size_t j0 = 0; j0 < batched; j0 += N) {
-    for (size_t l = 0; l < N; ++l) {
-      const float* src = x + (j0 + l) * n;
-      for (size_t i = 0; i < n; ++i) xt[i * N + l] = src[i];
-    }
+    Transpose(x, n, j0, N, xt);
     const VF vmn = hn::LoadU(d, mn + j0), vmx = hn::LoadU(d, mx + j0);
     // lo = std::min(mn, 0) + 0; hi = std::max(mx, 0).
     const VF lo = hn::Add(MinOf(vmn, hn::Zero(d)), hn::Zero(d));
     const VF hi = MaxZero(d, vmx);
-    VF vs = hn::Div(hn::Sub(hi, lo), vq);
-    VF vm = hn::Neg(lo);
-    BatchSse(d, xt, n, vs, vm, vq, best.data());
-    hn::StoreU(vs, d, s.data());
-    hn::StoreU(vm, d, m.data());
+    VF s = hn::Div(hn::Sub(hi, lo), vq);
+    VF m = hn::Neg(lo);
+    VD best_lo, best_hi;
+    BatchSse(d, xt, n, s, m, vq, &best_lo, &best_hi);
     const VF range = hn::Sub(vmx, lo);
-    const bool any = !hn::AllFalse(d, hn::Gt(range, hn::Zero(d)));
-    for (int is = 0; any && is <= kSteps; ++is) {
+    const auto has_range = hn::Gt(range, hn::Zero(d));
+    const auto range_lo = hn::Gt(Lo(range), hn::Zero(dd));
+    const auto range_hi = hn::Gt(Hi(range), hn::Zero(dd));
+    for (int is = 0; !hn::AllFalse(d, has_range) && is <= kSteps; ++is) {
       const VF iscale = hn::Div(hn::Set(d, qmax + kRMin + kRDelta * static_cast<float>(is)), range);
-      // Codes and their least-squares sums, partial sum k over i = k, k + 8, ...
+      // FitLinear's sums in double, per half: the rest first, then the partial sums k = 0..7
+      // (each over i = k, k + 8, ... in float), as the reference adds them.
+      VD a0 = hn::Zero(dd), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, e0 = a0, e1 = a0;
+      for (size_t i = whole; i < n; ++i) {
+        const VF v = hn::Load(d, xt + i * N);
+        const VF L = ClampRound(d, hn::Mul(iscale, hn::Sub(v, lo)), vq);
+        a0 = hn::Add(a0, Lo(L));
+        a1 = hn::Add(a1, Hi(L));
+        b0 = hn::Add(b0, hn::Mul(Lo(L), Lo(L)));
+        b1 = hn::Add(b1, hn::Mul(Hi(L), Hi(L)));
+        c0 = hn::Add(c0, hn::Mul(Lo(L), Lo(v)));
+        c1 = hn::Add(c1, hn::Mul(Hi(L), Hi(v)));
+        e0 = hn::Add(e0, Lo(v));
+        e1 = hn::Add(e1, Hi(v));
+      }
       for (size_t k = 0; k < kParts; ++k) {
         VF al = hn::Zero(d), al2 = al, axl = al, ax = al;
         for (size_t i = k; i < whole; i += kParts) {
@@ -126,68 +200,50 @@ void SearchAsymGroupsImpl(const float* HWY_RESTRICT x, size_t n, size_t count,
           axl = hn::Add(axl, hn::Mul(v, L));
           ax = hn::Add(ax, v);
         }
-        hn::Store(al, d, pl[k]);
-        hn::Store(al2, d, pl2[k]);
-        hn::Store(axl, d, pxl[k]);
-        hn::Store(ax, d, px[k]);
+        a0 = hn::Add(a0, Lo(al));
+        a1 = hn::Add(a1, Hi(al));
+        b0 = hn::Add(b0, Lo(al2));
+        b1 = hn::Add(b1, Hi(al2));
+        c0 = hn::Add(c0, Lo(axl));
+        c1 = hn::Add(c1, Hi(axl));
+        e0 = hn::Add(e0, Lo(ax));
+        e1 = hn::Add(e1, Hi(ax));
       }
-      std::fill(sl.begin(), sl.end(), 0.0);
-      std::fill(sl2.begin(), sl2.end(), 0.0);
-      std::fill(sxl.begin(), sxl.end(), 0.0);
-      std::fill(sx.begin(), sx.end(), 0.0);
-      for (size_t i = whole; i < n; ++i) {
-        const VF v = hn::Load(d, xt + i * N);
-        const VF L = ClampRound(d, hn::Mul(iscale, hn::Sub(v, lo)), vq);
-        hn::Store(L, d, tmp);
-        for (size_t l = 0; l < N; ++l) {
-          const float xv = xt[i * N + l];
-          sl[l] += tmp[l];
-          sl2[l] += static_cast<double>(tmp[l]) * tmp[l];
-          sxl[l] += static_cast<double>(tmp[l]) * xv;
-          sx[l] += xv;
-        }
-      }
-      HWY_ALIGN float rng[hn::MaxLanes(d)];
-      hn::Store(range, d, rng);
-      for (size_t l = 0; l < N; ++l) {
-        ok[l] = 0;
-        if (!(rng[l] > 0)) continue;
-        double a = sl[l], b = sl2[l], c = sxl[l], e = sx[l];
-        for (size_t k = 0; k < kParts; ++k) {
-          a += pl[k][l];
-          b += pl2[k][l];
-          c += pxl[k][l];
-          e += px[k][l];
-        }
-        const double D = static_cast<double>(n) * b - a * a;
-        if (D <= 0) continue;
-        double ss = (static_cast<double>(n) * c - e * a) / D;
-        double mm = (b * e - a * c) / D;
-        if (mm > 0) {
-          mm = 0;
-          ss = b > 0 ? c / b : 0;
-        }
-        if (!(ss > 0)) continue;
-        cs[l] = static_cast<float>(ss);
-        cm[l] = -static_cast<float>(mm);
-        ok[l] = 1;
-      }
-      // Lanes without a candidate are scored at a valid one and their score ignored.
-      for (size_t l = 0; l < N; ++l) {
-        if (!ok[l]) cs[l] = 1.0f, cm[l] = 0.0f;
-      }
-      BatchSse(d, xt, n, hn::LoadU(d, cs.data()), hn::LoadU(d, cm.data()), vq, sse.data());
-      for (size_t l = 0; l < N; ++l) {
-        if (ok[l] && sse[l] < best[l]) {
-          best[l] = sse[l];
-          s[l] = cs[l];
-          m[l] = cm[l];
-        }
-      }
+      // FitLinear's solve (force_mn_nonpositive), lane by lane in double vectors.
+      auto solve = [&](VD A, VD B, VD C, VD E, hn::Mask<DD> has, VD* ss_out, VD* mm_out) {
+        const VD D = hn::Sub(hn::Mul(vn, B), hn::Mul(A, A));
+        VD ss = hn::Div(hn::Sub(hn::Mul(vn, C), hn::Mul(E, A)), D);
+        VD mm = hn::Div(hn::Sub(hn::Mul(B, E), hn::Mul(A, C)), D);
+        const auto clamp = hn::Gt(mm, hn::Zero(dd));
+        const VD refit = hn::IfThenElse(hn::Gt(B, hn::Zero(dd)), hn::Div(C, B), hn::Zero(dd));
+        ss = hn::IfThenElse(clamp, refit, ss);
+        mm = hn::IfThenElse(clamp, hn::Zero(dd), mm);
+        *ss_out = ss;
+        *mm_out = mm;
+        // !(D <= 0) and ss > 0, on groups with a range.
+        return hn::And(has, hn::And(hn::Not(hn::Le(D, hn::Zero(dd))), hn::Gt(ss, hn::Zero(dd))));
+      };
+      VD ss0, mm0, ss1, mm1;
+      const auto ok0 = solve(a0, b0, c0, e0, range_lo, &ss0, &mm0);
+      const auto ok1 = solve(a1, b1, c1, e1, range_hi, &ss1, &mm1);
+      const auto ok = ToFloatMask(ok0, ok1);
+      // Lanes without a candidate are scored at a valid grid and their score ignored.
+      const VF cs = hn::IfThenElse(ok, ToFloat(ss0, ss1), hn::Set(d, 1.0f));
+      const VF cm = hn::IfThenElse(ok, hn::Neg(ToFloat(mm0, mm1)), hn::Zero(d));
+      VD sse0, sse1;
+      BatchSse(d, xt, n, cs, cm, vq, &sse0, &sse1);
+      const auto win0 = hn::And(ok0, hn::Lt(sse0, best_lo));
+      const auto win1 = hn::And(ok1, hn::Lt(sse1, best_hi));
+      best_lo = hn::IfThenElse(win0, sse0, best_lo);
+      best_hi = hn::IfThenElse(win1, sse1, best_hi);
+      const auto win = ToFloatMask(win0, win1);
+      s = hn::IfThenElse(win, cs, s);
+      m = hn::IfThenElse(win, cm, m);
     }
-    std::memcpy(scale + j0, s.data(), N * sizeof(float));
-    std::memcpy(offset + j0, m.data(), N * sizeof(float));
+    hn::StoreU(s, d, scale + j0);
+    hn::StoreU(m, d, offset + j0);
   }
+#endif
   if (batched < count) {
     ref::SearchAsymGroups(x + batched * n, n, count - batched, mn + batched, mx + batched, qmax,
                           scale + batched, offset + batched);
@@ -203,6 +259,12 @@ HWY_AFTER_NAMESPACE();
 namespace arrowquant::kernels {
 
 HWY_EXPORT(SearchAsymGroupsImpl);
+HWY_EXPORT(GroupSseCandidatesImpl);
+
+void GroupSseCandidates(const float* x, size_t n, size_t count, size_t cands, const float* scale,
+                        const float* offset, float qmax, double* sse) {
+  HWY_DYNAMIC_DISPATCH(GroupSseCandidatesImpl)(x, n, count, cands, scale, offset, qmax, sse);
+}
 
 void SearchAsymGroups(const float* x, size_t n, size_t count, const float* mn, const float* mx,
                       float qmax, float* scale, float* offset) {

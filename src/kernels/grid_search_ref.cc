@@ -107,4 +107,14 @@ void SearchAsymGroups(const float* x, size_t n, size_t count, const float* mn, c
   }
 }
 
+void GroupSseCandidates(const float* x, size_t n, size_t count, size_t cands, const float* scale,
+                        const float* offset, float qmax, double* sse) {
+  for (size_t c = 0; c < cands; ++c) {
+    for (size_t j = 0; j < count; ++j) {
+      const size_t k = c * count + j;
+      sse[k] = GroupSse(x + j * n, n, scale[k], offset[k], qmax);
+    }
+  }
+}
+
 }  // namespace arrowquant::kernels::ref

@@ -259,6 +259,58 @@ void CodeScale(const Format& f, const float* xg, size_t len, float s, RowStored&
 
 namespace {
 
+// CodeScale's search for groups 0 .. count - 1 of a row (all of length g), every group's
+// neighbouring codes scored side by side (kernels::GroupSseCandidates); each group's candidates
+// are taken in CodeScale's order, so the codes are CodeScale's.
+void CodeScalesSearch(const Format& f, const float* x, size_t g, size_t count,
+                      const std::vector<ContinuousParams>& c, RowStored& st) {
+  constexpr size_t kCands = 9;  // (scale code, offset code) + (a, b), a and b in -1, 0, 1
+  thread_local std::vector<float> sc, off;
+  thread_local std::vector<double> sse;
+  thread_local std::vector<uint8_t> valid;
+  thread_local std::vector<int> ls0, lm0;
+  sc.assign(kCands * count, 1.0f);
+  off.assign(kCands * count, 0.0f);
+  sse.resize(kCands * count);
+  valid.assign(kCands * count, 0);
+  ls0.resize(count);
+  lm0.resize(count);
+  const float d = F16BitsToF32(st.d);
+  for (size_t gi = 0; gi < count; ++gi) {
+    float ls = d > 0 ? Nearest(c[gi].s / d) : 0.0f;
+    ls0[gi] = static_cast<int>(std::min(ls, static_cast<float>(f.cmax)));
+    lm0[gi] = f.sym ? 0 : st.lm[gi];
+    for (int a = -1, k = 0; a <= 1; ++a) {
+      for (int b = -1; b <= 1; ++b, ++k) {
+        const int cls = ls0[gi] + a, clm = lm0[gi] + b;
+        if ((f.sym && b != 0) || cls < 0 || cls > f.cmax || clm < 0 || clm > f.cmax) continue;
+        st.ls[gi] = static_cast<uint8_t>(cls);
+        if (!f.sym) st.lm[gi] = static_cast<uint8_t>(clm);
+        const size_t at = static_cast<size_t>(k) * count + gi;
+        DecodeGroup(f, st, gi, &sc[at], &off[at]);
+        valid[at] = 1;
+      }
+    }
+  }
+  kernels::GroupSseCandidates(x, g, count, kCands, sc.data(), off.data(), f.qmax, sse.data());
+  for (size_t gi = 0; gi < count; ++gi) {
+    double best = std::numeric_limits<double>::infinity();
+    int best_ls = ls0[gi], best_lm = lm0[gi];
+    for (int a = -1, k = 0; a <= 1; ++a) {
+      for (int b = -1; b <= 1; ++b, ++k) {
+        const size_t at = static_cast<size_t>(k) * count + gi;
+        if (valid[at] && sse[at] < best) {
+          best = sse[at];
+          best_ls = ls0[gi] + a;
+          best_lm = lm0[gi] + b;
+        }
+      }
+    }
+    st.ls[gi] = static_cast<uint8_t>(best_ls);
+    if (!f.sym) st.lm[gi] = static_cast<uint8_t>(best_lm);
+  }
+}
+
 void FitCodedRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st,
                  const float* mn, const float* mx, std::vector<float>& L, bool* ok) {
   const size_t groups = (n + g - 1) / g;
@@ -297,7 +349,13 @@ void FitCodedRow(const Format& f, const float* x, size_t n, size_t g, RowStored&
   for (size_t gi = 0; gi < groups; ++gi) max_s = std::max(max_s, c[gi].s);
   st.d = F16Up(max_s / f.cmax);
   if (!F16Finite(st.d)) *ok = false;
-  for (size_t start = 0, gi = 0; start < n; start += g, ++gi) {
+  size_t first_scale = 0;
+  if (f.spec.grid == Grid::kSearch && n / g > 1) {
+    first_scale = n / g;
+    CodeScalesSearch(f, x, g, first_scale, c, st);
+  }
+  for (size_t gi = first_scale; gi < groups; ++gi) {
+    const size_t start = gi * g;
     CodeScale(f, x + start, std::min(g, n - start), c[gi].s, st, gi);
   }
 }
