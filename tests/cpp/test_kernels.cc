@@ -93,6 +93,9 @@ TEST_F(PerTarget, GridSearchMatchesReferenceBitForBit) {
           SearchAsymGroups(x.data(), n, count, mn.data(), mx.data(), qmax, s.data(), m.data());
           ref::SearchAsymGroups(x.data(), n, count, mn.data(), mx.data(), qmax, rs.data(),
                                 rm.data());
+          for (size_t j = 0; j < count; ++j) {
+            ASSERT_EQ(s[j], rs[j]) << "n " << n << " group " << j << " qmax " << qmax;
+          }
           ASSERT_EQ(0, std::memcmp(s.data(), rs.data(), count * 4)) << n << " " << count;
           ASSERT_EQ(0, std::memcmp(m.data(), rm.data(), count * 4)) << n << " " << count;
           ++tested;
