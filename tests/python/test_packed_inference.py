@@ -4,6 +4,7 @@ modules' state_dict, and whole models and pipelines applied packed."""
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 from pathlib import Path
@@ -146,6 +147,12 @@ def test_state_dict_round_trips_through_torch_save(tmp_path: Path) -> None:
     other.load_state_dict(torch.load(buf, weights_only=True))
     x = torch.randn(4, 70)
     assert other.fmt == m.fmt and torch.equal(other(x), m(x))
+    # A deep copy computes with its own buffers (the views the eager kernel caches are not
+    # copied along).
+    twin = copy.deepcopy(m)
+    y = m(x)
+    m.weight_codes.zero_()
+    assert torch.equal(twin(x), y) and not torch.equal(m(x), y)
 
 
 def test_bad_inputs_raise_typed_errors() -> None:

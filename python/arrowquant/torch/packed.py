@@ -122,6 +122,12 @@ class _Packed(nn.Module):
             self.__dict__["_array_cache"] = cache
         return cache[1]
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The numpy views are of this module's buffers: a copy or a pickle makes its own.
+        state = dict(super().__getstate__())
+        state.pop("_array_cache", None)
+        return state
+
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.act is None else self.act(x)
 
