@@ -39,6 +39,12 @@ HWY_INLINE VF ClampRound(DF d, VF v, VF qmax) {
   const VF magic = hn::Set(d, 12582912.0f);  // 1.5 * 2^23, as kernels/round.h
   return hn::Sub(hn::Add(MinOf(MaxZero(d, v), qmax), magic), magic);
 }
+// ClampRound of a v that is >= 0, -0 or NaN, where the clamp at 0 changes nothing: it returns
+// v for all three, and -0 rounds to +0 either way.
+HWY_INLINE VF ClampRoundNonNeg(DF d, VF v, VF qmax) {
+  const VF magic = hn::Set(d, 12582912.0f);
+  return hn::Sub(hn::Add(MinOf(v, qmax), magic), magic);
+}
 
 #if HWY_TARGET == HWY_SCALAR
 // One lane: the reference itself.
@@ -155,7 +161,8 @@ void SearchAsymGroupsImpl(const float* HWY_RESTRICT x, size_t n, size_t count,
   const size_t batched = kBatched && N > 1 ? count / N * N : 0;
 #if HWY_TARGET != HWY_SCALAR
   const DD dd;
-  float* xt = Scratch(n * N);
+  float* xt = Scratch(2 * n * N);
+  float* xs = xt + n * N;  // x - lo, transposed as xt
   const VF vq = hn::Set(d, qmax);
   const VD vn = hn::Set(dd, static_cast<double>(n));
   const size_t whole = n / kParts * kParts;
@@ -169,6 +176,23 @@ void SearchAsymGroupsImpl(const float* HWY_RESTRICT x, size_t n, size_t count,
     VF m = hn::Neg(lo);
     VD best_lo, best_hi;
     BatchSse(d, xt, n, s, m, vq, &best_lo, &best_hi);
+    for (size_t i = 0; i < n; ++i) {
+      hn::Store(hn::Sub(hn::Load(d, xt + i * N), lo), d, xs + i * N);
+    }
+    // FitLinear's sum of x is the same for every candidate: the rest first, then the partial
+    // sums k = 0..7, as the reference adds them.
+    VD e0 = hn::Zero(dd), e1 = e0;
+    for (size_t i = whole; i < n; ++i) {
+      const VF v = hn::Load(d, xt + i * N);
+      e0 = hn::Add(e0, Lo(v));
+      e1 = hn::Add(e1, Hi(v));
+    }
+    for (size_t k = 0; k < kParts; ++k) {
+      VF ax = hn::Zero(d);
+      for (size_t i = k; i < whole; i += kParts) ax = hn::Add(ax, hn::Load(d, xt + i * N));
+      e0 = hn::Add(e0, Lo(ax));
+      e1 = hn::Add(e1, Hi(ax));
+    }
     const VF range = hn::Sub(vmx, lo);
     const auto has_range = hn::Gt(range, hn::Zero(d));
     const auto range_lo = hn::Gt(Lo(range), hn::Zero(dd));
@@ -177,28 +201,26 @@ void SearchAsymGroupsImpl(const float* HWY_RESTRICT x, size_t n, size_t count,
       const VF iscale = hn::Div(hn::Set(d, qmax + kRMin + kRDelta * static_cast<float>(is)), range);
       // FitLinear's sums in double, per half: the rest first, then the partial sums k = 0..7
       // (each over i = k, k + 8, ... in float), as the reference adds them.
-      VD a0 = hn::Zero(dd), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, e0 = a0, e1 = a0;
+      // (x - lo >= 0, so the codes need no clamp at 0.)
+      VD a0 = hn::Zero(dd), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0;
       for (size_t i = whole; i < n; ++i) {
         const VF v = hn::Load(d, xt + i * N);
-        const VF L = ClampRound(d, hn::Mul(iscale, hn::Sub(v, lo)), vq);
+        const VF L = ClampRoundNonNeg(d, hn::Mul(iscale, hn::Load(d, xs + i * N)), vq);
         a0 = hn::Add(a0, Lo(L));
         a1 = hn::Add(a1, Hi(L));
         b0 = hn::Add(b0, hn::Mul(Lo(L), Lo(L)));
         b1 = hn::Add(b1, hn::Mul(Hi(L), Hi(L)));
         c0 = hn::Add(c0, hn::Mul(Lo(L), Lo(v)));
         c1 = hn::Add(c1, hn::Mul(Hi(L), Hi(v)));
-        e0 = hn::Add(e0, Lo(v));
-        e1 = hn::Add(e1, Hi(v));
       }
       for (size_t k = 0; k < kParts; ++k) {
-        VF al = hn::Zero(d), al2 = al, axl = al, ax = al;
+        VF al = hn::Zero(d), al2 = al, axl = al;
         for (size_t i = k; i < whole; i += kParts) {
           const VF v = hn::Load(d, xt + i * N);
-          const VF L = ClampRound(d, hn::Mul(iscale, hn::Sub(v, lo)), vq);
+          const VF L = ClampRoundNonNeg(d, hn::Mul(iscale, hn::Load(d, xs + i * N)), vq);
           al = hn::Add(al, L);
           al2 = hn::Add(al2, hn::Mul(L, L));
           axl = hn::Add(axl, hn::Mul(v, L));
-          ax = hn::Add(ax, v);
         }
         a0 = hn::Add(a0, Lo(al));
         a1 = hn::Add(a1, Hi(al));
@@ -206,8 +228,6 @@ void SearchAsymGroupsImpl(const float* HWY_RESTRICT x, size_t n, size_t count,
         b1 = hn::Add(b1, Hi(al2));
         c0 = hn::Add(c0, Lo(axl));
         c1 = hn::Add(c1, Hi(axl));
-        e0 = hn::Add(e0, Lo(ax));
-        e1 = hn::Add(e1, Hi(ax));
       }
       // FitLinear's solve (force_mn_nonpositive), lane by lane in double vectors.
       auto solve = [&](VD A, VD B, VD C, VD E, hn::Mask<DD> has, VD* ss_out, VD* mm_out) {

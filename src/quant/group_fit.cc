@@ -275,7 +275,7 @@ void CodeScalesSearch(const Format& f, const float* x, size_t g, size_t count,
   valid.assign(kCands * count, 0);
   ls0.resize(count);
   lm0.resize(count);
-  const float d = F16BitsToF32(st.d);
+  const float d = F16BitsToF32(st.d), dmin = F16BitsToF32(st.dmin);
   for (size_t gi = 0; gi < count; ++gi) {
     float ls = d > 0 ? Nearest(c[gi].s / d) : 0.0f;
     ls0[gi] = static_cast<int>(std::min(ls, static_cast<float>(f.cmax)));
@@ -284,10 +284,10 @@ void CodeScalesSearch(const Format& f, const float* x, size_t g, size_t count,
       for (int b = -1; b <= 1; ++b, ++k) {
         const int cls = ls0[gi] + a, clm = lm0[gi] + b;
         if ((f.sym && b != 0) || cls < 0 || cls > f.cmax || clm < 0 || clm > f.cmax) continue;
-        st.ls[gi] = static_cast<uint8_t>(cls);
-        if (!f.sym) st.lm[gi] = static_cast<uint8_t>(clm);
         const size_t at = static_cast<size_t>(k) * count + gi;
-        DecodeGroup(f, st, gi, &sc[at], &off[at]);
+        // DecodeGroup's arithmetic for kCoded.
+        sc[at] = d * static_cast<float>(cls);
+        off[at] = f.sym ? sc[at] * f.bias : dmin * static_cast<float>(clm);
         valid[at] = 1;
       }
     }
