@@ -4,6 +4,7 @@
 // the result does not depend on the vector width.
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #undef HWY_TARGET_INCLUDE
@@ -116,8 +117,9 @@ void BatchSse(DF d, const float* xt, size_t n, VF scale, VF offset, VF qmax, dou
 float* Scratch(size_t floats) {
   thread_local std::vector<float> buf;
   buf.resize(floats + kAlign / sizeof(float));
-  const auto p = reinterpret_cast<uintptr_t>(buf.data());
-  return reinterpret_cast<float*>((p + kAlign - 1) / kAlign * kAlign);
+  void* p = buf.data();
+  size_t space = buf.size() * sizeof(float);
+  return static_cast<float*>(std::align(kAlign, floats * sizeof(float), p, space));
 }
 
 // Groups j0 .. j0 + N - 1 (n values each, from x) transposed: value i of lane l at xt[i * N + l].

@@ -124,7 +124,7 @@ class _Packed(nn.Module):
 
     def __getstate__(self) -> dict[str, Any]:
         # The numpy views are of this module's buffers: a copy or a pickle makes its own.
-        state = dict(super().__getstate__())
+        state = dict(super().__getstate__())  # type: ignore[no-untyped-call]
         state.pop("_array_cache", None)
         return state
 
