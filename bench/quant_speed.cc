@@ -2,7 +2,7 @@
 // every tensor of rank >= 2: 282 tensors, 859 M weights), from f32 and from f16, with 1 and 2
 // threads; next to memcpy of the same bytes with the same threads in the same run.
 //
-//   bench_quant_speed SHAPES_FILE [SEARCH_STRIDE]
+//   bench_quant_speed SHAPES_FILE [SEARCH_STRIDE [FORMAT_SUBSTRING]]
 // The error-minimizing grid is timed on every SEARCH_STRIDE-th tensor (default 8) to keep the
 // run short; its GB/s is computed over exactly the bytes it processed.
 #include <chrono>
@@ -133,6 +133,7 @@ Row Run(const std::vector<Tensor>& ts, DType dtype, const arrowquant::QuantSpec&
 int main(int argc, char** argv) {
   const std::string shapes = argc > 1 ? argv[1] : "bench/sd15_unet_shapes.txt";
   const size_t stride = argc > 2 ? std::stoul(argv[2]) : 8;
+  const std::string only = argc > 3 ? argv[3] : "";  // e.g. "q7": only the formats naming it
   const auto ts = Load(shapes);
   uint64_t n = 0;
   for (const auto& t : ts) n += t.n;
@@ -146,6 +147,7 @@ int main(int argc, char** argv) {
               "memcpy GB/s", "ratio");
   for (const auto& [spec, stride_used] :
        {std::pair{minmax, size_t{1}}, std::pair{search, stride}, std::pair{rec, stride}}) {
+    if (spec.ToString().find(only) == std::string::npos) continue;
     for (DType dt : {DType::kF32, DType::kF16}) {
       for (int threads : {1, 2}) {
         const Row r = Run(ts, dt, spec, threads, stride_used);

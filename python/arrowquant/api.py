@@ -7,6 +7,7 @@ import json
 import os
 import resource
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -120,6 +121,13 @@ def set_components(
         core.set_component(name, own_core)
 
 
+def _import_plotting() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+
 class ArrowQuantV2:
     """Quantizes diffusion models: `quantize_diffusion_model(model, out_folder)`."""
 
@@ -223,6 +231,9 @@ class ArrowQuantV2:
                     core.allocate = True
                     core.target_bpw = cfg.size_bpw
             set_components(core, chosen, profiles, path["path"] == "calibrated")
+            # The report's plot needs matplotlib (~0.5 s to import): imported meanwhile, while
+            # the pipeline runs without the GIL.
+            threading.Thread(target=_import_plotting, daemon=True).start()
             raw = _core.run_pipeline(
                 str(model_path), str(tmp / MODEL_FILE), core, progress_callback, cfg.limits()
             )

@@ -41,21 +41,28 @@ void ParallelForEach(size_t n, int threads, const std::function<void(size_t)>& f
 
 Status ParallelOrdered(size_t n, int threads, size_t window,
                        const std::function<void(size_t)>& work,
-                       const std::function<Status(size_t)>& in_order) {
+                       const std::function<Status(size_t)>& in_order,
+                       const std::function<uint64_t(size_t)>& cost, uint64_t budget) {
   std::mutex mu;
   std::condition_variable cv;
   std::vector<uint8_t> finished(n, 0);
   size_t next_task = 0, next_consumed = 0;
+  uint64_t held = 0;  // cost of the items started and not yet consumed
   bool stop = false;
   window = std::max<size_t>(window, 1);
+  auto may_start = [&] {
+    if (next_task >= next_consumed + window) return false;
+    return !cost || next_task == next_consumed || held + cost(next_task) <= budget;
+  };
   auto worker = [&](int) {
     for (;;) {
       size_t i;
       {
         std::unique_lock lk(mu);
-        cv.wait(lk, [&] { return stop || next_task >= n || next_task < next_consumed + window; });
+        cv.wait(lk, [&] { return stop || next_task >= n || may_start(); });
         if (stop || next_task >= n) return;
         i = next_task++;
+        if (cost) held += cost(i);
       }
       work(i);
       {
@@ -75,6 +82,13 @@ Status ParallelOrdered(size_t n, int threads, size_t window,
     }
     cv.notify_all();
     status = in_order(i);
+    if (cost) {
+      {
+        std::lock_guard lk(mu);
+        held -= cost(i);
+      }
+      cv.notify_all();
+    }
   }
   {
     std::lock_guard lk(mu);

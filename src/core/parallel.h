@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <thread>
 #include <vector>
@@ -23,9 +24,14 @@ void ParallelForEach(size_t n, int threads, const std::function<void(size_t)>& f
 // writes comes out in index order, whatever the thread count). work(i) keeps its result where
 // in_order(i) finds it (a slot per item). The first error from in_order stops the workers and is
 // returned once they have all returned.
+// With `cost`, an item also waits while the items started and not yet consumed, with it, would
+// cost more than `budget` (bytes held, say); the oldest unconsumed item always starts. A count
+// window alone lets one large item stall every other worker behind it (they run out of window
+// while it runs); a budget lets them go on with small items.
 Status ParallelOrdered(size_t n, int threads, size_t window,
                        const std::function<void(size_t)>& work,
-                       const std::function<Status(size_t)>& in_order);
+                       const std::function<Status(size_t)>& in_order,
+                       const std::function<uint64_t(size_t)>& cost = nullptr, uint64_t budget = 0);
 
 // `threads` threads running fn(worker) until it returns; Join() (or the destructor) waits.
 // For producer/consumer loops where the calling thread has its own work meanwhile.

@@ -1,6 +1,8 @@
 // RunPipeline: workers take tensors in file order and quantize/validate them (pipeline/layer);
 // the calling thread writes finished tensors in that same order (so the output does not depend on
-// the thread count) and reports progress. At most `threads + 2` tensors are in flight.
+// the thread count) and reports progress. The tensors in flight (started, not yet written) are at
+// most kWindowTensors and kWindowBytes of source bytes (beyond the oldest), so a worker goes on
+// with small tensors while another one works through a large one.
 #include <algorithm>
 #include <map>
 #include <memory>
@@ -17,6 +19,9 @@
 
 namespace arrowquant {
 namespace {
+
+constexpr size_t kWindowTensors = 64;
+constexpr uint64_t kWindowBytes = uint64_t{256} << 20;
 
 Status CheckSettings(int bits, double max_rel_rmse, const std::string& where) {
   if (!IsWeightWidth(bits)) {
@@ -185,8 +190,11 @@ Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_
     return Status::OK();
   };
   const int threads = std::max(1, config.threads);
-  if (Status st =
-          ParallelOrdered(tensors.size(), threads, static_cast<size_t>(threads) + 2, work, write);
+  // Tensors in flight are bounded by their source bytes (what a finished one holds until it is
+  // written is at most that), not only by count: see ParallelOrdered.
+  auto bytes = [&](size_t i) -> uint64_t { return tensors[i].info->nbytes(); };
+  if (Status st = ParallelOrdered(tensors.size(), threads, kWindowTensors, work, write, bytes,
+                                  kWindowBytes);
       !st.ok()) {
     writer->Abort();
     return st;

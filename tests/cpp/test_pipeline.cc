@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <mutex>
 #include <random>
 #include <thread>
 #include <vector>
@@ -379,6 +380,42 @@ TEST(ParallelOrdered, ConsumesInIndexOrderWithinTheWindow) {
     ASSERT_EQ(seen.size(), n);
     for (size_t i = 0; i < n; ++i) EXPECT_EQ(seen[i], static_cast<int>(i));
     EXPECT_LE(max_ahead.load(), window + 1) << threads << " threads";
+  }
+}
+
+// With a cost budget: the cost of the items started and not yet consumed stays within the budget
+// (here at least any one item's cost, since the oldest unconsumed item always starts), and a
+// large item does not stop the other workers from taking small ones while it runs.
+TEST(ParallelOrdered, CostBudgetBoundsWhatIsHeldAndLetsSmallItemsPass) {
+  for (int threads : {1, 2, 4}) {
+    const size_t n = 200;
+    auto cost = [](size_t i) -> uint64_t { return i % 50 == 0 ? 1000 : 10; };
+    const uint64_t budget = 1000 + 100;
+    std::mutex mu;
+    uint64_t held = 0, max_held = 0;
+    size_t passed_large = 0;
+    std::atomic<bool> large_running{false};
+    auto work = [&](size_t i) {
+      {
+        std::lock_guard lk(mu);
+        held += cost(i);
+        max_held = std::max(max_held, held);
+        if (cost(i) == 10 && large_running) ++passed_large;
+      }
+      if (cost(i) == 1000) {
+        large_running = true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        large_running = false;
+      }
+    };
+    auto in_order = [&](size_t i) {
+      std::lock_guard lk(mu);
+      held -= cost(i);
+      return Status::OK();
+    };
+    ASSERT_TRUE(ParallelOrdered(n, threads, 64, work, in_order, cost, budget).ok());
+    EXPECT_LE(max_held, budget) << threads << " threads";
+    if (threads > 1) EXPECT_GT(passed_large, 10u) << threads << " threads";
   }
 }
 

@@ -1,6 +1,7 @@
 // Streams tensors into the model file: one row group per (chunk of a) tensor, payload columns
 // handed to Arrow without a copy.
 #include <arrow/api.h>
+#include <arrow/io/buffered.h>
 #include <arrow/io/file.h>
 #include <arrow/util/key_value_metadata.h>
 #include <parquet/arrow/writer.h>
@@ -29,7 +30,7 @@ struct ModelWriter::Impl {
   std::string path, tmp;
   ModelMetadata meta;
   ModelWriterOptions opt;
-  std::shared_ptr<arrow::io::FileOutputStream> sink;
+  std::shared_ptr<arrow::io::OutputStream> sink;
   std::unique_ptr<parquet::arrow::FileWriter> writer;
   std::set<std::string> names;
   bool done = false;
@@ -86,7 +87,16 @@ Result<std::unique_ptr<ModelWriter>> ModelWriter::Open(const std::string& path,
   impl->opt = options;
   auto sink = arrow::io::FileOutputStream::Open(impl->tmp);
   if (!sink.ok()) return FromArrow(sink.status(), path + ": cannot create the output");
-  impl->sink = *sink;
+  // Parquet writes page by page (tens of KB); one write(2) per 8 MiB instead (measured on the
+  // SD1.5-shaped job: ~31,000 calls down to ~60).
+  auto buffered =
+      arrow::io::BufferedOutputStream::Create(8 << 20, arrow::default_memory_pool(), *sink);
+  if (!buffered.ok()) {
+    (void)(*sink)->Close();
+    std::remove(impl->tmp.c_str());
+    return FromArrow(buffered.status(), path);
+  }
+  impl->sink = *buffered;
   parquet::WriterProperties::Builder b;
   // Payload compression was chosen by bench/compression.py: packed codes gain 3-9% from zstd,
   // f16 scales and zero-points 28-50%, coded scales nothing; codes stay uncompressed (load
