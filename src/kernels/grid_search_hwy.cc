@@ -3,6 +3,7 @@
 // k = i mod 8 kept apart, the double combination done per lane as the reference does it), so
 // the result does not depend on the vector width.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -90,16 +91,21 @@ void BatchSse(DF d, const float* xt, size_t n, VF scale, VF offset, VF qmax, VD*
     lo = hn::Add(lo, hn::Mul(Lo(e), Lo(e)));
     hi = hn::Add(hi, hn::Mul(Hi(e), Hi(e)));
   }
-  for (size_t k = 0; k < kParts; ++k) {
-    VF acc = hn::Zero(d);
-    for (size_t i = k; i < whole; i += kParts) {
-      const VF x = hn::Load(d, xt + i * N);
+  // The eight partial sums side by side (independent chains), each over i = k, k + 8, ... in
+  // that order, then folded k = 0..7 as the reference does.
+  VF acc[kParts];
+  for (size_t k = 0; k < kParts; ++k) acc[k] = hn::Zero(d);
+  for (size_t i0 = 0; i0 < whole; i0 += kParts) {
+    for (size_t k = 0; k < kParts; ++k) {
+      const VF x = hn::Load(d, xt + (i0 + k) * N);
       const VF q = ClampRound(d, hn::Mul(hn::Add(x, offset), inv), qmax);
       const VF e = hn::Sub(hn::Sub(hn::Mul(q, scale), offset), x);
-      acc = hn::Add(acc, hn::Mul(e, e));
+      acc[k] = hn::Add(acc[k], hn::Mul(e, e));
     }
-    lo = hn::Add(lo, Lo(acc));
-    hi = hn::Add(hi, Hi(acc));
+  }
+  for (size_t k = 0; k < kParts; ++k) {
+    lo = hn::Add(lo, Lo(acc[k]));
+    hi = hn::Add(hi, Hi(acc[k]));
   }
   *out_lo = lo;
   *out_hi = hi;
@@ -122,12 +128,23 @@ float* Scratch(size_t floats) {
   return static_cast<float*>(std::align(kAlign, floats * sizeof(float), p, space));
 }
 
-// Groups j0 .. j0 + N - 1 (n values each, from x) transposed: value i of lane l at xt[i * N + l].
-void Transpose(const float* x, size_t n, size_t j0, size_t N, float* xt) {
+// Groups j0 .. j0 + valid - 1 (n values each, from x) transposed: value i of lane l at
+// xt[i * N + l]. Lanes from `valid` to N - 1 repeat the last group: a short batch runs on the
+// vector too (every lane is computed on its own, so the padding changes no valid lane's result)
+// instead of falling back to the scalar reference, which matters for rows of fewer groups than
+// lanes (16 on AVX-512: every row of 512 or fewer columns at group size 32).
+void Transpose(const float* x, size_t n, size_t j0, size_t valid, size_t N, float* xt) {
   for (size_t l = 0; l < N; ++l) {
-    const float* src = x + (j0 + l) * n;
+    const float* src = x + (j0 + std::min(l, valid - 1)) * n;
     for (size_t i = 0; i < n; ++i) xt[i * N + l] = src[i];
   }
+}
+
+// v[j0 .. j0 + valid) padded to N lanes with its last value, into buf.
+const float* Padded(const float* v, size_t j0, size_t valid, size_t N, float* buf) {
+  if (valid == N) return v + j0;
+  for (size_t l = 0; l < N; ++l) buf[l] = v[j0 + std::min(l, valid - 1)];
+  return buf;
 }
 
 }  // namespace
@@ -137,14 +154,24 @@ void GroupSseCandidatesImpl(const float* HWY_RESTRICT x, size_t n, size_t count,
                             float qmax, double* HWY_RESTRICT sse) {
   const DF d;
   const size_t N = hn::Lanes(d);
-  const size_t batched = kBatched && N > 1 ? count / N * N : 0;
-  float* xt = Scratch(n * N);
+  const size_t batched = kBatched && N > 1 ? count : 0;
+  float* xt = Scratch(n * N + 2 * N);
+  float* pad = xt + n * N;
   const VF vq = hn::Set(d, qmax);
   for (size_t j0 = 0; j0 < batched; j0 += N) {
-    Transpose(x, n, j0, N, xt);
+    const size_t valid = std::min(N, count - j0);
+    Transpose(x, n, j0, valid, N, xt);
     for (size_t c = 0; c < cands; ++c) {
-      const size_t k = c * count + j0;
-      BatchSse(d, xt, n, hn::LoadU(d, scale + k), hn::LoadU(d, offset + k), vq, sse + k);
+      const size_t k = c * count;
+      const VF sc = hn::LoadU(d, Padded(scale + k, j0, valid, N, pad));
+      const VF of = hn::LoadU(d, Padded(offset + k, j0, valid, N, pad + N));
+      if (valid == N) {
+        BatchSse(d, xt, n, sc, of, vq, sse + k + j0);
+      } else {
+        HWY_ALIGN double part[hn::MaxLanes(DF())];
+        BatchSse(d, xt, n, sc, of, vq, part);
+        std::copy(part, part + valid, sse + k + j0);
+      }
     }
   }
   for (size_t c = 0; c < cands && batched < count; ++c) {
@@ -155,22 +182,141 @@ void GroupSseCandidatesImpl(const float* HWY_RESTRICT x, size_t n, size_t count,
   }
 }
 
+#if HWY_TARGET != HWY_SCALAR
+namespace {
+
+// Per-lane sums in double, as (lo, hi) halves.
+struct Sums {
+  VD lo, hi;
+};
+
+// A per-lane sum over the transposed batch in FitLinear's order: the rest (i >= whole) first in
+// double, then the float partial sums k = 0..7 (each over i = k, k + 8, ...), kept side by side.
+// term(i) gives the value's term as floats (whole chunks) and its double halves (the rest).
+template <size_t kSums, class FloatTerms, class DoubleTerms>
+void SumTerms(size_t n, FloatTerms&& fterms, DoubleTerms&& dterms, Sums* out) {
+  const DF d;
+  const DD dd;
+  const size_t whole = n / kParts * kParts;
+  for (size_t q = 0; q < kSums; ++q) out[q].lo = out[q].hi = hn::Zero(dd);
+  for (size_t i = whole; i < n; ++i) dterms(i, out);
+  VF acc[kSums][kParts];
+  for (size_t q = 0; q < kSums; ++q) {
+    for (size_t k = 0; k < kParts; ++k) acc[q][k] = hn::Zero(d);
+  }
+  for (size_t i0 = 0; i0 < whole; i0 += kParts) {
+    for (size_t k = 0; k < kParts; ++k) fterms(i0 + k, acc, k);
+  }
+  for (size_t k = 0; k < kParts; ++k) {
+    for (size_t q = 0; q < kSums; ++q) {
+      out[q].lo = hn::Add(out[q].lo, Lo(acc[q][k]));
+      out[q].hi = hn::Add(out[q].hi, Hi(acc[q][k]));
+    }
+  }
+}
+
+// FitLinearResidual's sums of the codes L(i): sum L, sum L^2, sum x L.
+template <class Codes>
+void CodeSums(const float* xt, size_t n, size_t N, Codes&& codes, Sums* out) {
+  const DF d;
+  SumTerms<3>(
+      n,
+      [&](size_t i, VF(*acc)[kParts], size_t k) {
+        const VF v = hn::Load(d, xt + i * N);
+        const VF L = codes(i);
+        acc[0][k] = hn::Add(acc[0][k], L);
+        acc[1][k] = hn::Add(acc[1][k], hn::Mul(L, L));
+        acc[2][k] = hn::Add(acc[2][k], hn::Mul(v, L));
+      },
+      [&](size_t i, Sums* o) {
+        const VF v = hn::Load(d, xt + i * N);
+        const VF L = codes(i);
+        o[0].lo = hn::Add(o[0].lo, Lo(L));
+        o[0].hi = hn::Add(o[0].hi, Hi(L));
+        o[1].lo = hn::Add(o[1].lo, hn::Mul(Lo(L), Lo(L)));
+        o[1].hi = hn::Add(o[1].hi, hn::Mul(Hi(L), Hi(L)));
+        o[2].lo = hn::Add(o[2].lo, hn::Mul(Lo(L), Lo(v)));
+        o[2].hi = hn::Add(o[2].hi, hn::Mul(Hi(L), Hi(v)));
+      },
+      out);
+}
+
+// FitLinearResidual's solve and residual on one half: A = sum L, B = sum L^2, C = sum x L,
+// E = sum x, F = sum x^2. Returns the lanes with a fit (and `has`).
+hn::Mask<DD> Solve(VD vn, VD A, VD B, VD C, VD E, VD F, hn::Mask<DD> has, VD* ss_out, VD* mm_out,
+                   VD* r_out) {
+  const DD dd;
+  const VD D = hn::Sub(hn::Mul(vn, B), hn::Mul(A, A));
+  VD ss = hn::Div(hn::Sub(hn::Mul(vn, C), hn::Mul(E, A)), D);
+  VD mm = hn::Div(hn::Sub(hn::Mul(B, E), hn::Mul(A, C)), D);
+  const auto clamp = hn::Gt(mm, hn::Zero(dd));
+  const VD refit = hn::IfThenElse(hn::Gt(B, hn::Zero(dd)), hn::Div(C, B), hn::Zero(dd));
+  ss = hn::IfThenElse(clamp, refit, ss);
+  mm = hn::IfThenElse(clamp, hn::Zero(dd), mm);
+  const VD two = hn::Set(dd, 2.0);
+  // sxx - 2 ss sxl - 2 mm sx + ss ss sl2 + 2 ss mm sl + n mm mm, left to right.
+  VD r = hn::Sub(F, hn::Mul(hn::Mul(two, ss), C));
+  r = hn::Sub(r, hn::Mul(hn::Mul(two, mm), E));
+  r = hn::Add(r, hn::Mul(hn::Mul(ss, ss), B));
+  r = hn::Add(r, hn::Mul(hn::Mul(hn::Mul(two, ss), mm), A));
+  r = hn::Add(r, hn::Mul(hn::Mul(vn, mm), mm));
+  *ss_out = ss;
+  *mm_out = mm;
+  *r_out = r;
+  // !(D <= 0) and ss > 0.
+  return hn::And(has, hn::And(hn::Not(hn::Le(D, hn::Zero(dd))), hn::Gt(ss, hn::Zero(dd))));
+}
+
+// The kSearchTop lowest residuals of one half, lowest first; a new one goes in after any equal.
+struct Top {
+  VD r[kSearchTop], s[kSearchTop], m[kSearchTop];
+  void Init() {
+    for (int t = 0; t < kSearchTop; ++t) {
+      r[t] = hn::Set(DD(), HUGE_VAL);
+      s[t] = m[t] = hn::Zero(DD());
+    }
+  }
+  void Insert(hn::Mask<DD> ok, VD nr, VD ns, VD nm) {
+    // Going from the bottom: slot t takes slot t - 1's entry where the new one goes above t - 1,
+    // the new one where it goes at t.
+    hn::Mask<DD> above = hn::And(ok, hn::Lt(nr, r[kSearchTop - 1]));  // lands at or above t
+    for (int t = kSearchTop - 1; t >= 0; --t) {
+      const hn::Mask<DD> higher = t > 0 ? hn::And(ok, hn::Lt(nr, r[t - 1])) : hn::FirstN(DD(), 0);
+      const hn::Mask<DD> here = hn::AndNot(higher, above);
+      if (t > 0) {
+        r[t] = hn::IfThenElse(higher, r[t - 1], r[t]);
+        s[t] = hn::IfThenElse(higher, s[t - 1], s[t]);
+        m[t] = hn::IfThenElse(higher, m[t - 1], m[t]);
+      }
+      r[t] = hn::IfThenElse(here, nr, r[t]);
+      s[t] = hn::IfThenElse(here, ns, s[t]);
+      m[t] = hn::IfThenElse(here, nm, m[t]);
+      above = higher;
+    }
+  }
+};
+
+}  // namespace
+#endif
+
 void SearchAsymGroupsImpl(const float* HWY_RESTRICT x, size_t n, size_t count,
                           const float* HWY_RESTRICT mn, const float* HWY_RESTRICT mx, float qmax,
                           float* HWY_RESTRICT scale, float* HWY_RESTRICT offset) {
   const DF d;
   const size_t N = hn::Lanes(d);
-  const size_t batched = kBatched && N > 1 ? count / N * N : 0;
+  const size_t batched = kBatched && N > 1 ? count : 0;
 #if HWY_TARGET != HWY_SCALAR
   const DD dd;
-  float* xt = Scratch(2 * n * N);
+  float* xt = Scratch(2 * n * N + 4 * N);
   float* xs = xt + n * N;  // x - lo, transposed as xt
+  float* pad = xs + n * N;
   const VF vq = hn::Set(d, qmax);
   const VD vn = hn::Set(dd, static_cast<double>(n));
-  const size_t whole = n / kParts * kParts;
   for (size_t j0 = 0; j0 < batched; j0 += N) {
-    Transpose(x, n, j0, N, xt);
-    const VF vmn = hn::LoadU(d, mn + j0), vmx = hn::LoadU(d, mx + j0);
+    const size_t valid = std::min(N, count - j0);
+    Transpose(x, n, j0, valid, N, xt);
+    const VF vmn = hn::LoadU(d, Padded(mn, j0, valid, N, pad));
+    const VF vmx = hn::LoadU(d, Padded(mx, j0, valid, N, pad + N));
     // lo = std::min(mn, 0) + 0; hi = std::max(mx, 0).
     const VF lo = hn::Add(MinOf(vmn, hn::Zero(d)), hn::Zero(d));
     const VF hi = MaxZero(d, vmx);
@@ -178,92 +324,104 @@ void SearchAsymGroupsImpl(const float* HWY_RESTRICT x, size_t n, size_t count,
     VF m = hn::Neg(lo);
     VD best_lo, best_hi;
     BatchSse(d, xt, n, s, m, vq, &best_lo, &best_hi);
-    for (size_t i = 0; i < n; ++i) {
-      hn::Store(hn::Sub(hn::Load(d, xt + i * N), lo), d, xs + i * N);
-    }
-    // FitLinear's sum of x is the same for every candidate: the rest first, then the partial
-    // sums k = 0..7, as the reference adds them.
-    VD e0 = hn::Zero(dd), e1 = e0;
-    for (size_t i = whole; i < n; ++i) {
-      const VF v = hn::Load(d, xt + i * N);
-      e0 = hn::Add(e0, Lo(v));
-      e1 = hn::Add(e1, Hi(v));
-    }
-    for (size_t k = 0; k < kParts; ++k) {
-      VF ax = hn::Zero(d);
-      for (size_t i = k; i < whole; i += kParts) ax = hn::Add(ax, hn::Load(d, xt + i * N));
-      e0 = hn::Add(e0, Lo(ax));
-      e1 = hn::Add(e1, Hi(ax));
-    }
     const VF range = hn::Sub(vmx, lo);
     const auto has_range = hn::Gt(range, hn::Zero(d));
-    const auto range_lo = hn::Gt(Lo(range), hn::Zero(dd));
-    const auto range_hi = hn::Gt(Hi(range), hn::Zero(dd));
-    for (int is = 0; !hn::AllFalse(d, has_range) && is <= kSteps; ++is) {
-      const VF iscale = hn::Div(hn::Set(d, qmax + kRMin + kRDelta * static_cast<float>(is)), range);
-      // FitLinear's sums in double, per half: the rest first, then the partial sums k = 0..7
-      // (each over i = k, k + 8, ... in float), as the reference adds them.
-      // (x - lo >= 0, so the codes need no clamp at 0.)
-      VD a0 = hn::Zero(dd), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0;
-      for (size_t i = whole; i < n; ++i) {
-        const VF v = hn::Load(d, xt + i * N);
-        const VF L = ClampRoundNonNeg(d, hn::Mul(iscale, hn::Load(d, xs + i * N)), vq);
-        a0 = hn::Add(a0, Lo(L));
-        a1 = hn::Add(a1, Hi(L));
-        b0 = hn::Add(b0, hn::Mul(Lo(L), Lo(L)));
-        b1 = hn::Add(b1, hn::Mul(Hi(L), Hi(L)));
-        c0 = hn::Add(c0, hn::Mul(Lo(L), Lo(v)));
-        c1 = hn::Add(c1, hn::Mul(Hi(L), Hi(v)));
+    if (!hn::AllFalse(d, has_range)) {
+      const auto range_lo = hn::Gt(Lo(range), hn::Zero(dd));
+      const auto range_hi = hn::Gt(Hi(range), hn::Zero(dd));
+      for (size_t i = 0; i < n; ++i) {
+        hn::Store(hn::Sub(hn::Load(d, xt + i * N), lo), d, xs + i * N);
       }
-      for (size_t k = 0; k < kParts; ++k) {
-        VF al = hn::Zero(d), al2 = al, axl = al;
-        for (size_t i = k; i < whole; i += kParts) {
-          const VF v = hn::Load(d, xt + i * N);
-          const VF L = ClampRoundNonNeg(d, hn::Mul(iscale, hn::Load(d, xs + i * N)), vq);
-          al = hn::Add(al, L);
-          al2 = hn::Add(al2, hn::Mul(L, L));
-          axl = hn::Add(axl, hn::Mul(v, L));
-        }
-        a0 = hn::Add(a0, Lo(al));
-        a1 = hn::Add(a1, Hi(al));
-        b0 = hn::Add(b0, Lo(al2));
-        b1 = hn::Add(b1, Hi(al2));
-        c0 = hn::Add(c0, Lo(axl));
-        c1 = hn::Add(c1, Hi(axl));
+      // The group's sums of x and x^2 (Moments), the same for every candidate.
+      Sums mom[2];
+      SumTerms<2>(
+          n,
+          [&](size_t i, VF(*acc)[kParts], size_t k) {
+            const VF v = hn::Load(d, xt + i * N);
+            acc[0][k] = hn::Add(acc[0][k], v);
+            acc[1][k] = hn::Add(acc[1][k], hn::Mul(v, v));
+          },
+          [&](size_t i, Sums* o) {
+            const VF v = hn::Load(d, xt + i * N);
+            o[0].lo = hn::Add(o[0].lo, Lo(v));
+            o[0].hi = hn::Add(o[0].hi, Hi(v));
+            o[1].lo = hn::Add(o[1].lo, hn::Mul(Lo(v), Lo(v)));
+            o[1].hi = hn::Add(o[1].hi, hn::Mul(Hi(v), Hi(v)));
+          },
+          mom);
+      Top top_lo, top_hi;
+      top_lo.Init();
+      top_hi.Init();
+      for (int is = 0; is <= kSteps; is += kSearchStride) {
+        const VF iscale =
+            hn::Div(hn::Set(d, qmax + kRMin + kRDelta * static_cast<float>(is)), range);
+        Sums cs[3];
+        // (x - lo >= 0, so the codes need no clamp at 0.)
+        CodeSums(
+            xt, n, N,
+            [&](size_t i) {
+              return ClampRoundNonNeg(d, hn::Mul(iscale, hn::Load(d, xs + i * N)), vq);
+            },
+            cs);
+        VD ss, mm, r;
+        auto ok =
+            Solve(vn, cs[0].lo, cs[1].lo, cs[2].lo, mom[0].lo, mom[1].lo, range_lo, &ss, &mm, &r);
+        top_lo.Insert(ok, r, ss, mm);
+        ok = Solve(vn, cs[0].hi, cs[1].hi, cs[2].hi, mom[0].hi, mom[1].hi, range_hi, &ss, &mm, &r);
+        top_hi.Insert(ok, r, ss, mm);
       }
-      // FitLinear's solve (force_mn_nonpositive), lane by lane in double vectors.
-      auto solve = [&](VD A, VD B, VD C, VD E, hn::Mask<DD> has, VD* ss_out, VD* mm_out) {
-        const VD D = hn::Sub(hn::Mul(vn, B), hn::Mul(A, A));
-        VD ss = hn::Div(hn::Sub(hn::Mul(vn, C), hn::Mul(E, A)), D);
-        VD mm = hn::Div(hn::Sub(hn::Mul(B, E), hn::Mul(A, C)), D);
-        const auto clamp = hn::Gt(mm, hn::Zero(dd));
-        const VD refit = hn::IfThenElse(hn::Gt(B, hn::Zero(dd)), hn::Div(C, B), hn::Zero(dd));
-        ss = hn::IfThenElse(clamp, refit, ss);
-        mm = hn::IfThenElse(clamp, hn::Zero(dd), mm);
-        *ss_out = ss;
-        *mm_out = mm;
-        // !(D <= 0) and ss > 0, on groups with a range.
-        return hn::And(has, hn::And(hn::Not(hn::Le(D, hn::Zero(dd))), hn::Gt(ss, hn::Zero(dd))));
+      // A candidate scored by GroupSse wins where it is strictly lower.
+      auto consider = [&](hn::Mask<DD> ok0, hn::Mask<DD> ok1, VF cs, VF cm) {
+        VD sse0, sse1;
+        BatchSse(d, xt, n, cs, cm, vq, &sse0, &sse1);
+        const auto win0 = hn::And(ok0, hn::Lt(sse0, best_lo));
+        const auto win1 = hn::And(ok1, hn::Lt(sse1, best_hi));
+        best_lo = hn::IfThenElse(win0, sse0, best_lo);
+        best_hi = hn::IfThenElse(win1, sse1, best_hi);
+        const auto win = ToFloatMask(win0, win1);
+        s = hn::IfThenElse(win, cs, s);
+        m = hn::IfThenElse(win, cm, m);
       };
-      VD ss0, mm0, ss1, mm1;
-      const auto ok0 = solve(a0, b0, c0, e0, range_lo, &ss0, &mm0);
-      const auto ok1 = solve(a1, b1, c1, e1, range_hi, &ss1, &mm1);
-      const auto ok = ToFloatMask(ok0, ok1);
-      // Lanes without a candidate are scored at a valid grid and their score ignored.
-      const VF cs = hn::IfThenElse(ok, ToFloat(ss0, ss1), hn::Set(d, 1.0f));
-      const VF cm = hn::IfThenElse(ok, hn::Neg(ToFloat(mm0, mm1)), hn::Zero(d));
-      VD sse0, sse1;
-      BatchSse(d, xt, n, cs, cm, vq, &sse0, &sse1);
-      const auto win0 = hn::And(ok0, hn::Lt(sse0, best_lo));
-      const auto win1 = hn::And(ok1, hn::Lt(sse1, best_hi));
-      best_lo = hn::IfThenElse(win0, sse0, best_lo);
-      best_hi = hn::IfThenElse(win1, sse1, best_hi);
-      const auto win = ToFloatMask(win0, win1);
-      s = hn::IfThenElse(win, cs, s);
-      m = hn::IfThenElse(win, cm, m);
+      const VD inf = hn::Set(dd, HUGE_VAL);
+      for (int t = 0; t < kSearchTop; ++t) {
+        const auto ok0 = hn::Lt(top_lo.r[t], inf), ok1 = hn::Lt(top_hi.r[t], inf);
+        const auto ok = ToFloatMask(ok0, ok1);
+        // Lanes without a candidate are scored at a valid grid and their score ignored.
+        const VF cs = hn::IfThenElse(ok, ToFloat(top_lo.s[t], top_hi.s[t]), hn::Set(d, 1.0f));
+        const VF cm = hn::IfThenElse(ok, hn::Neg(ToFloat(top_lo.m[t], top_hi.m[t])), hn::Zero(d));
+        consider(ok0, ok1, cs, cm);
+      }
+      for (int it = 0; it < kSearchRefits; ++it) {
+        const VF inv =
+            hn::IfThenElse(hn::Gt(s, hn::Zero(d)), hn::Div(hn::Set(d, 1.0f), s), hn::Zero(d));
+        const VF cur_m = m;
+        Sums cs[3];
+        CodeSums(
+            xt, n, N,
+            [&](size_t i) {
+              return ClampRound(d, hn::Mul(hn::Add(hn::Load(d, xt + i * N), cur_m), inv), vq);
+            },
+            cs);
+        VD ss0, mm0, r0, ss1, mm1, r1;
+        const auto ok0 = Solve(vn, cs[0].lo, cs[1].lo, cs[2].lo, mom[0].lo, mom[1].lo, range_lo,
+                               &ss0, &mm0, &r0);
+        const auto ok1 = Solve(vn, cs[0].hi, cs[1].hi, cs[2].hi, mom[0].hi, mom[1].hi, range_hi,
+                               &ss1, &mm1, &r1);
+        const auto ok = ToFloatMask(ok0, ok1);
+        const VF cs_f = hn::IfThenElse(ok, ToFloat(ss0, ss1), hn::Set(d, 1.0f));
+        const VF cm_f = hn::IfThenElse(ok, hn::Neg(ToFloat(mm0, mm1)), hn::Zero(d));
+        consider(ok0, ok1, cs_f, cm_f);
+      }
     }
-    hn::StoreU(s, d, scale + j0);
-    hn::StoreU(m, d, offset + j0);
+    if (valid == N) {
+      hn::StoreU(s, d, scale + j0);
+      hn::StoreU(m, d, offset + j0);
+    } else {
+      hn::StoreU(s, d, pad + 2 * N);
+      hn::StoreU(m, d, pad + 3 * N);
+      std::copy(pad + 2 * N, pad + 2 * N + valid, scale + j0);
+      std::copy(pad + 3 * N, pad + 3 * N + valid, offset + j0);
+    }
   }
 #endif
   if (batched < count) {

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "kernels/grid_search.h"
@@ -78,6 +79,77 @@ bool FitLinear(const float* x, const float* L, size_t n, bool force_mn_nonpositi
   return true;
 }
 
+namespace {
+
+// Sums of x and x * x over a group, in FitLinear's order (float partial sums k = i mod 8 over
+// whole chunks of 8, the rest in double first, then k = 0..7).
+void Moments(const float* x, size_t n, double* sx, double* sxx) {
+  constexpr size_t kLanes = 8;
+  float px[kLanes] = {}, pxx[kLanes] = {};
+  size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (size_t k = 0; k < kLanes; ++k) {
+      px[k] += x[i + k];
+      pxx[k] += x[i + k] * x[i + k];
+    }
+  }
+  double a = 0, b = 0;
+  for (; i < n; ++i) {
+    a += x[i];
+    b += static_cast<double>(x[i]) * x[i];
+  }
+  for (size_t k = 0; k < kLanes; ++k) {
+    a += px[k];
+    b += pxx[k];
+  }
+  *sx = a;
+  *sxx = b;
+}
+
+}  // namespace
+
+bool FitLinearResidual(const float* x, const float* L, size_t n, double sx, double sxx, double* s,
+                       double* mn, double* residual) {
+  constexpr size_t kLanes = 8;
+  float pl[kLanes] = {}, pl2[kLanes] = {}, pxl[kLanes] = {};
+  size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (size_t k = 0; k < kLanes; ++k) {
+      const float l = L[i + k], v = x[i + k];
+      pl[k] += l;
+      pl2[k] += l * l;
+      pxl[k] += v * l;
+    }
+  }
+  double sl = 0, sl2 = 0, sxl = 0;
+  for (; i < n; ++i) {
+    sl += L[i];
+    sl2 += static_cast<double>(L[i]) * L[i];
+    sxl += static_cast<double>(L[i]) * x[i];
+  }
+  for (size_t k = 0; k < kLanes; ++k) {
+    sl += pl[k];
+    sl2 += pl2[k];
+    sxl += pxl[k];
+  }
+  const double nn = static_cast<double>(n);
+  const double D = nn * sl2 - sl * sl;
+  if (D <= 0) return false;
+  double ss = (nn * sxl - sx * sl) / D;
+  double mm = (sl2 * sx - sl * sxl) / D;
+  if (mm > 0) {
+    mm = 0;
+    ss = sl2 > 0 ? sxl / sl2 : 0;
+  }
+  if (!(ss > 0)) return false;
+  *s = ss;
+  *mn = mm;
+  // sum (x - ss * L - mm)^2 expanded: the fit's error with these codes, an upper bound of its
+  // error with the nearest codes (which GroupSse measures).
+  *residual = sxx - 2 * ss * sxl - 2 * mm * sx + ss * ss * sl2 + 2 * ss * mm * sl + nn * mm * mm;
+  return true;
+}
+
 void SearchAsymGroups(const float* x, size_t n, size_t count, const float* mn, const float* mx,
                       float qmax, float* scale, float* offset) {
   std::vector<float> L(n);
@@ -89,17 +161,51 @@ void SearchAsymGroups(const float* x, size_t n, size_t count, const float* mn, c
     double best = GroupSse(xg, n, s, m, qmax);
     const float range = mx[j] - lo;
     if (range > 0) {
-      for (int is = 0; is <= kSteps; ++is) {
+      double sx, sxx;
+      Moments(xg, n, &sx, &sxx);
+      // The kSearchTop lowest residuals, lowest first (earlier step first on ties).
+      double top_r[kSearchTop], top_s[kSearchTop], top_m[kSearchTop];
+      for (int t = 0; t < kSearchTop; ++t) top_r[t] = top_s[t] = top_m[t] = 0;
+      int found = 0;
+      for (int is = 0; is <= kSteps; is += kSearchStride) {
         const float iscale = (qmax + kRMin + kRDelta * static_cast<float>(is)) / range;
         for (size_t i = 0; i < n; ++i) L[i] = ClampRound(iscale * (xg[i] - lo), qmax);
-        float cs, cmn;
-        if (!FitLinear(xg, L.data(), n, /*force_mn_nonpositive=*/true, &cs, &cmn)) continue;
-        const double e = GroupSse(xg, n, cs, -cmn, qmax);
+        double cs, cmn, r;
+        // (A residual that is not finite - weights near float's limit - ranks nowhere.)
+        if (!FitLinearResidual(xg, L.data(), n, sx, sxx, &cs, &cmn, &r) || !(r < HUGE_VAL)) {
+          continue;
+        }
+        int at = found;
+        while (at > 0 && r < top_r[at - 1]) --at;
+        if (at >= kSearchTop) continue;
+        for (int t = std::min(found, kSearchTop - 1); t > at; --t) {
+          top_r[t] = top_r[t - 1];
+          top_s[t] = top_s[t - 1];
+          top_m[t] = top_m[t - 1];
+        }
+        top_r[at] = r;
+        top_s[at] = cs;
+        top_m[at] = cmn;
+        found = std::min(found + 1, kSearchTop);
+      }
+      auto consider = [&](float cs, float cm) {
+        const double e = GroupSse(xg, n, cs, cm, qmax);
         if (e < best) {
           best = e;
           s = cs;
-          m = -cmn;
+          m = cm;
         }
+      };
+      for (int t = 0; t < found; ++t) {
+        consider(static_cast<float>(top_s[t]), -static_cast<float>(top_m[t]));
+      }
+      // Refinement: the winner's own nearest codes, refitted (Lloyd steps).
+      for (int it = 0; it < kSearchRefits; ++it) {
+        const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+        for (size_t i = 0; i < n; ++i) L[i] = ClampRound((xg[i] + m) * inv, qmax);
+        double cs, cmn, r;
+        if (!FitLinearResidual(xg, L.data(), n, sx, sxx, &cs, &cmn, &r)) continue;
+        consider(static_cast<float>(cs), -static_cast<float>(cmn));
       }
     }
     scale[j] = s;

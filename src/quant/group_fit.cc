@@ -29,12 +29,27 @@ bool F16Finite(uint16_t h) {
 
 using kernels::ClampRound;
 
-// Round half to even for values that may be large (outside any code range).
+// Round half to even for values that may be large (outside any code range): std::nearbyint's
+// result, without its library call for the usual small values.
 float Nearest(float v) {
-  return std::nearbyint(v);
+  return std::fabs(v) < 4194304.0f ? kernels::RoundSmall(v) : std::nearbyint(v);  // 2^22
 }
 
 using kernels::ref::FitLinear;
+
+// Per-thread working buffers of FitRow.
+struct RowScratch {
+  std::vector<float> mn, mx, L, s, m, sc, off;
+  std::vector<double> sse;
+  std::vector<uint8_t> valid;
+  std::vector<int> ls0, lm0;
+  std::vector<ContinuousParams> c;
+};
+
+[[gnu::noinline]] RowScratch& ThisThreadScratch() {
+  thread_local RowScratch scratch;
+  return scratch;
+}
 
 // Continuous asymmetric candidates (scale, offset = -min) for one group, best first by the
 // evaluator `eval(scale, offset) -> sse`, which applies the storage format.
@@ -263,12 +278,14 @@ namespace {
 // neighbouring codes scored side by side (kernels::GroupSseCandidates); each group's candidates
 // are taken in CodeScale's order, so the codes are CodeScale's.
 void CodeScalesSearch(const Format& f, const float* x, size_t g, size_t count,
-                      const std::vector<ContinuousParams>& c, RowStored& st) {
+                      const std::vector<ContinuousParams>& c, RowStored& st, RowScratch& scratch) {
   constexpr size_t kCands = 9;  // (scale code, offset code) + (a, b), a and b in -1, 0, 1
-  thread_local std::vector<float> sc, off;
-  thread_local std::vector<double> sse;
-  thread_local std::vector<uint8_t> valid;
-  thread_local std::vector<int> ls0, lm0;
+  std::vector<float>& sc = scratch.sc;
+  std::vector<float>& off = scratch.off;
+  std::vector<double>& sse = scratch.sse;
+  std::vector<uint8_t>& valid = scratch.valid;
+  std::vector<int>& ls0 = scratch.ls0;
+  std::vector<int>& lm0 = scratch.lm0;
   sc.assign(kCands * count, 1.0f);
   off.assign(kCands * count, 0.0f);
   sse.resize(kCands * count);
@@ -312,14 +329,17 @@ void CodeScalesSearch(const Format& f, const float* x, size_t g, size_t count,
 }
 
 void FitCodedRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st,
-                 const float* mn, const float* mx, std::vector<float>& L, bool* ok) {
+                 const float* mn, const float* mx, RowScratch& scratch, bool* ok) {
   const size_t groups = (n + g - 1) / g;
-  std::vector<ContinuousParams> c(groups);
+  std::vector<float>& L = scratch.L;
+  std::vector<ContinuousParams>& c = scratch.c;
+  c.assign(groups, ContinuousParams{});
   // Stage 1: continuous (scale, offset) per group; the asymmetric search runs the row's whole
   // groups side by side (SIMD), the short last one alone.
   size_t first = 0;
-  if (!f.sym && f.spec.grid == Grid::kSearch && n / g > 1) {
-    thread_local std::vector<float> s, m;
+  if (!f.sym && f.spec.grid == Grid::kSearch && n / g >= 1) {
+    std::vector<float>& s = scratch.s;
+    std::vector<float>& m = scratch.m;
     first = n / g;
     s.resize(first);
     m.resize(first);
@@ -350,9 +370,9 @@ void FitCodedRow(const Format& f, const float* x, size_t n, size_t g, RowStored&
   st.d = F16Up(max_s / f.cmax);
   if (!F16Finite(st.d)) *ok = false;
   size_t first_scale = 0;
-  if (f.spec.grid == Grid::kSearch && n / g > 1) {
+  if (f.spec.grid == Grid::kSearch && n / g >= 1) {
     first_scale = n / g;
-    CodeScalesSearch(f, x, g, first_scale, c, st);
+    CodeScalesSearch(f, x, g, first_scale, c, st, scratch);
   }
   for (size_t gi = first_scale; gi < groups; ++gi) {
     const size_t start = gi * g;
@@ -427,13 +447,18 @@ double GroupSse(const float* x, size_t len, float scale, float offset, float qma
 bool FitRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st, RowParams& p) {
   const size_t groups = (n + g - 1) / g;
   st.Resize(f, groups);
-  thread_local std::vector<float> mn, mx, L;
+  // One thread-local lookup per row: in a shared library every access to a thread_local costs a
+  // __tls_get_addr call, and the compiler repeats it inside loops (3% of the SD1.5 job).
+  RowScratch& scratch = ThisThreadScratch();
+  std::vector<float>& mn = scratch.mn;
+  std::vector<float>& mx = scratch.mx;
+  std::vector<float>& L = scratch.L;
   mn.resize(groups);
   mx.resize(groups);
   kernels::GroupMinMax(x, n, g, mn.data(), mx.data());
   bool ok = true;
   if (f.spec.scales == ScaleStorage::kCoded) {
-    FitCodedRow(f, x, n, g, st, mn.data(), mx.data(), L, &ok);
+    FitCodedRow(f, x, n, g, st, mn.data(), mx.data(), scratch, &ok);
   } else if (f.spec.grid == Grid::kMinMax) {
     FitFloatRowMinMax(f, groups, st, mn.data(), mx.data(), &ok);
   } else {

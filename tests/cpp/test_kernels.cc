@@ -75,7 +75,7 @@ TEST_F(PerTarget, GridSearchMatchesReferenceBitForBit) {
           for (size_t i = 0; i < x.size(); ++i) {
             x[i] = (i / n) % 5 == 1 ? 0.01f * heavy(rng) : normal(rng);
           }
-          // Edge groups: constant, all-negative, all-zero (no range), tiny values.
+          // Edge groups: constant, all-negative, all-zero (no range), tiny and huge values.
           if (count > 2) std::fill(x.begin() + n, x.begin() + 2 * n, 0.25f);
           if (count > 3) {
             for (size_t i = 2 * n; i < 3 * n; ++i) x[i] = -std::fabs(x[i]) - 1e-3f;
@@ -83,6 +83,9 @@ TEST_F(PerTarget, GridSearchMatchesReferenceBitForBit) {
           if (count > 8) std::fill(x.begin() + 7 * n, x.begin() + 8 * n, 0.0f);
           if (count > 10) {
             for (size_t i = 9 * n; i < 10 * n; ++i) x[i] *= 1e-30f;
+          }
+          if (count > 12) {  // squares beyond float's range: residuals that are not finite
+            for (size_t i = 11 * n; i < 12 * n; ++i) x[i] *= 1e21f;
           }
           std::vector<float> mn(count), mx(count);
           for (size_t j = 0; j < count; ++j) {
