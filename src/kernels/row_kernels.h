@@ -29,6 +29,11 @@ void DequantizeGroups(const uint8_t* codes, size_t n, size_t g, const float* sca
 void ToF32(DType dtype, const void* src, size_t n, float* out);
 // Number of NaN and Inf values.
 size_t CountNonFinite(const float* x, size_t n);
+// Error sums of y against x, in double: out = {sum e^2, sum x^2, sum y^2, sum x y, max |e|}
+// (e = x - y). Each sum: partial sums k = i mod 8 over whole chunks of 8 values, the rest
+// (i >= n - n mod 8) in order on its own, combined as rest + p[0] + ... + p[7]. The max skips
+// NaN (std::max(m, |e|) in index order).
+void ErrorSums(const float* x, const float* y, size_t n, double* out);
 // The smallest f16 >= x[i] (x[i] >= 0), as bits; +inf when x[i] exceeds the f16 range.
 void F32ToF16Up(const float* x, size_t n, uint16_t* out);
 // f32 -> F16 or BF16 bits with the dtype table's rounding (round to nearest even).
@@ -59,6 +64,7 @@ void DequantizeGroups(const uint8_t* codes, size_t n, size_t g, const float* sca
                       const float* offset, float* out);
 void ToF32(DType dtype, const void* src, size_t n, float* out);
 size_t CountNonFinite(const float* x, size_t n);
+void ErrorSums(const float* x, const float* y, size_t n, double* out);
 void F32ToF16Up(const float* x, size_t n, uint16_t* out);
 void FromF32(DType dtype, const float* x, size_t n, uint16_t* out);
 void DequantizePacked(const uint8_t* packed, int bits, size_t n, size_t g, const float* scale,

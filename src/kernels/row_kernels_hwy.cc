@@ -355,6 +355,54 @@ size_t CountNonFiniteImpl(const float* HWY_RESTRICT x, size_t n) {
   return count + ref::CountNonFinite(x + i, n - i);
 }
 
+void ErrorSumsImpl(const float* HWY_RESTRICT x, const float* HWY_RESTRICT y, size_t n,
+                   double* HWY_RESTRICT out) {
+  constexpr size_t kParts = 8;  // the reference's partial sums, k = i mod 8
+  const hn::ScalableTag<double> dd;
+  const hn::Rebind<float, decltype(dd)> df;
+  const size_t L = hn::Lanes(dd);
+  if (L > kParts || kParts % L != 0) return ref::ErrorSums(x, y, n, out);
+  using VD = hn::Vec<decltype(dd)>;
+  // Partial sum k lives in lane k % L of vector k / L.
+  constexpr size_t kMaxVecs = kParts;
+  const size_t vecs = kParts / L;
+  VD acc[4][kMaxVecs];
+  for (auto& q : acc) {
+    for (size_t v = 0; v < vecs; ++v) q[v] = hn::Zero(dd);
+  }
+  VD mx = hn::Zero(dd);
+  size_t i = 0;
+  for (; i + kParts <= n; i += kParts) {
+    for (size_t v = 0; v < vecs; ++v) {
+      const VD a = hn::PromoteTo(dd, hn::LoadU(df, x + i + v * L));
+      const VD b = hn::PromoteTo(dd, hn::LoadU(df, y + i + v * L));
+      const VD e = hn::Sub(a, b);
+      acc[0][v] = hn::Add(acc[0][v], hn::Mul(e, e));
+      acc[1][v] = hn::Add(acc[1][v], hn::Mul(a, a));
+      acc[2][v] = hn::Add(acc[2][v], hn::Mul(b, b));
+      acc[3][v] = hn::Add(acc[3][v], hn::Mul(a, b));
+      const VD ae = hn::Abs(e);
+      mx = hn::IfThenElse(hn::Lt(mx, ae), ae, mx);  // std::max(mx, |e|): NaN skipped
+    }
+  }
+  HWY_ALIGN double parts[4][kParts];
+  for (size_t q = 0; q < 4; ++q) {
+    for (size_t v = 0; v < vecs; ++v) hn::Store(acc[q][v], dd, parts[q] + v * L);
+  }
+  HWY_ALIGN double lanes[kParts];
+  hn::Store(mx, dd, lanes);
+  double m = 0;
+  for (size_t l = 0; l < L; ++l) m = std::max(m, lanes[l]);
+  double rest[5];
+  ref::ErrorSums(x + i, y + i, n - i, rest);
+  for (size_t q = 0; q < 4; ++q) {
+    double r = rest[q];
+    for (size_t k = 0; k < kParts; ++k) r += parts[q][k];
+    out[q] = r;
+  }
+  out[4] = std::max(m, rest[4]);
+}
+
 void AxpyImpl(float a, const float* HWY_RESTRICT x, size_t n, float* HWY_RESTRICT y) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
@@ -491,6 +539,7 @@ HWY_EXPORT(DequantizeGroupsImpl);
 HWY_EXPORT(ToF32Impl);
 HWY_EXPORT(PackCodesImpl);
 HWY_EXPORT(CountNonFiniteImpl);
+HWY_EXPORT(ErrorSumsImpl);
 HWY_EXPORT(F32ToF16UpImpl);
 HWY_EXPORT(FromF32Impl);
 HWY_EXPORT(UnpackCodesImpl);
@@ -542,6 +591,9 @@ void PackCodes(const uint8_t* codes, size_t n, int bits, uint8_t* out) {
 }
 size_t CountNonFinite(const float* x, size_t n) {
   return HWY_DYNAMIC_DISPATCH(CountNonFiniteImpl)(x, n);
+}
+void ErrorSums(const float* x, const float* y, size_t n, double* out) {
+  HWY_DYNAMIC_DISPATCH(ErrorSumsImpl)(x, y, n, out);
 }
 
 void GroupMinMax(const float* x, size_t n, size_t g, float* mn, float* mx) {

@@ -52,6 +52,37 @@ size_t CountNonFinite(const float* x, size_t n) {
   return count;
 }
 
+void ErrorSums(const float* x, const float* y, size_t n, double* out) {
+  constexpr size_t kParts = 8;
+  double p[4][kParts] = {};
+  double mx = 0;
+  size_t i = 0;
+  for (; i + kParts <= n; i += kParts) {
+    for (size_t k = 0; k < kParts; ++k) {
+      const double a = x[i + k], b = y[i + k], e = a - b;
+      p[0][k] += e * e;
+      p[1][k] += a * a;
+      p[2][k] += b * b;
+      p[3][k] += a * b;
+      mx = std::max(mx, std::fabs(e));
+    }
+  }
+  double r[4] = {};
+  for (; i < n; ++i) {
+    const double a = x[i], b = y[i], e = a - b;
+    r[0] += e * e;
+    r[1] += a * a;
+    r[2] += b * b;
+    r[3] += a * b;
+    mx = std::max(mx, std::fabs(e));
+  }
+  for (size_t q = 0; q < 4; ++q) {
+    for (size_t k = 0; k < kParts; ++k) r[q] += p[q][k];
+    out[q] = r[q];
+  }
+  out[4] = mx;
+}
+
 void F32ToF16Up(const float* x, size_t n, uint16_t* out) {
   for (size_t i = 0; i < n; ++i) {
     uint16_t h = F32ToF16Bits(x[i]);

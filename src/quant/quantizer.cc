@@ -283,16 +283,9 @@ Result<ErrorMetrics> MeasureError(const QuantizedTensor& q, const TensorView& w,
     for (size_t r = begin; r < end; ++r) {
       kernels::ToF32(w.dtype, w.data.data() + r * l.cols * esize, l.cols, x.data());
       DequantizeRow(v, l, r, st, p, DType::kF32, y.data());
-      RowSums s;
-      for (size_t i = 0; i < l.cols; ++i) {
-        const double a = x[i], b = y[i], e = a - b;
-        s.sse += e * e;
-        s.ww += a * a;
-        s.qq += b * b;
-        s.wq += a * b;
-        s.max_abs = std::max(s.max_abs, std::fabs(e));
-      }
-      sums[r] = s;
+      double e[5];
+      kernels::ErrorSums(x.data(), y.data(), l.cols, e);
+      sums[r] = RowSums{e[0], e[1], e[2], e[3], e[4]};
     }
   });
   RowSums t;
