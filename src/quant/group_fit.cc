@@ -286,45 +286,50 @@ void CodeScalesSearch(const Format& f, const float* x, size_t g, size_t count,
   std::vector<uint8_t>& valid = scratch.valid;
   std::vector<int>& ls0 = scratch.ls0;
   std::vector<int>& lm0 = scratch.lm0;
-  sc.assign(kCands * count, 1.0f);
-  off.assign(kCands * count, 0.0f);
+  sc.resize(kCands * count);
+  off.resize(kCands * count);
   sse.resize(kCands * count);
-  valid.assign(kCands * count, 0);
+  valid.resize(kCands * count);
   ls0.resize(count);
   lm0.resize(count);
   const float d = F16BitsToF32(st.d), dmin = F16BitsToF32(st.dmin);
+  // Candidate k = 3 (a + 1) + (b + 1). Both loops are written without data-dependent branches
+  // (selects): the comparisons of errors are unpredictable, and mispredicting them cost as much
+  // as the rest of this function.
   for (size_t gi = 0; gi < count; ++gi) {
     float ls = d > 0 ? Nearest(c[gi].s / d) : 0.0f;
     ls0[gi] = static_cast<int>(std::min(ls, static_cast<float>(f.cmax)));
     lm0[gi] = f.sym ? 0 : st.lm[gi];
-    for (int a = -1, k = 0; a <= 1; ++a) {
-      for (int b = -1; b <= 1; ++b, ++k) {
+  }
+  for (int a = -1, k = 0; a <= 1; ++a) {
+    for (int b = -1; b <= 1; ++b, ++k) {
+      const size_t row = static_cast<size_t>(k) * count;
+      for (size_t gi = 0; gi < count; ++gi) {
         const int cls = ls0[gi] + a, clm = lm0[gi] + b;
-        if ((f.sym && b != 0) || cls < 0 || cls > f.cmax || clm < 0 || clm > f.cmax) continue;
-        const size_t at = static_cast<size_t>(k) * count + gi;
-        // DecodeGroup's arithmetic for kCoded.
-        sc[at] = d * static_cast<float>(cls);
-        off[at] = f.sym ? sc[at] * f.bias : dmin * static_cast<float>(clm);
-        valid[at] = 1;
+        const bool ok =
+            !(f.sym && b != 0) && cls >= 0 && cls <= f.cmax && clm >= 0 && clm <= f.cmax;
+        // DecodeGroup's arithmetic for kCoded; lanes without a candidate at a valid grid.
+        const float s_k = d * static_cast<float>(cls);
+        const float o_k = f.sym ? s_k * f.bias : dmin * static_cast<float>(clm);
+        sc[row + gi] = ok ? s_k : 1.0f;
+        off[row + gi] = ok ? o_k : 0.0f;
+        valid[row + gi] = ok;
       }
     }
   }
   kernels::GroupSseCandidates(x, g, count, kCands, sc.data(), off.data(), f.qmax, sse.data());
   for (size_t gi = 0; gi < count; ++gi) {
     double best = std::numeric_limits<double>::infinity();
-    int best_ls = ls0[gi], best_lm = lm0[gi];
-    for (int a = -1, k = 0; a <= 1; ++a) {
-      for (int b = -1; b <= 1; ++b, ++k) {
-        const size_t at = static_cast<size_t>(k) * count + gi;
-        if (valid[at] && sse[at] < best) {
-          best = sse[at];
-          best_ls = ls0[gi] + a;
-          best_lm = lm0[gi] + b;
-        }
-      }
+    int best_k = 4;  // (a, b) = (0, 0) when no candidate is valid
+    for (int k = 0; k < static_cast<int>(kCands); ++k) {
+      const size_t at = static_cast<size_t>(k) * count + gi;
+      const double e = valid[at] ? sse[at] : std::numeric_limits<double>::infinity();
+      const bool win = e < best;
+      best = win ? e : best;
+      best_k = win ? k : best_k;
     }
-    st.ls[gi] = static_cast<uint8_t>(best_ls);
-    if (!f.sym) st.lm[gi] = static_cast<uint8_t>(best_lm);
+    st.ls[gi] = static_cast<uint8_t>(ls0[gi] + best_k / 3 - 1);
+    if (!f.sym) st.lm[gi] = static_cast<uint8_t>(lm0[gi] + best_k % 3 - 1);
   }
 }
 
