@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 namespace arrowquant::kernels {
 
@@ -24,6 +25,14 @@ inline constexpr float kSearchRDelta = 0.1f;
 inline constexpr int kSearchStride = 3;
 inline constexpr int kSearchTop = 3;
 inline constexpr int kSearchRefits = 3;
+
+// The row's coded-scale grid for CodedNeighbours.
+struct CodedGrid {
+  float d, dmin;
+  int cmax;
+  bool sym;
+  float bias, qmax;
+};
 
 namespace ref {
 // Sum of squared errors of x[0..len) quantized to the nearest code of (scale, offset):
@@ -48,14 +57,19 @@ bool FitLinearResidual(const float* x, const float* L, size_t n, double sx, doub
 // score the candidate wins only if strictly lower. Writes the winner's scale and offset.
 void SearchAsymGroups(const float* x, size_t n, size_t count, const float* mn, const float* mx,
                       float qmax, float* scale, float* offset);
-// GroupSse of `count` groups of n values (group j at x + j * n) at `cands` candidate grids each:
-// sse[c * count + j] = GroupSse(group j, scale[c * count + j], offset[c * count + j]).
-void GroupSseCandidates(const float* x, size_t n, size_t count, size_t cands, const float* scale,
-                        const float* offset, float qmax, double* sse);
+// The coded-scale neighbour search of `count` groups of n values (group j at x + j * n) whose
+// scale and offset are coded under the row's super-scales d and dmin (code range 0..cmax):
+// candidates k = 3 (a + 1) + (b + 1) for a, b in -1, 0, 1 (b = 0 only when `sym`), scale code
+// ls0[j] + a and offset code lm0[j] + b, valid when both lie in 0..cmax; decoded as
+// scale = d * ls, offset = sym ? scale * bias : dmin * lm (DecodeGroup's arithmetic); scored by
+// GroupSse; the first strictly lowest wins (none valid: a = b = 0). Writes the winner's codes
+// (lm untouched when `sym`).
+void CodedNeighbours(const float* x, size_t n, size_t count, const int* ls0, const int* lm0,
+                     const CodedGrid& grid, uint8_t* ls, uint8_t* lm);
 }  // namespace ref
 
-void GroupSseCandidates(const float* x, size_t n, size_t count, size_t cands, const float* scale,
-                        const float* offset, float qmax, double* sse);
+void CodedNeighbours(const float* x, size_t n, size_t count, const int* ls0, const int* lm0,
+                     const CodedGrid& grid, uint8_t* ls, uint8_t* lm);
 void SearchAsymGroups(const float* x, size_t n, size_t count, const float* mn, const float* mx,
                       float qmax, float* scale, float* offset);
 

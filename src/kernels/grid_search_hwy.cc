@@ -51,7 +51,6 @@ HWY_INLINE VF ClampRoundNonNeg(DF d, VF v, VF qmax) {
 #if HWY_TARGET == HWY_SCALAR
 // One lane: the reference itself.
 constexpr bool kBatched = false;
-void BatchSse(DF, const float*, size_t, VF, VF, VF, double*) {}
 #else
 constexpr bool kBatched = true;
 using DD = hn::Repartition<double, DF>;  // half as many double lanes
@@ -111,12 +110,6 @@ void BatchSse(DF d, const float* xt, size_t n, VF scale, VF offset, VF qmax, VD*
   *out_hi = hi;
 }
 
-void BatchSse(DF d, const float* xt, size_t n, VF scale, VF offset, VF qmax, double* sse) {
-  VD lo, hi;
-  BatchSse(d, xt, n, scale, offset, qmax, &lo, &hi);
-  hn::StoreU(lo, DD(), sse);
-  hn::StoreU(hi, DD(), sse + hn::Lanes(DD()));
-}
 #endif
 
 // Aligned scratch of at least `floats` values for this thread.
@@ -149,36 +142,68 @@ const float* Padded(const float* v, size_t j0, size_t valid, size_t N, float* bu
 
 }  // namespace
 
-void GroupSseCandidatesImpl(const float* HWY_RESTRICT x, size_t n, size_t count, size_t cands,
-                            const float* HWY_RESTRICT scale, const float* HWY_RESTRICT offset,
-                            float qmax, double* HWY_RESTRICT sse) {
+void CodedNeighboursImpl(const float* HWY_RESTRICT x, size_t n, size_t count,
+                         const int* HWY_RESTRICT ls0, const int* HWY_RESTRICT lm0,
+                         const CodedGrid& grid, uint8_t* HWY_RESTRICT ls,
+                         uint8_t* HWY_RESTRICT lm) {
   const DF d;
   const size_t N = hn::Lanes(d);
   const size_t batched = kBatched && N > 1 ? count : 0;
-  float* xt = Scratch(n * N + 2 * N);
+#if HWY_TARGET != HWY_SCALAR
+  const DD dd;
+  float* xt = Scratch(n * N + 4 * N);
   float* pad = xt + n * N;
-  const VF vq = hn::Set(d, qmax);
+  const VF vq = hn::Set(d, grid.qmax), vcmax = hn::Set(d, static_cast<float>(grid.cmax));
+  const VF vd = hn::Set(d, grid.d), vdmin = hn::Set(d, grid.dmin), vbias = hn::Set(d, grid.bias);
   for (size_t j0 = 0; j0 < batched; j0 += N) {
     const size_t valid = std::min(N, count - j0);
     Transpose(x, n, j0, valid, N, xt);
-    for (size_t c = 0; c < cands; ++c) {
-      const size_t k = c * count;
-      const VF sc = hn::LoadU(d, Padded(scale + k, j0, valid, N, pad));
-      const VF of = hn::LoadU(d, Padded(offset + k, j0, valid, N, pad + N));
-      if (valid == N) {
-        BatchSse(d, xt, n, sc, of, vq, sse + k + j0);
-      } else {
-        HWY_ALIGN double part[hn::MaxLanes(DF())];
-        BatchSse(d, xt, n, sc, of, vq, part);
-        std::copy(part, part + valid, sse + k + j0);
+    // The codes as floats (small integers: exact), padded like the values.
+    for (size_t l = 0; l < N; ++l) {
+      const size_t j = j0 + std::min(l, valid - 1);
+      pad[l] = static_cast<float>(ls0[j]);
+      pad[N + l] = static_cast<float>(lm0[j]);
+    }
+    const VF l0 = hn::LoadU(d, pad), m0 = hn::LoadU(d, pad + N);
+    VD best_lo = hn::Set(dd, HUGE_VAL), best_hi = best_lo;
+    VF best_a = hn::Zero(d), best_b = hn::Zero(d);
+    for (int a = -1; a <= 1; ++a) {
+      for (int b = -1; b <= 1; ++b) {
+        if (grid.sym && b != 0) continue;
+        const VF cls = hn::Add(l0, hn::Set(d, static_cast<float>(a)));
+        const VF clm = hn::Add(m0, hn::Set(d, static_cast<float>(b)));
+        const auto ok = hn::And(hn::And(hn::Ge(cls, hn::Zero(d)), hn::Le(cls, vcmax)),
+                                hn::And(hn::Ge(clm, hn::Zero(d)), hn::Le(clm, vcmax)));
+        const VF sc_k = hn::Mul(vd, cls);
+        const VF off_k = grid.sym ? hn::Mul(sc_k, vbias) : hn::Mul(vdmin, clm);
+        // Lanes without a candidate are scored at a valid grid and their score ignored.
+        const VF sc = hn::IfThenElse(ok, sc_k, hn::Set(d, 1.0f));
+        const VF off = hn::IfThenElse(ok, off_k, hn::Zero(d));
+        VD sse0, sse1;
+        BatchSse(d, xt, n, sc, off, vq, &sse0, &sse1);
+        const VF one = hn::Set(d, 1.0f);
+        const VF okf = hn::IfThenElseZero(ok, one);
+        const auto ok0 = hn::Gt(Lo(okf), hn::Zero(dd)), ok1 = hn::Gt(Hi(okf), hn::Zero(dd));
+        const auto win0 = hn::And(ok0, hn::Lt(sse0, best_lo));
+        const auto win1 = hn::And(ok1, hn::Lt(sse1, best_hi));
+        best_lo = hn::IfThenElse(win0, sse0, best_lo);
+        best_hi = hn::IfThenElse(win1, sse1, best_hi);
+        const auto win = ToFloatMask(win0, win1);
+        best_a = hn::IfThenElse(win, hn::Set(d, static_cast<float>(a)), best_a);
+        best_b = hn::IfThenElse(win, hn::Set(d, static_cast<float>(b)), best_b);
       }
     }
-  }
-  for (size_t c = 0; c < cands && batched < count; ++c) {
-    for (size_t j = batched; j < count; ++j) {
-      const size_t k = c * count + j;
-      sse[k] = ref::GroupSse(x + j * n, n, scale[k], offset[k], qmax);
+    hn::StoreU(hn::Add(l0, best_a), d, pad + 2 * N);
+    hn::StoreU(hn::Add(m0, best_b), d, pad + 3 * N);
+    for (size_t l = 0; l < valid; ++l) {
+      ls[j0 + l] = static_cast<uint8_t>(pad[2 * N + l]);
+      if (!grid.sym) lm[j0 + l] = static_cast<uint8_t>(pad[3 * N + l]);
     }
+  }
+#endif
+  if (batched < count) {
+    ref::CodedNeighbours(x + batched * n, n, count - batched, ls0 + batched, lm0 + batched, grid,
+                         ls + batched, lm + batched);
   }
 }
 
@@ -439,11 +464,11 @@ HWY_AFTER_NAMESPACE();
 namespace arrowquant::kernels {
 
 HWY_EXPORT(SearchAsymGroupsImpl);
-HWY_EXPORT(GroupSseCandidatesImpl);
+HWY_EXPORT(CodedNeighboursImpl);
 
-void GroupSseCandidates(const float* x, size_t n, size_t count, size_t cands, const float* scale,
-                        const float* offset, float qmax, double* sse) {
-  HWY_DYNAMIC_DISPATCH(GroupSseCandidatesImpl)(x, n, count, cands, scale, offset, qmax, sse);
+void CodedNeighbours(const float* x, size_t n, size_t count, const int* ls0, const int* lm0,
+                     const CodedGrid& grid, uint8_t* ls, uint8_t* lm) {
+  HWY_DYNAMIC_DISPATCH(CodedNeighboursImpl)(x, n, count, ls0, lm0, grid, ls, lm);
 }
 
 void SearchAsymGroups(const float* x, size_t n, size_t count, const float* mn, const float* mx,

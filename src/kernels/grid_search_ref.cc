@@ -213,13 +213,29 @@ void SearchAsymGroups(const float* x, size_t n, size_t count, const float* mn, c
   }
 }
 
-void GroupSseCandidates(const float* x, size_t n, size_t count, size_t cands, const float* scale,
-                        const float* offset, float qmax, double* sse) {
-  for (size_t c = 0; c < cands; ++c) {
-    for (size_t j = 0; j < count; ++j) {
-      const size_t k = c * count + j;
-      sse[k] = GroupSse(x + j * n, n, scale[k], offset[k], qmax);
+void CodedNeighbours(const float* x, size_t n, size_t count, const int* ls0, const int* lm0,
+                     const CodedGrid& grid, uint8_t* ls, uint8_t* lm) {
+  for (size_t j = 0; j < count; ++j) {
+    double best = HUGE_VAL;
+    int best_a = 0, best_b = 0;
+    for (int a = -1; a <= 1; ++a) {
+      for (int b = -1; b <= 1; ++b) {
+        const int cls = ls0[j] + a, clm = lm0[j] + b;
+        if ((grid.sym && b != 0) || cls < 0 || cls > grid.cmax || clm < 0 || clm > grid.cmax) {
+          continue;
+        }
+        const float sc = grid.d * static_cast<float>(cls);
+        const float off = grid.sym ? sc * grid.bias : grid.dmin * static_cast<float>(clm);
+        const double e = GroupSse(x + j * n, n, sc, off, grid.qmax);
+        if (e < best) {
+          best = e;
+          best_a = a;
+          best_b = b;
+        }
+      }
     }
+    ls[j] = static_cast<uint8_t>(ls0[j] + best_a);
+    if (!grid.sym) lm[j] = static_cast<uint8_t>(lm0[j] + best_b);
   }
 }
 

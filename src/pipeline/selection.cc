@@ -10,6 +10,11 @@ namespace arrowquant {
 
 std::vector<SelectionRule> DefaultSelectionRules(const std::string& modality) {
   std::vector<SelectionRule> rules = {
+      // Before the adaLN rule: a DiT block's norm1.emb holds its own label embedding table
+      // (norm1.emb.class_embedder.embedding_table), a lookup table like any embedding. (Its
+      // time embedding, norm1.emb.timestep_embedder, is 5-7% of a DiT's weights and stays with
+      // the modulation's tighter threshold.)
+      {R"((class_embedder|embedding_table)[./])", 0, "embedding"},
       // Before the norm rule: norm1.linear is a modulation projection, not a norm.
       // adaLN holds a third of a DiT's weights: INT8 for all of it would cost the size target, so
       // it takes the target width but must meet 3/4 of the threshold, else it climbs.

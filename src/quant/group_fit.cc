@@ -39,9 +39,7 @@ using kernels::ref::FitLinear;
 
 // Per-thread working buffers of FitRow.
 struct RowScratch {
-  std::vector<float> mn, mx, L, s, m, sc, off;
-  std::vector<double> sse;
-  std::vector<uint8_t> valid;
+  std::vector<float> mn, mx, L, s, m;
   std::vector<int> ls0, lm0;
   std::vector<ContinuousParams> c;
 };
@@ -275,62 +273,23 @@ void CodeScale(const Format& f, const float* xg, size_t len, float s, RowStored&
 namespace {
 
 // CodeScale's search for groups 0 .. count - 1 of a row (all of length g), every group's
-// neighbouring codes scored side by side (kernels::GroupSseCandidates); each group's candidates
-// are taken in CodeScale's order, so the codes are CodeScale's.
+// neighbouring codes scored side by side (kernels::CodedNeighbours, CodeScale's candidates in
+// CodeScale's order, so the codes are CodeScale's).
 void CodeScalesSearch(const Format& f, const float* x, size_t g, size_t count,
                       const std::vector<ContinuousParams>& c, RowStored& st, RowScratch& scratch) {
-  constexpr size_t kCands = 9;  // (scale code, offset code) + (a, b), a and b in -1, 0, 1
-  std::vector<float>& sc = scratch.sc;
-  std::vector<float>& off = scratch.off;
-  std::vector<double>& sse = scratch.sse;
-  std::vector<uint8_t>& valid = scratch.valid;
   std::vector<int>& ls0 = scratch.ls0;
   std::vector<int>& lm0 = scratch.lm0;
-  sc.resize(kCands * count);
-  off.resize(kCands * count);
-  sse.resize(kCands * count);
-  valid.resize(kCands * count);
   ls0.resize(count);
   lm0.resize(count);
-  const float d = F16BitsToF32(st.d), dmin = F16BitsToF32(st.dmin);
-  // Candidate k = 3 (a + 1) + (b + 1). Both loops are written without data-dependent branches
-  // (selects): the comparisons of errors are unpredictable, and mispredicting them cost as much
-  // as the rest of this function.
+  const float d = F16BitsToF32(st.d);
   for (size_t gi = 0; gi < count; ++gi) {
     float ls = d > 0 ? Nearest(c[gi].s / d) : 0.0f;
     ls0[gi] = static_cast<int>(std::min(ls, static_cast<float>(f.cmax)));
     lm0[gi] = f.sym ? 0 : st.lm[gi];
   }
-  for (int a = -1, k = 0; a <= 1; ++a) {
-    for (int b = -1; b <= 1; ++b, ++k) {
-      const size_t row = static_cast<size_t>(k) * count;
-      for (size_t gi = 0; gi < count; ++gi) {
-        const int cls = ls0[gi] + a, clm = lm0[gi] + b;
-        const bool ok =
-            !(f.sym && b != 0) && cls >= 0 && cls <= f.cmax && clm >= 0 && clm <= f.cmax;
-        // DecodeGroup's arithmetic for kCoded; lanes without a candidate at a valid grid.
-        const float s_k = d * static_cast<float>(cls);
-        const float o_k = f.sym ? s_k * f.bias : dmin * static_cast<float>(clm);
-        sc[row + gi] = ok ? s_k : 1.0f;
-        off[row + gi] = ok ? o_k : 0.0f;
-        valid[row + gi] = ok;
-      }
-    }
-  }
-  kernels::GroupSseCandidates(x, g, count, kCands, sc.data(), off.data(), f.qmax, sse.data());
-  for (size_t gi = 0; gi < count; ++gi) {
-    double best = std::numeric_limits<double>::infinity();
-    int best_k = 4;  // (a, b) = (0, 0) when no candidate is valid
-    for (int k = 0; k < static_cast<int>(kCands); ++k) {
-      const size_t at = static_cast<size_t>(k) * count + gi;
-      const double e = valid[at] ? sse[at] : std::numeric_limits<double>::infinity();
-      const bool win = e < best;
-      best = win ? e : best;
-      best_k = win ? k : best_k;
-    }
-    st.ls[gi] = static_cast<uint8_t>(ls0[gi] + best_k / 3 - 1);
-    if (!f.sym) st.lm[gi] = static_cast<uint8_t>(lm0[gi] + best_k % 3 - 1);
-  }
+  const kernels::CodedGrid grid{d, F16BitsToF32(st.dmin), f.cmax, f.sym, f.bias, f.qmax};
+  kernels::CodedNeighbours(x, g, count, ls0.data(), lm0.data(), grid, st.ls.data(),
+                           f.sym ? nullptr : st.lm.data());
 }
 
 void FitCodedRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st,

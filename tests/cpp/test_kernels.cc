@@ -109,6 +109,52 @@ TEST_F(PerTarget, GridSearchMatchesReferenceBitForBit) {
   EXPECT_GT(tested, 0);
 }
 
+// The coded-scale neighbour search on every target against the reference: codes at the edges of
+// the code range (candidates outside it skipped), symmetric and asymmetric, batches of every
+// length (short ones padded onto the vector).
+TEST_F(PerTarget, CodedNeighboursMatchReference) {
+  std::mt19937 rng(13);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  int tested = 0;
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(hwy::TargetName(target));
+    for (size_t n : {8u, 32u, 33u, 64u}) {
+      for (size_t count : {1u, 5u, 16u, 23u}) {
+        for (int cmax : {63, 127}) {
+          for (bool sym : {false, true}) {
+            std::vector<float> x(n * count);
+            for (auto& v : x) v = normal(rng);
+            std::vector<int> ls0(count), lm0(count);
+            float top = 0;
+            for (float v : x) top = std::max(top, std::fabs(v));
+            const float d = 2 * top / 15.0f / static_cast<float>(cmax) * 1.3f;
+            const float dmin = top / static_cast<float>(cmax) * 1.1f;
+            for (size_t j = 0; j < count; ++j) {
+              ls0[j] = j % 4 == 0 ? 0 : j % 4 == 1 ? cmax : static_cast<int>(rng() % (cmax + 1));
+              lm0[j] = sym ? 0 : j % 3 == 0 ? cmax : static_cast<int>(rng() % (cmax + 1));
+            }
+            const CodedGrid grid{d, dmin, cmax, sym, 8.0f, 15.0f};
+            std::vector<uint8_t> ls(count, 0xAA), lm(count, 0xAA), rls(count, 0xAA),
+                rlm(count, 0xAA);
+            CodedNeighbours(x.data(), n, count, ls0.data(), lm0.data(), grid, ls.data(), lm.data());
+            ref::CodedNeighbours(x.data(), n, count, ls0.data(), lm0.data(), grid, rls.data(),
+                                 rlm.data());
+            ASSERT_EQ(ls, rls) << n << " " << count << " " << cmax << " " << sym;
+            ASSERT_EQ(lm, rlm) << n << " " << count << " " << cmax << " " << sym;
+            for (size_t j = 0; j < count; ++j) {
+              EXPECT_LE(std::abs(int{ls[j]} - ls0[j]), 1);
+              EXPECT_LE(int{ls[j]}, cmax);
+            }
+            ++tested;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(tested, 0);
+}
+
 TEST_F(PerTarget, KernelsMatchReferenceBitForBit) {
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.0f, 0.02f);

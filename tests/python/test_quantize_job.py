@@ -109,6 +109,10 @@ def test_local_profile_file_is_small_and_matches_its_report(
     else:
         modulation = [n for n, layer in by.items() if "adaLN" in layer["why"]]
         assert modulation and all(by[n]["action"] == "quantized" for n in modulation)
+        # Each block's label embedding table (under norm1.emb) is kept like any embedding.
+        labels = [n for n in by if "class_embedder.embedding_table" in n]
+        assert labels and all(by[n]["why"] == "embedding" for n in labels)
+        assert all(by[n]["action"] == "kept" for n in labels)
     md = (out / "report.md").read_text()
     assert "| tensor |" in md and "bits per weight" in md
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
