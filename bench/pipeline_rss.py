@@ -20,17 +20,20 @@ import safetensors.numpy
 SHAPES = Path(__file__).with_name("sd15_unet_shapes.txt")
 
 
-def build(path: Path) -> int:
-    """Writes the checkpoint (if absent); returns the largest tensor's bytes."""
+def build(path: Path, dtype: str = "f32") -> int:
+    """Writes the SD1.5-shaped checkpoint (N(0, 0.02) weights, f32 or f16) if absent; returns
+    its largest tensor's bytes."""
+    np_dtype = np.float16 if dtype == "f16" else np.float32
     rng = np.random.default_rng(0)
     tensors = {}
     largest = 0
     for line in SHAPES.read_text().splitlines():
         name, *dims = line.split()
         shape = tuple(int(d) for d in dims)
-        largest = max(largest, int(np.prod(shape)) * 4)
+        largest = max(largest, int(np.prod(shape)) * np.dtype(np_dtype).itemsize)
         if not path.exists():
-            tensors[name] = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
+            w = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
+            tensors[name] = w.astype(np_dtype)
     if tensors:
         safetensors.numpy.save_file(tensors, path)
     return largest

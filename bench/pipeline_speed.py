@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import safetensors.numpy
 
-SHAPES = Path(__file__).with_name("sd15_unet_shapes.txt")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pipeline_rss import build  # noqa: E402  (the same SD1.5-shaped checkpoint)
+
 JOBS = {
     "local": ["--profile", "local"],
     "cloud": ["--profile", "cloud"],
@@ -32,25 +33,6 @@ JOBS = {
     "compact": ["--profile", "compact"],
     "local-minmax": ["--profile", "local", "--method", "minmax"],
 }
-
-
-def build(path: Path, dtype: str) -> int:
-    """Writes the SD1.5-shaped checkpoint (N(0, 0.02) weights) if absent; returns its largest
-    tensor's bytes."""
-    np_dtype = np.float16 if dtype == "f16" else np.float32
-    rng = np.random.default_rng(0)
-    tensors = {}
-    largest = 0
-    for line in SHAPES.read_text().splitlines():
-        name, *dims = line.split()
-        shape = tuple(int(d) for d in dims)
-        largest = max(largest, math.prod(shape) * np.dtype(np_dtype).itemsize)
-        if not path.exists():
-            w = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
-            tensors[name] = w.astype(np_dtype)
-    if tensors:
-        safetensors.numpy.save_file(tensors, path)
-    return largest
 
 
 def cat_seconds(path: Path, repeat: int) -> float:

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/grid_search.h"
@@ -37,113 +38,109 @@ double GroupSse(const float* x, size_t len, float scale, float offset, float qma
   return sse;
 }
 
-bool FitLinear(const float* x, const float* L, size_t n, bool force_mn_nonpositive, float* s,
-               float* mn) {
-  // Codes are small integers, so the code sums are exact in float.
-  constexpr size_t kLanes = 8;
-  float pl[kLanes] = {}, pl2[kLanes] = {}, pxl[kLanes] = {}, px[kLanes] = {};
+namespace {
+
+constexpr size_t kLanes = 8;
+
+// Sums over a group of a(i) and b(i) (each one float term per value, its double twin for the
+// rest): float partial sums k = i mod 8 over whole chunks of 8, the rest in double first, then
+// k = 0..7. Every sum of this file is taken in this order.
+template <class Term>
+void PartialSums(size_t n, Term&& term, double* out, size_t sums) {
+  float part[3][kLanes] = {};
   size_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     for (size_t k = 0; k < kLanes; ++k) {
-      const float l = L[i + k], v = x[i + k];
-      pl[k] += l;
-      pl2[k] += l * l;
-      pxl[k] += v * l;
-      px[k] += v;
+      float t[3];
+      term(i + k, t);
+      for (size_t q = 0; q < sums; ++q) part[q][k] += t[q];
     }
   }
-  double sl = 0, sl2 = 0, sxl = 0, sx = 0;
+  double acc[3] = {};
   for (; i < n; ++i) {
-    sl += L[i];
-    sl2 += static_cast<double>(L[i]) * L[i];
-    sxl += static_cast<double>(L[i]) * x[i];
-    sx += x[i];
+    double t[3];
+    term(i, t);
+    for (size_t q = 0; q < sums; ++q) acc[q] += t[q];
   }
-  for (size_t k = 0; k < kLanes; ++k) {
-    sl += pl[k];
-    sl2 += pl2[k];
-    sxl += pxl[k];
-    sx += px[k];
+  for (size_t q = 0; q < sums; ++q) {
+    for (size_t k = 0; k < kLanes; ++k) acc[q] += part[q][k];
+    out[q] = acc[q];
   }
-  const double D = static_cast<double>(n) * sl2 - sl * sl;
+}
+
+// sum x and sum x^2.
+void Moments(const float* x, size_t n, double* sx, double* sxx) {
+  double m[2];
+  PartialSums(
+      n,
+      [&](size_t i, auto* t) {
+        using T = std::remove_pointer_t<decltype(t)>;
+        t[0] = static_cast<T>(x[i]);
+        t[1] = static_cast<T>(x[i]) * static_cast<T>(x[i]);
+      },
+      m, 2);
+  *sx = m[0];
+  *sxx = m[1];
+}
+
+// sum L, sum L^2, sum x L (codes are small integers: their float sums are exact).
+void CodeSums(const float* x, const float* L, size_t n, double* sl, double* sl2, double* sxl) {
+  double m[3];
+  PartialSums(
+      n,
+      [&](size_t i, auto* t) {
+        using T = std::remove_pointer_t<decltype(t)>;
+        const T l = static_cast<T>(L[i]);
+        t[0] = l;
+        t[1] = l * l;
+        t[2] = static_cast<T>(x[i]) * l;
+      },
+      m, 3);
+  *sl = m[0];
+  *sl2 = m[1];
+  *sxl = m[2];
+}
+
+// The least-squares solve x ~ ss * L + mm from the sums; with force_mn_nonpositive a positive
+// mm is set to 0 and ss refitted. False when degenerate.
+bool Solve(size_t n, double sl, double sl2, double sxl, double sx, bool force_mn_nonpositive,
+           double* s, double* mn) {
+  const double nn = static_cast<double>(n);
+  const double D = nn * sl2 - sl * sl;
   if (D <= 0) return false;
-  double ss = (static_cast<double>(n) * sxl - sx * sl) / D;
+  double ss = (nn * sxl - sx * sl) / D;
   double mm = (sl2 * sx - sl * sxl) / D;
   if (force_mn_nonpositive && mm > 0) {
     mm = 0;
     ss = sl2 > 0 ? sxl / sl2 : 0;
   }
   if (!(ss > 0)) return false;
+  *s = ss;
+  *mn = mm;
+  return true;
+}
+
+}  // namespace
+
+bool FitLinear(const float* x, const float* L, size_t n, bool force_mn_nonpositive, float* s,
+               float* mn) {
+  double sl, sl2, sxl, sx, sxx, ss, mm;
+  CodeSums(x, L, n, &sl, &sl2, &sxl);
+  Moments(x, n, &sx, &sxx);
+  if (!Solve(n, sl, sl2, sxl, sx, force_mn_nonpositive, &ss, &mm)) return false;
   *s = static_cast<float>(ss);
   *mn = static_cast<float>(mm);
   return true;
 }
 
-namespace {
-
-// Sums of x and x * x over a group, in FitLinear's order (float partial sums k = i mod 8 over
-// whole chunks of 8, the rest in double first, then k = 0..7).
-void Moments(const float* x, size_t n, double* sx, double* sxx) {
-  constexpr size_t kLanes = 8;
-  float px[kLanes] = {}, pxx[kLanes] = {};
-  size_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (size_t k = 0; k < kLanes; ++k) {
-      px[k] += x[i + k];
-      pxx[k] += x[i + k] * x[i + k];
-    }
-  }
-  double a = 0, b = 0;
-  for (; i < n; ++i) {
-    a += x[i];
-    b += static_cast<double>(x[i]) * x[i];
-  }
-  for (size_t k = 0; k < kLanes; ++k) {
-    a += px[k];
-    b += pxx[k];
-  }
-  *sx = a;
-  *sxx = b;
-}
-
-}  // namespace
-
 bool FitLinearResidual(const float* x, const float* L, size_t n, double sx, double sxx, double* s,
                        double* mn, double* residual) {
-  constexpr size_t kLanes = 8;
-  float pl[kLanes] = {}, pl2[kLanes] = {}, pxl[kLanes] = {};
-  size_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (size_t k = 0; k < kLanes; ++k) {
-      const float l = L[i + k], v = x[i + k];
-      pl[k] += l;
-      pl2[k] += l * l;
-      pxl[k] += v * l;
-    }
-  }
-  double sl = 0, sl2 = 0, sxl = 0;
-  for (; i < n; ++i) {
-    sl += L[i];
-    sl2 += static_cast<double>(L[i]) * L[i];
-    sxl += static_cast<double>(L[i]) * x[i];
-  }
-  for (size_t k = 0; k < kLanes; ++k) {
-    sl += pl[k];
-    sl2 += pl2[k];
-    sxl += pxl[k];
-  }
-  const double nn = static_cast<double>(n);
-  const double D = nn * sl2 - sl * sl;
-  if (D <= 0) return false;
-  double ss = (nn * sxl - sx * sl) / D;
-  double mm = (sl2 * sx - sl * sxl) / D;
-  if (mm > 0) {
-    mm = 0;
-    ss = sl2 > 0 ? sxl / sl2 : 0;
-  }
-  if (!(ss > 0)) return false;
+  double sl, sl2, sxl, ss, mm;
+  CodeSums(x, L, n, &sl, &sl2, &sxl);
+  if (!Solve(n, sl, sl2, sxl, sx, /*force_mn_nonpositive=*/true, &ss, &mm)) return false;
   *s = ss;
   *mn = mm;
+  const double nn = static_cast<double>(n);
   // sum (x - ss * L - mm)^2 expanded: the fit's error with these codes, an upper bound of its
   // error with the nearest codes (which GroupSse measures).
   *residual = sxx - 2 * ss * sxl - 2 * mm * sx + ss * ss * sl2 + 2 * ss * mm * sl + nn * mm * mm;
