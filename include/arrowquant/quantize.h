@@ -152,4 +152,13 @@ struct ErrorMetrics {
 Result<ErrorMetrics> MeasureError(const QuantizedTensor& q, const TensorView& weight,
                                   const QuantOptions& options = {});
 
+// Quantize() and MeasureError() of its result in one pass over the weight (each row converted
+// to f32 once and measured while it is in cache); the same tensor and the same metrics.
+struct MeasuredTensor {
+  QuantizedTensor q;
+  ErrorMetrics metrics;
+};
+Result<MeasuredTensor> QuantizeMeasured(const TensorView& weight, const QuantSpec& spec,
+                                        const QuantOptions& options = {});
+
 }  // namespace arrowquant

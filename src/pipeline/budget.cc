@@ -42,8 +42,9 @@ Status Measure(const CheckpointTensor& t, const PipelineConfig& c, Candidate& ou
   AQ_ASSIGN_OR_RETURN(auto factor, LayerFactor(c, lm));
   std::vector<double> row_signal;  // w_r H w_r^T: the same for every width
   for (int b : kWeightBits) {
-    AQ_ASSIGN_OR_RETURN(QuantizedTensor q, QuantizeAt(view, c, factor.get(), b));
-    AQ_ASSIGN_OR_RETURN(ErrorMetrics m, MeasureError(q, view, QuantOptions{1}));
+    AQ_ASSIGN_OR_RETURN(MeasuredTensor measured, QuantizeAt(view, c, factor.get(), b));
+    const QuantizedTensor& q = measured.q;
+    const ErrorMetrics& m = measured.metrics;
     AQ_ASSIGN_OR_RETURN(const uint64_t stored, StoredPayloadBytes(q));
     Option o{b, static_cast<double>(stored)};
     o.sse = m.mse * static_cast<double>(m.count);

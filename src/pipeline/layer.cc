@@ -71,10 +71,13 @@ Result<std::shared_ptr<const GptqFactor>> LayerFactor(const PipelineConfig& c,
   return FactorGptq(*lm->fit, GptqOptions{c.gptq_damp, 1, c.gptq_act_order});
 }
 
-Result<QuantizedTensor> QuantizeAt(const TensorView& view, const PipelineConfig& c,
-                                   const GptqFactor* factor, int bits) {
-  if (factor) return QuantizeGptq(view, c.SpecFor(bits), *factor, GptqOptions{c.gptq_damp, 1});
-  return Quantize(view, c.SpecFor(bits), QuantOptions{1});
+Result<MeasuredTensor> QuantizeAt(const TensorView& view, const PipelineConfig& c,
+                                  const GptqFactor* factor, int bits) {
+  if (!factor) return QuantizeMeasured(view, c.SpecFor(bits), QuantOptions{1});
+  AQ_ASSIGN_OR_RETURN(QuantizedTensor q,
+                      QuantizeGptq(view, c.SpecFor(bits), *factor, GptqOptions{c.gptq_damp, 1}));
+  AQ_ASSIGN_OR_RETURN(ErrorMetrics m, MeasureError(q, view, QuantOptions{1}));
+  return MeasuredTensor{std::move(q), m};
 }
 
 void ProcessLayer(const CheckpointTensor& t, const PipelineConfig& c, const CompiledRules& rules,
@@ -122,16 +125,13 @@ void ProcessLayer(const CheckpointTensor& t, const PipelineConfig& c, const Comp
     return;
   }
   for (int b : ladder) {
-    auto q = QuantizeAt(view, c, factor->get(), b);
-    if (!q.ok()) {
-      o.status = q.status();
+    auto measured = QuantizeAt(view, c, factor->get(), b);
+    if (!measured.ok()) {
+      o.status = measured.status();
       return;
     }
-    auto m = MeasureError(*q, view, QuantOptions{1});
-    if (!m.ok()) {
-      o.status = m.status();
-      return;
-    }
+    QuantizedTensor* q = &measured->q;
+    const ErrorMetrics* m = &measured->metrics;
     double err = m->rel_rmse;
     const char* what = "relative RMSE";
     if (lm && lm->check && forced && forced->output_error >= 0) {

@@ -40,9 +40,10 @@ const LayerMoments* MomentsOf(const PipelineConfig& c, const std::string& name);
 // GPTQ's factored H for the layer (null without moments): computed once, shared by every width.
 Result<std::shared_ptr<const GptqFactor>> LayerFactor(const PipelineConfig& c,
                                                       const LayerMoments* lm);
-// The layer at `bits`: GPTQ with `factor`, or round-to-nearest when it is null.
-Result<QuantizedTensor> QuantizeAt(const TensorView& view, const PipelineConfig& c,
-                                   const GptqFactor* factor, int bits);
+// The layer at `bits` and its weight error: GPTQ with `factor`, or round-to-nearest when it is
+// null (then measured in the same pass, QuantizeMeasured).
+Result<MeasuredTensor> QuantizeAt(const TensorView& view, const PipelineConfig& c,
+                                  const GptqFactor* factor, int bits);
 
 // `forced`: the width chosen by the size budget (no threshold, no ladder); null: the plan's
 // width, validated, with the fallback ladder.

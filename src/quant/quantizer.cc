@@ -174,8 +174,42 @@ uint64_t QuantizedTensor::group_len() const {
   return MakeLayout(*this).g;
 }
 
-Result<QuantizedTensor> Quantize(const TensorView& w, const QuantSpec& spec,
-                                 const QuantOptions& options) {
+namespace {
+
+// One row's error sums (kernels::ErrorSums), added over rows in row order by Combine.
+struct RowSums {
+  double sse = 0, ww = 0, qq = 0, wq = 0, max_abs = 0;
+};
+
+ErrorMetrics Combine(const std::vector<RowSums>& sums, uint64_t count) {
+  RowSums t;
+  for (const auto& s : sums) {
+    t.sse += s.sse;
+    t.ww += s.ww;
+    t.qq += s.qq;
+    t.wq += s.wq;
+    t.max_abs = std::max(t.max_abs, s.max_abs);
+  }
+  ErrorMetrics m;
+  m.count = count;
+  m.mse = m.count ? t.sse / static_cast<double>(m.count) : 0;
+  m.rel_rmse = t.ww > 0 ? std::sqrt(t.sse / t.ww) : (t.sse > 0 ? INFINITY : 0);
+  m.sqnr_db = t.sse > 0 ? 10 * std::log10(t.ww / t.sse) : INFINITY;
+  m.cosine = (t.ww > 0 && t.qq > 0) ? t.wq / std::sqrt(t.ww * t.qq) : (t.ww == t.qq ? 1.0 : 0.0);
+  m.max_abs = t.max_abs;
+  return m;
+}
+
+RowSums SumsOf(const float* x, const float* y, size_t n) {
+  double e[5];
+  kernels::ErrorSums(x, y, n, e);
+  return RowSums{e[0], e[1], e[2], e[3], e[4]};
+}
+
+// Quantize(), and with `sums` each row's error sums against its own dequantized values (the
+// values DequantizeRow gives: the same codes and decoded parameters, the same arithmetic).
+Result<QuantizedTensor> QuantizeImpl(const TensorView& w, const QuantSpec& spec,
+                                     const QuantOptions& options, std::vector<RowSums>* sums) {
   AQ_RETURN_IF_ERROR(spec.Validate());
   AQ_RETURN_IF_ERROR(CheckWeight(w));
   QuantizedTensor q;
@@ -194,8 +228,9 @@ Result<QuantizedTensor> Quantize(const TensorView& w, const QuantSpec& spec,
   const size_t esize = ElementBytes(w.dtype);
   std::vector<uint64_t> bad(l.rows, 0);
   std::vector<uint8_t> overflow(l.rows, 0);
+  if (sums) sums->assign(l.rows, RowSums{});
   ParallelFor(l.rows, options.threads, [&](size_t begin, size_t end, int) {
-    std::vector<float> x(l.cols);
+    std::vector<float> x(l.cols), y(sums ? l.cols : 0);
     std::vector<uint8_t> codes(l.cols);
     RowStored st;
     RowParams p;
@@ -211,6 +246,11 @@ Result<QuantizedTensor> Quantize(const TensorView& w, const QuantSpec& spec,
                               codes.data());
       kernels::PackCodes(codes.data(), l.cols, spec.bits, q.codes.data() + r * l.code_row_bytes);
       StoreRow(spec, l, st, r, q);
+      if (sums) {
+        kernels::DequantizeGroups(codes.data(), l.cols, l.g, p.scale.data(), p.offset.data(),
+                                  y.data());
+        (*sums)[r] = SumsOf(x.data(), y.data(), l.cols);
+      }
     }
   });
   uint64_t total_bad = 0;
@@ -226,6 +266,21 @@ Result<QuantizedTensor> Quantize(const TensorView& w, const QuantSpec& spec,
                       "': values too large for f16 scales; use f32 scale storage");
   }
   return q;
+}
+
+}  // namespace
+
+Result<QuantizedTensor> Quantize(const TensorView& w, const QuantSpec& spec,
+                                 const QuantOptions& options) {
+  return QuantizeImpl(w, spec, options, nullptr);
+}
+
+Result<MeasuredTensor> QuantizeMeasured(const TensorView& w, const QuantSpec& spec,
+                                        const QuantOptions& options) {
+  std::vector<RowSums> sums;
+  AQ_ASSIGN_OR_RETURN(QuantizedTensor q, QuantizeImpl(w, spec, options, &sums));
+  const uint64_t count = q.rows * q.cols;
+  return MeasuredTensor{std::move(q), Combine(sums, count)};
 }
 
 Status DequantizeRows(const QuantizedView& q, uint64_t begin, uint64_t end, DType dtype,
@@ -270,9 +325,6 @@ Result<ErrorMetrics> MeasureError(const QuantizedTensor& q, const TensorView& w,
                   "tensor '" + std::string(w.name) + "': shape differs from the quantized tensor");
   }
   const Layout l = MakeLayout(q);
-  struct RowSums {
-    double sse = 0, ww = 0, qq = 0, wq = 0, max_abs = 0;
-  };
   std::vector<RowSums> sums(l.rows);
   const size_t esize = ElementBytes(w.dtype);
   const QuantizedView v = q.View();
@@ -283,27 +335,10 @@ Result<ErrorMetrics> MeasureError(const QuantizedTensor& q, const TensorView& w,
     for (size_t r = begin; r < end; ++r) {
       kernels::ToF32(w.dtype, w.data.data() + r * l.cols * esize, l.cols, x.data());
       DequantizeRow(v, l, r, st, p, DType::kF32, y.data());
-      double e[5];
-      kernels::ErrorSums(x.data(), y.data(), l.cols, e);
-      sums[r] = RowSums{e[0], e[1], e[2], e[3], e[4]};
+      sums[r] = SumsOf(x.data(), y.data(), l.cols);
     }
   });
-  RowSums t;
-  for (const auto& s : sums) {
-    t.sse += s.sse;
-    t.ww += s.ww;
-    t.qq += s.qq;
-    t.wq += s.wq;
-    t.max_abs = std::max(t.max_abs, s.max_abs);
-  }
-  ErrorMetrics m;
-  m.count = l.rows * l.cols;
-  m.mse = m.count ? t.sse / static_cast<double>(m.count) : 0;
-  m.rel_rmse = t.ww > 0 ? std::sqrt(t.sse / t.ww) : (t.sse > 0 ? INFINITY : 0);
-  m.sqnr_db = t.sse > 0 ? 10 * std::log10(t.ww / t.sse) : INFINITY;
-  m.cosine = (t.ww > 0 && t.qq > 0) ? t.wq / std::sqrt(t.ww * t.qq) : (t.ww == t.qq ? 1.0 : 0.0);
-  m.max_abs = t.max_abs;
-  return m;
+  return Combine(sums, l.rows * l.cols);
 }
 
 }  // namespace arrowquant

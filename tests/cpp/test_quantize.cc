@@ -279,6 +279,36 @@ TEST(Quantize, ThreadCountDoesNotChangeResults) {
   }
 }
 
+// The pipeline's one-pass quantize-and-measure gives the same tensor and exactly the metrics
+// of Quantize() followed by MeasureError(), for every format, input dtype and a short last group.
+TEST(Quantize, QuantizeMeasuredIsQuantizeThenMeasureError) {
+  std::mt19937 rng(17);
+  std::student_t_distribution<float> heavy(4.0f);
+  std::vector<float> v(23 * 200);
+  for (auto& e : v) e = 0.02f * heavy(rng);
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
+    auto t = MakeTensor(v, {23, 200}, dt);
+    for (const auto& spec : AllSpecs()) {
+      if (spec.group_size != 64 && spec.group_size != 32) continue;  // 200 = 3 x 64 + 8: a tail
+      auto q = Quantize(t.view, spec, {2});
+      auto qm = QuantizeMeasured(t.view, spec, {3});
+      ASSERT_TRUE(q.ok() && qm.ok()) << spec.ToString();
+      EXPECT_EQ(q->codes, qm->q.codes) << spec.ToString();
+      EXPECT_EQ(q->scales, qm->q.scales) << spec.ToString();
+      EXPECT_EQ(q->super_scales, qm->q.super_scales) << spec.ToString();
+      EXPECT_EQ(q->zeros, qm->q.zeros) << spec.ToString();
+      auto m = MeasureError(*q, t.view, {1});
+      ASSERT_TRUE(m.ok());
+      const ErrorMetrics& f = qm->metrics;
+      EXPECT_EQ(m->mse, f.mse) << spec.ToString();
+      EXPECT_EQ(m->rel_rmse, f.rel_rmse) << spec.ToString();
+      EXPECT_EQ(m->cosine, f.cosine) << spec.ToString();
+      EXPECT_EQ(m->max_abs, f.max_abs) << spec.ToString();
+      EXPECT_EQ(m->count, f.count);
+    }
+  }
+}
+
 TEST(Quantize, MetricsAndHalfOutputs) {
   std::mt19937 rng(13);
   std::normal_distribution<float> normal(0.0f, 0.02f);
