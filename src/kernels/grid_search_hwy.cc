@@ -110,8 +110,6 @@ void BatchSse(DF d, const float* xt, size_t n, VF scale, VF offset, VF qmax, VD*
   *out_hi = hi;
 }
 
-#endif
-
 // Aligned scratch of at least `floats` values for this thread.
 float* Scratch(size_t floats) {
   thread_local std::vector<float> buf;
@@ -139,6 +137,7 @@ const float* Padded(const float* v, size_t j0, size_t valid, size_t N, float* bu
   for (size_t l = 0; l < N; ++l) buf[l] = v[j0 + std::min(l, valid - 1)];
   return buf;
 }
+#endif
 
 }  // namespace
 
@@ -395,8 +394,12 @@ void SearchAsymGroupsImpl(const float* HWY_RESTRICT x, size_t n, size_t count,
         ok = Solve(vn, cs[0].hi, cs[1].hi, cs[2].hi, mom[0].hi, mom[1].hi, range_hi, &ss, &mm, &r);
         top_hi.Insert(ok, r, ss, mm);
       }
-      // A candidate scored by GroupSse wins where it is strictly lower.
-      auto consider = [&](hn::Mask<DD> ok0, hn::Mask<DD> ok1, VF cs, VF cm) {
+      // A candidate (scale ss, offset -mm, as double halves) scored by GroupSse wins where it
+      // is strictly lower; lanes without one (ok false) are scored at a valid grid and ignored.
+      auto consider = [&](hn::Mask<DD> ok0, hn::Mask<DD> ok1, VD ss0, VD ss1, VD mm0, VD mm1) {
+        const auto ok = ToFloatMask(ok0, ok1);
+        const VF cs = hn::IfThenElse(ok, ToFloat(ss0, ss1), hn::Set(d, 1.0f));
+        const VF cm = hn::IfThenElse(ok, hn::Neg(ToFloat(mm0, mm1)), hn::Zero(d));
         VD sse0, sse1;
         BatchSse(d, xt, n, cs, cm, vq, &sse0, &sse1);
         const auto win0 = hn::And(ok0, hn::Lt(sse0, best_lo));
@@ -409,12 +412,8 @@ void SearchAsymGroupsImpl(const float* HWY_RESTRICT x, size_t n, size_t count,
       };
       const VD inf = hn::Set(dd, HUGE_VAL);
       for (int t = 0; t < kSearchTop; ++t) {
-        const auto ok0 = hn::Lt(top_lo.r[t], inf), ok1 = hn::Lt(top_hi.r[t], inf);
-        const auto ok = ToFloatMask(ok0, ok1);
-        // Lanes without a candidate are scored at a valid grid and their score ignored.
-        const VF cs = hn::IfThenElse(ok, ToFloat(top_lo.s[t], top_hi.s[t]), hn::Set(d, 1.0f));
-        const VF cm = hn::IfThenElse(ok, hn::Neg(ToFloat(top_lo.m[t], top_hi.m[t])), hn::Zero(d));
-        consider(ok0, ok1, cs, cm);
+        consider(hn::Lt(top_lo.r[t], inf), hn::Lt(top_hi.r[t], inf), top_lo.s[t], top_hi.s[t],
+                 top_lo.m[t], top_hi.m[t]);
       }
       for (int it = 0; it < kSearchRefits; ++it) {
         const VF inv =
@@ -432,10 +431,7 @@ void SearchAsymGroupsImpl(const float* HWY_RESTRICT x, size_t n, size_t count,
                                &ss0, &mm0, &r0);
         const auto ok1 = Solve(vn, cs[0].hi, cs[1].hi, cs[2].hi, mom[0].hi, mom[1].hi, range_hi,
                                &ss1, &mm1, &r1);
-        const auto ok = ToFloatMask(ok0, ok1);
-        const VF cs_f = hn::IfThenElse(ok, ToFloat(ss0, ss1), hn::Set(d, 1.0f));
-        const VF cm_f = hn::IfThenElse(ok, hn::Neg(ToFloat(mm0, mm1)), hn::Zero(d));
-        consider(ok0, ok1, cs_f, cm_f);
+        consider(ok0, ok1, ss0, ss1, mm0, mm1);
       }
     }
     if (valid == N) {

@@ -37,6 +37,11 @@ float Nearest(float v) {
 
 using kernels::ref::FitLinear;
 
+// The row's coded-scale grid (DecodeGroup's kCoded arithmetic), for the neighbour search.
+kernels::CodedGrid CodedGridOf(const Format& f, const RowStored& st) {
+  return {F16BitsToF32(st.d), F16BitsToF32(st.dmin), f.cmax, f.sym, f.bias, f.qmax};
+}
+
 // Per-thread working buffers of FitRow.
 struct RowScratch {
   std::vector<float> mn, mx, L, s, m;
@@ -246,28 +251,9 @@ void CodeScale(const Format& f, const float* xg, size_t len, float s, RowStored&
     return;
   }
   // Search: the neighbouring codes of the rounded scale (and offset), by actual error.
-  const int ls0 = static_cast<int>(ls);
-  const int lm0 = f.sym ? 0 : st.lm[gi];
-  double best = std::numeric_limits<double>::infinity();
-  int best_ls = ls0, best_lm = lm0;
-  for (int a = -1; a <= 1; ++a) {
-    for (int b = f.sym ? 0 : -1; b <= (f.sym ? 0 : 1); ++b) {
-      const int cls = ls0 + a, clm = lm0 + b;
-      if (cls < 0 || cls > f.cmax || clm < 0 || clm > f.cmax) continue;
-      st.ls[gi] = static_cast<uint8_t>(cls);
-      if (!f.sym) st.lm[gi] = static_cast<uint8_t>(clm);
-      float sc, off;
-      DecodeGroup(f, st, gi, &sc, &off);
-      const double e = GroupSse(xg, len, sc, off, f.qmax);
-      if (e < best) {
-        best = e;
-        best_ls = cls;
-        best_lm = clm;
-      }
-    }
-  }
-  st.ls[gi] = static_cast<uint8_t>(best_ls);
-  if (!f.sym) st.lm[gi] = static_cast<uint8_t>(best_lm);
+  const int ls0 = static_cast<int>(ls), lm0 = f.sym ? 0 : st.lm[gi];
+  kernels::ref::CodedNeighbours(xg, len, 1, &ls0, &lm0, CodedGridOf(f, st), &st.ls[gi],
+                                f.sym ? nullptr : &st.lm[gi]);
 }
 
 namespace {
@@ -287,8 +273,7 @@ void CodeScalesSearch(const Format& f, const float* x, size_t g, size_t count,
     ls0[gi] = static_cast<int>(std::min(ls, static_cast<float>(f.cmax)));
     lm0[gi] = f.sym ? 0 : st.lm[gi];
   }
-  const kernels::CodedGrid grid{d, F16BitsToF32(st.dmin), f.cmax, f.sym, f.bias, f.qmax};
-  kernels::CodedNeighbours(x, g, count, ls0.data(), lm0.data(), grid, st.ls.data(),
+  kernels::CodedNeighbours(x, g, count, ls0.data(), lm0.data(), CodedGridOf(f, st), st.ls.data(),
                            f.sym ? nullptr : st.lm.data());
 }
 

@@ -88,7 +88,7 @@ Result<std::unique_ptr<ModelWriter>> ModelWriter::Open(const std::string& path,
   auto sink = arrow::io::FileOutputStream::Open(impl->tmp);
   if (!sink.ok()) return FromArrow(sink.status(), path + ": cannot create the output");
   // Parquet writes page by page (tens of KB); one write(2) per 8 MiB instead (measured on the
-  // SD1.5-shaped job: ~31,000 calls down to ~60).
+  // SD1.5-shaped job: ~31,000 calls down to ~80).
   auto buffered =
       arrow::io::BufferedOutputStream::Create(8 << 20, arrow::default_memory_pool(), *sink);
   if (!buffered.ok()) {
