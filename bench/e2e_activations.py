@@ -1,11 +1,14 @@
-"""End to end with quantized activations on the digits DDPM (issue 7's acceptance).
+"""End to end with quantized activations on a reference model (issue 7's acceptance; issue 16's
+integer kernels against the float simulation).
 
-    .venv/bin/python bench/e2e_activations.py [--samples 512 --steps 50]
+    .venv/bin/python bench/e2e_activations.py [--model digits-ddpm] [--samples 512 --steps 50]
 
 Weights: cloud (INT8) and local (INT4) profiles. Activations: calibration on the FP model's own
 samples (synthetic:64, 25 DDIM steps), A8 with K = 1 and K = 4 adaptive timestep groups; each file
-is loaded with `arrowquant.torch.apply` and sampled with activations fake-quantized (WxA8) or not
-(WxA16), all from the same noise as the FP model (`arrowquant.eval`).
+is loaded with `arrowquant.torch.apply` and sampled with activations rounded in float (WxA8:
+fake quantization, `int8=False`), computed in integers (WxA8 ... int8: uint8 x int8 -> int32,
+`int8=True`; shown where the CPU has the SIMD kernel) or not rounded (WxA16), all from the same
+noise as the FP model (`arrowquant.eval`).
 """
 
 from __future__ import annotations
@@ -24,17 +27,21 @@ import arrowquant as aq
 from arrowquant.diffusion import load_reference
 from arrowquant.eval import evaluate
 from arrowquant.torch import apply
+from arrowquant.torch.int8 import default_enabled
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL = ROOT / "models" / "digits-ddpm"
 
 
 def main() -> int:
     p = argparse.ArgumentParser()
+    p.add_argument("--model", default="digits-ddpm", help="a folder under models/")
     p.add_argument("--samples", type=int, default=512)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--json", default=str(ROOT / "bench-out" / "e2e_activations.json"))
+    p.add_argument("--json", help="default: bench-out/e2e_activations[-MODEL].json")
     args = p.parse_args()
+    model = ROOT / "models" / args.model
+    suffix = "" if args.model == "digits-ddpm" else f"-{args.model}"
+    args.json = args.json or str(ROOT / "bench-out" / f"e2e_activations{suffix}.json")
     torch.set_num_threads(2)
     settings: dict[str, Any] = {}
     timings: dict[str, float] = {}
@@ -44,7 +51,7 @@ def main() -> int:
                 out = Path(d) / f"{profile}-k{k}"
                 t0 = time.perf_counter()
                 aq.ArrowQuantV2().quantize_diffusion_model(
-                    MODEL,
+                    model,
                     out,
                     aq.DiffusionQuantConfig.from_profile(
                         profile,
@@ -58,13 +65,17 @@ def main() -> int:
                 )
                 timings[f"{w} K={k}"] = time.perf_counter() - t0
                 if k == 1:
-                    m = load_reference(MODEL).module
+                    m = load_reference(model).module
                     apply(m, out, act_quant=False)
                     settings[f"{w}A16"] = m
-                m = load_reference(MODEL).module
-                apply(m, out, act_quant=True)
+                m = load_reference(model).module
+                apply(m, out, act_quant=True, int8=False)
                 settings[f"{w}A8 K={k}"] = m
-        doc = evaluate(MODEL, settings, samples=args.samples, steps=args.steps, log=print)
+                if default_enabled():
+                    m = load_reference(model).module
+                    apply(m, out, act_quant=True, int8=True)
+                    settings[f"{w}A8 K={k} int8"] = m
+        doc = evaluate(model, settings, samples=args.samples, steps=args.steps, log=print)
     print("\n| setting | PSNR dB | SSIM | FD to real | drift mean | one-step mean |")
     print("|---|---|---|---|---|---|")
     fd = doc["reference"]["fd_real"]

@@ -5,12 +5,18 @@
 Denoisers: a randomly initialised (seed 0) SD1.5-config UNet2DConditionModel at 64x64 latents
 with classifier-free guidance (batch 2, 77 x 768 text states; the f16 file is 1.72 GB, as the
 real one), and the reference models' denoisers (models/digits-ddpm, digits-dit, digits-t2i).
-Each is quantized weight-only at INT4 (profile local) and INT8 (profile cloud). Every setting
-runs in a process of its own, with `--threads` threads:
+Each is quantized weight-only at INT4 (profile local) and INT8 (profile cloud), and W8A8 (profile
+cloud, INT8 weights, 8-bit activations on two timestep groups' grids, calibrated on the model's
+own sampling: synthetic:8 x 5 steps for the reference models, one SD1.5 latent x 2 DDIM steps,
+without GPTQ, for the SD1.5 UNet). Every setting runs in a process of its own, with `--threads`
+threads:
 - `fp32`: plain PyTorch (`from_pretrained`, float32), the baseline of every ratio;
 - `aq-int4` / `aq-int8`: built on the meta device and filled by `arrowquant.torch.apply`
   (packed: weights stay as the file's bytes, decoded tile by tile in each forward);
 - `aq-int4-deq`: `apply(..., packed=False)`, weights dequantized once into float32;
+- `aq-w8a8`: packed, 8-bit activations computed in integers (uint8 x int8 -> int32, AVX-512
+  VNNI; arrowquant.torch.int8); `aq-w8a8-sim`: the same file with the activation rounding
+  simulated in float (`apply(..., int8=False)`: fake quantization, then the float GEMM);
 - peers where they run on this CPU: `quanto-int8` / `quanto-int4` (optimum-quanto's
   quantize + freeze on the float32 model), `bnb-nf4` (bitsandbytes' Linear4bit for every
   nn.Linear, as diffusers' bitsandbytes backend does; convolutions stay float32).
@@ -20,7 +26,7 @@ after returning freed heap pages), the file's bytes, peak RSS of the sampling ru
 before it), and seconds per denoising step (after one warm-up step); the speed ratio is against
 `fp32` in the same run. Targets (issue 16): resident <= 1.15x the file's bytes; the sampling
 peak at least 60% of the f16 weight bytes below plain PyTorch's; INT4 >= 0.8x and INT8 >= 0.9x
-of float32 PyTorch's speed.
+of float32 PyTorch's speed; W8A8 with integer GEMM >= 1.3x.
 """
 
 from __future__ import annotations
@@ -41,7 +47,22 @@ REFERENCE = {
     "t2i": MODELS / "digits-t2i",
 }
 PROFILES = {"int4": "local", "int8": "cloud"}
-SETTINGS = ["fp32", "aq-int4", "aq-int8", "aq-int4-deq", "quanto-int8", "quanto-int4", "bnb-nf4"]
+SETTINGS = [
+    "fp32",
+    "aq-int4",
+    "aq-int8",
+    "aq-int4-deq",
+    "aq-w8a8",
+    "aq-w8a8-sim",
+    "quanto-int8",
+    "quanto-int4",
+    "bnb-nf4",
+]
+
+
+def _file_key(setting: str) -> str:
+    """The quantized file a setting loads: aq-int4-deq -> int4, aq-w8a8-sim -> w8a8."""
+    return setting[3:].removesuffix("-deq").removesuffix("-sim")
 
 
 def _status() -> dict[str, float]:
@@ -81,6 +102,31 @@ def quantize(model: Path, out: Path, profile: str) -> None:
     aq.ArrowQuantV2().quantize_diffusion_model(model, out, cfg)
 
 
+def quantize_w8a8(model: Path, out: Path) -> None:
+    """W8A8 with time-aware activation grids, calibrated on the model's own sampling."""
+    import arrowquant as aq
+
+    w8a8 = {"act_bits": 8, "time_groups": 2, "allocate": False}
+    if model.name != "sd15-unet":
+        cfg = aq.DiffusionQuantConfig.from_profile(
+            "cloud", calibration="synthetic:8", calibration_steps=5, **w8a8
+        )
+        aq.ArrowQuantV2().quantize_diffusion_model(model, out, cfg)
+        return
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(model, torch_dtype=torch.float32).eval()
+
+    def run(m: Any) -> None:  # one latent with guidance, two DDIM steps
+        lat = torch.randn(2, 4, 64, 64, generator=torch.Generator().manual_seed(1))
+        text = torch.randn(2, 77, 768, generator=torch.Generator().manual_seed(2))
+        for t in (800, 300):
+            m(lat, t, encoder_hidden_states=text)
+
+    aq.quantize_module(unet, out, profile="cloud", calibrate=run, gptq=False, **w8a8)
+
+
 def _denoiser_folder(model: Path) -> tuple[Path, str]:
     """(folder with the denoiser's config and weights, its prefix in a pipeline's file)."""
     for sub in ("unet", "transformer"):
@@ -106,7 +152,7 @@ def _load(setting: str, model: Path, quantized: dict[str, Path]) -> Any:
     if setting.startswith("aq-") and not setting.endswith("-deq"):
         with aqt.empty_weights():
             m = cls.from_config(cls.load_config(folder))
-        aqt.apply(m, quantized[setting[3:]])
+        aqt.apply(m, quantized[_file_key(setting)], int8=not setting.endswith("-sim"))
         return m.eval()
     m = cls.from_pretrained(folder, torch_dtype=torch.float32).eval()
     if setting == "bnb-nf4":
@@ -260,7 +306,7 @@ def table(
             continue
         fb = None
         if s.startswith("aq-"):
-            fb = (quantized[s[3:].removesuffix("-deq")] / "model.aq.parquet").stat().st_size
+            fb = (quantized[_file_key(s)] / "model.aq.parquet").stat().st_size
         ratio = f"{r['resident'] / fb:.2f}" if fb else "-"
         saved = "-"
         speed = "-"
@@ -315,6 +361,11 @@ def main() -> int:
             if not (out / "model.aq.parquet").is_file():  # the denoiser alone
                 quantize(_denoiser_folder(model)[0], out, profile)
             quantized[width] = out
+        if any(s.startswith("aq-w8a8") for s in args.settings):
+            out = args.dir / f"inference-{name}-w8a8"
+            if not (out / "model.aq.parquet").is_file():
+                quantize_w8a8(model, out)
+            quantized["w8a8"] = out
         table(name, model, quantized, f16_weight_bytes(model), args)
     return 0
 

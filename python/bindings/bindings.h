@@ -10,5 +10,6 @@ void BindQuantize(nanobind::module_& m);
 void BindModelFile(nanobind::module_& m);
 void BindPipeline(nanobind::module_& m);
 void BindCalibration(nanobind::module_& m);
+void BindInference(nanobind::module_& m);
 
 }  // namespace arrowquant::py

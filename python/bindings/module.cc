@@ -25,4 +25,5 @@ NB_MODULE(_core, m) {
   arrowquant::py::BindModelFile(m);
   arrowquant::py::BindPipeline(m);
   arrowquant::py::BindCalibration(m);
+  arrowquant::py::BindInference(m);
 }

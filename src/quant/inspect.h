@@ -1,5 +1,5 @@
 // Read-only access to a QuantizedTensor's decoded per-group parameters and unpacked codes, for
-// tests and reports.
+// tests, reports and the integer inference kernels' weight preparation.
 #pragma once
 
 #include <cstdint>
@@ -14,5 +14,8 @@ struct Decoded {
   std::vector<uint8_t> codes;        // rows x cols, unpacked
 };
 Decoded DecodeAll(const QuantizedTensor& q);
+
+// Row r of a view: its groups' scale and offset (`groups` each) and its codes (`cols` bytes).
+void DecodeRowOf(const QuantizedView& q, uint64_t r, float* scale, float* offset, uint8_t* codes);
 
 }  // namespace arrowquant::quant

@@ -365,4 +365,15 @@ Decoded DecodeAll(const QuantizedTensor& q) {
   return d;
 }
 
+void DecodeRowOf(const QuantizedView& q, uint64_t r, float* scale, float* offset, uint8_t* codes) {
+  const Layout l = MakeLayout(q.spec, q.rows, q.cols);
+  RowStored st;
+  RowParams p;
+  LoadRow(q, l, r, st);
+  DecodeRow(Format(q.spec), st, l.groups, p);
+  std::copy(p.scale.begin(), p.scale.begin() + l.groups, scale);
+  std::copy(p.offset.begin(), p.offset.begin() + l.groups, offset);
+  kernels::UnpackCodes(q.codes.data() + r * l.code_row_bytes, l.cols, q.spec.bits, codes);
+}
+
 }  // namespace arrowquant::quant

@@ -54,16 +54,28 @@ class ActQuant(nn.Module):
             g += 1
         return g
 
+    def equalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.eq_scales is None:
+            return x
+        shape = [1] * x.dim()
+        shape[self.channel_dim if self.channel_dim >= 0 else x.dim() - 1] = -1
+        eq: torch.Tensor = self.eq_scales  # type: ignore[assignment]
+        return x * eq.to(x.dtype).view(shape)
+
+    def grid(self) -> tuple[float, int, int] | None:
+        """(scale, zero point, bits) of the current timestep group's grid; None when the input
+        is not rounded."""
+        ta = self.time_aware
+        if not self.enabled or ta is None:
+            return None
+        g = self.group(self.state.current)
+        return ta["act_scales"][g], ta["act_zero_points"][g], ta["act_bits"]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.eq_scales is not None:
-            shape = [1] * x.dim()
-            shape[self.channel_dim if self.channel_dim >= 0 else x.dim() - 1] = -1
-            eq: torch.Tensor = self.eq_scales  # type: ignore[assignment]
-            x = x * eq.to(x.dtype).view(shape)
-        if self.enabled and self.time_aware is not None:
-            g = self.group(self.state.current)
-            ta = self.time_aware
-            x = fake_quant(x, ta["act_scales"][g], ta["act_zero_points"][g], ta["act_bits"])
+        x = self.equalize(x)
+        grid = self.grid()
+        if grid is not None:
+            x = fake_quant(x, *grid)
         return x
 
 

@@ -11,8 +11,10 @@ bytes.
 
 Either way, a layer that calibration gave activation parameters multiplies its input by its
 equalization scales (its weight is stored as W / s) and rounds it to the activation grid of the
-current timestep group (fake quantization in float; the timestep comes from the denoiser's
-forward through a hook, or from `timestep()`).
+current timestep group (the timestep comes from the denoiser's forward through a hook, or from
+`timestep()`). Packed Linear / Conv2d layers with 8-bit activations compute that in integers
+(uint8 x int8 -> int32, arrowquant.torch.int8) where the CPU has a SIMD dot product; otherwise,
+and for dequantized layers, the rounding is simulated in float (fake quantization).
 """
 
 from __future__ import annotations
@@ -156,10 +158,13 @@ def apply(
     packed: bool = True,
     tile_bytes: int | None = None,
     threads: int | None = None,
+    int8: bool | None = None,
 ) -> ApplyReport:
     """Loads the quantized file into `model` (in place); see the module docstring. `prefix`:
     the model's names in the file ("unet/"); None finds it. `tile_bytes`: the scratch a packed
-    layer decodes its weight into (default 16 MiB of f32)."""
+    layer decodes its weight into (default 16 MiB of f32). `int8`: packed Linear / Conv2d layers
+    with 8-bit activations run the integer kernels (arrowquant.torch.int8); None: where the
+    CPU has a SIMD integer dot product."""
     import arrowquant as aq
     from arrowquant.errors import ShapeMismatchError
 
@@ -205,6 +210,8 @@ def apply(
             bname = f"{prefix}{mod_name}.bias" if m.bias is not None else None
             p = _packed_module(qm, m, wname, bname, tile)
             p.act = act
+            if int8 is not None:
+                p.int8_kernels = int8
             replace.append((mod_name, p))
             packed_names.append(mod_name)
         elif act is not None:

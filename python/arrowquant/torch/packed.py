@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arrowquant.torch import ops
+from arrowquant.torch import int8, ops
 from arrowquant.torch.act import ActQuant
 
 BUFFERS = ("codes", "scales", "zeros", "super_scales")
@@ -62,6 +62,8 @@ class _Packed(nn.Module):
         self.weight_shape = list(weight_shape)
         self.tile_elements = tile_elements
         self.act: ActQuant | None = None
+        # Integer kernels for 8-bit activations (arrowquant.torch.int8); apply(int8=...) sets it.
+        self.int8_kernels = int8.default_enabled()
         for b in BUFFERS:
             self.register_buffer(f"weight_{b}", torch.empty(0, dtype=torch.uint8))
         self.register_buffer("weight_format", torch.zeros(7, dtype=torch.int64))
@@ -126,10 +128,26 @@ class _Packed(nn.Module):
         # The numpy views are of this module's buffers: a copy or a pickle makes its own.
         state = dict(super().__getstate__())  # type: ignore[no-untyped-call]
         state.pop("_array_cache", None)
+        state.pop("_int8_cache", None)
         return state
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.act is None else self.act(x)
+
+    def _int8_grid(self, x: torch.Tensor) -> tuple[float, int] | None:
+        """The activation grid when this forward runs the integer kernel: 8-bit activations,
+        eager CPU inference, the kernel enabled."""
+        act = self.act
+        if act is None or not self.int8_kernels or not act.enabled:
+            return None
+        grid = act.grid()
+        if grid is None or grid[2] != 8 or x.device.type != "cpu":
+            return None
+        if not ops.eager(x, self._parameters["bias"]) or x.dtype not in ops.FLOAT_DTYPES:
+            return None
+        if self._buffers["weight_codes"].device.type != "cpu":  # type: ignore[union-attr]
+            return None
+        return grid[0], grid[1]
 
 
 class PackedLinear(_Packed):
@@ -142,8 +160,13 @@ class PackedLinear(_Packed):
         self.register_parameter("bias", nn.Parameter(torch.zeros(out_features)) if bias else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._input(x)
+        grid = self._int8_grid(x)
         bias = self._parameters["bias"]
+        if grid is not None:
+            assert self.act is not None
+            w = int8.prepared(self, self._arrays(), self._fmt)
+            return int8.linear(self.act.equalize(x), w, grid, bias)
+        x = self._input(x)
         if ops.eager(x, bias) and self._buffers["weight_codes"].device.type == "cpu":  # type: ignore[union-attr]
             return ops.linear_packed(x, self._arrays(), bias, self._fmt, self.tile_elements)
         y: torch.Tensor = torch.ops.arrowquant.linear(
@@ -183,10 +206,28 @@ class PackedConv(_Packed):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._input(x)
+        grid = self._int8_grid(x) if len(self.weight_shape) == 4 and self.groups == 1 else None
+        if grid is not None:
+            assert self.act is not None
+            x = self.act.equalize(x)
+        else:
+            x = self._input(x)
         if self._pad is not None:
+            # Zero padding after rounding or before it is the same: 0.0 is on every grid.
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, self._pad, mode=mode)
+        if grid is not None:
+            w = int8.prepared(self, self._arrays(), self._fmt)
+            return int8.conv2d(
+                x,
+                w,
+                grid,
+                self._parameters["bias"],
+                self.weight_shape[2:],
+                list(self.stride),
+                self._conv_padding,
+                list(self.dilation),
+            )
         conv = (
             self.weight_shape,
             list(self.stride),

@@ -1,0 +1,95 @@
+"""Integer inference for packed layers with 8-bit activations (W8A8, W4A8): the input, after its
+equalization scales, is rounded to the current timestep group's activation grid as uint8 codes
+and multiplied with the weight's integer codes in int32 (C++, `_core.int8_linear` /
+`_core.int8_conv2d`: AVX-512 VNNI where the CPU has it), each weight group's sum rescaled once.
+The result equals the float simulation (`fake_quant`, then the dequantized weight) up to float
+rounding; the integer sums are exact.
+
+Used in eager inference (no autograd, not under torch.compile / export, CPU tensors) by
+PackedLinear and PackedConv2d (groups 1); everything else runs the simulation. By default only
+where the kernel is SIMD (`KERNEL != "scalar"`): the scalar fallback is exact but slower than
+the float simulation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from arrowquant import _core
+
+KERNEL: str = _core.int8_kernel()
+
+
+def default_enabled() -> bool:
+    return KERNEL != "scalar"
+
+
+def prepared(module: Any, arrays: tuple[Any, ...], fmt: list[int]) -> Any:
+    """The layer's weight rearranged for the kernel (`_core.Int8Weight`), made on first use and
+    kept while the packed buffers are the same objects (the cache goes with them)."""
+    cache = module.__dict__.get("_int8_cache")
+    if cache is not None and cache[0] is arrays:
+        return cache[1]
+    bits, group, scheme, storage, scale_bits, rows, cols = fmt
+    w = _core.int8_weight(
+        *arrays, bits, group, scheme, storage, scale_bits, rows, cols, torch.get_num_threads()
+    )
+    module.__dict__["_int8_cache"] = (arrays, w)
+    return w
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float32).contiguous()
+
+
+def linear(
+    x: torch.Tensor, weight: Any, grid: tuple[float, int], bias: torch.Tensor | None
+) -> torch.Tensor:
+    rows, cols = weight.rows, weight.cols
+    x2 = _f32(x).reshape(-1, cols)
+    y = torch.empty(x2.shape[0], rows, dtype=torch.float32)
+    b = None if bias is None else _f32(bias).numpy()
+    _core.int8_linear(
+        x2.numpy(), weight, grid[0], float(grid[1]), b, y.numpy(), torch.get_num_threads()
+    )
+    return y.view(*x.shape[:-1], rows).to(x.dtype)
+
+
+def conv2d(
+    x: torch.Tensor,
+    weight: Any,
+    grid: tuple[float, int],
+    bias: torch.Tensor | None,
+    kernel: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+) -> torch.Tensor:
+    batched = x.dim() == 4
+    x4 = _f32(x if batched else x.unsqueeze(0))
+    n, _, h, w = x4.shape
+    oh = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    y = torch.empty(n, weight.rows, oh, ow, dtype=torch.float32)
+    b = None if bias is None else _f32(bias).numpy()
+    _core.int8_conv2d(
+        x4.numpy(),
+        weight,
+        grid[0],
+        float(grid[1]),
+        b,
+        kernel[0],
+        kernel[1],
+        stride[0],
+        stride[1],
+        padding[0],
+        padding[1],
+        dilation[0],
+        dilation[1],
+        y.numpy(),
+        torch.get_num_threads(),
+    )
+    y = y.to(x.dtype)
+    return y if batched else y.squeeze(0)
