@@ -98,6 +98,12 @@ size_t ChunkRows(size_t kp, uint64_t m) {
   return static_cast<size_t>(std::min<uint64_t>(rows, m));
 }
 
+// Threads for a layer of `work` multiply-adds: starting a thread costs about as much as a
+// million of them, so small layers (the many small calls of small models) run on one.
+int ThreadsFor(uint64_t work, int threads) {
+  return work < (uint64_t{1} << 24) ? 1 : threads;
+}
+
 Status CheckBias(std::span<const float> bias, uint64_t rows) {
   if (!bias.empty() && bias.size() != rows) {
     return Status(StatusCode::kSizeMismatch, "integer layer: bias has " +
@@ -125,20 +131,21 @@ Status Int8Linear(std::span<const float> x, uint64_t m, const Int8Weight& w, Act
   const size_t chunk = ChunkRows(im.kp, m);
   const size_t chunks = (m + chunk - 1) / chunk;
   const float* b = bias.empty() ? nullptr : bias.data();
-  ParallelFor(chunks, options.threads, [&](size_t begin, size_t end, int) {
-    std::vector<uint8_t> xq(chunk * im.kp, 0);
-    std::vector<float> rsum(chunk * p.groups);
-    for (size_t c = begin; c < end; ++c) {
-      const size_t m0 = c * chunk, rows = std::min<size_t>(chunk, m - m0);
-      for (size_t r = 0; r < rows; ++r) {
-        uint8_t* row = xq.data() + r * im.kp;
-        kernels::QuantizeActivations(x.data() + (m0 + r) * k, k, grid.scale, grid.zero, row);
-        kernels::GroupSums(row, k, im.g, rsum.data() + r * p.groups);
-      }
-      kernels::Int8Gemm(xq.data(), im.kp, kernels::kQuad, rsum.data(), rows, p, grid.scale,
-                        grid.zero, b, y.data() + m0 * n, n);
-    }
-  });
+  ParallelFor(
+      chunks, ThreadsFor(m * n * im.kp, options.threads), [&](size_t begin, size_t end, int) {
+        std::vector<uint8_t> xq(chunk * im.kp, 0);
+        std::vector<float> rsum(chunk * p.groups);
+        for (size_t c = begin; c < end; ++c) {
+          const size_t m0 = c * chunk, rows = std::min<size_t>(chunk, m - m0);
+          for (size_t r = 0; r < rows; ++r) {
+            uint8_t* row = xq.data() + r * im.kp;
+            kernels::QuantizeActivations(x.data() + (m0 + r) * k, k, grid.scale, grid.zero, row);
+            kernels::GroupSums(row, k, im.g, rsum.data() + r * p.groups);
+          }
+          kernels::Int8Gemm(xq.data(), im.kp, kernels::kQuad, rsum.data(), rows, p, grid.scale,
+                            grid.zero, b, y.data() + m0 * n, n);
+        }
+      });
   return Status::OK();
 }
 
@@ -183,36 +190,63 @@ Status Int8Conv2d(std::span<const float> x, const Conv2dShape& s, const Int8Weig
   const Int8Weight::Impl& im = w.impl();
   const kernels::Int8Panels& p = im.panels;
 
-  // The whole input rounded once (each value is gathered up to kh * kw times).
-  std::vector<uint8_t> xq(x.size());
-  constexpr size_t kBlock = 1 << 16;
-  ParallelFor((x.size() + kBlock - 1) / kBlock, options.threads, [&](size_t b, size_t e, int) {
-    for (size_t i = b; i < e; ++i) {
-      const size_t at = i * kBlock, len = std::min(kBlock, x.size() - at);
-      kernels::QuantizeActivations(x.data() + at, len, grid.scale, grid.zero, xq.data() + at);
+  const uint8_t pad = static_cast<uint8_t>(std::clamp(grid.zero, 0.0f, 255.0f));  // code of 0.0
+  const int threads = ThreadsFor(m * n * im.kp, options.threads);
+  // The whole input rounded once (each value is gathered up to kh * kw times). Stride 1: into
+  // a copy with the zero padding in its borders, so that patches are plain runs of codes.
+  const bool unit_stride = s.stride_h == 1 && s.stride_w == 1;
+  const uint64_t hp = unit_stride ? s.height + 2 * s.pad_h : s.height;
+  const uint64_t wp = unit_stride ? s.width + 2 * s.pad_w : s.width;
+  const uint64_t planes = s.batch * s.channels;
+  std::vector<uint8_t> xq(planes * hp * wp + 64, pad);  // + the SIMD gather's overread
+  ParallelFor(planes, threads, [&](size_t begin, size_t end, int) {
+    for (size_t pl = begin; pl < end; ++pl) {
+      for (uint64_t r = 0; r < s.height; ++r) {
+        const uint64_t at = (pl * hp + r + (hp - s.height) / 2) * wp + (wp - s.width) / 2;
+        kernels::QuantizeActivations(x.data() + (pl * s.height + r) * s.width, s.width, grid.scale,
+                                     grid.zero, xq.data() + at);
+      }
     }
   });
+  kernels::PatchShape patch;
+  patch.channels = s.channels;
+  patch.hp = hp;
+  patch.wp = wp;
+  patch.kh = s.kernel_h;
+  patch.kw = s.kernel_w;
+  patch.dil_h = s.dilation_h;
+  patch.dil_w = s.dilation_w;
+  patch.k4s = p.k4s;
 
-  const uint8_t pad = static_cast<uint8_t>(std::clamp(grid.zero, 0.0f, 255.0f));  // code of 0.0
   const size_t chunk = ChunkRows(im.kp, m);
   const size_t chunks = (m + chunk - 1) / chunk;
   const float* bptr = bias.empty() ? nullptr : bias.data();
   const size_t kk = s.kernel_h * s.kernel_w;
-  ParallelFor(chunks, options.threads, [&](size_t begin, size_t end, int) {
+  ParallelFor(chunks, threads, [&](size_t begin, size_t end, int) {
     std::vector<uint8_t> cols(chunk * im.kp);
     std::vector<float> rsum(chunk * p.groups);
     std::vector<float> out(chunk * n);
     for (size_t c = begin; c < end; ++c) {
       const size_t m0 = c * chunk, rows = std::min<size_t>(chunk, m - m0);
       const size_t plane = kernels::kQuad * rows;  // bytes per quad of k (quad-interleaved)
-      std::fill(cols.begin(), cols.begin() + rows * im.kp, uint8_t{0});
-      // Runs of rows within one output image row: for each (channel, kernel tap) their codes
-      // come from one contiguous run of an input row (stride 1), so the gather is a strided
-      // copy with the padded ends filled, no per-byte bounds test.
+      // Runs of rows within one output image row.
       for (size_t r0 = 0; r0 < rows;) {
         const uint64_t mi = m0 + r0, b = mi / pixels, pix = mi % pixels;
         const uint64_t py = pix / ow, px0 = pix % ow;
         const size_t len = std::min<size_t>(rows - r0, ow - px0);
+        uint8_t* run = cols.data() + r0 * kernels::kQuad;
+        if (unit_stride) {
+          kernels::GatherQuads(xq.data() + b * s.channels * hp * wp, patch, py, px0, len, run,
+                               plane);
+          r0 += len;
+          continue;
+        }
+        // Other strides: for each (channel, kernel tap) the run's codes are every stride-th of
+        // an input row, the ends outside the image filled with the padding code.
+        for (size_t k = s.channels * kk; k < im.kp; ++k) {
+          uint8_t* dst = run + (k / kernels::kQuad) * plane + k % kernels::kQuad;
+          for (size_t t = 0; t < len; ++t) dst[t * kernels::kQuad] = 0;
+        }
         const int64_t y0 = static_cast<int64_t>(py * s.stride_h) - static_cast<int64_t>(s.pad_h);
         for (uint64_t ch = 0; ch < s.channels; ++ch) {
           const uint8_t* src = xq.data() + (b * s.channels + ch) * in_plane;
@@ -222,8 +256,7 @@ Status Int8Conv2d(std::span<const float> x, const Conv2dShape& s, const Int8Weig
             const uint8_t* line = src + (row_in ? iy : 0) * static_cast<int64_t>(s.width);
             for (uint64_t j = 0; j < s.kernel_w; ++j) {
               const size_t k = ch * kk + i * s.kernel_w + j;
-              uint8_t* dst = cols.data() + (k / kernels::kQuad) * plane + k % kernels::kQuad +
-                             r0 * kernels::kQuad;
+              uint8_t* dst = run + (k / kernels::kQuad) * plane + k % kernels::kQuad;
               // Input column of run element t: x0 + t * stride, inside [0, width) for t in
               // [lo, hi).
               const int64_t x0 = static_cast<int64_t>(px0 * s.stride_w + j * s.dilation_w) -
@@ -239,11 +272,7 @@ Status Int8Conv2d(std::span<const float> x, const Conv2dShape& s, const Int8Weig
               }
               int64_t t = 0;
               for (; t < lo; ++t) dst[t * kernels::kQuad] = pad;
-              if (st == 1) {
-                for (; t < hi; ++t) dst[t * kernels::kQuad] = line[x0 + t];
-              } else {
-                for (; t < hi; ++t) dst[t * kernels::kQuad] = line[x0 + t * st];
-              }
+              for (; t < hi; ++t) dst[t * kernels::kQuad] = line[x0 + t * st];
               for (; t < n_run; ++t) dst[t * kernels::kQuad] = pad;
             }
           }

@@ -39,6 +39,55 @@ void QuantizeActivationsImpl(const float* HWY_RESTRICT x, size_t n, float scale,
   if (k < n) ref::QuantizeActivations(x + k, n - k, scale, zero, codes + k);
 }
 
+// 16 output pixels at a time: the four k of a quad loaded as four runs of 16 codes and
+// interleaved byte-wise, then 16-bit-wise, into 16 rows of 4 codes.
+void GatherQuadsImpl(const uint8_t* HWY_RESTRICT xp, const PatchShape& s, size_t oy, size_t ox0,
+                     size_t len, uint8_t* HWY_RESTRICT dst, size_t plane) {
+#if HWY_TARGET == HWY_SCALAR  // no 128-bit vectors
+  ref::GatherQuads(xp, s, oy, ox0, len, dst, plane);
+#else
+  const hn::Full128<uint8_t> d8;
+  const hn::Full128<uint16_t> d16;
+  const size_t taps = s.kh * s.kw, kmax = s.channels * taps;
+  alignas(16) static const uint8_t kZeros[16] = {};
+  for (size_t k4 = 0; k4 < s.k4s; ++k4) {
+    const uint8_t* src[kQuad];
+    size_t step[kQuad];  // 16 for a real tap, 0 for the zeros past K
+    for (size_t j = 0; j < kQuad; ++j) {
+      const size_t k = k4 * kQuad + j;
+      if (k >= kmax) {
+        src[j] = kZeros;
+        step[j] = 0;
+        continue;
+      }
+      const size_t c = k / taps, i = k % taps / s.kw, jj = k % s.kw;
+      src[j] = xp + (c * s.hp + oy + i * s.dil_h) * s.wp + ox0 + jj * s.dil_w;
+      step[j] = 16;
+    }
+    uint8_t* d = dst + k4 * plane;
+    size_t t = 0;
+    for (; t + 16 <= len; t += 16) {
+      const auto a = hn::LoadU(d8, src[0] + (step[0] ? t : 0));
+      const auto b = hn::LoadU(d8, src[1] + (step[1] ? t : 0));
+      const auto c = hn::LoadU(d8, src[2] + (step[2] ? t : 0));
+      const auto e = hn::LoadU(d8, src[3] + (step[3] ? t : 0));
+      const auto ab_lo = hn::BitCast(d16, hn::InterleaveLower(d8, a, b));
+      const auto ab_hi = hn::BitCast(d16, hn::InterleaveUpper(d8, a, b));
+      const auto ce_lo = hn::BitCast(d16, hn::InterleaveLower(d8, c, e));
+      const auto ce_hi = hn::BitCast(d16, hn::InterleaveUpper(d8, c, e));
+      uint8_t* o = d + t * kQuad;
+      hn::StoreU(hn::BitCast(d8, hn::InterleaveLower(d16, ab_lo, ce_lo)), d8, o);
+      hn::StoreU(hn::BitCast(d8, hn::InterleaveUpper(d16, ab_lo, ce_lo)), d8, o + 16);
+      hn::StoreU(hn::BitCast(d8, hn::InterleaveLower(d16, ab_hi, ce_hi)), d8, o + 32);
+      hn::StoreU(hn::BitCast(d8, hn::InterleaveUpper(d16, ab_hi, ce_hi)), d8, o + 48);
+    }
+    for (; t < len; ++t) {
+      for (size_t j = 0; j < kQuad; ++j) d[t * kQuad + j] = step[j] ? src[j][t] : 0;
+    }
+  }
+#endif
+}
+
 #if HWY_TARGET == HWY_AVX3_DL
 #define AQ_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 
@@ -168,6 +217,12 @@ namespace arrowquant::kernels {
 HWY_EXPORT(QuantizeActivationsImpl);
 HWY_EXPORT(Int8GemmImpl);
 HWY_EXPORT(Int8GemmAcceleratedImpl);
+HWY_EXPORT(GatherQuadsImpl);
+
+void GatherQuads(const uint8_t* xp, const PatchShape& s, size_t oy, size_t ox0, size_t len,
+                 uint8_t* dst, size_t plane) {
+  HWY_DYNAMIC_DISPATCH(GatherQuadsImpl)(xp, s, oy, ox0, len, dst, plane);
+}
 
 void QuantizeActivations(const float* x, size_t n, float scale, float zero, uint8_t* codes) {
   HWY_DYNAMIC_DISPATCH(QuantizeActivationsImpl)(x, n, scale, zero, codes);

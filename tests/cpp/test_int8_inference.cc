@@ -253,6 +253,37 @@ TEST_F(PerTarget, Conv2dMatchesTheFloatSimulation) {
   }
 }
 
+TEST_F(PerTarget, PatchGatherMatchesTheReference) {
+  std::mt19937 rng(12);
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (size_t channels : {1u, 3u, 7u}) {
+    for (size_t k : {1u, 3u}) {
+      kernels::PatchShape s;
+      s.channels = channels;
+      s.kh = s.kw = k;
+      s.dil_h = k == 3 ? 2 : 1;
+      s.hp = 9 + 2 * s.dil_h;
+      s.wp = 40 + 2 * s.dil_h;
+      s.k4s = (channels * k * k + 3) / 4 + 1;  // one quad more than needed: zeros
+      std::vector<uint8_t> xp(channels * s.hp * s.wp + 64);
+      for (auto& v : xp) v = static_cast<uint8_t>(byte(rng));
+      for (size_t len : {1u, 15u, 16u, 37u}) {
+        const size_t plane = 4 * 40;
+        std::vector<uint8_t> want(s.k4s * plane, 0xEE);
+        kernels::ref::GatherQuads(xp.data(), s, 3, 40 - len, len, want.data(), plane);
+        for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+          hwy::SetSupportedTargetsForTest(target);
+          SCOPED_TRACE(hwy::TargetName(target));
+          std::vector<uint8_t> got(s.k4s * plane, 0xEE);
+          kernels::GatherQuads(xp.data(), s, 3, 40 - len, len, got.data(), plane);
+          ASSERT_EQ(want, got) << channels << " " << k << " " << len;
+        }
+        hwy::SetSupportedTargetsForTest(0);
+      }
+    }
+  }
+}
+
 TEST(Int8Inference, BadSizesAreErrors) {
   std::mt19937 rng(1);
   const QuantizedTensor q =

@@ -33,8 +33,20 @@ def prepared(module: Any, arrays: tuple[Any, ...], fmt: list[int]) -> Any:
     if cache is not None and cache[0] is arrays:
         return cache[1]
     bits, group, scheme, storage, scale_bits, rows, cols = fmt
+    codes, scales, zeros, super_scales = arrays
     w = _core.int8_weight(
-        *arrays, bits, group, scheme, storage, scale_bits, rows, cols, torch.get_num_threads()
+        codes,
+        scales,
+        zeros,
+        super_scales,
+        bits,
+        group,
+        scheme,
+        storage,
+        scale_bits,
+        rows,
+        cols,
+        torch.get_num_threads(),
     )
     module.__dict__["_int8_cache"] = (arrays, w)
     return w
