@@ -45,4 +45,29 @@ nb::dict SpecDict(const QuantSpec& s) {
   return d;
 }
 
+QuantizedView PackedView(const Bytes1D& codes, const Bytes1D& scales, const Bytes1D& zeros,
+                         const Bytes1D& super_scales, int bits, int group_size, int scheme,
+                         int scale_storage, int scale_bits, uint64_t rows, uint64_t cols,
+                         const char* what) {
+  if (scheme < 0 || scheme > 1 || scale_storage < 0 || scale_storage > 2) {
+    throw StatusError(Status(StatusCode::kInvalidArgument, std::string(what) + ": bad format"));
+  }
+  auto bytes = [](const Bytes1D& a) {
+    return std::span<const uint8_t>(static_cast<const uint8_t*>(a.data()), a.size());
+  };
+  QuantizedView v;
+  v.spec.bits = bits;
+  v.spec.group_size = group_size;
+  v.spec.scheme = static_cast<Scheme>(scheme);
+  v.spec.scales = static_cast<ScaleStorage>(scale_storage);
+  v.spec.scale_bits = scale_bits;
+  v.rows = rows;
+  v.cols = cols;
+  v.codes = bytes(codes);
+  v.scales = bytes(scales);
+  v.zeros = bytes(zeros);
+  v.super_scales = bytes(super_scales);
+  return v;
+}
+
 }  // namespace arrowquant::py

@@ -11,6 +11,7 @@
 
 #include "arrowquant/int8_inference.h"
 #include "bindings.h"
+#include "convert.h"
 #include "status_error.h"
 
 namespace nb = nanobind;
@@ -18,13 +19,10 @@ namespace nb = nanobind;
 namespace arrowquant::py {
 namespace {
 
-using ByteArray = nb::ndarray<nb::ro, uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using ByteArray = Bytes1D;
 using InF32 = nb::ndarray<nb::ro, float, nb::c_contig, nb::device::cpu>;
 using OutF32 = nb::ndarray<float, nb::c_contig, nb::device::cpu>;
 
-std::span<const uint8_t> Bytes(const ByteArray& a) {
-  return {static_cast<const uint8_t*>(a.data()), a.size()};
-}
 std::span<const float> Floats(const InF32& a) {
   return {static_cast<const float*>(a.data()), a.size()};
 }
@@ -45,21 +43,9 @@ void BindInference(nb::module_& m) {
       [](ByteArray codes, ByteArray scales, ByteArray zeros, ByteArray super_scales, int bits,
          int group_size, int scheme, int scale_storage, int scale_bits, uint64_t rows,
          uint64_t cols, int threads) {
-        if (scheme < 0 || scheme > 1 || scale_storage < 0 || scale_storage > 2) {
-          throw StatusError(Status(StatusCode::kInvalidArgument, "int8_weight: bad format"));
-        }
-        QuantizedView v;
-        v.spec.bits = bits;
-        v.spec.group_size = group_size;
-        v.spec.scheme = static_cast<Scheme>(scheme);
-        v.spec.scales = static_cast<ScaleStorage>(scale_storage);
-        v.spec.scale_bits = scale_bits;
-        v.rows = rows;
-        v.cols = cols;
-        v.codes = Bytes(codes);
-        v.scales = Bytes(scales);
-        v.zeros = Bytes(zeros);
-        v.super_scales = Bytes(super_scales);
+        const QuantizedView v =
+            PackedView(codes, scales, zeros, super_scales, bits, group_size, scheme, scale_storage,
+                       scale_bits, rows, cols, "int8_weight");
         nb::gil_scoped_release release;
         return ValueOrThrow(Int8Weight::Make(v, QuantOptions{threads}));
       },

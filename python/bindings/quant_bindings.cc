@@ -14,12 +14,8 @@ namespace arrowquant::py {
 namespace {
 
 using InArray = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu>;
-using ByteArray = nb::ndarray<nb::ro, uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using ByteArray = Bytes1D;
 using OutArray = nb::ndarray<nb::c_contig, nb::device::cpu>;
-
-std::span<const uint8_t> Bytes(const ByteArray& a) {
-  return {static_cast<const uint8_t*>(a.data()), a.size()};
-}
 
 TensorView ViewOf(const InArray& a, const std::string& dtype, const std::string& name) {
   TensorView v;
@@ -133,21 +129,9 @@ void BindQuantize(nb::module_& m) {
       [](ByteArray codes, ByteArray scales, ByteArray zeros, ByteArray super_scales, int bits,
          int group_size, int scheme, int scale_storage, int scale_bits, uint64_t rows,
          uint64_t cols, uint64_t begin, uint64_t end, OutArray out, int threads) {
-        QuantizedView v;
-        v.spec.bits = bits;
-        v.spec.group_size = group_size;
-        v.spec.scheme = static_cast<Scheme>(scheme);
-        v.spec.scales = static_cast<ScaleStorage>(scale_storage);
-        v.spec.scale_bits = scale_bits;
-        if (scheme < 0 || scheme > 1 || scale_storage < 0 || scale_storage > 2) {
-          throw StatusError(Status(StatusCode::kInvalidArgument, "dequantize_rows: bad format"));
-        }
-        v.rows = rows;
-        v.cols = cols;
-        v.codes = Bytes(codes);
-        v.scales = Bytes(scales);
-        v.zeros = Bytes(zeros);
-        v.super_scales = Bytes(super_scales);
+        const QuantizedView v =
+            PackedView(codes, scales, zeros, super_scales, bits, group_size, scheme, scale_storage,
+                       scale_bits, rows, cols, "dequantize_rows");
         const nb::dlpack::dtype d = out.dtype();
         DType dt;
         if (d == nb::dtype<float>()) {

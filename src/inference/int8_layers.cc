@@ -198,7 +198,8 @@ Status Int8Conv2d(std::span<const float> x, const Conv2dShape& s, const Int8Weig
   const uint64_t hp = unit_stride ? s.height + 2 * s.pad_h : s.height;
   const uint64_t wp = unit_stride ? s.width + 2 * s.pad_w : s.width;
   const uint64_t planes = s.batch * s.channels;
-  std::vector<uint8_t> xq(planes * hp * wp + 64, pad);  // + the SIMD gather's overread
+  // + what the gather reads past the last position: the SIMD loads and the kernel's width.
+  std::vector<uint8_t> xq(planes * hp * wp + 64 + (s.kernel_w - 1) * s.dilation_w, pad);
   ParallelFor(planes, threads, [&](size_t begin, size_t end, int) {
     for (size_t pl = begin; pl < end; ++pl) {
       for (uint64_t r = 0; r < s.height; ++r) {
@@ -218,8 +219,13 @@ Status Int8Conv2d(std::span<const float> x, const Conv2dShape& s, const Int8Weig
   patch.dil_w = s.dilation_w;
   patch.k4s = p.k4s;
 
-  const size_t chunk = ChunkRows(im.kp, m);
-  const size_t chunks = (m + chunk - 1) / chunk;
+  // The GEMM's rows are slots of `row_w` per output row. Narrow images (stride 1, fewer than
+  // 16 columns) take the padded width, so that a run of slots is one run of the padded codes
+  // long enough for the SIMD gather; the slots past the last column are computed and dropped.
+  const uint64_t row_w = unit_stride && ow < 16 ? wp : ow;
+  const uint64_t slots = oh * row_w, rows_total = s.batch * slots;
+  const size_t chunk = ChunkRows(im.kp, rows_total);
+  const size_t chunks = (rows_total + chunk - 1) / chunk;
   const float* bptr = bias.empty() ? nullptr : bias.data();
   const size_t kk = s.kernel_h * s.kernel_w;
   ParallelFor(chunks, threads, [&](size_t begin, size_t end, int) {
@@ -227,20 +233,21 @@ Status Int8Conv2d(std::span<const float> x, const Conv2dShape& s, const Int8Weig
     std::vector<float> rsum(chunk * p.groups);
     std::vector<float> out(chunk * n);
     for (size_t c = begin; c < end; ++c) {
-      const size_t m0 = c * chunk, rows = std::min<size_t>(chunk, m - m0);
+      const size_t m0 = c * chunk, rows = std::min<size_t>(chunk, rows_total - m0);
       const size_t plane = kernels::kQuad * rows;  // bytes per quad of k (quad-interleaved)
-      // Runs of rows within one output image row.
+      // Runs of rows within one output image row (padded width: within one image).
       for (size_t r0 = 0; r0 < rows;) {
-        const uint64_t mi = m0 + r0, b = mi / pixels, pix = mi % pixels;
-        const uint64_t py = pix / ow, px0 = pix % ow;
-        const size_t len = std::min<size_t>(rows - r0, ow - px0);
+        const uint64_t mi = m0 + r0, b = mi / slots, slot = mi % slots;
+        const uint64_t py = slot / row_w, px0 = slot % row_w;
         uint8_t* run = cols.data() + r0 * kernels::kQuad;
         if (unit_stride) {
-          kernels::GatherQuads(xq.data() + b * s.channels * hp * wp, patch, py, px0, len, run,
+          const size_t len = std::min<size_t>(rows - r0, row_w == wp ? slots - slot : ow - px0);
+          kernels::GatherQuads(xq.data() + b * s.channels * hp * wp, patch, py * wp + px0, len, run,
                                plane);
           r0 += len;
           continue;
         }
+        const size_t len = std::min<size_t>(rows - r0, ow - px0);
         // Other strides: for each (channel, kernel tap) the run's codes are every stride-th of
         // an input row, the ends outside the image filled with the padding code.
         for (size_t k = s.channels * kk; k < im.kp; ++k) {
@@ -295,13 +302,15 @@ Status Int8Conv2d(std::span<const float> x, const Conv2dShape& s, const Int8Weig
       }
       kernels::Int8Gemm(cols.data(), kernels::kQuad, plane, rsum.data(), rows, p, grid.scale,
                         grid.zero, bptr, out.data(), n);
-      // (pixel, channel) rows to NCHW.
+      // (slot, channel) rows to NCHW, a run of an output row's slots at a time.
       for (size_t r = 0; r < rows;) {
-        const uint64_t mi = m0 + r, b = mi / pixels, pix = mi % pixels;
-        const size_t run = std::min<size_t>(rows - r, pixels - pix);
-        for (uint64_t o = 0; o < n; ++o) {
-          float* dst = y.data() + (b * n + o) * pixels + pix;
-          for (size_t t = 0; t < run; ++t) dst[t] = out[(r + t) * n + o];
+        const uint64_t mi = m0 + r, b = mi / slots, slot = mi % slots;
+        const uint64_t py = slot / row_w, px = slot % row_w;
+        const size_t run = std::min<size_t>(rows - r, row_w - px);
+        const size_t keep = px < ow ? std::min<size_t>(run, ow - px) : 0;
+        for (uint64_t o = 0; o < n && keep; ++o) {
+          float* dst = y.data() + (b * n + o) * pixels + py * ow + px;
+          for (size_t t = 0; t < keep; ++t) dst[t] = out[(r + t) * n + o];
         }
         r += run;
       }

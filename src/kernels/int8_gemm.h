@@ -70,19 +70,20 @@ void GroupSums(const uint8_t* codes, size_t n, size_t g, float* rsum);
 void QuantizeActivations(const float* x, size_t n, float scale, float zero, uint8_t* codes);
 void GroupSums(const uint8_t* codes, size_t n, size_t g, float* rsum);
 
-// The quad-interleaved patch rows of a stride-1 convolution (im2col): for output pixels
-// (oy, ox0 + t), t < len, of one image whose codes are `xp` (channels x hp x wp, zero padding
-// already in the borders, and at least 16 readable bytes past the last one), and k < k4s * 4:
-//   dst[(k / 4) * plane + t * 4 + k % 4] = xp[(c * hp + oy + i * dil_h) * wp + ox0 + t + j * dil_w]
-// with k = (c * kh + i) * kw + j for k < channels * kh * kw, and 0 past it.
+// The quad-interleaved patch rows of a stride-1 convolution (im2col): for the positions
+// pos0 + t, t < len, of one image whose codes are `xp` (channels x hp x wp, zero padding already
+// in the borders, and (kw - 1) * dil_w + 16 readable bytes past the last one), and k < k4s * 4:
+//   dst[(k / 4) * plane + t * 4 + k % 4] = xp[(c * hp + i * dil_h) * wp + j * dil_w + pos0 + t]
+// with k = (c * kh + i) * kw + j for k < channels * kh * kw, and 0 past it. Position oy * wp + ox
+// is output pixel (oy, ox); a run may go on past the row's last pixel (the callers drop those).
 struct PatchShape {
   size_t channels = 0, hp = 0, wp = 0, kh = 1, kw = 1, dil_h = 1, dil_w = 1, k4s = 0;
 };
 namespace ref {
-void GatherQuads(const uint8_t* xp, const PatchShape& s, size_t oy, size_t ox0, size_t len,
-                 uint8_t* dst, size_t plane);
+void GatherQuads(const uint8_t* xp, const PatchShape& s, size_t pos0, size_t len, uint8_t* dst,
+                 size_t plane);
 }  // namespace ref
-void GatherQuads(const uint8_t* xp, const PatchShape& s, size_t oy, size_t ox0, size_t len,
-                 uint8_t* dst, size_t plane);
+void GatherQuads(const uint8_t* xp, const PatchShape& s, size_t pos0, size_t len, uint8_t* dst,
+                 size_t plane);
 
 }  // namespace arrowquant::kernels

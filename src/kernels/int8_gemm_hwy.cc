@@ -41,10 +41,10 @@ void QuantizeActivationsImpl(const float* HWY_RESTRICT x, size_t n, float scale,
 
 // 16 output pixels at a time: the four k of a quad loaded as four runs of 16 codes and
 // interleaved byte-wise, then 16-bit-wise, into 16 rows of 4 codes.
-void GatherQuadsImpl(const uint8_t* HWY_RESTRICT xp, const PatchShape& s, size_t oy, size_t ox0,
-                     size_t len, uint8_t* HWY_RESTRICT dst, size_t plane) {
+void GatherQuadsImpl(const uint8_t* HWY_RESTRICT xp, const PatchShape& s, size_t pos0, size_t len,
+                     uint8_t* HWY_RESTRICT dst, size_t plane) {
 #if HWY_TARGET == HWY_SCALAR  // no 128-bit vectors
-  ref::GatherQuads(xp, s, oy, ox0, len, dst, plane);
+  ref::GatherQuads(xp, s, pos0, len, dst, plane);
 #else
   const hn::Full128<uint8_t> d8;
   const hn::Full128<uint16_t> d16;
@@ -61,7 +61,7 @@ void GatherQuadsImpl(const uint8_t* HWY_RESTRICT xp, const PatchShape& s, size_t
         continue;
       }
       const size_t c = k / taps, i = k % taps / s.kw, jj = k % s.kw;
-      src[j] = xp + (c * s.hp + oy + i * s.dil_h) * s.wp + ox0 + jj * s.dil_w;
+      src[j] = xp + (c * s.hp + i * s.dil_h) * s.wp + jj * s.dil_w + pos0;
       step[j] = 16;
     }
     uint8_t* d = dst + k4 * plane;
@@ -219,9 +219,9 @@ HWY_EXPORT(Int8GemmImpl);
 HWY_EXPORT(Int8GemmAcceleratedImpl);
 HWY_EXPORT(GatherQuadsImpl);
 
-void GatherQuads(const uint8_t* xp, const PatchShape& s, size_t oy, size_t ox0, size_t len,
-                 uint8_t* dst, size_t plane) {
-  HWY_DYNAMIC_DISPATCH(GatherQuadsImpl)(xp, s, oy, ox0, len, dst, plane);
+void GatherQuads(const uint8_t* xp, const PatchShape& s, size_t pos0, size_t len, uint8_t* dst,
+                 size_t plane) {
+  HWY_DYNAMIC_DISPATCH(GatherQuadsImpl)(xp, s, pos0, len, dst, plane);
 }
 
 void QuantizeActivations(const float* x, size_t n, float scale, float zero, uint8_t* codes) {

@@ -45,8 +45,8 @@ void GroupSums(const uint8_t* codes, size_t n, size_t g, float* rsum) {
   }
 }
 
-void GatherQuads(const uint8_t* xp, const PatchShape& s, size_t oy, size_t ox0, size_t len,
-                 uint8_t* dst, size_t plane) {
+void GatherQuads(const uint8_t* xp, const PatchShape& s, size_t pos0, size_t len, uint8_t* dst,
+                 size_t plane) {
   const size_t taps = s.kh * s.kw, kmax = s.channels * taps;
   for (size_t k = 0; k < s.k4s * kQuad; ++k) {
     uint8_t* d = dst + (k / kQuad) * plane + k % kQuad;
@@ -55,7 +55,7 @@ void GatherQuads(const uint8_t* xp, const PatchShape& s, size_t oy, size_t ox0, 
       continue;
     }
     const size_t c = k / taps, i = k % taps / s.kw, j = k % s.kw;
-    const uint8_t* src = xp + (c * s.hp + oy + i * s.dil_h) * s.wp + ox0 + j * s.dil_w;
+    const uint8_t* src = xp + (c * s.hp + i * s.dil_h) * s.wp + j * s.dil_w + pos0;
     for (size_t t = 0; t < len; ++t) d[t * kQuad] = src[t];
   }
 }

@@ -189,7 +189,8 @@ TEST_F(PerTarget, Conv2dMatchesTheFloatSimulation) {
     uint64_t c, h, w, kh, kw, stride, pad, dil, out;
   };
   for (const Geo& g : {Geo{3, 9, 7, 3, 3, 1, 1, 1, 20}, Geo{8, 8, 8, 1, 1, 1, 0, 1, 33},
-                       Geo{5, 11, 10, 3, 3, 2, 1, 1, 16}, Geo{4, 9, 9, 3, 3, 1, 2, 2, 17}}) {
+                       Geo{5, 11, 10, 3, 3, 2, 1, 1, 16}, Geo{4, 9, 9, 3, 3, 1, 2, 2, 17},
+                       Geo{3, 5, 37, 3, 3, 1, 1, 1, 9}, Geo{2, 4, 33, 3, 3, 2, 0, 1, 5}}) {
     for (const Case& c : {Case{8, 32, Scheme::kAsymmetric, ScaleStorage::kCoded},
                           Case{4, 0, Scheme::kSymmetric, ScaleStorage::kF16}}) {
       Conv2dShape s;
@@ -270,12 +271,12 @@ TEST_F(PerTarget, PatchGatherMatchesTheReference) {
       for (size_t len : {1u, 15u, 16u, 37u}) {
         const size_t plane = 4 * 40;
         std::vector<uint8_t> want(s.k4s * plane, 0xEE);
-        kernels::ref::GatherQuads(xp.data(), s, 3, 40 - len, len, want.data(), plane);
+        kernels::ref::GatherQuads(xp.data(), s, 3 * s.wp + 40 - len, len, want.data(), plane);
         for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
           hwy::SetSupportedTargetsForTest(target);
           SCOPED_TRACE(hwy::TargetName(target));
           std::vector<uint8_t> got(s.k4s * plane, 0xEE);
-          kernels::GatherQuads(xp.data(), s, 3, 40 - len, len, got.data(), plane);
+          kernels::GatherQuads(xp.data(), s, 3 * s.wp + 40 - len, len, got.data(), plane);
           ASSERT_EQ(want, got) << channels << " " << k << " " << len;
         }
         hwy::SetSupportedTargetsForTest(0);

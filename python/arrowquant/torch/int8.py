@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from arrowquant import _core
+from arrowquant.torch import ops
 
 KERNEL: str = _core.int8_kernel()
 
@@ -32,22 +33,7 @@ def prepared(module: Any, arrays: tuple[Any, ...], fmt: list[int]) -> Any:
     cache = module.__dict__.get("_int8_cache")
     if cache is not None and cache[0] is arrays:
         return cache[1]
-    bits, group, scheme, storage, scale_bits, rows, cols = fmt
-    codes, scales, zeros, super_scales = arrays
-    w = _core.int8_weight(
-        codes,
-        scales,
-        zeros,
-        super_scales,
-        bits,
-        group,
-        scheme,
-        storage,
-        scale_bits,
-        rows,
-        cols,
-        torch.get_num_threads(),
-    )
+    w = _core.int8_weight(*ops.packed_args(arrays, fmt), torch.get_num_threads())
     module.__dict__["_int8_cache"] = (arrays, w)
     return w
 

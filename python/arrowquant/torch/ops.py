@@ -59,12 +59,14 @@ def decode_tile(
     return t
 
 
-def _decode(
-    packed: Sequence[Any], fmt: list[int], begin: int, end: int, dst: Any, threads: int
-) -> None:
+PackedArgs = tuple[Any, Any, Any, Any, int, int, int, int, int, int, int]
+
+
+def packed_args(packed: Sequence[Any], fmt: list[int]) -> PackedArgs:
+    """The four buffers and the seven format numbers, in the order the C++ entry points take."""
     codes, scales, zeros, super_scales = packed
     bits, group, scheme, storage, scale_bits, rows, cols = fmt
-    _core.dequantize_rows(
+    return (
         codes,
         scales,
         zeros,
@@ -76,11 +78,13 @@ def _decode(
         scale_bits,
         rows,
         cols,
-        begin,
-        end,
-        dst,
-        threads,
     )
+
+
+def _decode(
+    packed: Sequence[Any], fmt: list[int], begin: int, end: int, dst: Any, threads: int
+) -> None:
+    _core.dequantize_rows(*packed_args(packed, fmt), begin, end, dst, threads)
 
 
 def release_scratch() -> None:
