@@ -19,6 +19,7 @@ import arrowquant.torch as aqt
 from arrowquant.diffusion import call_denoiser, initial_noise, load_reference
 from arrowquant.torch import ActQuant, TimestepState, fake_quant
 from arrowquant.torch import int8 as aq_int8
+from arrowquant.torch.packed import BUFFERS
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 DIT = MODELS / "digits-dit"
@@ -164,6 +165,39 @@ def test_prepared_weight_follows_the_buffers() -> None:
         torch.testing.assert_close(m(x), -y1, rtol=0.05, atol=0.05)
         assert m.__dict__["_int8_cache"][1] is not first
     assert "_int8_cache" not in m.__getstate__()
+
+
+def test_integer_ops_pass_opcheck_compile_and_export() -> None:
+    w = torch.randn(16, 64) * 0.05
+    fmt, bufs, _ = packed_from(w, 8, 32, "asym", "q8")
+    lin = aqt.PackedLinear(64, 16, True, 1 << 20)
+    lin.set_packed(fmt, bufs)
+    lin.bias = nn.Parameter(torch.randn(16), requires_grad=False)
+    lin.act = _act(-1, torch.rand(64) + 0.5, 10)
+    conv = nn.Conv2d(5, 12, 3, padding=1)
+    cf, cb, _ = packed_from(conv.weight.detach().reshape(12, -1), 4, 0, "sym", "f16")
+    pc = aqt.PackedConv2d(conv, 1 << 20)
+    pc.set_packed(cf, cb)
+    pc.act = _act(1, None, 900)
+    x, img = torch.randn(3, 64), torch.randn(2, 5, 7, 7)
+    bufs_l = tuple(getattr(lin, f"weight_{b}") for b in BUFFERS)
+    torch.library.opcheck(
+        torch.ops.arrowquant.int8_linear.default, (x, *bufs_l, lin.bias, lin.fmt, 0.031, 131)
+    )
+    bufs_c = tuple(getattr(pc, f"weight_{b}") for b in BUFFERS)
+    torch.library.opcheck(
+        torch.ops.arrowquant.int8_conv2d.default,
+        (img, *bufs_c, None, pc.fmt, pc.weight_shape, [1, 1], [1, 1], [1, 1], 0.017, 90),
+    )
+    for m, inp in ((lin, x), (pc, img)):
+        m.int8_kernels = True
+        with torch.no_grad():
+            eager = m(inp)
+            compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
+            assert torch.equal(compiled(inp), eager)
+            ep = torch.export.export(m, (inp,))
+        assert any("arrowquant.int8_" in str(n.target) for n in ep.graph.nodes)
+        assert torch.equal(ep.module()(inp), eager)
 
 
 @pytest.fixture(scope="module")

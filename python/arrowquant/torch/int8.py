@@ -5,17 +5,22 @@ and multiplied with the weight's integer codes in int32 (C++, `_core.int8_linear
 The result equals the float simulation (`fake_quant`, then the dequantized weight) up to float
 rounding; the integer sums are exact.
 
-Used in eager inference (no autograd, not under torch.compile / export, CPU tensors) by
-PackedLinear and PackedConv2d (groups 1); everything else runs the simulation. By default only
-where the kernel is SIMD (`KERNEL != "scalar"`): the scalar fallback is exact but slower than
-the float simulation.
+Used by PackedLinear and PackedConv2d (groups 1) for inference on CPU tensors (no gradient
+wanted): in eager mode they call the kernel with the weight they prepared once; under
+torch.compile / torch.export they call the custom ops `torch.ops.arrowquant.int8_linear` /
+`int8_conv2d` (fake implementations give the shapes; the prepared weight is cached per packed
+codes tensor). Everything else (autograd, 4-bit activations) runs the simulation. By default
+only where the kernel is SIMD (`KERNEL != "scalar"`): the scalar fallback is exact but slower
+than the float simulation.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from arrowquant import _core
 from arrowquant.torch import ops
@@ -91,3 +96,92 @@ def conv2d(
     )
     y = y.to(x.dtype)
     return y if batched else y.squeeze(0)
+
+
+# The ops' prepared weights, by the packed codes tensor they were made from (dropped with it).
+_PREPARED: dict[int, tuple[weakref.ref[torch.Tensor], list[int], Any]] = {}
+
+
+def _prepared_for(buffers: tuple[torch.Tensor, ...], fmt: list[int]) -> Any:
+    codes = buffers[0]
+    hit = _PREPARED.get(id(codes))
+    if hit is not None and hit[0]() is codes and hit[1] == list(fmt):
+        return hit[2]
+    arrays = tuple(b.detach().numpy() for b in buffers)
+    w = _core.int8_weight(*ops.packed_args(arrays, fmt), torch.get_num_threads())
+    key = id(codes)
+    _PREPARED[key] = (weakref.ref(codes, lambda _r: _PREPARED.pop(key, None)), list(fmt), w)
+    return w
+
+
+@torch.library.custom_op("arrowquant::int8_linear", mutates_args=())
+def linear_op(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    super_scales: torch.Tensor,
+    bias: torch.Tensor | None,
+    fmt: list[int],
+    act_scale: float,
+    act_zero: int,
+) -> torch.Tensor:
+    """x (equalized) rounded to the grid (act_scale, act_zero) and multiplied in integers."""
+    w = _prepared_for((codes, scales, zeros, super_scales), fmt)
+    return linear(x, w, (act_scale, act_zero), bias)
+
+
+@linear_op.register_fake
+def _linear_fake(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    super_scales: torch.Tensor,
+    bias: torch.Tensor | None,
+    fmt: list[int],
+    act_scale: float,
+    act_zero: int,
+) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], fmt[5])
+
+
+@torch.library.custom_op("arrowquant::int8_conv2d", mutates_args=())
+def conv2d_op(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    super_scales: torch.Tensor,
+    bias: torch.Tensor | None,
+    fmt: list[int],
+    weight_shape: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    act_scale: float,
+    act_zero: int,
+) -> torch.Tensor:
+    """F.conv2d (groups 1, zero padding) of x (equalized, padded as the layer pads) in integers."""
+    w = _prepared_for((codes, scales, zeros, super_scales), fmt)
+    grid = (act_scale, act_zero)
+    return conv2d(x, w, grid, bias, weight_shape[2:], stride, padding, dilation)
+
+
+@conv2d_op.register_fake
+def _conv2d_fake(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    super_scales: torch.Tensor,
+    bias: torch.Tensor | None,
+    fmt: list[int],
+    weight_shape: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    act_scale: float,
+    act_zero: int,
+) -> torch.Tensor:
+    return F.conv2d(x, x.new_empty(weight_shape), None, stride, padding, dilation)

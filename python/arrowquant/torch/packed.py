@@ -136,14 +136,19 @@ class _Packed(nn.Module):
 
     def _int8_grid(self, x: torch.Tensor) -> tuple[float, int] | None:
         """The activation grid when this forward runs the integer kernel: 8-bit activations,
-        eager CPU inference, the kernel enabled."""
+        CPU inference without gradients, the kernel enabled."""
         act = self.act
         if act is None or not self.int8_kernels or not act.enabled:
             return None
         grid = act.grid()
         if grid is None or grid[2] != 8 or x.device.type != "cpu":
             return None
-        if not ops.eager(x, self._parameters["bias"]) or x.dtype not in ops.FLOAT_DTYPES:
+        if x.dtype not in ops.FLOAT_DTYPES:
+            return None
+        bias = self._parameters["bias"]
+        if torch.is_grad_enabled() and (
+            x.requires_grad or (bias is not None and bias.requires_grad)
+        ):
             return None
         if self._buffers["weight_codes"].device.type != "cpu":  # type: ignore[union-attr]
             return None
@@ -164,8 +169,14 @@ class PackedLinear(_Packed):
         bias = self._parameters["bias"]
         if grid is not None:
             assert self.act is not None
-            w = int8.prepared(self, self._arrays(), self._fmt)
-            return int8.linear(self.act.equalize(x), w, grid, bias)
+            x = self.act.equalize(x)
+            if ops.eager(x, bias):
+                w = int8.prepared(self, self._arrays(), self._fmt)
+                return int8.linear(x, w, grid, bias)
+            yi: torch.Tensor = torch.ops.arrowquant.int8_linear(
+                x, *self._buffers_in_order(), bias, self._fmt, grid[0], grid[1]
+            )
+            return yi
         x = self._input(x)
         if ops.eager(x, bias) and self._buffers["weight_codes"].device.type == "cpu":  # type: ignore[union-attr]
             return ops.linear_packed(x, self._arrays(), bias, self._fmt, self.tile_elements)
@@ -217,17 +228,22 @@ class PackedConv(_Packed):
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, self._pad, mode=mode)
         if grid is not None:
-            w = int8.prepared(self, self._arrays(), self._fmt)
-            return int8.conv2d(
+            bias = self._parameters["bias"]
+            geometry = (list(self.stride), self._conv_padding, list(self.dilation))
+            if ops.eager(x, bias):
+                w = int8.prepared(self, self._arrays(), self._fmt)
+                return int8.conv2d(x, w, grid, bias, self.weight_shape[2:], *geometry)
+            yc: torch.Tensor = torch.ops.arrowquant.int8_conv2d(
                 x,
-                w,
-                grid,
-                self._parameters["bias"],
-                self.weight_shape[2:],
-                list(self.stride),
-                self._conv_padding,
-                list(self.dilation),
+                *self._buffers_in_order(),
+                bias,
+                self._fmt,
+                self.weight_shape,
+                *geometry,
+                grid[0],
+                grid[1],
             )
+            return yc
         conv = (
             self.weight_shape,
             list(self.stride),
