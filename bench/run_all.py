@@ -28,6 +28,7 @@ def main() -> int:
         [py, str(ROOT / "bench" / "time_aware.py")],
         [py, str(ROOT / "bench" / "e2e_activations.py")],
         [py, str(ROOT / "bench" / "e2e_activations.py"), "--model", "digits-dit"],
+        [py, str(ROOT / "bench" / "int8_rounding.py")],
         [py, str(ROOT / "bench" / "compare.py")],
         [py, str(ROOT / "bench" / "inference.py"), "--dir", str(out)],
     ]

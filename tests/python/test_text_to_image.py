@@ -249,13 +249,18 @@ def test_load_pipeline_packed_generates_as_dequantize_once(local_out: Path) -> N
     apply_pipeline(stock, local_out, packed=False)
     want = run(stock)
     # One call, the configs from the source folder the file records; no float weight built.
-    pipe, reports = load_pipeline(local_out / "model.aq.parquet", model=T2I)
+    # Activations rounded in float as the dequantized layers do: the very same images.
+    pipe, reports = load_pipeline(local_out / "model.aq.parquet", model=T2I, int8=False)
     assert isinstance(pipe, StableDiffusionPipeline)
     assert set(reports) == {"unet", "text_encoder", "vae"} and reports["unet"].packed
     packed = [pipe.unet.get_submodule(n) for n in reports["unet"].packed]
     assert all(isinstance(m, PackedLinear | PackedConv2d) for m in packed)
     assert module_bytes(pipe.unet) < 0.35 * fp_bytes
     assert np.array_equal(run(pipe), want)
+    # The default (integer kernels where the CPU has them): the same up to rounding.
+    fast, _ = load_pipeline(local_out / "model.aq.parquet", model=T2I)
+    got = run(fast)
+    assert 10 * np.log10(1 / max(float(np.mean((got - want) ** 2)), 1e-12)) > 40
     # diffusers' model offload hooks move the packed buffers like any other.
     pipe.enable_model_cpu_offload(device="cpu")
     assert np.array_equal(run(pipe), want)

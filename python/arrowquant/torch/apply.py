@@ -260,6 +260,7 @@ def apply_pipeline(
     act_quant: bool = True,
     dtype: torch.dtype | None = None,
     packed: bool = True,
+    int8: bool | None = None,
 ) -> dict[str, ApplyReport]:
     """`apply` to every component of a diffusers pipeline (`pipe.components`) that the quantized
     file holds (text encoder, denoiser, VAE, ...), each under its own folder's names; returns
@@ -271,7 +272,9 @@ def apply_pipeline(
     out: dict[str, ApplyReport] = {}
     for key, module in pipe.components.items():
         if isinstance(module, nn.Module) and any(n.startswith(f"{key}/") for n in names):
-            out[key] = apply(module, quantized, act_quant, dtype, prefix=f"{key}/", packed=packed)
+            out[key] = apply(
+                module, quantized, act_quant, dtype, prefix=f"{key}/", packed=packed, int8=int8
+            )
     if not out:
         raise ShapeMismatchError(
             f"{quantized}: holds none of the pipeline's components "

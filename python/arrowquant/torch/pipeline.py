@@ -66,10 +66,12 @@ def load_pipeline(
     dtype: torch.dtype | None = None,
     act_quant: bool = True,
     packed: bool = True,
+    int8: bool | None = None,
 ) -> tuple[Any, dict[str, ApplyReport]]:
     """(pipeline, reports): the diffusers pipeline of `model` (default: the source folder the
     quantized file records) with every component the file holds loaded from it; see the module
-    docstring. `dtype` converts the float tensors (packed bytes stay as they are)."""
+    docstring. `dtype` converts the float tensors (packed bytes stay as they are); `int8` as
+    for `apply`."""
     import arrowquant as aq
 
     qm = aq.open(quantized)
@@ -85,7 +87,7 @@ def load_pipeline(
             continue
         modules[name] = _empty_component(root, name, library, cls_name)
     reports = {
-        name: apply(m, qm.path, act_quant, dtype, prefix=f"{name}/", packed=packed)
+        name: apply(m, qm.path, act_quant, dtype, prefix=f"{name}/", packed=packed, int8=int8)
         for name, m in modules.items()
     }
     if pipeline_class is None:
