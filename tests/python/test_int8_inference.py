@@ -124,12 +124,17 @@ def test_conv2d_equals_the_simulation(kw: dict[str, Any], shape: tuple[int, ...]
     _close(*_both(m, x[0]))
 
 
-def test_half_inputs_and_fallbacks() -> None:
-    w = torch.randn(16, 64) * 0.05
-    fmt, bufs, _ = packed_from(w, 8, 32, "asym", "q8")
+def _small_linear() -> aqt.PackedLinear:
+    """16 x 64, INT8 weights, 8-bit activations at timestep 10."""
+    fmt, bufs, _ = packed_from(torch.randn(16, 64) * 0.05, 8, 32, "asym", "q8")
     m = aqt.PackedLinear(64, 16, False, 1 << 20)
     m.set_packed(fmt, bufs)
     m.act = _act(-1, None, 10)
+    return m
+
+
+def test_half_inputs_and_fallbacks() -> None:
+    m = _small_linear()
     x = torch.randn(4, 64)
     a, b = _both(m, x.to(torch.bfloat16))
     assert a.dtype == torch.bfloat16
@@ -148,11 +153,8 @@ def test_half_inputs_and_fallbacks() -> None:
 
 
 def test_prepared_weight_follows_the_buffers() -> None:
-    w = torch.randn(16, 64) * 0.05
-    fmt, bufs, _ = packed_from(w, 8, 32, "asym", "q8")
-    m = aqt.PackedLinear(64, 16, False, 1 << 20)
-    m.set_packed(fmt, bufs)
-    m.act = _act(-1, None, 10)
+    m = _small_linear()
+    w = m.dequantized_weight()
     m.int8_kernels = True
     x = torch.randn(3, 64)
     with torch.no_grad():
