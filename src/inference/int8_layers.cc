@@ -232,6 +232,7 @@ Status Int8Conv2d(std::span<const float> x, const Conv2dShape& s, const Int8Weig
     std::vector<uint8_t> cols(chunk * im.kp);
     std::vector<float> rsum(chunk * p.groups);
     std::vector<float> out(chunk * n);
+    std::vector<uint32_t> acc(chunk);
     for (size_t c = begin; c < end; ++c) {
       const size_t m0 = c * chunk, rows = std::min<size_t>(chunk, rows_total - m0);
       const size_t plane = kernels::kQuad * rows;  // bytes per quad of k (quad-interleaved)
@@ -288,10 +289,9 @@ Status Int8Conv2d(std::span<const float> x, const Conv2dShape& s, const Int8Weig
       }
       // Sums of each row's codes per weight group (padding codes included, as the float
       // convolution multiplies its zero padding too).
-      std::fill(rsum.begin(), rsum.begin() + rows * p.groups, 0.0f);
       for (size_t g = 0, k4 = 0; g < p.groups; ++g) {
         const size_t k4_end = std::min(p.k4s, k4 + p.group_k4);
-        std::vector<uint32_t> acc(rows, 0);
+        std::fill(acc.begin(), acc.begin() + rows, 0u);
         for (; k4 < k4_end; ++k4) {
           const uint8_t* q = cols.data() + k4 * plane;
           for (size_t r = 0; r < rows; ++r) {

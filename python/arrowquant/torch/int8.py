@@ -32,13 +32,17 @@ def default_enabled() -> bool:
     return KERNEL != "scalar"
 
 
+def _make(arrays: tuple[Any, ...], fmt: list[int]) -> Any:
+    return _core.int8_weight(*ops.packed_args(arrays, fmt), torch.get_num_threads())
+
+
 def prepared(module: Any, arrays: tuple[Any, ...], fmt: list[int]) -> Any:
     """The layer's weight rearranged for the kernel (`_core.Int8Weight`), made on first use and
     kept while the packed buffers are the same objects (the cache goes with them)."""
     cache = module.__dict__.get("_int8_cache")
     if cache is not None and cache[0] is arrays:
         return cache[1]
-    w = _core.int8_weight(*ops.packed_args(arrays, fmt), torch.get_num_threads())
+    w = _make(arrays, fmt)
     module.__dict__["_int8_cache"] = (arrays, w)
     return w
 
@@ -107,8 +111,7 @@ def _prepared_for(buffers: tuple[torch.Tensor, ...], fmt: list[int]) -> Any:
     hit = _PREPARED.get(id(codes))
     if hit is not None and hit[0]() is codes and hit[1] == list(fmt):
         return hit[2]
-    arrays = tuple(b.detach().numpy() for b in buffers)
-    w = _core.int8_weight(*ops.packed_args(arrays, fmt), torch.get_num_threads())
+    w = _make(tuple(b.detach().numpy() for b in buffers), fmt)
     key = id(codes)
     _PREPARED[key] = (weakref.ref(codes, lambda _r: _PREPARED.pop(key, None)), list(fmt), w)
     return w
