@@ -30,22 +30,25 @@ constexpr float kRDelta = kSearchRDelta;
 using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
 
+// The reference's ClampRound: round to nearest even of v clamped to [0, qmax]. On x86, Max and
+// Min are maxps/minps, which return their second operand on NaN or equal zeros; where they differ
+// from std::max/std::min (v = -0 or NaN) the rounded code's value is the same (+-0 or NaN, and a
+// code of -0 adds, multiplies and scales exactly as +0 in every sum here). One instruction each,
+// where the exact (v < 0) ? 0 : v selection took two; Round is roundscale (RNE), as the
+// reference's magic-number rounding for 0 <= v <= qmax < 2^22.
+HWY_INLINE VF ClampRound(DF d, VF v, VF qmax) {
+  return hn::Round(hn::Min(hn::Max(v, hn::Zero(d)), qmax));
+}
+// ClampRound of a v that is >= 0, -0 or NaN, where the clamp at 0 changes nothing.
+HWY_INLINE VF ClampRoundNonNeg(VF v, VF qmax) {
+  return hn::Round(hn::Min(v, qmax));
+}
 // std::max(v, 0) and std::min(v, q) exactly: (v < 0) ? 0 : v and (q < v) ? q : v.
 HWY_INLINE VF MaxZero(DF d, VF v) {
   return hn::IfThenElse(hn::Lt(v, hn::Zero(d)), hn::Zero(d), v);
 }
 HWY_INLINE VF MinOf(VF v, VF q) {
   return hn::IfThenElse(hn::Lt(q, v), q, v);
-}
-HWY_INLINE VF ClampRound(DF d, VF v, VF qmax) {
-  const VF magic = hn::Set(d, 12582912.0f);  // 1.5 * 2^23, as kernels/round.h
-  return hn::Sub(hn::Add(MinOf(MaxZero(d, v), qmax), magic), magic);
-}
-// ClampRound of a v that is >= 0, -0 or NaN, where the clamp at 0 changes nothing: it returns
-// v for all three, and -0 rounds to +0 either way.
-HWY_INLINE VF ClampRoundNonNeg(DF d, VF v, VF qmax) {
-  const VF magic = hn::Set(d, 12582912.0f);
-  return hn::Sub(hn::Add(MinOf(v, qmax), magic), magic);
 }
 
 #if HWY_TARGET == HWY_SCALAR
@@ -384,7 +387,7 @@ void SearchAsymGroupsImpl(const float* HWY_RESTRICT x, size_t n, size_t count,
         CodeSums(
             xt, n, N,
             [&](size_t i) {
-              return ClampRoundNonNeg(d, hn::Mul(iscale, hn::Load(d, xs + i * N)), vq);
+              return ClampRoundNonNeg(hn::Mul(iscale, hn::Load(d, xs + i * N)), vq);
             },
             cs);
         VD ss, mm, r;
