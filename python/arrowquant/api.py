@@ -191,6 +191,11 @@ class ArrowQuantV2:
             ) from None
         t0 = time.perf_counter()
         try:
+            if cfg.output_format == "gguf" and precomputed is None:
+                from arrowquant.gguf import quantize_job
+
+                threading.Thread(target=_import_plotting, daemon=True).start()
+                return _publish(quantize_job(model_path, out, tmp, cfg, progress_callback, t0), tmp, out)
             if precomputed is None:
                 cfg, path = _resolve_calibration(model_path, cfg)
             else:
@@ -273,16 +278,7 @@ class ArrowQuantV2:
                 | ({"budget": raw["budget_note"]} if raw["budget_note"] else {})
                 | ({"calibration": recipe["calibration"]} if "calibration" in recipe else {}),
             )
-            report.write(tmp)
-            _fsync_tree(tmp)
-            # The previous output moves aside in one rename, so a kill at any moment leaves the
-            # final name holding a complete model (old or new) or nothing - never half of one.
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            if out.exists():
-                os.rename(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-            return report
+            return _publish(report, tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -300,9 +296,44 @@ class ArrowQuantV2:
             info = model.info(name)
             if info["spec"] is None or name not in ck:
                 continue
-            err = model.tensor(name).error(ck.numpy(name))
+            if hasattr(model, "tensor"):
+                err = model.tensor(name).error(ck.numpy(name))
+            else:  # GGUF: decoded as a GGUF reader decodes it
+                err = _error(ck.numpy(name), model.dequantize(name))
             rows.append({"name": name, "format": info["spec"]["format"]} | err)
         return rows
+
+
+def _error(w: Any, q: Any) -> dict[str, float]:
+    """Error metrics of q against w, in float64 (validate_quality's columns)."""
+    import numpy as np
+
+    w = np.asarray(w, dtype=np.float64).reshape(-1)
+    q = np.asarray(q, dtype=np.float64).reshape(-1)
+    e = float(((w - q) ** 2).sum())
+    ww = float((w * w).sum())
+    qq = float((q * q).sum())
+    return {
+        "mse": e / max(1, w.size),
+        "rel_rmse": (e / ww) ** 0.5 if ww > 0 else 0.0,
+        "sqnr_db": 10 * float(np.log10(ww / e)) if e > 0 else float("inf"),
+        "cosine": float((w * q).sum()) / (ww * qq) ** 0.5 if ww > 0 and qq > 0 else 1.0,
+        "max_abs": float(np.abs(w - q).max()) if w.size else 0.0,
+    }
+
+
+def _publish(report: QuantizationReport, tmp: Path, out: Path) -> QuantizationReport:
+    """Writes the report beside the model in `tmp`, syncs it, and moves `tmp` to `out`."""
+    report.write(tmp)
+    _fsync_tree(tmp)
+    # The previous output moves aside in one rename, so a kill at any moment leaves the final
+    # name holding a complete model (old or new) or nothing - never half of one.
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.rename(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return report
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -119,6 +119,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             "max_tensors": args.max_tensors,
             "max_tensor_bytes": args.max_tensor_bytes,
             "max_total_bytes": args.max_total_bytes,
+            "output_format": args.format,
+            "gguf_type": args.gguf_type,
+            "gguf_names": args.gguf_names,
         }.items()
         if v is not None
     }
@@ -132,7 +135,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     cfg = DiffusionQuantConfig.resolve(profile=args.profile, config=args.config, **changes)
     if args.dry_run:
         return _dry_run(args, cfg)
-    if cfg.calibration == "auto" and not args.json:
+    if cfg.calibration == "auto" and cfg.output_format == "parquet" and not args.json:
         from arrowquant.diffusion import drivable
 
         if drivable(args.model)[0]:  # the default job will sample the model: say so first
@@ -408,6 +411,21 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("--max-tensors", type=int, metavar="N")
     lim.add_argument("--max-tensor-bytes", type=int, metavar="N")
     lim.add_argument("--max-total-bytes", type=int, metavar="N")
+    gg = q.add_argument_group("GGUF output (docs/interop.md; weight-only)")
+    gg.add_argument(
+        "--format",
+        choices=["parquet", "gguf"],
+        help="parquet: OUT/model.aq.parquet (default); gguf: OUT/model.gguf in ggml block types",
+    )
+    gg.add_argument(
+        "--gguf-type",
+        metavar="TYPE",
+        help="type of the tensors at the target width: Q8_0, Q6_K, Q5_K, Q5_0, Q4_K, Q4_0, Q3_K, "
+        "Q2_K (default: the profile's width as a K-quant; wider layers keep their width's type)",
+    )
+    gg.add_argument(
+        "--gguf-names", choices=["diffusers"], help="tensor names for the reading runtime"
+    )
     q.add_argument("--threads", type=int)
     q.add_argument("--fail-fast", action="store_true", help="exit 1 at the first layer that misses")
     q.add_argument("--overwrite", action="store_true")

@@ -115,6 +115,12 @@ class DiffusionQuantConfig:
     max_total_bytes: int = 0
     nan_policy: str = "error"  # NaN/Inf in a weight: "error", or "keep-fp16" (keep it unquantized)
     target_bpw: float = 0.0  # > 0: size budget in bits per weight (widths by measured sensitivity)
+    # "parquet": model.aq.parquet; "gguf": GGUF file(s) in ggml's block types (docs/interop.md),
+    # the tensors at the target width as `gguf_type` ("" = the width's K-quant), names as
+    # `gguf_names` expects (weight-only).
+    output_format: str = "parquet"
+    gguf_type: str = ""
+    gguf_names: str = "diffusers"
 
     def __post_init__(self) -> None:
         _check_profile(self.profile)
@@ -233,6 +239,17 @@ class DiffusionQuantConfig:
             bad("size_bpw", "must be between 1 and 16")
         if self.threads < 0:
             bad("threads", "must be >= 0")
+        if self.output_format not in ("parquet", "gguf"):
+            bad("output_format", "must be parquet or gguf")
+        if self.gguf_type:
+            from arrowquant.gguf import check_type
+
+            try:
+                check_type(self.gguf_type)
+            except ConfigurationError as e:
+                bad("gguf_type", str(e).split(": ", 1)[1])
+        if self.gguf_names not in ("diffusers",):
+            bad("gguf_names", "must be diffusers")
         seen: set[str] = set()
         for c in self.components:
             m = _COMPONENT.match(c)

@@ -107,13 +107,29 @@ class QuantizedModel:
 def resolve_model_path(path: str | os.PathLike[str]) -> Path:
     """The model file of `path`: the file itself, or model.aq.parquet in the output folder of
     `arrowquant quantize` (ModelNotFoundError when there is neither). The C++ reader resolves
-    paths with the same function, so every entry point accepts either."""
+    paths with the same function, so every entry point accepts either. GGUF output: the .gguf
+    file, or the folder of a pipeline's COMPONENT.gguf files."""
+    from arrowquant.gguf import GGUF_FILE, is_gguf
+
+    if is_gguf(path):
+        p = Path(path)
+        return p / GGUF_FILE if p.is_dir() and (p / GGUF_FILE).is_file() else p
     return Path(_core.resolve_model_path(os.fspath(path)))
 
 
-def open(path: str | os.PathLike[str], verify_checksums: bool = True) -> QuantizedModel:  # noqa: A001
+def file_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes of the model file(s) at `path` (every .gguf of a GGUF output folder)."""
+    p = resolve_model_path(path)
+    return sum(f.stat().st_size for f in p.glob("*.gguf")) if p.is_dir() else p.stat().st_size
+
+
+def open(path: str | os.PathLike[str], verify_checksums: bool = True) -> Any:  # noqa: A001
     """Opens a model file, or the output folder of `arrowquant quantize` (validates footer,
-    schema and version; reads no payload)."""
+    schema and version; reads no payload); GGUF output as an arrowquant.gguf.GgufModel."""
+    from arrowquant.gguf import is_gguf, open_gguf
+
+    if is_gguf(path):
+        return open_gguf(path)
     return QuantizedModel(_core.ModelReader.open(os.fspath(path), verify_checksums))
 
 
@@ -133,8 +149,14 @@ def load_state_dict(
 
     import torch
 
-    model = open(path)
     dtype = torch.float16 if dtype is None else dtype
+    from arrowquant.gguf import is_gguf
+
+    if is_gguf(path):
+        from arrowquant.gguf import load_state_dict as load_gguf
+
+        return load_gguf(path, dtype, threads, out)
+    model = open(path)
     # Hundreds of new arrays in a row would trigger full collections for nothing.
     gc_was_enabled = gc.isenabled()
     gc.disable()

@@ -11,5 +11,6 @@ void BindModelFile(nanobind::module_& m);
 void BindPipeline(nanobind::module_& m);
 void BindCalibration(nanobind::module_& m);
 void BindInference(nanobind::module_& m);
+void BindGguf(nanobind::module_& m);
 
 }  // namespace arrowquant::py

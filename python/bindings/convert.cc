@@ -34,6 +34,17 @@ DType ParseDType(const std::string& s) {
   throw StatusError(Status(StatusCode::kInvalidArgument, "unknown dtype '" + s + "'"));
 }
 
+nb::dict MetricsDict(const ErrorMetrics& e) {
+  nb::dict d;
+  d["mse"] = e.mse;
+  d["rel_rmse"] = e.rel_rmse;
+  d["sqnr_db"] = e.sqnr_db;
+  d["cosine"] = e.cosine;
+  d["max_abs"] = e.max_abs;
+  d["count"] = e.count;
+  return d;
+}
+
 nb::dict SpecDict(const QuantSpec& s) {
   nb::dict d;
   d["bits"] = s.bits;

@@ -17,6 +17,8 @@ nanobind::dlpack::dtype NumpyStorage(DType d);
 // "F32" -> DType, or a ConfigurationError.
 DType ParseDType(const std::string& s);
 nanobind::dict SpecDict(const QuantSpec& s);
+// ErrorMetrics as {"mse", "rel_rmse", "sqnr_db", "cosine", "max_abs", "count"}.
+nanobind::dict MetricsDict(const ErrorMetrics& e);
 
 // The inference entry points' packed weight: four byte buffers and the format as numbers
 // (arrowquant.torch.ops' fmt), so that a forward pass parses no strings. `what` names the

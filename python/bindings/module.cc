@@ -26,4 +26,5 @@ NB_MODULE(_core, m) {
   arrowquant::py::BindPipeline(m);
   arrowquant::py::BindCalibration(m);
   arrowquant::py::BindInference(m);
+  arrowquant::py::BindGguf(m);
 }

@@ -10,6 +10,7 @@
 #include "arrowquant/pipeline.h"
 #include "bindings.h"
 #include "convert.h"
+#include "progress.h"
 #include "status_error.h"
 
 namespace nb = nanobind;
@@ -206,23 +207,9 @@ void BindPipeline(nb::module_& m) {
         ReaderLimits lim;
         std::tie(lim.max_header_bytes, lim.max_tensors, lim.max_tensor_bytes, lim.max_total_bytes) =
             limits;
-        // The callback runs on this (the calling) thread with the GIL held; an exception in it,
-        // or Ctrl-C, cancels the run and is re-raised afterwards.
-        std::optional<nb::python_error> pending_error;
+        ProgressBridge bridge(progress);
         ProgressFn fn = [&](uint64_t done, uint64_t total, const std::string& name) {
-          nb::gil_scoped_acquire gil;
-          if (PyErr_CheckSignals() != 0) {
-            pending_error.emplace();  // takes the pending KeyboardInterrupt
-            return false;
-          }
-          if (progress.is_none()) return true;
-          try {
-            nb::object r = progress(done, total, name);
-            return r.is_none() || nb::cast<bool>(r);
-          } catch (nb::python_error& e) {
-            pending_error.emplace(std::move(e));
-            return false;
-          }
+          return bridge(done, total, name);
         };
         Result<PipelineReport> rep = Status();
         {
@@ -233,7 +220,7 @@ void BindPipeline(nb::module_& m) {
           else
             rep = RunPipeline(**ck, out_path, config, fn);
         }
-        if (pending_error) throw std::move(*pending_error);
+        bridge.Rethrow();
         if (!rep.ok()) throw StatusError(rep.status());
         return ReportDict(*rep);
       },
@@ -253,6 +240,14 @@ void BindPipeline(nb::module_& m) {
         return out;
       },
       nb::arg("model_path"), nb::arg("config"));
+  m.def(
+      "detect_modality",
+      [](const std::string& model_path) {
+        nb::gil_scoped_release release;
+        auto ck = ValueOrThrow(Checkpoint::Open(model_path));
+        return DetectModality(*ck);
+      },
+      nb::arg("model_path"));
   m.def("default_rules", [](const std::string& modality) {
     std::vector<RuleTuple> out;
     for (const auto& r : DefaultSelectionRules(modality))

@@ -97,14 +97,7 @@ void BindQuantize(nb::module_& m) {
               nb::gil_scoped_release release;
               e = ValueOrThrow(MeasureError(q, v, QuantOptions{threads}));
             }
-            nb::dict d;
-            d["mse"] = e.mse;
-            d["rel_rmse"] = e.rel_rmse;
-            d["sqnr_db"] = e.sqnr_db;
-            d["cosine"] = e.cosine;
-            d["max_abs"] = e.max_abs;
-            d["count"] = e.count;
-            return d;
+            return MetricsDict(e);
           },
           nb::arg("reference"), nb::arg("dtype"), nb::arg("threads") = 1);
 

@@ -236,13 +236,14 @@ def _prepare(ref: Denoiser, setting: Setting, n_weights: int) -> tuple[Parts, di
         module: Any = setting
         return Parts(module.eval()), {"source": type(setting).__name__}
     parts = quantized_parts(ref, setting)
-    from arrowquant.model import resolve_model_path
+    from arrowquant.model import file_bytes, resolve_model_path
 
     f = resolve_model_path(setting)
+    size = file_bytes(f)
     info = {
         "source": str(f),
-        "file_bytes": f.stat().st_size,
-        "file_bits_per_weight": 8.0 * f.stat().st_size / n_weights,
+        "file_bytes": size,
+        "file_bits_per_weight": 8.0 * size / n_weights,
     }
     return parts, info
 

@@ -1,0 +1,357 @@
+"""GGUF interop (docs/interop.md): checkpoints exported to GGUF files whose blocks (Q8_0 ...
+Q2_K) hold codes chosen by ArrowQuant's search, and GGUF files read back (inspect, validate,
+eval, load_state_dict). The encoding, decoding and the container are C++ (arrowquant._core);
+this module plans the per-tensor types and names and writes the report."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import arrowquant._core as _core
+from arrowquant.errors import ConfigurationError
+
+GGUF_FILE = "model.gguf"
+NAME_STYLES = ("diffusers",)
+# Block types by the width the profiles and rules give a tensor.
+WIDTH_TYPES = {8: "Q8_0", 6: "Q6_K", 5: "Q5_K", 4: "Q4_K", 3: "Q3_K", 2: "Q2_K"}
+# Where a tensor's last dimension does not fill the type's blocks (K-quants: 256 values), the
+# nearest type of at least as many bits with blocks of 32 (as llama.cpp's quantizer falls back),
+# then F16.
+FALLBACK = {
+    "Q2_K": "Q4_0",
+    "Q3_K": "Q4_0",
+    "Q4_K": "Q5_0",
+    "Q5_K": "Q5_0",
+    "Q6_K": "Q8_0",
+    "Q4_0": "F16",
+    "Q5_0": "F16",
+    "Q8_0": "F16",
+}
+KEPT_TYPES = {"F32": "F32", "F16": "F16", "BF16": "BF16"}
+
+
+def types() -> dict[str, dict[str, Any]]:
+    """The block types encoded here: name -> ggml type number, block values, block bytes,
+    bits per weight."""
+    return {
+        name: {"id": i, "block": block, "bytes": nbytes, "bits_per_weight": bpw}
+        for name, i, block, nbytes, bpw in _core.gguf_types()
+    }
+
+
+def check_type(name: str) -> str:
+    """The canonical spelling of a block type name, or a ConfigurationError listing them."""
+    up = name.upper()
+    if up not in types() or up in KEPT_TYPES:
+        quant = [t for t in types() if t not in KEPT_TYPES]
+        raise ConfigurationError(f"--gguf-type {name!r}: must be one of {', '.join(quant)}")
+    return up
+
+
+def _fitting(qtype: str, ne0: int) -> tuple[str, list[str]]:
+    """qtype, or its fallbacks until one's blocks fit a last dimension of ne0; and why."""
+    notes = []
+    while qtype not in KEPT_TYPES and not _core.gguf_fits(qtype, ne0):
+        nxt = FALLBACK[qtype]
+        block = types()[qtype]["block"]
+        notes.append(f"{qtype}: last dimension {ne0} is not a multiple of {block} -> {nxt}")
+        qtype = nxt
+    return qtype, notes
+
+
+def plan(
+    model_path: str | os.PathLike[str],
+    core_config: Any,
+    gguf_type: str,
+    target_bits: int,
+    keep_dtype: str = "F16",
+) -> list[dict[str, Any]]:
+    """Per tensor: its GGUF type by the job's selection rules (the same plan as the Parquet
+    output: a tensor at the target width takes `gguf_type`, a wider one the type of its width,
+    kept ones their float dtype), with GGUF's block constraint applied per tensor."""
+    from arrowquant.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(str(model_path))
+    rows = []
+    for name, bits, _threshold, why in _core.plan(str(model_path), core_config):
+        info = ck.info(name)
+        ne0 = info.shape[-1] if info.shape else 1
+        row: dict[str, Any] = {
+            "source": name,
+            "component": info.component,
+            "name": name.split("/", 1)[1] if info.component else name,
+            "shape": list(info.shape),
+            "dtype": info.dtype,
+            "notes": [],
+        }
+        if info.dtype not in KEPT_TYPES:
+            row["type"] = None
+            row["why"] = f"{info.dtype} tensor: GGUF export stores float tensors only; left out"
+        elif bits == 0:
+            # Kept as the job keeps tensors (keep_dtype), 1-D ones (norms, biases) as they are.
+            row["type"] = KEPT_TYPES[keep_dtype if len(info.shape) > 1 else info.dtype]
+            row["why"] = why
+        else:
+            want = gguf_type if bits == target_bits else WIDTH_TYPES.get(bits, "Q8_0")
+            row["type"], row["notes"] = _fitting(want, ne0)
+            row["why"] = why
+        rows.append(row)
+    return rows
+
+
+def metadata(
+    recipe: dict[str, Any], model_path: str | os.PathLike[str], component: str, names: str
+) -> list[tuple[str, int, str]]:
+    """The file's key/values: what GGUF readers look for, then ArrowQuant's provenance."""
+    from arrowquant import __version__
+
+    src = Path(model_path)
+    kv: list[tuple[str, int, str]] = [
+        ("general.architecture", 8, json.dumps("diffusers")),
+        ("general.name", 8, json.dumps(component or src.stem)),
+        ("general.quantization_version", 4, "2"),
+        ("arrowquant.tool_version", 8, json.dumps(f"arrowquant {__version__}")),
+        ("arrowquant.recipe", 8, json.dumps(json.dumps(recipe))),
+        ("arrowquant.source", 8, json.dumps(str(model_path))),
+        ("arrowquant.names", 8, json.dumps(names)),
+    ]
+    config = src / component / "config.json" if src.is_dir() else None
+    if config is not None and config.is_file():
+        kv.append(("diffusers.config", 8, json.dumps(config.read_text())))
+    return kv
+
+
+def export(
+    model_path: str | os.PathLike[str],
+    out_dir: Path,
+    rows: list[dict[str, Any]],
+    recipe: dict[str, Any],
+    method: str,
+    threads: int,
+    names: str = "diffusers",
+    progress: Callable[[int, int, str], Any] | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Writes one GGUF file per component (model.gguf for a lone model, COMPONENT.gguf in a
+    pipeline) into out_dir; returns the report's layer rows and the files written."""
+    if names not in NAME_STYLES:
+        raise ConfigurationError(f"--gguf-names {names!r}: must be one of {', '.join(NAME_STYLES)}")
+    by_component: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_component.setdefault(r["component"], []).append(r)
+    layers: list[dict[str, Any]] = []
+    files = []
+    for component, group in by_component.items():
+        stored = [r for r in group if r["type"] is not None]
+        fname = f"{component}.gguf" if component else GGUF_FILE
+        out = _core.export_gguf(
+            str(model_path),
+            str(out_dir / fname),
+            [(r["source"], r["name"], r["type"]) for r in stored],
+            metadata(recipe, model_path, component, names),
+            method,
+            threads,
+            progress,
+        )
+        files.append(fname)
+        done = {o["source"]: o for o in out}
+        for r in group:
+            o = done.get(r["source"])
+            quantized = r["type"] is not None and r["type"] not in KEPT_TYPES
+            layers.append(
+                {
+                    "name": r["source"],
+                    "gguf_name": r["name"],
+                    "shape": r["shape"],
+                    "source_dtype": r["dtype"],
+                    "action": "quantized" if quantized else ("kept" if o else "left out"),
+                    "format": r["type"] or r["dtype"],
+                    "bits": types()[r["type"]]["bits_per_weight"] if r["type"] else 0,
+                    "why": r["why"],
+                    "fallbacks": r["notes"],
+                    "method": method if quantized else "",
+                    "validation": "weight",
+                    "output_error": None,
+                    "source_bytes": o["source_bytes"] if o else 0,
+                    "stored_bytes": o["stored_bytes"] if o else 0,
+                    "metrics": o["metrics"] if o and quantized else None,
+                }
+            )
+    return layers, files
+
+
+class GgufModel:
+    """GGUF output opened for reading: one .gguf file, or the output folder of a pipeline (one
+    COMPONENT.gguf each, their tensors named "COMPONENT/name" here). Memory-mapped and validated
+    on open; nothing is decoded until asked."""
+
+    def __init__(self, path: Path, files: list[tuple[str, Any]]) -> None:
+        self._path = path
+        self._files = files
+        self._where: dict[str, tuple[Any, str, dict[str, Any]]] = {}
+        for prefix, core in files:
+            for t in core.tensors:
+                self._where[prefix + t["name"]] = (core, t["name"], t)
+
+    @property
+    def path(self) -> str:
+        return str(self._path)
+
+    @property
+    def legacy(self) -> bool:
+        return False
+
+    @property
+    def file_bytes(self) -> int:
+        return sum(Path(core.path).stat().st_size for _, core in self._files)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        meta = {k: json.loads(v) for k, _t, v in self._files[0][1].metadata}
+        meta.setdefault("arrowquant.format_version", f"GGUF v{self._files[0][1].version}")
+        return meta
+
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def info(self, name: str) -> dict[str, Any]:
+        t = dict(self._where[name][2])
+        t["name"] = name
+        quantized = t["type"] not in KEPT_TYPES
+        t["quant_type"] = t["type"] if quantized else "raw"
+        t["dtype"] = t["type"]
+        t["spec"] = {"format": f"gguf {t['type']}"} if quantized else None
+        t["metrics"] = None
+        return t
+
+    def raw(self, name: str) -> np.ndarray:
+        """The tensor's bytes as stored (ggml blocks)."""
+        core, inner, _ = self._where[name]
+        return np.asarray(core.raw(inner))
+
+    def dequantize(self, name: str, threads: int | None = None) -> np.ndarray:
+        """The tensor as float32, decoded with ggml's arithmetic."""
+        from arrowquant.quantize import _default_threads
+
+        core, inner, _ = self._where[name]
+        return np.asarray(core.decode(inner, threads or _default_threads()))
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._where
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __repr__(self) -> str:
+        return f"GgufModel({self.path!r}, tensors={len(self)})"
+
+
+def is_gguf(path: str | os.PathLike[str]) -> bool:
+    """A .gguf file, or an output folder holding GGUF files and no Parquet model."""
+    p = Path(path)
+    if p.suffix == ".gguf":
+        return True
+    return p.is_dir() and any(p.glob("*.gguf")) and not any(p.glob("*.aq.parquet"))
+
+
+def open_gguf(path: str | os.PathLike[str]) -> GgufModel:
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(p.glob("*.gguf"))
+        lone = [f for f in found if f.name == GGUF_FILE]
+        files = [("", _core.GgufFile.open(str(f))) for f in lone] or [
+            (f"{f.stem}/", _core.GgufFile.open(str(f))) for f in found
+        ]
+        return GgufModel(p, files)
+    return GgufModel(p, [("", _core.GgufFile.open(os.fspath(p)))])
+
+
+def load_state_dict(
+    path: str | os.PathLike[str], dtype: Any, threads: int | None, out: Any
+) -> dict[str, Any]:
+    """model.load_state_dict for GGUF: every tensor decoded (into `out`'s tensors where named)."""
+    import torch
+
+    model = open_gguf(path)
+    result: dict[str, Any] = {}
+    for name in model.names():
+        a = torch.from_numpy(model.dequantize(name, threads))
+        dst = None if out is None else out.get(name)
+        if dst is not None:
+            with torch.no_grad():
+                dst.copy_(a.reshape(dst.shape))
+            result[name] = dst
+        else:
+            result[name] = a.to(dtype)
+    return result
+
+
+def quantize_job(
+    model_path: str | os.PathLike[str],
+    out: Path,
+    tmp: Path,
+    cfg: Any,
+    progress: Callable[[int, int, str], Any] | None,
+    t0: float,
+) -> Any:
+    """`ArrowQuantV2.quantize` with output_format "gguf": the plan of the Parquet job (profile,
+    rules, per-component profiles), weight-only, each tensor's codes from the search (or
+    min/max) in its GGUF type. Returns the QuantizationReport (written by the caller)."""
+    import resource
+    import time
+
+    from arrowquant import __version__
+    from arrowquant.api import component_profiles, set_components
+    from arrowquant.report import QuantizationReport
+
+    gguf_type = check_type(cfg.gguf_type) if cfg.gguf_type else WIDTH_TYPES[cfg.bits]
+    path = {
+        "path": "weight-only",
+        "why": "GGUF output: codes fitted to the weights (calibrated GGUF encoding: not built)",
+    }
+    recipe: dict[str, Any] = {
+        "config": cfg.to_dict(),
+        "tool": f"arrowquant {__version__}",
+        "path": path,
+        "gguf_type": gguf_type,
+    }
+    profiles = component_profiles(model_path, cfg)
+    if profiles:
+        recipe["components"] = profiles
+    core = cfg.to_core(json.dumps(recipe))
+    set_components(core, cfg, profiles, calibrated=False)
+    rows = plan(model_path, core, gguf_type, cfg.bits, cfg.keep_dtype)
+    method = cfg.method or "search"
+    layers, files = export(
+        model_path, tmp, rows, recipe, method, core.threads, cfg.gguf_names, progress
+    )
+    modality, reason = (
+        (cfg.modality, "given") if cfg.modality else _core.detect_modality(str(model_path))
+    )
+    params = [int(np.prod(r["shape"])) for r in layers]
+    return QuantizationReport(
+        model_path=str(model_path),
+        output_path=str(out),
+        modality=modality,
+        modality_reason=reason,
+        config=cfg.to_dict(),
+        layers=layers,
+        source_bytes=sum(r["source_bytes"] for r in layers),
+        stored_bytes=sum(r["stored_bytes"] for r in layers),
+        file_bytes=sum((tmp / f).stat().st_size for f in files),
+        quantized_params=sum(p for p, r in zip(params, layers) if r["action"] == "quantized"),
+        total_params=sum(p for p, r in zip(params, layers) if r["action"] != "left out"),
+        threshold_missed=False,
+        seconds=time.perf_counter() - t0,
+        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        extra={"path": path, "gguf": {"type": gguf_type, "names": cfg.gguf_names, "files": files}}
+        | ({"component_profiles": profiles} if profiles else {}),
+    )
