@@ -262,7 +262,7 @@ namespace {
 // neighbouring codes scored side by side (kernels::CodedNeighbours, CodeScale's candidates in
 // CodeScale's order, so the codes are CodeScale's).
 void CodeScalesSearch(const Format& f, const float* x, size_t g, size_t count,
-                      const std::vector<ContinuousParams>& c, RowStored& st, RowScratch& scratch) {
+                      const ContinuousParams* c, RowStored& st, RowScratch& scratch) {
   std::vector<int>& ls0 = scratch.ls0;
   std::vector<int>& lm0 = scratch.lm0;
   ls0.resize(count);
@@ -277,14 +277,15 @@ void CodeScalesSearch(const Format& f, const float* x, size_t g, size_t count,
                            f.sym ? nullptr : st.lm.data());
 }
 
-void FitCodedRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st,
-                 const float* mn, const float* mx, RowScratch& scratch, bool* ok) {
+// Stage 1 of a kCoded fit: continuous (scale, offset) of every group of x (n values) into
+// scratch.c; the asymmetric search runs the whole groups side by side (SIMD), a short last one
+// alone.
+void ContinuousGroups(const Format& f, const float* x, size_t n, size_t g, const float* mn,
+                      const float* mx, RowScratch& scratch) {
   const size_t groups = (n + g - 1) / g;
   std::vector<float>& L = scratch.L;
   std::vector<ContinuousParams>& c = scratch.c;
   c.assign(groups, ContinuousParams{});
-  // Stage 1: continuous (scale, offset) per group; the asymmetric search runs the row's whole
-  // groups side by side (SIMD), the short last one alone.
   size_t first = 0;
   if (!f.sym && f.spec.grid == Grid::kSearch && n / g >= 1) {
     std::vector<float>& s = scratch.s;
@@ -303,7 +304,12 @@ void FitCodedRow(const Format& f, const float* x, size_t n, size_t g, RowStored&
     const size_t start = gi * g;
     ContinuousGroup(f, x + start, std::min(g, n - start), mn[gi], mx[gi], L, &c[gi]);
   }
-  // Stage 2: row super-scales, then the codes.
+}
+
+// Stage 2: the super-scales of x (n values, groups c[0 ..]) and the codes under them.
+void CodeGroups(const Format& f, const float* x, size_t n, size_t g, ContinuousParams* c,
+                RowStored& st, RowScratch& scratch, bool* ok) {
+  const size_t groups = (n + g - 1) / g;
   if (!f.sym) {
     float max_m = 0;
     for (size_t gi = 0; gi < groups; ++gi) max_m = std::max(max_m, c[gi].m);
@@ -327,6 +333,12 @@ void FitCodedRow(const Format& f, const float* x, size_t n, size_t g, RowStored&
     const size_t start = gi * g;
     CodeScale(f, x + start, std::min(g, n - start), c[gi].s, st, gi);
   }
+}
+
+void FitCodedRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st,
+                 const float* mn, const float* mx, RowScratch& scratch, bool* ok) {
+  ContinuousGroups(f, x, n, g, mn, mx, scratch);
+  CodeGroups(f, x, n, g, scratch.c.data(), st, scratch, ok);
 }
 
 }  // namespace
@@ -420,6 +432,25 @@ bool FitRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st, 
 }  // namespace arrowquant::quant
 
 namespace arrowquant::quant {
+
+bool FitSuperBlocks(const Format& f, const float* x, size_t n, size_t g, size_t super,
+                    std::vector<RowStored>& st, std::vector<RowParams>& p) {
+  const size_t groups = n / g, blocks = n / super, per = super / g;
+  RowScratch& scratch = ThisThreadScratch();
+  scratch.mn.resize(groups);
+  scratch.mx.resize(groups);
+  kernels::GroupMinMax(x, n, g, scratch.mn.data(), scratch.mx.data());
+  ContinuousGroups(f, x, n, g, scratch.mn.data(), scratch.mx.data(), scratch);
+  st.resize(blocks);
+  p.resize(blocks);
+  bool ok = true;
+  for (size_t k = 0; k < blocks; ++k) {
+    st[k].Resize(f, per);
+    CodeGroups(f, x + k * super, super, g, scratch.c.data() + k * per, st[k], scratch, &ok);
+    DecodeRow(f, st[k], per, p[k]);
+  }
+  return ok;
+}
 
 bool FitGroup(const Format& f, const float* xg, size_t len, RowStored& st, size_t gi) {
   thread_local std::vector<float> L;

@@ -59,6 +59,13 @@ void DecodeRow(const Format& f, const RowStored& st, size_t groups, RowParams& p
 // Returns false if a scale does not fit the storage format (f16 overflow).
 bool FitRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st, RowParams& p);
 
+// FitRow for kCoded formats whose super-scales cover `super` values (GGUF's K-quant super-blocks,
+// a multiple of g dividing n) rather than the whole row: every group's continuous fit side by
+// side first, then each super-block's d/dmin and codes into st[k], p[k]. Each super-block's
+// result is FitRow's on those `super` values alone.
+bool FitSuperBlocks(const Format& f, const float* x, size_t n, size_t g, size_t super,
+                    std::vector<RowStored>& st, std::vector<RowParams>& p);
+
 // Fits one group of a row into `st` at gi, the row's other groups untouched; for kCoded the row's
 // super-scales st.d / st.dmin are already set (GPTQ fits groups as their columns arrive, under
 // super-scales fitted on the whole row first). Returns false if a scale does not fit the storage.

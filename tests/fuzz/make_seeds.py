@@ -68,12 +68,39 @@ def calibration_data_seeds(d: Path) -> None:
             (d / f"dataset-{name}").write_bytes(bytes([2 + i]) + (Path(tmp) / name).read_bytes())
 
 
+def gguf_seeds(d: Path) -> None:
+    """Files from gguf's own writer (the reference): metadata of every kind, float and block
+    tensors."""
+    import gguf
+
+    rng = np.random.default_rng(2)
+    w = gguf.GGUFWriter(str(d / "small.gguf"), "diffusers")
+    w.add_uint32("u", 7)
+    w.add_float32("f", 0.5)
+    w.add_bool("b", True)
+    w.add_array("names", ["a", "bc"])
+    w.add_array("ints", [1, 2, 3])
+    w.add_string("s", "text")
+    x = rng.normal(0, 0.02, (2, 256)).astype(np.float32)
+    w.add_tensor("q8", gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0),
+                 raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.add_tensor("q4", gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q4_0),
+                 raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+    w.add_tensor("f16", x[:, :8].astype(np.float16))
+    w.add_tensor("f32", x[0, :4].copy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main(only: list[str]) -> None:
     for name, fn in [
         ("fuzz_safetensors", safetensors_seeds),
         ("fuzz_sharded_index", index_seeds),
         ("fuzz_model_reader", model_seeds),
         ("fuzz_calibration_data", calibration_data_seeds),
+        ("fuzz_gguf", gguf_seeds),
     ]:
         if only and name not in only:
             continue

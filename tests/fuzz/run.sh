@@ -8,7 +8,7 @@ set -euo pipefail
 seconds=${1:-45}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz_safetensors fuzz_sharded_index fuzz_model_reader \
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz_safetensors fuzz_sharded_index fuzz_model_reader fuzz_gguf \
   fuzz_config fuzz_calibration_data)
 limit="-max_total_time=$seconds"
 [ -n "${FUZZ_RUNS:-}" ] && limit="-runs=$FUZZ_RUNS"
