@@ -28,18 +28,23 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench" / "peers"))
 
+import ggml_ref  # noqa: E402
 import gguf  # noqa: E402
 import safetensors.numpy  # noqa: E402
 
 import arrowquant._core as _core  # noqa: E402
-import ggml_ref  # noqa: E402
 
 TYPES = ["Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q4_K", "Q4_0", "Q3_K", "Q2_K"]
 # Block structure for the floor: (group, code range lo..hi, asymmetric)
 STRUCTURE = {
-    "Q8_0": (32, -128, 127, False), "Q6_K": (16, -32, 31, False), "Q5_K": (32, 0, 31, True),
-    "Q5_0": (32, -16, 15, False), "Q4_K": (32, 0, 15, True), "Q4_0": (32, -8, 7, False),
-    "Q3_K": (16, -4, 3, False), "Q2_K": (16, 0, 3, True),
+    "Q8_0": (32, -128, 127, False),
+    "Q6_K": (16, -32, 31, False),
+    "Q5_K": (32, 0, 31, True),
+    "Q5_0": (32, -16, 15, False),
+    "Q4_K": (32, 0, 15, True),
+    "Q4_0": (32, -8, 7, False),
+    "Q3_K": (16, -4, 3, False),
+    "Q2_K": (16, 0, 3, True),
 }
 
 
@@ -66,8 +71,12 @@ def synthetic(shapes: list[tuple[int, ...]], kind: str, seed: int) -> list[np.nd
 
 def reference_models() -> list[np.ndarray]:
     out = []
-    for sub in ("digits-ddpm/unet", "digits-dit/transformer", "digits-t2i/unet",
-                "digits-t2i/text_encoder"):
+    for sub in (
+        "digits-ddpm/unet",
+        "digits-dit/transformer",
+        "digits-t2i/unet",
+        "digits-t2i/text_encoder",
+    ):
         for f in sorted((ROOT / "models" / sub).glob("*.safetensors")):
             for a in safetensors.numpy.load_file(f).values():
                 if a.ndim >= 2 and a.size >= 1024 and a.dtype.kind == "f":
@@ -116,7 +125,9 @@ def floor(x: np.ndarray, qtype: str) -> float:
     mn, mx = xb.min(1), xb.max(1)
     amax = np.abs(xb).max(1)
     if asym:
-        cands = [(mn * a, mx * b) for a in np.linspace(0.6, 1.0, 17) for b in np.linspace(0.6, 1.0, 17)]
+        cands = [
+            (mn * a, mx * b) for a in np.linspace(0.6, 1.0, 17) for b in np.linspace(0.6, 1.0, 17)
+        ]
     else:
         cands = [(None, t) for t in np.linspace(hi - 1, -lo + 1.5, 41)]
     for sg in (1.0,) if asym else (1.0, -1.0):
@@ -156,10 +167,13 @@ def main() -> None:
         "reference models": reference_models(),
     }
     rng = np.random.default_rng(5)
-    floors = {"N(0,0.02)": rng.normal(0, 0.02, (256, 4096)).astype(np.float32),
-              "Student-t": (rng.standard_t(5, (256, 4096)) * 0.02).astype(np.float32)}
+    floors = {
+        "N(0,0.02)": rng.normal(0, 0.02, (256, 4096)).astype(np.float32),
+        "Student-t": (rng.standard_t(5, (256, 4096)) * 0.02).astype(np.float32),
+    }
     lines = [
-        "| type | bits/w | " + " | ".join(f"{s}: ours / llama.cpp (ratio)" for s in sets)
+        "| type | bits/w | "
+        + " | ".join(f"{s}: ours / llama.cpp (ratio)" for s in sets)
         + " | floor ratio N / t | encode M weights/s ours / llama.cpp |",
         "|---|---|" + "---|" * len(sets) + "---|---|",
     ]
@@ -175,12 +189,19 @@ def main() -> None:
                 speed = f"{r['ours_mps']:.0f} / {r['ref_mps']:.0f}"
         fl = []
         for x in floors.values():
-            ref = gguf.quants.dequantize(ggml_ref.quantize(x, qtype),
-                                         gguf.GGMLQuantizationType[qtype]).reshape(x.shape)
-            e_ref = float(np.sqrt(((ref - x.astype(np.float64)) ** 2).sum() / (x.astype(np.float64) ** 2).sum()))
+            ref = gguf.quants.dequantize(
+                ggml_ref.quantize(x, qtype), gguf.GGMLQuantizationType[qtype]
+            ).reshape(x.shape)
+            e_ref = float(
+                np.sqrt(
+                    ((ref - x.astype(np.float64)) ** 2).sum() / (x.astype(np.float64) ** 2).sum()
+                )
+            )
             fl.append(f"{floor(x, qtype) / e_ref:.3f}")
         bpw = 8 * ggml_ref.SIZES[qtype][1] / ggml_ref.SIZES[qtype][0]
-        lines.append(f"| {qtype} | {bpw:.3f} | " + " | ".join(cells) + f" | {' / '.join(fl)} | {speed} |")
+        lines.append(
+            f"| {qtype} | {bpw:.3f} | " + " | ".join(cells) + f" | {' / '.join(fl)} | {speed} |"
+        )
         print(lines[-1], flush=True)
     text = "\n".join(lines)
     if args.markdown:

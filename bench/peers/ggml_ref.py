@@ -32,8 +32,16 @@ FUNCS = {
     "Q5_K": "quantize_q5_K",
     "Q6_K": "quantize_q6_K",
 }
-SIZES = {"Q4_0": (32, 18), "Q5_0": (32, 22), "Q8_0": (32, 34), "Q2_K": (256, 84),
-         "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210)}
+SIZES = {
+    "Q4_0": (32, 18),
+    "Q5_0": (32, 22),
+    "Q8_0": (32, 34),
+    "Q2_K": (256, 84),
+    "Q3_K": (256, 110),
+    "Q4_K": (256, 144),
+    "Q5_K": (256, 176),
+    "Q6_K": (256, 210),
+}
 
 
 def build() -> Path:
@@ -43,21 +51,50 @@ def build() -> Path:
     sdist = WORK / f"llama_cpp_python-{VERSION}.tar.gz"
     if not sdist.exists():
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", f"llama-cpp-python=={VERSION}",
-             "--no-binary", ":all:", "--no-deps", "-q", "-d", str(WORK)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                f"llama-cpp-python=={VERSION}",
+                "--no-binary",
+                ":all:",
+                "--no-deps",
+                "-q",
+                "-d",
+                str(WORK),
+            ],
             check=True,
         )
     src = WORK / "src"
     prefix = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/ggml/"
     with tarfile.open(sdist) as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(prefix) and
-                   (m.name.endswith(".h") or m.name.endswith("ggml-quants.c"))]
+        members = [
+            m
+            for m in tar.getmembers()
+            if m.name.startswith(prefix)
+            and (m.name.endswith(".h") or m.name.endswith("ggml-quants.c"))
+        ]
         tar.extractall(src, members=members, filter="data")
     ggml = src / prefix
     subprocess.run(
-        ["gcc", "-O2", "-shared", "-fPIC", "-I", str(ggml / "include"), "-I", str(ggml / "src"),
-         "-I", str(ggml / "src" / "ggml-cpu"), str(ggml / "src" / "ggml-quants.c"),
-         str(Path(__file__).with_name("ggml_ref_shim.c")), "-lm", "-o", str(LIB)],
+        [
+            "gcc",
+            "-O2",
+            "-shared",
+            "-fPIC",
+            "-I",
+            str(ggml / "include"),
+            "-I",
+            str(ggml / "src"),
+            "-I",
+            str(ggml / "src" / "ggml-cpu"),
+            str(ggml / "src" / "ggml-quants.c"),
+            str(Path(__file__).with_name("ggml_ref_shim.c")),
+            "-lm",
+            "-o",
+            str(LIB),
+        ],
         check=True,
     )
     return LIB
@@ -73,8 +110,13 @@ def _load() -> ctypes.CDLL:
         for name in FUNCS.values():
             f = getattr(_lib, name)
             f.restype = ctypes.c_size_t
-            f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                          ctypes.c_void_p]
+            f.argtypes = [
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+                ctypes.c_int64,
+                ctypes.c_int64,
+                ctypes.c_void_p,
+            ]
     return _lib
 
 

@@ -87,9 +87,9 @@ struct GgufReaderLimits {
 
 struct GgufTensorInfo {
   std::string name;
-  uint32_t type = 0;             // ggml type number (FindGgufType is non-null)
-  std::vector<uint64_t> shape;   // PyTorch order: ggml's ne reversed (ne0 is the last)
-  uint64_t offset = 0;           // absolute byte offset in the file
+  uint32_t type = 0;            // ggml type number (FindGgufType is non-null)
+  std::vector<uint64_t> shape;  // PyTorch order: ggml's ne reversed (ne0 is the last)
+  uint64_t offset = 0;          // absolute byte offset in the file
   uint64_t nbytes = 0;
   uint64_t num_elements() const;
 };
@@ -154,8 +154,7 @@ struct GgufTensorSpec {
 // renames. Destroyed before Finish(), it removes the temporary file.
 class GgufWriter {
  public:
-  static Result<std::unique_ptr<GgufWriter>> Make(const std::string& path,
-                                                  uint32_t alignment = 32);
+  static Result<std::unique_ptr<GgufWriter>> Make(const std::string& path, uint32_t alignment = 32);
   ~GgufWriter();
   GgufWriter(const GgufWriter&) = delete;
   GgufWriter& operator=(const GgufWriter&) = delete;

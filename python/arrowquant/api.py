@@ -195,7 +195,9 @@ class ArrowQuantV2:
                 from arrowquant.gguf import quantize_job
 
                 threading.Thread(target=_import_plotting, daemon=True).start()
-                return _publish(quantize_job(model_path, out, tmp, cfg, progress_callback, t0), tmp, out)
+                return _publish(
+                    quantize_job(model_path, out, tmp, cfg, progress_callback, t0), tmp, out
+                )
             if precomputed is None:
                 cfg, path = _resolve_calibration(model_path, cfg)
             else:

@@ -347,8 +347,12 @@ def quantize_job(
         source_bytes=sum(r["source_bytes"] for r in layers),
         stored_bytes=sum(r["stored_bytes"] for r in layers),
         file_bytes=sum((tmp / f).stat().st_size for f in files),
-        quantized_params=sum(p for p, r in zip(params, layers) if r["action"] == "quantized"),
-        total_params=sum(p for p, r in zip(params, layers) if r["action"] != "left out"),
+        quantized_params=sum(
+            p for p, r in zip(params, layers, strict=True) if r["action"] == "quantized"
+        ),
+        total_params=sum(
+            p for p, r in zip(params, layers, strict=True) if r["action"] != "left out"
+        ),
         threshold_missed=False,
         seconds=time.perf_counter() - t0,
         peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

@@ -45,8 +45,7 @@ nb::ndarray<nb::numpy, float> NewF32(const std::vector<uint64_t>& shape, float**
 
 nb::ndarray<nb::numpy, uint8_t> OwnBytes(std::vector<uint8_t>&& v) {
   auto* holder = new std::vector<uint8_t>(std::move(v));
-  nb::capsule owner(holder,
-                    [](void* p) noexcept { delete static_cast<std::vector<uint8_t>*>(p); });
+  nb::capsule owner(holder, [](void* p) noexcept { delete static_cast<std::vector<uint8_t>*>(p); });
   const size_t shape[1] = {holder->size()};
   return nb::ndarray<nb::numpy, uint8_t>(holder->data(), 1, shape, owner);
 }
@@ -219,7 +218,8 @@ void BindGguf(nb::module_& m) {
         return out;
       },
       nb::arg("model_path"), nb::arg("out_path"), nb::arg("tensors"), nb::arg("kv"),
-      nb::arg("method") = "search", nb::arg("threads") = 1, nb::arg("progress").none() = nb::none());
+      nb::arg("method") = "search", nb::arg("threads") = 1,
+      nb::arg("progress").none() = nb::none());
 }
 
 }  // namespace arrowquant::py

@@ -70,6 +70,11 @@ void SearchAsym(const float* x, size_t n, float lo, float hi, float qmax, bool m
   }
 }
 
+// Format::keep_extremes: whether scale s rounds the group's min and max inside the codes.
+bool KeepsExtremes(const Format& f, float mn, float mx, float s) {
+  return !f.keep_extremes || (mx <= (f.bias - 0.5f) * s && -mn <= (f.bias + 0.5f) * s);
+}
+
 template <typename Eval>
 void SearchSym(const float* x, size_t n, float amax, float bias, std::vector<float>& L,
                Eval&& eval) {
@@ -159,10 +164,16 @@ void FitFloatRow(const Format& f, const float* x, size_t n, size_t g, RowStored&
       const float s = store.Store(amax / (f.bias - 1.0f), /*up=*/true, &bits);
       if (!std::isfinite(s)) *ok = false;
       consider(s, bits, 0);
+      if (search && f.keep_extremes && -mn[gi] >= mx[gi]) {
+        uint16_t be = 0;
+        const float se = store.Store(amax / f.bias, /*up=*/true, &be);
+        if (KeepsExtremes(f, mn[gi], mx[gi], se)) consider(se, be, 0);
+      }
       if (search) {
         SearchSym(xg, len, amax, f.bias, L, [&](float cs) {
           uint16_t b = 0;
           const float ss = store.Store(cs, false, &b);
+          if (!KeepsExtremes(f, mn[gi], mx[gi], ss)) return;
           consider(ss, b, 0);
         });
       }
@@ -208,7 +219,16 @@ void ContinuousGroup(const Format& f, const float* xg, size_t len, float mn, flo
     c.m = 0;
     if (search) {
       double best = GroupSse(xg, len, c.s, c.s * f.bias, f.qmax);
+      const float se = amax / f.bias;
+      if (f.keep_extremes && -mn >= mx && KeepsExtremes(f, mn, mx, se)) {
+        const double e = GroupSse(xg, len, se, se * f.bias, f.qmax);
+        if (e < best) {
+          best = e;
+          c.s = se;
+        }
+      }
       SearchSym(xg, len, amax, f.bias, L, [&](float cs) {
+        if (!KeepsExtremes(f, mn, mx, cs)) return;
         const double e = GroupSse(xg, len, cs, cs * f.bias, f.qmax);
         if (e < best) {
           best = e;

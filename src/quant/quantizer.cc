@@ -8,9 +8,9 @@
 #include "core/parallel.h"
 #include "kernels/pack.h"
 #include "kernels/row_kernels.h"
+#include "quant/error_sums.h"
 #include "quant/group_fit.h"
 #include "quant/inspect.h"
-#include "quant/error_sums.h"
 #include "quant/layout.h"
 
 namespace arrowquant {
@@ -18,15 +18,15 @@ namespace {
 
 using quant::CheckWeight;
 using quant::Combine;
-using quant::RowSums;
-using quant::SumsOf;
 using quant::Format;
 using quant::Layout;
 using quant::MakeLayout;
 using quant::RowParams;
 using quant::RowsCols;
 using quant::RowStored;
+using quant::RowSums;
 using quant::StoreRow;
+using quant::SumsOf;
 
 void LoadRow(const QuantizedView& q, const Layout& l, uint64_t r, RowStored& st) {
   const Format f(q.spec);

@@ -25,7 +25,9 @@ std::vector<float> Normal(size_t n, float sigma, uint32_t seed) {
 }
 
 TensorView View(const std::vector<float>& x, std::vector<uint64_t> shape) {
-  return TensorView{"w", DType::kF32, std::move(shape),
+  return TensorView{"w",
+                    DType::kF32,
+                    std::move(shape),
                     {reinterpret_cast<const std::byte*>(x.data()), x.size() * 4}};
 }
 
@@ -303,8 +305,7 @@ TEST(GgufParse, MalformedFilesAreNamedErrors) {
   EXPECT_TRUE(has(Error(Builder().Header(0, 0, 0x03000000u).PadTo(1, 8)), "big-endian"));
   EXPECT_TRUE(has(Error(Builder().Header(1ull << 40, 0).PadTo(1, 64)), "exceeds the limit"));
   EXPECT_TRUE(has(Error(Builder().Header(2, 0).PadTo(1, 8)), "cannot fit"));
-  EXPECT_TRUE(has(Error(Builder().Header(0, 1).Put<uint64_t>(1000).PadTo(1, 8)),
-                  "past the end"));
+  EXPECT_TRUE(has(Error(Builder().Header(0, 1).Put<uint64_t>(1000).PadTo(1, 8)), "past the end"));
   EXPECT_TRUE(has(Error(Builder()
                             .Header(0, 2)
                             .Str("k")
@@ -330,27 +331,27 @@ TEST(GgufParse, MalformedFilesAreNamedErrors) {
   nested.Header(0, 1).Str("k").Put<uint32_t>(9).Put<uint32_t>(9).Put<uint64_t>(1);
   nested.Put<uint32_t>(9).Put<uint64_t>(1).Put<uint32_t>(4).Put<uint64_t>(1).Put<uint32_t>(0);
   EXPECT_TRUE(has(Error(nested), "nested too deep"));
-  EXPECT_TRUE(has(Error(Builder().Header(2, 0).Tensor("t", {32}, 8, 0).Tensor("t", {32}, 8, 64)
-                            .PadTo(32, 128)),
-                  "appears twice"));
+  EXPECT_TRUE(has(
+      Error(Builder().Header(2, 0).Tensor("t", {32}, 8, 0).Tensor("t", {32}, 8, 64).PadTo(32, 128)),
+      "appears twice"));
   EXPECT_TRUE(has(Error(Builder().Header(1, 0).Tensor("t", {32}, 77, 0).PadTo(32, 64)),
                   "unknown ggml type 77"));
   EXPECT_TRUE(has(Error(Builder().Header(1, 0).Tensor("t", {100}, 12, 0).PadTo(32, 512)),
                   "not a multiple of Q4_K's block of 256"));
-  EXPECT_TRUE(has(Error(Builder().Header(1, 0).Tensor("t", {}, 0, 0).PadTo(32, 64)),
-                  "0 dimensions"));
+  EXPECT_TRUE(
+      has(Error(Builder().Header(1, 0).Tensor("t", {}, 0, 0).PadTo(32, 64)), "0 dimensions"));
   EXPECT_TRUE(has(Error(Builder().Header(1, 0).Tensor("t", {1, 1, 1, 1, 1}, 0, 0).PadTo(32, 64)),
                   "5 dimensions"));
-  EXPECT_TRUE(has(Error(Builder().Header(1, 0).Tensor("t", {1ull << 40, 1ull << 40}, 0, 0)
-                            .PadTo(32, 64)),
-                  "overflow"));
+  EXPECT_TRUE(
+      has(Error(Builder().Header(1, 0).Tensor("t", {1ull << 40, 1ull << 40}, 0, 0).PadTo(32, 64)),
+          "overflow"));
   EXPECT_TRUE(has(Error(Builder().Header(1, 0).Tensor("t", {32}, 8, 16).PadTo(32, 64)),
                   "not a multiple of the alignment"));
   EXPECT_TRUE(has(Error(Builder().Header(1, 0).Tensor("t", {32}, 8, 0).PadTo(32, 33)),
                   "runs past the end"));
-  EXPECT_TRUE(has(Error(Builder().Header(2, 0).Tensor("t", {64}, 8, 0).Tensor("u", {32}, 8, 32)
-                            .PadTo(32, 128)),
-                  "overlap"));
+  EXPECT_TRUE(has(
+      Error(Builder().Header(2, 0).Tensor("t", {64}, 8, 0).Tensor("u", {32}, 8, 32).PadTo(32, 128)),
+      "overlap"));
   Builder utf8;
   utf8.Header(0, 1).Str("\xff\xfe").Put<uint32_t>(4).Put<uint32_t>(1);
   EXPECT_TRUE(has(Error(utf8), "not UTF-8"));

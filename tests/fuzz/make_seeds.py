@@ -82,10 +82,16 @@ def gguf_seeds(d: Path) -> None:
     w.add_array("ints", [1, 2, 3])
     w.add_string("s", "text")
     x = rng.normal(0, 0.02, (2, 256)).astype(np.float32)
-    w.add_tensor("q8", gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0),
-                 raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-    w.add_tensor("q4", gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q4_0),
-                 raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+    w.add_tensor(
+        "q8",
+        gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0),
+        raw_dtype=gguf.GGMLQuantizationType.Q8_0,
+    )
+    w.add_tensor(
+        "q4",
+        gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q4_0),
+        raw_dtype=gguf.GGMLQuantizationType.Q4_0,
+    )
     w.add_tensor("f16", x[:, :8].astype(np.float16))
     w.add_tensor("f32", x[0, :4].copy())
     w.write_header_to_file()

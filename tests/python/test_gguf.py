@@ -45,13 +45,25 @@ def _checkpoint(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
 def test_every_type_is_what_the_gguf_package_decodes(tmp_path: Path, qtype: str) -> None:
     src = _checkpoint(tmp_path / "m.safetensors")
     out = tmp_path / "out"
-    r = _run("quantize", str(tmp_path / "m.safetensors"), str(out), "--format", "gguf",
-             "--gguf-type", qtype, "--no-calibration", "--threads", "2")
+    r = _run(
+        "quantize",
+        str(tmp_path / "m.safetensors"),
+        str(out),
+        "--format",
+        "gguf",
+        "--gguf-type",
+        qtype,
+        "--no-calibration",
+        "--threads",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     reader = gguf.GGUFReader(out / "model.gguf")
     ours = open_gguf(out / "model.gguf")
     assert sorted(t.name for t in reader.tensors) == sorted(ours.names()) == sorted(src)
-    report = {layer["name"]: layer for layer in json.loads((out / "report.json").read_text())["layers"]}
+    report = {
+        layer["name"]: layer for layer in json.loads((out / "report.json").read_text())["layers"]
+    }
     for t in reader.tensors:
         # The gguf package's dequantizer, on the bytes its own reader finds.
         ref = gguf.quants.dequantize(t.data, t.tensor_type).reshape(src[t.name].shape)
@@ -107,16 +119,26 @@ def test_reads_files_from_the_gguf_package_writer(tmp_path: Path) -> None:
     m = open_gguf(tmp_path / "ref.gguf")
     assert m.metadata["general.tags"] == ["a", "b"] and m.metadata["test.f"] == 0.25
     assert m.info("q")["type"] == "Q8_0" and m.info("q")["shape"] == [4, 256]
-    np.testing.assert_array_equal(m.dequantize("q"), gguf.quants.dequantize(
-        gguf.quants.quantize(x, GT.Q8_0), GT.Q8_0))
+    np.testing.assert_array_equal(
+        m.dequantize("q"), gguf.quants.dequantize(gguf.quants.quantize(x, GT.Q8_0), GT.Q8_0)
+    )
     np.testing.assert_array_equal(m.dequantize("h"), x.astype(np.float16).astype(np.float32))
 
 
 def test_malformed_gguf_is_one_line_and_exit_2(tmp_path: Path) -> None:
     _checkpoint(tmp_path / "m.safetensors")
     good = tmp_path / "out"
-    assert _run("quantize", str(tmp_path / "m.safetensors"), str(good), "--format", "gguf",
-                "--no-calibration").returncode == 0
+    assert (
+        _run(
+            "quantize",
+            str(tmp_path / "m.safetensors"),
+            str(good),
+            "--format",
+            "gguf",
+            "--no-calibration",
+        ).returncode
+        == 0
+    )
     data = (good / "model.gguf").read_bytes()
     cases = {
         "truncated.gguf": data[: len(data) // 2],
@@ -130,8 +152,16 @@ def test_malformed_gguf_is_one_line_and_exit_2(tmp_path: Path) -> None:
         assert r.returncode == 2, (name, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and name in lines[0] and "Traceback" not in r.stderr, r.stderr
-    r = _run("quantize", str(tmp_path / "m.safetensors"), str(tmp_path / "o2"), "--format",
-             "gguf", "--gguf-type", "Q9_9", "--no-calibration")
+    r = _run(
+        "quantize",
+        str(tmp_path / "m.safetensors"),
+        str(tmp_path / "o2"),
+        "--format",
+        "gguf",
+        "--gguf-type",
+        "Q9_9",
+        "--no-calibration",
+    )
     assert r.returncode == 2 and "Q9_9" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -139,8 +169,14 @@ def test_bad_weights_leave_no_output(tmp_path: Path) -> None:
     t = _checkpoint(tmp_path / "m.safetensors")
     t["blocks.0.proj.weight"][3, 5] = np.nan
     safetensors.numpy.save_file(t, tmp_path / "nan.safetensors")
-    r = _run("quantize", str(tmp_path / "nan.safetensors"), str(tmp_path / "out"), "--format",
-             "gguf", "--no-calibration")
+    r = _run(
+        "quantize",
+        str(tmp_path / "nan.safetensors"),
+        str(tmp_path / "out"),
+        "--format",
+        "gguf",
+        "--no-calibration",
+    )
     assert r.returncode == 2 and "blocks.0.proj.weight" in r.stderr and "NaN" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "nan.safetensors"]
 
@@ -148,24 +184,46 @@ def test_bad_weights_leave_no_output(tmp_path: Path) -> None:
 def test_validate_and_load_state_dict_read_gguf_output(tmp_path: Path) -> None:
     src = _checkpoint(tmp_path / "m.safetensors")
     out = tmp_path / "out"
-    assert _run("quantize", str(tmp_path / "m.safetensors"), str(out), "--format", "gguf",
-                "--no-calibration").returncode == 0
+    assert (
+        _run(
+            "quantize",
+            str(tmp_path / "m.safetensors"),
+            str(out),
+            "--format",
+            "gguf",
+            "--no-calibration",
+        ).returncode
+        == 0
+    )
     rows = aq.ArrowQuantV2().validate_quality(tmp_path / "m.safetensors", out)
-    assert {r["name"] for r in rows} == {"blocks.0.proj.weight", "blocks.0.heavy.weight",
-                                         "blocks.0.narrow.weight"}
+    assert {r["name"] for r in rows} == {
+        "blocks.0.proj.weight",
+        "blocks.0.heavy.weight",
+        "blocks.0.narrow.weight",
+    }
     assert all(0 < r["rel_rmse"] < 0.12 for r in rows)
     sd = aq.load_state_dict(out)
     assert set(sd) == set(src)
     assert tuple(sd["blocks.0.conv.weight"].shape) == (16, 32, 3, 3)
-    np.testing.assert_array_equal(sd["blocks.0.proj.bias"].float().numpy(),
-                                  src["blocks.0.proj.bias"].astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(
+        sd["blocks.0.proj.bias"].float().numpy(),
+        src["blocks.0.proj.bias"].astype(np.float16).astype(np.float32),
+    )
 
 
 @pytest.fixture(scope="module")
 def t2i_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("gguf") / "t2i"
-    r = _run("quantize", str(ROOT / "models" / "digits-t2i"), str(out), "--format", "gguf",
-             "--gguf-type", "Q4_0", "--no-calibration")
+    r = _run(
+        "quantize",
+        str(ROOT / "models" / "digits-t2i"),
+        str(out),
+        "--format",
+        "gguf",
+        "--gguf-type",
+        "Q4_0",
+        "--no-calibration",
+    )
     assert r.returncode == 0, r.stderr
     return out
 
@@ -216,7 +274,9 @@ def test_diffusers_loads_the_file_and_generates(t2i_gguf: Path) -> None:
 
 def test_pipeline_output_is_one_file_per_component(t2i_gguf: Path) -> None:
     assert sorted(p.name for p in t2i_gguf.glob("*.gguf")) == [
-        "text_encoder.gguf", "unet.gguf", "vae.gguf"
+        "text_encoder.gguf",
+        "unet.gguf",
+        "vae.gguf",
     ]
     m = aq.open(t2i_gguf)
     assert any(n.startswith("unet/") for n in m.names())

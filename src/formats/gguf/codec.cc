@@ -23,17 +23,17 @@ namespace arrowquant {
 namespace {
 
 constexpr GgufTypeInfo kTypes[] = {
-    {0, "F32", 1, 4},           {1, "F16", 1, 2},          {2, "Q4_0", 32, 18},
-    {3, "Q4_1", 32, 20},        {6, "Q5_0", 32, 22},       {7, "Q5_1", 32, 24},
-    {8, "Q8_0", 32, 34},        {9, "Q8_1", 32, 40},       {10, "Q2_K", 256, 84},
-    {11, "Q3_K", 256, 110},     {12, "Q4_K", 256, 144},    {13, "Q5_K", 256, 176},
-    {14, "Q6_K", 256, 210},     {15, "Q8_K", 256, 292},    {16, "IQ2_XXS", 256, 66},
-    {17, "IQ2_XS", 256, 74},    {18, "IQ3_XXS", 256, 98},  {19, "IQ1_S", 256, 50},
-    {20, "IQ4_NL", 32, 18},     {21, "IQ3_S", 256, 110},   {22, "IQ2_S", 256, 82},
-    {23, "IQ4_XS", 256, 136},   {24, "I8", 1, 1},          {25, "I16", 1, 2},
-    {26, "I32", 1, 4},          {27, "I64", 1, 8},         {28, "F64", 1, 8},
-    {29, "IQ1_M", 256, 56},     {30, "BF16", 1, 2},        {34, "TQ1_0", 256, 54},
-    {35, "TQ2_0", 256, 66},     {39, "MXFP4", 32, 17},     {40, "NVFP4", 64, 36},
+    {0, "F32", 1, 4},         {1, "F16", 1, 2},         {2, "Q4_0", 32, 18},
+    {3, "Q4_1", 32, 20},      {6, "Q5_0", 32, 22},      {7, "Q5_1", 32, 24},
+    {8, "Q8_0", 32, 34},      {9, "Q8_1", 32, 40},      {10, "Q2_K", 256, 84},
+    {11, "Q3_K", 256, 110},   {12, "Q4_K", 256, 144},   {13, "Q5_K", 256, 176},
+    {14, "Q6_K", 256, 210},   {15, "Q8_K", 256, 292},   {16, "IQ2_XXS", 256, 66},
+    {17, "IQ2_XS", 256, 74},  {18, "IQ3_XXS", 256, 98}, {19, "IQ1_S", 256, 50},
+    {20, "IQ4_NL", 32, 18},   {21, "IQ3_S", 256, 110},  {22, "IQ2_S", 256, 82},
+    {23, "IQ4_XS", 256, 136}, {24, "I8", 1, 1},         {25, "I16", 1, 2},
+    {26, "I32", 1, 4},        {27, "I64", 1, 8},        {28, "F64", 1, 8},
+    {29, "IQ1_M", 256, 56},   {30, "BF16", 1, 2},       {34, "TQ1_0", 256, 54},
+    {35, "TQ2_0", 256, 66},   {39, "MXFP4", 32, 17},    {40, "NVFP4", 64, 36},
     {41, "Q1_0", 128, 18},
 };
 
@@ -298,7 +298,8 @@ void DecodeBlock(GgufType t, const uint8_t* in, float* y) {
         const int H = e / 128, r = e % 128;
         const int lo = (b.ql[64 * H + r % 64] >> (4 * (r / 64))) & 15;
         const int hi = (b.qh[32 * H + r % 32] >> (2 * (r / 32))) & 3;
-        const float dl = d * static_cast<float>(b.scales[e / 16]);
+        const int j = e / 16;
+        const float dl = d * static_cast<float>(b.scales[j]);
         y[e] = dl * static_cast<float>((lo | (hi << 4)) - 32);
       }
       return;
@@ -341,7 +342,8 @@ Result<GgufType> ParseGgufType(std::string_view name) {
     if (GgufTypeName(t) == up) return t;
   }
   std::string known;
-  for (GgufType t : GgufCodecs()) known += (known.empty() ? "" : ", ") + std::string(GgufTypeName(t));
+  for (GgufType t : GgufCodecs())
+    known += (known.empty() ? "" : ", ") + std::string(GgufTypeName(t));
   return Status(StatusCode::kInvalidArgument,
                 "unknown GGUF type '" + std::string(name) + "' (supported: " + known + ")");
 }
@@ -361,9 +363,9 @@ Result<GgufEncoded> GgufEncode(const TensorView& w, GgufType t, const GgufEncode
   const GgufTypeInfo* info = FindGgufType(static_cast<uint32_t>(t));
   const Codec* codec = FindCodec(t);
   if (info == nullptr || (codec == nullptr && !IsFloat(t))) {
-    return Status(StatusCode::kUnsupported,
-                  "tensor '" + name + "': GGUF type " + std::to_string(static_cast<uint32_t>(t)) +
-                      " is not encoded here");
+    return Status(StatusCode::kUnsupported, "tensor '" + name + "': GGUF type " +
+                                                std::to_string(static_cast<uint32_t>(t)) +
+                                                " is not encoded here");
   }
   if (w.dtype != DType::kF32 && w.dtype != DType::kF16 && w.dtype != DType::kBF16) {
     return Status(StatusCode::kUnsupported,
@@ -432,7 +434,8 @@ Result<GgufEncoded> GgufEncode(const TensorView& w, GgufType t, const GgufEncode
   spec.grid = options.grid;
   spec.scales = codec->scales;
   spec.scale_bits = codec->scale_bits;
-  const quant::Format f(spec);
+  quant::Format f(spec);
+  f.keep_extremes = true;
   const size_t g = static_cast<size_t>(codec->g);
   std::vector<uint64_t> bad(rows, 0);
   std::vector<uint8_t> overflow(rows, 0);
@@ -467,13 +470,13 @@ Result<GgufEncoded> GgufEncode(const TensorView& w, GgufType t, const GgufEncode
       if (!ok) overflow[r] = 1;
       uint8_t* dst = out.data() + r * row_bytes;
       for (size_t k = 0; k < ne0 / super; ++k) {
-        kernels::QuantizeGroups(xr + k * super, super, g, p[k].inv_scale.data(),
-                                p[k].offset.data(), f.qmax, codes.data() + k * super);
+        kernels::QuantizeGroups(xr + k * super, super, g, p[k].inv_scale.data(), p[k].offset.data(),
+                                f.qmax, codes.data() + k * super);
       }
       for (size_t b = 0; b < ne0 / info->block; ++b) {
         const size_t e0 = b * info->block, k = e0 / super;
-        PackBlock(*codec, codes.data() + e0, st[k], (e0 - k * super) / g, sign.data() + k * (super / g),
-                  dst + b * info->bytes);
+        PackBlock(*codec, codes.data() + e0, st[k], (e0 - k * super) / g,
+                  sign.data() + k * (super / g), dst + b * info->bytes);
       }
       // Measured as a GGUF reader will decode it.
       for (uint64_t b = 0; b < ne0 / info->block; ++b) {
@@ -489,27 +492,25 @@ Result<GgufEncoded> GgufEncode(const TensorView& w, GgufType t, const GgufEncode
                                               " NaN or Inf values; such tensors are not quantized");
   }
   if (std::find(overflow.begin(), overflow.end(), 1) != overflow.end()) {
-    return Status(StatusCode::kScaleOverflow,
-                  "tensor '" + name + "': values too large for " + std::string(info->name) +
-                      "'s f16 scales");
+    return Status(StatusCode::kScaleOverflow, "tensor '" + name + "': values too large for " +
+                                                  std::string(info->name) + "'s f16 scales");
   }
   result.metrics = quant::Combine(sums, n);
   return result;
 }
 
-Status GgufDecode(GgufType t, std::span<const uint8_t> bytes, uint64_t n, float* out,
-                  int threads) {
+Status GgufDecode(GgufType t, std::span<const uint8_t> bytes, uint64_t n, float* out, int threads) {
   const GgufTypeInfo* info = FindGgufType(static_cast<uint32_t>(t));
   if (info == nullptr || (FindCodec(t) == nullptr && !IsFloat(t))) {
-    return Status(StatusCode::kUnsupported,
-                  "GGUF type " + std::string(info ? info->name : "?") + " (" +
-                      std::to_string(static_cast<uint32_t>(t)) + ") is not decoded here");
+    return Status(StatusCode::kUnsupported, "GGUF type " + std::string(info ? info->name : "?") +
+                                                " (" + std::to_string(static_cast<uint32_t>(t)) +
+                                                ") is not decoded here");
   }
   if (n % info->block != 0 || n / info->block * info->bytes != bytes.size()) {
-    return Status(StatusCode::kSizeMismatch,
-                  std::to_string(n) + " values of " + std::string(info->name) + " need " +
-                      std::to_string(n / info->block * info->bytes) + " bytes, got " +
-                      std::to_string(bytes.size()));
+    return Status(StatusCode::kSizeMismatch, std::to_string(n) + " values of " +
+                                                 std::string(info->name) + " need " +
+                                                 std::to_string(n / info->block * info->bytes) +
+                                                 " bytes, got " + std::to_string(bytes.size()));
   }
   const uint64_t blocks = n / info->block;
   // Chunks of blocks: 64 Ki values each, so threads share large tensors.

@@ -29,8 +29,8 @@ std::span<const uint8_t> GgufFile::Data(const GgufTensorInfo& info) const {
 }
 
 Status GgufFile::Decode(const GgufTensorInfo& info, float* out, int threads) const {
-  Status s = GgufDecode(static_cast<GgufType>(info.type), Data(info), info.num_elements(), out,
-                        threads);
+  Status s =
+      GgufDecode(static_cast<GgufType>(info.type), Data(info), info.num_elements(), out, threads);
   if (!s.ok()) {
     return Status(s.code(), path_ + ": tensor '" + info.name + "': " + s.message());
   }

@@ -58,7 +58,8 @@ class Cursor {
       : b_(b), label_(label), limits_(limits) {}
 
   Status Fail(StatusCode code, const std::string& what) const {
-    return Status(code, std::string(label_) + ": " + what + " (at byte " + std::to_string(pos_) + ")");
+    return Status(code,
+                  std::string(label_) + ": " + what + " (at byte " + std::to_string(pos_) + ")");
   }
   uint64_t pos() const { return pos_; }
   uint64_t left() const { return b_.size() - pos_; }
@@ -86,7 +87,8 @@ class Cursor {
     }
     s->assign(reinterpret_cast<const char*>(b_.data() + pos_), n);
     pos_ += n;
-    if (!IsValidUtf8(*s)) return Fail(StatusCode::kHeaderNotUtf8, std::string(what) + " is not UTF-8");
+    if (!IsValidUtf8(*s))
+      return Fail(StatusCode::kHeaderNotUtf8, std::string(what) + " is not UTF-8");
     return Status::OK();
   }
 
@@ -111,7 +113,9 @@ class Cursor {
       case kBool: {
         uint8_t v;
         AQ_RETURN_IF_ERROR(Read(&v, "a metadata value"));
-        if (v > 1) return Fail(StatusCode::kMetadataInvalid, "key '" + key + "': boolean " + std::to_string(v));
+        if (v > 1)
+          return Fail(StatusCode::kMetadataInvalid,
+                      "key '" + key + "': boolean " + std::to_string(v));
         *out = v == 1;
         return Status::OK();
       }
@@ -134,8 +138,9 @@ class Cursor {
                       "key '" + key + "': unknown array element type " + std::to_string(et));
         }
         if (n > limits_.max_array_values) {
-          return Fail(StatusCode::kLimitExceeded, "key '" + key + "': array of " +
-                                                      std::to_string(n) + " values exceeds the limit");
+          return Fail(
+              StatusCode::kLimitExceeded,
+              "key '" + key + "': array of " + std::to_string(n) + " values exceeds the limit");
         }
         // Every element takes at least its scalar size (8 for strings and arrays: a length).
         const uint64_t least = ScalarBytes(et) ? ScalarBytes(et) : 8;
@@ -252,9 +257,9 @@ Result<GgufHeader> ParseGguf(std::span<const std::byte> file, std::string_view l
     uint32_t n_dims = 0;
     AQ_RETURN_IF_ERROR(c.Read(&n_dims, "a tensor's dimension count"));
     if (n_dims == 0 || n_dims > kMaxDims) {
-      return c.Fail(StatusCode::kHeaderInvalidEntry, "tensor '" + t.name + "': " +
-                                                         std::to_string(n_dims) +
-                                                         " dimensions (1 to 4 allowed)");
+      return c.Fail(
+          StatusCode::kHeaderInvalidEntry,
+          "tensor '" + t.name + "': " + std::to_string(n_dims) + " dimensions (1 to 4 allowed)");
     }
     std::vector<uint64_t> ne(n_dims);
     uint64_t count = 1;
@@ -298,10 +303,10 @@ Result<GgufHeader> ParseGguf(std::span<const std::byte> file, std::string_view l
   for (size_t i = 0; i < h.tensors.size(); ++i) {
     GgufTensorInfo& t = h.tensors[i];
     if (t.offset % align != 0) {
-      return Status(StatusCode::kOffsetsInvalid,
-                    std::string(label) + ": tensor '" + t.name + "': offset " +
-                        std::to_string(t.offset) + " is not a multiple of the alignment " +
-                        std::to_string(align));
+      return Status(StatusCode::kOffsetsInvalid, std::string(label) + ": tensor '" + t.name +
+                                                     "': offset " + std::to_string(t.offset) +
+                                                     " is not a multiple of the alignment " +
+                                                     std::to_string(align));
     }
     const uint64_t room = file.size() - h.data_offset;
     if (t.offset > room || t.nbytes > room - t.offset) {

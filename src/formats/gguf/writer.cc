@@ -53,9 +53,9 @@ struct GgufWriter::Impl {
     }
     AQ_RETURN_IF_ERROR(Put<uint32_t>(kv.type));
     auto bad = [&] {
-      return Status(StatusCode::kInvalidArgument,
-                    "metadata '" + kv.key + "': value " + kv.json + " does not match type " +
-                        std::to_string(kv.type));
+      return Status(StatusCode::kInvalidArgument, "metadata '" + kv.key + "': value " + kv.json +
+                                                      " does not match type " +
+                                                      std::to_string(kv.type));
     };
     switch (kv.type) {
       case 4:
@@ -98,8 +98,7 @@ GgufWriter::~GgufWriter() {
   if (!impl_->done) std::remove(impl_->tmp.c_str());
 }
 
-Result<std::unique_ptr<GgufWriter>> GgufWriter::Make(const std::string& path,
-                                                     uint32_t alignment) {
+Result<std::unique_ptr<GgufWriter>> GgufWriter::Make(const std::string& path, uint32_t alignment) {
   if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
     return Status(StatusCode::kInvalidArgument, "GGUF alignment must be a power of two");
   }
@@ -118,7 +117,8 @@ uint64_t GgufWriter::TensorBytes(size_t index) const {
   return index < impl_->sizes.size() ? impl_->sizes[index] : 0;
 }
 
-Status GgufWriter::Begin(const std::vector<GgufKV>& kv, const std::vector<GgufTensorSpec>& tensors) {
+Status GgufWriter::Begin(const std::vector<GgufKV>& kv,
+                         const std::vector<GgufTensorSpec>& tensors) {
   Impl& m = *impl_;
   if (m.begun) return Status(StatusCode::kInvalidArgument, m.path + ": Begin() called twice");
   m.begun = true;
@@ -179,10 +179,10 @@ Status GgufWriter::WriteTensor(size_t index, std::span<const uint8_t> bytes) {
                   m.path + ": tensor " + std::to_string(index) + " written out of order");
   }
   if (bytes.size() != m.sizes[index]) {
-    return Status(StatusCode::kSizeMismatch,
-                  m.path + ": tensor " + std::to_string(index) + " has " +
-                      std::to_string(bytes.size()) + " bytes, its header says " +
-                      std::to_string(m.sizes[index]));
+    return Status(StatusCode::kSizeMismatch, m.path + ": tensor " + std::to_string(index) +
+                                                 " has " + std::to_string(bytes.size()) +
+                                                 " bytes, its header says " +
+                                                 std::to_string(m.sizes[index]));
   }
   AQ_RETURN_IF_ERROR(m.Bytes(bytes.data(), bytes.size()));
   ++m.next;
