@@ -71,6 +71,14 @@ struct GgufEncoded {
 // converted (round to nearest even).
 Result<GgufEncoded> GgufEncode(const TensorView& w, GgufType t,
                                const GgufEncodeOptions& options = {});
+// The GGUF type whose blocks hold exactly q's codes and stored scales, if there is one:
+// int8-sym-g32-f16 -> Q8_0, int4-sym-g32-f16 -> Q4_0, int4-asym-g32-q6 (rows a multiple of
+// 256, the row's super-scales repeated per super-block) -> Q4_K; otherwise an error naming the
+// tensor and its format. `name` is for the error.
+Result<GgufType> GgufTypeOf(const QuantizedView& q, std::string_view name);
+// q's blocks in that type, without requantizing: the same codes, the same decoded values.
+Result<std::vector<uint8_t>> GgufRepack(const QuantizedView& q, std::string_view name);
+
 // n values of type t from its blocks, with the arithmetic of ggml's dequantizers (so exactly
 // what the gguf Python package and ggml's reference code produce).
 Status GgufDecode(GgufType t, std::span<const uint8_t> bytes, uint64_t n, float* out,
@@ -179,6 +187,7 @@ struct GgufExportTensor {
   std::string source;  // the checkpoint's tensor name
   std::string name;    // its name in the GGUF file
   GgufType type = GgufType::kF16;
+  std::vector<uint64_t> shape;  // stored shape (the same elements); empty: the source's
 };
 
 struct GgufExportResult {
@@ -189,6 +198,13 @@ struct GgufExportResult {
   uint64_t source_bytes = 0, stored_bytes = 0;
   ErrorMetrics metrics;  // ggml's decoding against the source
 };
+
+// An ArrowQuant model file's tensors to GGUF without requantizing (GgufRepack; kept tensors as
+// stored, F32/F16/BF16 only), names as stored; an error naming the first tensor that does not
+// map, before anything is written.
+Result<std::vector<GgufExportResult>> ExportModelGguf(const std::string& model_path,
+                                                      const std::string& out_path,
+                                                      const std::vector<GgufKV>& kv);
 
 // Progress: source bytes done, of total, and the tensor; false cancels (kCancelled, no file).
 using GgufProgressFn =

@@ -223,6 +223,28 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    dest = Path(args.dest)
+    if dest.suffix not in (".gguf", ".safetensors"):
+        raise ConfigurationError(f"{dest}: the destination must end in .gguf or .safetensors")
+    if not dest.parent.is_dir():
+        raise ConfigurationError(f"{dest.parent}: no such folder")
+    if dest.suffix == ".gguf":
+        from arrowquant.gguf import export_model
+
+        rows = export_model(args.model, dest)
+        kinds: dict[str, int] = {}
+        for r in rows:
+            kinds[r["type"]] = kinds.get(r["type"], 0) + 1
+        print(f"{dest}: {len(rows)} tensors: " + ", ".join(f"{k} x{v}" for k, v in kinds.items()))
+        return EXIT_OK
+    from arrowquant.model import export_safetensors
+
+    export_safetensors(args.model, dest)
+    print(f"{dest}: written")
+    return EXIT_OK
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from arrowquant.api import ArrowQuantV2
 
@@ -424,7 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Q2_K (default: the profile's width as a K-quant; wider layers keep their width's type)",
     )
     gg.add_argument(
-        "--gguf-names", choices=["diffusers"], help="tensor names for the reading runtime"
+        "--gguf-names",
+        choices=["diffusers", "sdcpp"],
+        help="diffusers: the checkpoint's names, a file per pipeline component (diffusers' GGUF "
+        "loader); sdcpp: original (LDM) names, one file (stable-diffusion.cpp)",
     )
     q.add_argument("--threads", type=int)
     q.add_argument("--fail-fast", action="store_true", help="exit 1 at the first layer that misses")
@@ -440,6 +465,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="show what the rules decide; write nothing"
     )
     q.set_defaults(func=_cmd_quantize)
+
+    x = sub.add_parser(
+        "export",
+        help="write a quantized model as GGUF (same codes, no requantizing) or as a dequantized "
+        ".safetensors file",
+    )
+    x.add_argument("model", help="output folder of arrowquant quantize, or a .aq.parquet file")
+    x.add_argument("dest", help="DEST.gguf or DEST.safetensors")
+    x.set_defaults(func=_cmd_export)
 
     i = sub.add_parser("inspect", help="list the tensors of a quantized model")
     i.add_argument("path", help="output folder or .parquet model file")

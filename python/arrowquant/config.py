@@ -248,8 +248,8 @@ class DiffusionQuantConfig:
                 check_type(self.gguf_type)
             except ConfigurationError as e:
                 bad("gguf_type", str(e).split(": ", 1)[1])
-        if self.gguf_names not in ("diffusers",):
-            bad("gguf_names", "must be diffusers")
+        if self.gguf_names not in ("diffusers", "sdcpp"):
+            bad("gguf_names", "must be diffusers or sdcpp")
         seen: set[str] = set()
         for c in self.components:
             m = _COMPONENT.match(c)

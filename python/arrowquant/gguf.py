@@ -17,7 +17,7 @@ import arrowquant._core as _core
 from arrowquant.errors import ConfigurationError
 
 GGUF_FILE = "model.gguf"
-NAME_STYLES = ("diffusers",)
+NAME_STYLES = ("diffusers", "sdcpp")
 # Block types by the width the profiles and rules give a tensor.
 WIDTH_TYPES = {8: "Q8_0", 6: "Q6_K", 5: "Q5_K", 4: "Q4_K", 3: "Q3_K", 2: "Q2_K"}
 # Where a tensor's last dimension does not fill the type's blocks (K-quants: 256 values), the
@@ -71,38 +71,83 @@ def plan(
     gguf_type: str,
     target_bits: int,
     keep_dtype: str = "F16",
+    names: str = "diffusers",
 ) -> list[dict[str, Any]]:
-    """Per tensor: its GGUF type by the job's selection rules (the same plan as the Parquet
-    output: a tensor at the target width takes `gguf_type`, a wider one the type of its width,
-    kept ones their float dtype), with GGUF's block constraint applied per tensor."""
+    """Per tensor: its name and file in the output (`names`), and its GGUF type by the job's
+    selection rules (the same plan as the Parquet output: a tensor at the target width takes
+    `gguf_type`, a wider one the type of its width, kept ones their float dtype), with GGUF's
+    block constraint applied per tensor to the shape it is stored with."""
     from arrowquant.checkpoint import load_checkpoint
 
+    if names not in NAME_STYLES:
+        raise ConfigurationError(f"--gguf-names {names!r}: must be one of {', '.join(NAME_STYLES)}")
     ck = load_checkpoint(str(model_path))
     rows = []
     for name, bits, _threshold, why in _core.plan(str(model_path), core_config):
         info = ck.info(name)
-        ne0 = info.shape[-1] if info.shape else 1
-        row: dict[str, Any] = {
-            "source": name,
-            "component": info.component,
-            "name": name.split("/", 1)[1] if info.component else name,
-            "shape": list(info.shape),
-            "dtype": info.dtype,
-            "notes": [],
-        }
-        if info.dtype not in KEPT_TYPES:
+        rows.append(
+            {
+                "source": name,
+                "component": info.component,
+                "name": name.split("/", 1)[1] if info.component else name,
+                "file": f"{info.component}.gguf" if info.component else GGUF_FILE,
+                "shape": list(info.shape),
+                "stored_shape": list(info.shape),
+                "dtype": info.dtype,
+                "bits": bits,
+                "why": why,
+                "notes": [],
+            }
+        )
+    if names == "sdcpp":
+        _ldm_names(ck, rows)
+    for row in rows:
+        ne0 = row["stored_shape"][-1] if row["stored_shape"] else 1
+        if row["dtype"] not in KEPT_TYPES:
             row["type"] = None
-            row["why"] = f"{info.dtype} tensor: GGUF export stores float tensors only; left out"
-        elif bits == 0:
+            row["why"] = f"{row['dtype']} tensor: GGUF export stores float tensors only; left out"
+        elif row["bits"] == 0:
             # Kept as the job keeps tensors (keep_dtype), 1-D ones (norms, biases) as they are.
-            row["type"] = KEPT_TYPES[keep_dtype if len(info.shape) > 1 else info.dtype]
-            row["why"] = why
+            row["type"] = KEPT_TYPES[keep_dtype if len(row["shape"]) > 1 else row["dtype"]]
         else:
-            want = gguf_type if bits == target_bits else WIDTH_TYPES.get(bits, "Q8_0")
+            want = gguf_type if row["bits"] == target_bits else WIDTH_TYPES.get(row["bits"], "Q8_0")
             row["type"], row["notes"] = _fitting(want, ne0)
-            row["why"] = why
-        rows.append(row)
     return rows
+
+
+def _ldm_names(ck: Any, rows: list[dict[str, Any]]) -> None:
+    """--gguf-names sdcpp: every component into one model.gguf under its original (LDM) name,
+    as stable-diffusion.cpp reads single files (arrowquant.ldm_names)."""
+    from arrowquant import ldm_names
+
+    comps = {c["name"]: c for c in ck.components}
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(r["component"], []).append(r)
+    for comp, group in by.items():
+        c = comps.get(comp)
+        cls = c["class_name"] if c else ""
+        config = json.loads(c["config_json"]) if c and c["config_json"] else {}
+        inner = [r["name"] for r in group]
+        if cls == "UNet2DConditionModel":
+            mapping = ldm_names.unet(inner, config)
+        elif cls == "AutoencoderKL":
+            mapping = ldm_names.vae(inner, config)
+        elif cls == "CLIPTextModel":
+            mapping = ldm_names.clip(inner)
+        elif all(n.startswith(ldm_names.PREFIXES) for n in inner):
+            mapping = {n: n for n in inner}  # already an original-layout checkpoint
+        else:
+            raise ConfigurationError(
+                f"--gguf-names sdcpp: no original (LDM) names for {comp or ck.path} "
+                f"({cls or 'unknown class'}); names are known for UNet2DConditionModel, "
+                "AutoencoderKL and CLIPTextModel"
+            )
+        for r in group:
+            r["name"] = mapping[r["name"]]
+            r["file"] = GGUF_FILE
+            if cls == "AutoencoderKL":
+                r["stored_shape"] = ldm_names.vae_shape(r["name"], r["shape"])
 
 
 def metadata(
@@ -137,28 +182,26 @@ def export(
     names: str = "diffusers",
     progress: Callable[[int, int, str], Any] | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Writes one GGUF file per component (model.gguf for a lone model, COMPONENT.gguf in a
-    pipeline) into out_dir; returns the report's layer rows and the files written."""
-    if names not in NAME_STYLES:
-        raise ConfigurationError(f"--gguf-names {names!r}: must be one of {', '.join(NAME_STYLES)}")
-    by_component: dict[str, list[dict[str, Any]]] = {}
+    """Writes the planned files into out_dir (diffusers names: model.gguf for a lone model,
+    COMPONENT.gguf per pipeline component; sdcpp: one model.gguf); returns the report's layer
+    rows and the files written."""
+    by_file: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        by_component.setdefault(r["component"], []).append(r)
+        by_file.setdefault(r["file"], []).append(r)
     layers: list[dict[str, Any]] = []
-    files = []
-    for component, group in by_component.items():
+    for fname, group in by_file.items():
         stored = [r for r in group if r["type"] is not None]
-        fname = f"{component}.gguf" if component else GGUF_FILE
+        component = fname[: -len(".gguf")] if fname != GGUF_FILE else ""
         out = _core.export_gguf(
             str(model_path),
             str(out_dir / fname),
-            [(r["source"], r["name"], r["type"]) for r in stored],
-            metadata(recipe, model_path, component, names),
+            [(r["source"], r["name"], r["type"], r["stored_shape"]) for r in stored],
+            metadata(recipe, model_path, component, names)
+            + [("arrowquant.source_names", 9, json.dumps([r["source"] for r in stored]))],
             method,
             threads,
             progress,
         )
-        files.append(fname)
         done = {o["source"]: o for o in out}
         for r in group:
             o = done.get(r["source"])
@@ -182,7 +225,31 @@ def export(
                     "metrics": o["metrics"] if o and quantized else None,
                 }
             )
-    return layers, files
+    return layers, list(by_file)
+
+
+def export_model(
+    model: str | os.PathLike[str], dest: str | os.PathLike[str]
+) -> list[dict[str, Any]]:
+    """An ArrowQuant model file (or output folder) as a GGUF file, without requantizing: formats
+    whose codes are a GGUF type's (int8-sym-g32-f16 -> Q8_0, int4-sym-g32-f16 -> Q4_0,
+    int4-asym-g32-q6 -> Q4_K), kept tensors as stored; an error naming the first tensor that does
+    not map, with nothing written. Names as stored in the model file."""
+    from arrowquant import __version__
+    from arrowquant.model import open as open_model
+    from arrowquant.model import resolve_model_path
+
+    src = resolve_model_path(model)
+    meta = open_model(src).metadata
+    kv = [
+        ("general.architecture", 8, json.dumps("diffusers")),
+        ("general.name", 8, json.dumps(src.stem)),
+        ("general.quantization_version", 4, "2"),
+        ("arrowquant.tool_version", 8, json.dumps(f"arrowquant {__version__}")),
+        ("arrowquant.recipe", 8, json.dumps(json.dumps(meta.get("arrowquant.recipe", {})))),
+        ("arrowquant.source", 8, json.dumps(str(src))),
+    ]
+    return list(_core.export_model_gguf(str(src), os.fspath(dest), kv))
 
 
 class GgufModel:
@@ -195,8 +262,16 @@ class GgufModel:
         self._files = files
         self._where: dict[str, tuple[Any, str, dict[str, Any]]] = {}
         for prefix, core in files:
-            for t in core.tensors:
-                self._where[prefix + t["name"]] = (core, t["name"], t)
+            tensors = core.tensors
+            # ArrowQuant's files name each tensor's source (any --gguf-names): tensors are listed
+            # under the names of the checkpoint they came from, so validate/eval/load_state_dict
+            # find them; other files under their own names.
+            meta = {k: v for k, _t, v in core.metadata}
+            source = json.loads(meta.get("arrowquant.source_names", "null"))
+            if not (isinstance(source, list) and len(source) == len(tensors)):
+                source = [prefix + t["name"] for t in tensors]
+            for name, t in zip(source, tensors, strict=True):
+                self._where[name] = (core, t["name"], t)
 
     @property
     def path(self) -> str:
@@ -328,7 +403,7 @@ def quantize_job(
         recipe["components"] = profiles
     core = cfg.to_core(json.dumps(recipe))
     set_components(core, cfg, profiles, calibrated=False)
-    rows = plan(model_path, core, gguf_type, cfg.bits, cfg.keep_dtype)
+    rows = plan(model_path, core, gguf_type, cfg.bits, cfg.keep_dtype, cfg.gguf_names)
     method = cfg.method or "search"
     layers, files = export(
         model_path, tmp, rows, recipe, method, core.threads, cfg.gguf_names, progress

@@ -62,6 +62,29 @@ nb::dict InfoDict(const GgufTensorInfo& t) {
   return d;
 }
 
+nb::list ResultList(const std::vector<GgufExportResult>& results) {
+  nb::list out;
+  for (const GgufExportResult& e : results) {
+    nb::dict d;
+    d["source"] = e.source;
+    d["name"] = e.name;
+    d["type"] = std::string(GgufTypeName(e.type));
+    d["shape"] = e.shape;
+    d["source_dtype"] = e.source_dtype;
+    d["source_bytes"] = e.source_bytes;
+    d["stored_bytes"] = e.stored_bytes;
+    d["metrics"] = MetricsDict(e.metrics);
+    out.append(d);
+  }
+  return out;
+}
+
+std::vector<GgufKV> KVs(const std::vector<std::tuple<std::string, uint32_t, std::string>>& kv) {
+  std::vector<GgufKV> out;
+  for (const auto& [key, type, json] : kv) out.push_back({key, type, json});
+  return out;
+}
+
 }  // namespace
 
 void BindGguf(nb::module_& m) {
@@ -180,13 +203,15 @@ void BindGguf(nb::module_& m) {
   m.def(
       "export_gguf",
       [](const std::string& model_path, const std::string& out_path,
-         const std::vector<std::tuple<std::string, std::string, std::string>>& tensors,
+         const std::vector<
+             std::tuple<std::string, std::string, std::string, std::vector<uint64_t>>>& tensors,
          const std::vector<std::tuple<std::string, uint32_t, std::string>>& kv,
          const std::string& method, int threads, nb::object progress) {
         std::vector<GgufExportTensor> items;
-        for (const auto& [src, name, type] : tensors) items.push_back({src, name, TypeOf(type)});
-        std::vector<GgufKV> kvs;
-        for (const auto& [key, type, json] : kv) kvs.push_back({key, type, json});
+        for (const auto& [src, name, type, shape] : tensors) {
+          items.push_back({src, name, TypeOf(type), shape});
+        }
+        const std::vector<GgufKV> kvs = KVs(kv);
         GgufEncodeOptions o;
         o.grid = GridOf(method);
         o.threads = threads;
@@ -202,24 +227,23 @@ void BindGguf(nb::module_& m) {
                       : Result<std::vector<GgufExportResult>>(ck.status());
         }
         bridge.Rethrow();
-        nb::list out;
-        for (const GgufExportResult& e : ValueOrThrow(std::move(r))) {
-          nb::dict d;
-          d["source"] = e.source;
-          d["name"] = e.name;
-          d["type"] = std::string(GgufTypeName(e.type));
-          d["shape"] = e.shape;
-          d["source_dtype"] = e.source_dtype;
-          d["source_bytes"] = e.source_bytes;
-          d["stored_bytes"] = e.stored_bytes;
-          d["metrics"] = MetricsDict(e.metrics);
-          out.append(d);
-        }
-        return out;
+        return ResultList(ValueOrThrow(std::move(r)));
       },
       nb::arg("model_path"), nb::arg("out_path"), nb::arg("tensors"), nb::arg("kv"),
       nb::arg("method") = "search", nb::arg("threads") = 1,
       nb::arg("progress").none() = nb::none());
+  m.def(
+      "export_model_gguf",
+      [](const std::string& model_path, const std::string& out_path,
+         const std::vector<std::tuple<std::string, uint32_t, std::string>>& kv) {
+        Result<std::vector<GgufExportResult>> r = Status();
+        {
+          nb::gil_scoped_release release;
+          r = ExportModelGguf(model_path, out_path, KVs(kv));
+        }
+        return ResultList(ValueOrThrow(std::move(r)));
+      },
+      nb::arg("model_path"), nb::arg("out_path"), nb::arg("kv"));
 }
 
 }  // namespace arrowquant::py

@@ -1,10 +1,12 @@
 // A checkpoint's tensors to one GGUF file: encoded in parallel (each tensor on one worker, a
 // window of tensors and source bytes in flight, as the Parquet job), written in the given order.
+#include <cstring>
 #include <memory>
 #include <string>
 
 #include "arrowquant/checkpoint.h"
 #include "arrowquant/gguf.h"
+#include "arrowquant/model_file.h"
 #include "core/parallel.h"
 
 namespace arrowquant {
@@ -27,6 +29,7 @@ Result<std::vector<GgufExportResult>> ExportGguf(const Checkpoint& ck, const std
                                                  const GgufProgressFn& progress) {
   std::vector<const CheckpointTensor*> src(tensors.size());
   std::vector<GgufTensorSpec> specs(tensors.size());
+  std::vector<std::vector<uint64_t>> shapes(tensors.size());
   uint64_t total = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     src[i] = ck.Find(tensors[i].source);
@@ -35,14 +38,23 @@ Result<std::vector<GgufExportResult>> ExportGguf(const Checkpoint& ck, const std
                     ck.path() + ": no tensor '" + tensors[i].source + "' to export");
     }
     const TensorInfo& info = *src[i]->info;
-    const uint64_t ne0 = info.shape.empty() ? 1 : info.shape.back();
-    if (!GgufFits(tensors[i].type, ne0) || info.shape.size() > 4) {
+    shapes[i] = tensors[i].shape.empty() ? info.shape : tensors[i].shape;
+    uint64_t count = 1;
+    for (uint64_t d : shapes[i]) count *= d;
+    if (count != info.num_elements()) {
+      return Status(StatusCode::kInvalidArgument,
+                    "tensor '" + tensors[i].source + "': the stored shape has " +
+                        std::to_string(count) + " elements, the tensor " +
+                        std::to_string(info.num_elements()));
+    }
+    const uint64_t ne0 = shapes[i].empty() ? 1 : shapes[i].back();
+    if (!GgufFits(tensors[i].type, ne0) || shapes[i].size() > 4) {
       return Status(StatusCode::kInvalidArgument,
                     "tensor '" + tensors[i].source + "' (shape's last dimension " +
                         std::to_string(ne0) + ") cannot be stored as " +
                         std::string(GgufTypeName(tensors[i].type)));
     }
-    specs[i] = GgufTensorSpec{tensors[i].name, info.shape, tensors[i].type};
+    specs[i] = GgufTensorSpec{tensors[i].name, shapes[i], tensors[i].type};
     total += info.nbytes();
   }
   AQ_ASSIGN_OR_RETURN(std::unique_ptr<GgufWriter> writer, GgufWriter::Make(out_path));
@@ -56,7 +68,7 @@ Result<std::vector<GgufExportResult>> ExportGguf(const Checkpoint& ck, const std
   auto work = [&](size_t i) {
     auto slot = std::make_unique<Slot>();
     const CheckpointTensor& t = *src[i];
-    TensorView view{t.name, t.info->dtype, t.info->shape, t.data()};
+    TensorView view{t.name, t.info->dtype, shapes[i], t.data()};
     auto r = GgufEncode(view, tensors[i].type, one);
     if (r.ok()) {
       slot->encoded = std::move(*r);
@@ -90,6 +102,77 @@ Result<std::vector<GgufExportResult>> ExportGguf(const Checkpoint& ck, const std
   auto bytes = [&](size_t i) -> uint64_t { return src[i]->info->nbytes(); };
   AQ_RETURN_IF_ERROR(ParallelOrdered(tensors.size(), std::max(1, options.threads), kWindowTensors,
                                      work, write, bytes, kWindowBytes));
+  AQ_RETURN_IF_ERROR(writer->Finish());
+  return results;
+}
+
+}  // namespace arrowquant
+
+namespace arrowquant {
+
+Result<std::vector<GgufExportResult>> ExportModelGguf(const std::string& model_path,
+                                                      const std::string& out_path,
+                                                      const std::vector<GgufKV>& kv) {
+  AQ_ASSIGN_OR_RETURN(std::unique_ptr<ModelReader> reader, ModelReader::Open(model_path));
+  const auto& infos = reader->tensors();
+  std::vector<GgufTensorSpec> specs;
+  // Every tensor's type first (the header needs them): a tensor that does not map is an error
+  // before anything is written.
+  for (const ModelTensorInfo& t : infos) {
+    GgufType type = GgufType::kF16;
+    const uint64_t ne0 = t.shape.empty() ? 1 : t.shape.back();
+    if (t.spec && t.shape.size() > 2 && ne0 * t.shape[0] != t.num_params) {
+      return Status(StatusCode::kUnsupported,
+                    model_path + ": tensor '" + t.name + "' (" + std::to_string(t.shape.size()) +
+                        " dimensions, the last " + std::to_string(ne0) +
+                        "): GGUF's blocks run along the last dimension, so its quantized rows "
+                        "have no GGUF layout; quantize from the checkpoint with --format gguf "
+                        "(such tensors stay F16 there)");
+    }
+    if (t.spec) {
+      QuantizedView shape_only;
+      shape_only.spec = *t.spec;
+      shape_only.rows = t.shape.empty() ? 1 : t.shape[0];
+      shape_only.cols = shape_only.rows ? t.num_params / shape_only.rows : 0;
+      AQ_ASSIGN_OR_RETURN(type, GgufTypeOf(shape_only, t.name));
+    } else if (t.raw_dtype == DType::kF32 || t.raw_dtype == DType::kF16 ||
+               t.raw_dtype == DType::kBF16) {
+      type = t.raw_dtype == DType::kF32   ? GgufType::kF32
+             : t.raw_dtype == DType::kF16 ? GgufType::kF16
+                                          : GgufType::kBF16;
+    } else {
+      return Status(StatusCode::kUnsupported,
+                    model_path + ": tensor '" + t.name + "' is " +
+                        std::string(Traits(t.raw_dtype).safetensors_name) +
+                        "; GGUF export stores float tensors only");
+    }
+    specs.push_back({t.name, t.shape, type});
+  }
+  AQ_ASSIGN_OR_RETURN(std::unique_ptr<GgufWriter> writer, GgufWriter::Make(out_path));
+  AQ_RETURN_IF_ERROR(writer->Begin(kv, specs));
+  std::vector<GgufExportResult> results;
+  for (size_t i = 0; i < infos.size(); ++i) {
+    const ModelTensorInfo& t = infos[i];
+    std::vector<uint8_t> bytes;
+    if (t.spec) {
+      AQ_ASSIGN_OR_RETURN(QuantizedTensor q, reader->ReadQuantized(t.name));
+      QuantizedView v{q.spec, q.rows, q.cols, q.codes, q.scales, q.zeros, q.super_scales};
+      AQ_ASSIGN_OR_RETURN(bytes, GgufRepack(v, t.name));
+    } else {
+      AQ_ASSIGN_OR_RETURN(std::vector<std::byte> raw, reader->ReadRaw(t.name));
+      bytes.resize(raw.size());
+      std::memcpy(bytes.data(), raw.data(), raw.size());
+    }
+    AQ_RETURN_IF_ERROR(writer->WriteTensor(i, bytes));
+    GgufExportResult res;
+    res.source = res.name = t.name;
+    res.type = specs[i].type;
+    res.shape = t.shape;
+    res.source_dtype = t.source_dtype;
+    res.stored_bytes = bytes.size();
+    if (t.metrics) res.metrics = *t.metrics;
+    results.push_back(std::move(res));
+  }
   AQ_RETURN_IF_ERROR(writer->Finish());
   return results;
 }

@@ -54,6 +54,9 @@ inline Layout MakeLayout(const QuantizedTensor& q) {
   return MakeLayout(q.spec, q.rows, q.cols);
 }
 
+// Row r's stored parameters (StoreRow's inverse).
+void LoadRow(const QuantizedView& q, const Layout& l, uint64_t r, RowStored& st);
+
 inline void StoreRow(const QuantSpec& spec, const Layout& l, const RowStored& st, uint64_t r,
                      QuantizedTensor& q) {
   uint8_t* sc = q.scales.data() + r * l.scale_row_bytes;

@@ -14,19 +14,7 @@
 #include "quant/layout.h"
 
 namespace arrowquant {
-namespace {
-
-using quant::CheckWeight;
-using quant::Combine;
-using quant::Format;
-using quant::Layout;
-using quant::MakeLayout;
-using quant::RowParams;
-using quant::RowsCols;
-using quant::RowStored;
-using quant::RowSums;
-using quant::StoreRow;
-using quant::SumsOf;
+namespace quant {
 
 void LoadRow(const QuantizedView& q, const Layout& l, uint64_t r, RowStored& st) {
   const Format f(q.spec);
@@ -50,6 +38,24 @@ void LoadRow(const QuantizedView& q, const Layout& l, uint64_t r, RowStored& st)
   }
   if (asym) kernels::UnpackCodes(zp, l.groups, q.spec.bits, st.zero.data());
 }
+
+}  // namespace quant
+
+namespace {
+
+using quant::LoadRow;
+
+using quant::CheckWeight;
+using quant::Combine;
+using quant::Format;
+using quant::Layout;
+using quant::MakeLayout;
+using quant::RowParams;
+using quant::RowsCols;
+using quant::RowStored;
+using quant::RowSums;
+using quant::StoreRow;
+using quant::SumsOf;
 
 // Dequantizes row r into `out` (cols values of `dtype`, F32/F16/BF16; may be unaligned).
 void DequantizeRow(const QuantizedView& q, const Layout& l, uint64_t r, RowStored& st, RowParams& p,

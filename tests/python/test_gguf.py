@@ -282,3 +282,213 @@ def test_pipeline_output_is_one_file_per_component(t2i_gguf: Path) -> None:
     assert any(n.startswith("unet/") for n in m.names())
     r = _run("inspect", str(t2i_gguf))
     assert r.returncode == 0 and "GGUF v3" in r.stdout and "gguf Q4_0" in r.stdout
+
+
+@pytest.mark.parametrize("layout", ["sd15", "sdxl", "digits-t2i"])
+def test_ldm_names_are_the_inverse_of_diffusers_conversion(layout: str) -> None:
+    """Every UNet and VAE name ArrowQuant writes for stable-diffusion.cpp, converted back by
+    diffusers' own single-file conversion, lands on the same tensor under its diffusers name."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_unet_checkpoint,
+        convert_ldm_vae_checkpoint,
+    )
+
+    from arrowquant import ldm_names
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from sd15_shapes import SD15_UNET
+
+    if layout == "digits-t2i":
+        unet = UNet2DConditionModel.from_pretrained(ROOT / "models" / layout, subfolder="unet")
+        vae = AutoencoderKL.from_pretrained(ROOT / "models" / layout, subfolder="vae")
+    else:
+        cfg: dict[str, object] = dict(SD15_UNET)
+        if layout == "sdxl":
+            cfg.update(
+                block_out_channels=(32, 64, 64),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                transformer_layers_per_block=(1, 2, 3),
+                attention_head_dim=(2, 4, 4),
+                use_linear_projection=True,
+                cross_attention_dim=64,
+                addition_embed_type="text_time",
+                addition_time_embed_dim=8,
+                projection_class_embeddings_input_dim=80,
+                norm_num_groups=16,
+            )
+        else:
+            cfg.update(
+                block_out_channels=(32, 64, 64, 64), cross_attention_dim=64, norm_num_groups=16
+            )
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**cfg)  # type: ignore[arg-type]
+        vae = AutoencoderKL(
+            block_out_channels=(16, 32),
+            norm_num_groups=8,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+        )
+    for model, name_map, convert in (
+        (unet, ldm_names.unet, convert_ldm_unet_checkpoint),
+        (vae, ldm_names.vae, convert_ldm_vae_checkpoint),
+    ):
+        sd = model.state_dict()
+        mapping = name_map(list(sd), dict(model.config))
+        assert len(set(mapping.values())) == len(sd)
+        ldm = {
+            mapping[k]: v.reshape(ldm_names.vae_shape(mapping[k], list(v.shape)))
+            for k, v in sd.items()
+        }
+        back = convert(ldm, dict(model.config))
+        assert set(back) == set(sd)
+        for k, v in sd.items():
+            assert torch.equal(back[k].reshape(v.shape), v), k
+
+
+def test_sdcpp_names_load_through_diffusers_single_file(tmp_path: Path) -> None:
+    """--gguf-names sdcpp: one model.gguf with original names (model.diffusion_model.*,
+    first_stage_model.*, cond_stage_model.transformer.text_model.*), which diffusers' single-file
+    loading converts back; ArrowQuant reads it back under the checkpoint's names."""
+    import torch
+    from diffusers import AutoencoderKL, GGUFQuantizationConfig, UNet2DConditionModel
+
+    model = ROOT / "models" / "digits-t2i"
+    out = tmp_path / "sdcpp"
+    r = _run(
+        "quantize",
+        str(model),
+        str(out),
+        "--format",
+        "gguf",
+        "--gguf-names",
+        "sdcpp",
+        "--no-calibration",
+    )
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.glob("*.gguf")) == ["model.gguf"]
+    names = [t.name for t in gguf.GGUFReader(out / "model.gguf").tensors]
+    prefixes = (
+        "model.diffusion_model.",
+        "first_stage_model.",
+        "cond_stage_model.transformer.text_model.",
+    )
+    assert all(n.startswith(prefixes) for n in names)
+    assert "model.diffusion_model.input_blocks.0.0.weight" in names  # conv_in
+    assert "model.diffusion_model.out.2.weight" in names  # conv_out
+    q = GGUFQuantizationConfig(compute_dtype=torch.float32)
+    unet = UNet2DConditionModel.from_single_file(
+        str(out / "model.gguf"),
+        config=str(model),
+        subfolder="unet",
+        quantization_config=q,
+        torch_dtype=torch.float32,
+        local_files_only=True,
+    )
+    ref = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
+    x = torch.randn(
+        2,
+        4,
+        ref.config.sample_size,
+        ref.config.sample_size,
+        generator=torch.Generator().manual_seed(0),
+    )
+    e = torch.randn(
+        2, 8, ref.config.cross_attention_dim, generator=torch.Generator().manual_seed(1)
+    )
+    with torch.no_grad():
+        a, b = ref(x, 500, e).sample, unet(x, 500, e).sample
+    assert float((a - b).norm() / a.norm()) < 0.03
+    vae = AutoencoderKL.from_single_file(
+        str(out / "model.gguf"),
+        config=str(model),
+        subfolder="vae",
+        quantization_config=q,
+        torch_dtype=torch.float32,
+        local_files_only=True,
+    )
+    assert isinstance(vae, AutoencoderKL)
+    rows = aq.ArrowQuantV2().validate_quality(model, out)
+    assert {r["name"].split("/")[0] for r in rows} == {"unet", "text_encoder"}
+
+
+def test_export_maps_stored_codes_without_requantizing(tmp_path: Path) -> None:
+    """`arrowquant export OUT DEST.gguf`: formats whose codes are a GGUF type's are repacked
+    (int4-asym-g32-q6 -> Q4_K decodes to exactly the Parquet file's values; int8-sym-g32-f16 ->
+    Q8_0 to them within float rounding)."""
+    rng = np.random.default_rng(6)
+    w = {
+        "a.weight": rng.normal(0, 0.02, (16, 512)).astype(np.float32),
+        "b.weight": (rng.standard_t(4, (32, 256)) * 0.02).astype(np.float16),
+        "b.bias": rng.normal(0, 0.02, 32).astype(np.float32),
+    }
+    safetensors.numpy.save_file(w, tmp_path / "m.safetensors")
+    (tmp_path / "q6.yaml").write_text("scale_dtype: q6\n")
+    (tmp_path / "sym8.yaml").write_text("scheme: sym\nscale_dtype: f16\nbits: 8\n")
+    for cfg, qtype, exact in (("q6", "Q4_K", True), ("sym8", "Q8_0", False)):
+        out = tmp_path / cfg
+        r = _run(
+            "quantize",
+            str(tmp_path / "m.safetensors"),
+            str(out),
+            "--config",
+            str(tmp_path / f"{cfg}.yaml"),
+            "--no-calibration",
+        )
+        assert r.returncode == 0, r.stderr
+        r = _run("export", str(out), str(tmp_path / f"{cfg}.gguf"))
+        assert r.returncode == 0 and f"{qtype} x2" in r.stdout, r.stderr
+        parquet = aq.open(out)
+        for t in gguf.GGUFReader(tmp_path / f"{cfg}.gguf").tensors:
+            info = parquet.info(t.name)
+            if info["spec"] is None:
+                continue
+            assert t.tensor_type == GT[qtype]
+            got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(info["shape"])
+            want = parquet.dequantize(t.name)
+            if exact:
+                np.testing.assert_array_equal(got, want)
+            else:
+                np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
+def test_export_refuses_what_has_no_gguf_layout(tmp_path: Path) -> None:
+    _checkpoint(tmp_path / "m.safetensors")  # a 3x3 convolution and a 96-wide matrix
+    (tmp_path / "q6.yaml").write_text("scale_dtype: q6\n")
+    out = tmp_path / "out"
+    assert (
+        _run(
+            "quantize",
+            str(tmp_path / "m.safetensors"),
+            str(out),
+            "--config",
+            str(tmp_path / "q6.yaml"),
+            "--no-calibration",
+        ).returncode
+        == 0
+    )
+    r = _run("export", str(out), str(tmp_path / "m.gguf"))
+    assert r.returncode == 2 and "blocks.0.conv.weight" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "m.gguf").exists() and not list(tmp_path.glob("*.tmp-*"))
+    rng = np.random.default_rng(7)
+    safetensors.numpy.save_file(
+        {"n.weight": rng.normal(0, 0.02, (16, 96)).astype(np.float32)}, tmp_path / "n.safetensors"
+    )
+    assert (
+        _run(
+            "quantize",
+            str(tmp_path / "n.safetensors"),
+            str(tmp_path / "n"),
+            "--config",
+            str(tmp_path / "q6.yaml"),
+            "--no-calibration",
+        ).returncode
+        == 0
+    )
+    r = _run("export", str(tmp_path / "n"), str(tmp_path / "n.gguf"))
+    assert r.returncode == 2 and "n.weight" in r.stderr and "rows of 96" in r.stderr, r.stderr
+    r = _run("export", str(tmp_path / "n"), str(tmp_path / "n.bin"))
+    assert r.returncode == 2 and ".gguf or .safetensors" in r.stderr

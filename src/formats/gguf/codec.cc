@@ -15,9 +15,11 @@
 #include "arrowquant/gguf.h"
 #include "core/parallel.h"
 #include "formats/gguf/blocks.h"
+#include "kernels/pack.h"
 #include "kernels/row_kernels.h"
 #include "quant/error_sums.h"
 #include "quant/group_fit.h"
+#include "quant/layout.h"
 
 namespace arrowquant {
 namespace {
@@ -497,6 +499,59 @@ Result<GgufEncoded> GgufEncode(const TensorView& w, GgufType t, const GgufEncode
   }
   result.metrics = quant::Combine(sums, n);
   return result;
+}
+
+Result<GgufType> GgufTypeOf(const QuantizedView& q, std::string_view name) {
+  const QuantSpec& s = q.spec;
+  const bool sym = s.scheme == Scheme::kSymmetric;
+  if (s.group_size == 32 && q.cols % 32 == 0) {
+    if (sym && s.scales == ScaleStorage::kF16 && s.bits == 8) return GgufType::kQ8_0;
+    if (sym && s.scales == ScaleStorage::kF16 && s.bits == 4) return GgufType::kQ4_0;
+    if (!sym && s.scales == ScaleStorage::kCoded && s.scale_bits == 6 && s.bits == 4 &&
+        q.cols % gguf::kQK == 0) {
+      return GgufType::kQ4_K;
+    }
+  }
+  return Status(StatusCode::kUnsupported,
+                "tensor '" + std::string(name) + "' (" + s.ToString() + ", rows of " +
+                    std::to_string(q.cols) +
+                    ") has no GGUF type with the same codes (those that map: int8-sym-g32-f16 "
+                    "-> Q8_0, int4-sym-g32-f16 -> Q4_0, int4-asym-g32-q6 with rows a multiple "
+                    "of 256 -> Q4_K); quantize from the checkpoint with --format gguf instead");
+}
+
+Result<std::vector<uint8_t>> GgufRepack(const QuantizedView& q, std::string_view name) {
+  AQ_RETURN_IF_ERROR(q.Validate());
+  AQ_ASSIGN_OR_RETURN(const GgufType t, GgufTypeOf(q, name));
+  const Codec& codec = *FindCodec(t);
+  const GgufTypeInfo& info = *FindGgufType(static_cast<uint32_t>(t));
+  const quant::Layout l = quant::MakeLayout(q.spec, q.rows, q.cols);
+  const uint64_t row_bytes = q.cols / info.block * info.bytes;
+  std::vector<uint8_t> out(q.rows * row_bytes);
+  std::vector<uint8_t> codes(q.cols);
+  const std::vector<int8_t> sign(q.cols / 16 + 1, 1);
+  quant::RowStored st, block;
+  const quant::Format f(q.spec);
+  for (uint64_t r = 0; r < q.rows; ++r) {
+    quant::LoadRow(q, l, r, st);
+    kernels::UnpackCodes(q.codes.data() + r * l.code_row_bytes, q.cols, q.spec.bits, codes.data());
+    for (uint64_t b = 0; b < q.cols / info.block; ++b) {
+      uint8_t* dst = out.data() + r * row_bytes + b * info.bytes;
+      const size_t g0 = b * info.block / static_cast<size_t>(codec.g);
+      if (t == GgufType::kQ4_K) {
+        // The row's super-scales in every super-block, its 8 groups' codes.
+        block.Resize(f, gguf::kQK / 32);
+        block.d = st.d;
+        block.dmin = st.dmin;
+        std::copy_n(st.ls.begin() + static_cast<std::ptrdiff_t>(g0), 8, block.ls.begin());
+        std::copy_n(st.lm.begin() + static_cast<std::ptrdiff_t>(g0), 8, block.lm.begin());
+        PackBlock(codec, codes.data() + b * info.block, block, 0, sign.data(), dst);
+      } else {
+        PackBlock(codec, codes.data() + b * info.block, st, g0, sign.data(), dst);
+      }
+    }
+  }
+  return out;
 }
 
 Status GgufDecode(GgufType t, std::span<const uint8_t> bytes, uint64_t n, float* out, int threads) {
