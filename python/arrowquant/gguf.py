@@ -82,7 +82,7 @@ def plan(
     if names not in NAME_STYLES:
         raise ConfigurationError(f"--gguf-names {names!r}: must be one of {', '.join(NAME_STYLES)}")
     ck = load_checkpoint(str(model_path))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, bits, _threshold, why in _core.plan(str(model_path), core_config):
         info = ck.info(name)
         rows.append(
