@@ -257,17 +257,19 @@ class GgufModel:
     COMPONENT.gguf each, their tensors named "COMPONENT/name" here). Memory-mapped and validated
     on open; nothing is decoded until asked."""
 
-    def __init__(self, path: Path, files: list[tuple[str, Any]]) -> None:
+    def __init__(self, path: Path, files: list[tuple[str, Any]], source_names: bool) -> None:
         self._path = path
         self._files = files
         self._where: dict[str, tuple[Any, str, dict[str, Any]]] = {}
         for prefix, core in files:
             tensors = core.tensors
-            # ArrowQuant's files name each tensor's source (any --gguf-names): tensors are listed
-            # under the names of the checkpoint they came from, so validate/eval/load_state_dict
-            # find them; other files under their own names.
+            # An output folder lists its tensors under the names of the checkpoint they came
+            # from (ArrowQuant's files record them, whatever --gguf-names), so validate, eval
+            # and load_state_dict find them; a file opened on its own, under its own names.
             meta = {k: v for k, _t, v in core.metadata}
-            source = json.loads(meta.get("arrowquant.source_names", "null"))
+            source = (
+                json.loads(meta.get("arrowquant.source_names", "null")) if source_names else None
+            )
             if not (isinstance(source, list) and len(source) == len(tensors)):
                 source = [prefix + t["name"] for t in tensors]
             for name, t in zip(source, tensors, strict=True):
@@ -338,6 +340,8 @@ def is_gguf(path: str | os.PathLike[str]) -> bool:
 
 
 def open_gguf(path: str | os.PathLike[str]) -> GgufModel:
+    """A .gguf file (its tensors under the file's names) or an ArrowQuant GGUF output folder
+    (under the checkpoint's names)."""
     p = Path(path)
     if p.is_dir():
         found = sorted(p.glob("*.gguf"))
@@ -345,8 +349,8 @@ def open_gguf(path: str | os.PathLike[str]) -> GgufModel:
         files = [("", _core.GgufFile.open(str(f))) for f in lone] or [
             (f"{f.stem}/", _core.GgufFile.open(str(f))) for f in found
         ]
-        return GgufModel(p, files)
-    return GgufModel(p, [("", _core.GgufFile.open(os.fspath(p)))])
+        return GgufModel(p, files, source_names=True)
+    return GgufModel(p, [("", _core.GgufFile.open(os.fspath(p)))], source_names=False)
 
 
 def load_state_dict(

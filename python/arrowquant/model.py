@@ -107,13 +107,12 @@ class QuantizedModel:
 def resolve_model_path(path: str | os.PathLike[str]) -> Path:
     """The model file of `path`: the file itself, or model.aq.parquet in the output folder of
     `arrowquant quantize` (ModelNotFoundError when there is neither). The C++ reader resolves
-    paths with the same function, so every entry point accepts either. GGUF output: the .gguf
-    file, or the folder of a pipeline's COMPONENT.gguf files."""
-    from arrowquant.gguf import GGUF_FILE, is_gguf
+    paths with the same function, so every entry point accepts either. GGUF: the .gguf file, or
+    the output folder itself (its files' tensors under the checkpoint's names)."""
+    from arrowquant.gguf import is_gguf
 
     if is_gguf(path):
-        p = Path(path)
-        return p / GGUF_FILE if p.is_dir() and (p / GGUF_FILE).is_file() else p
+        return Path(path)
     return Path(_core.resolve_model_path(os.fspath(path)))
 
 

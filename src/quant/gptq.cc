@@ -223,12 +223,7 @@ Result<QuantizedTensor> QuantizeGptq(const TensorView& weight, const QuantSpec& 
       quant::StoreRow(spec, l, st[r], r0 + r, q);
     }
   });
-  uint64_t total_bad = 0;
-  for (uint64_t b : bad) total_bad += b;
-  if (total_bad) {
-    return Status(StatusCode::kNonFinite, "tensor '" + name + "': " + std::to_string(total_bad) +
-                                              " NaN or Inf values; such tensors are not quantized");
-  }
+  AQ_RETURN_IF_ERROR(quant::NonFiniteStatus(name, bad));
   if (std::find(overflow.begin(), overflow.end(), 1) != overflow.end()) {
     return Status(StatusCode::kScaleOverflow,
                   "tensor '" + name + "': values too large for f16 scales; use f32 scale storage");

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <string_view>
+#include <vector>
 
 #include "arrowquant/quantize.h"
 #include "arrowquant/tensor.h"
@@ -16,6 +18,8 @@ namespace arrowquant::quant {
 
 // A weight the quantizers accept: F32/F16/BF16, rank >= 1, bytes matching the shape.
 Status CheckWeight(const TensorView& w);
+// The error for a tensor with NaN/Inf values (bad: their count per row), OK when there are none.
+Status NonFiniteStatus(std::string_view name, const std::vector<uint64_t>& bad);
 // rows = shape[0] (1 for rank 1), cols = the product of the other dimensions.
 void RowsCols(const std::vector<uint64_t>& shape, uint64_t* rows, uint64_t* cols);
 

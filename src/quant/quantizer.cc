@@ -95,6 +95,15 @@ Status CheckWeight(const TensorView& w) {
   return Status::OK();
 }
 
+Status NonFiniteStatus(std::string_view name, const std::vector<uint64_t>& bad) {
+  uint64_t total = 0;
+  for (uint64_t b : bad) total += b;
+  if (total == 0) return Status::OK();
+  return Status(StatusCode::kNonFinite, "tensor '" + std::string(name) +
+                                            "': " + std::to_string(total) +
+                                            " NaN or Inf values; such tensors are not quantized");
+}
+
 void RowsCols(const std::vector<uint64_t>& shape, uint64_t* rows, uint64_t* cols) {
   uint64_t n = 1;
   for (uint64_t d : shape) n *= d;
@@ -233,13 +242,7 @@ Result<QuantizedTensor> QuantizeImpl(const TensorView& w, const QuantSpec& spec,
       }
     }
   });
-  uint64_t total_bad = 0;
-  for (uint64_t b : bad) total_bad += b;
-  if (total_bad) {
-    return Status(StatusCode::kNonFinite, "tensor '" + std::string(w.name) +
-                                              "': " + std::to_string(total_bad) +
-                                              " NaN or Inf values; such tensors are not quantized");
-  }
+  AQ_RETURN_IF_ERROR(quant::NonFiniteStatus(w.name, bad));
   if (std::find(overflow.begin(), overflow.end(), 1) != overflow.end()) {
     return Status(StatusCode::kScaleOverflow,
                   "tensor '" + std::string(w.name) +

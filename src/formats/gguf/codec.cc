@@ -487,12 +487,7 @@ Result<GgufEncoded> GgufEncode(const TensorView& w, GgufType t, const GgufEncode
       sums[r] = quant::SumsOf(x.data(), y.data(), ne0);
     }
   });
-  uint64_t total_bad = 0;
-  for (uint64_t b : bad) total_bad += b;
-  if (total_bad) {
-    return Status(StatusCode::kNonFinite, "tensor '" + name + "': " + std::to_string(total_bad) +
-                                              " NaN or Inf values; such tensors are not quantized");
-  }
+  AQ_RETURN_IF_ERROR(quant::NonFiniteStatus(name, bad));
   if (std::find(overflow.begin(), overflow.end(), 1) != overflow.end()) {
     return Status(StatusCode::kScaleOverflow, "tensor '" + name + "': values too large for " +
                                                   std::string(info->name) + "'s f16 scales");
