@@ -30,6 +30,8 @@ def main() -> int:
         [py, str(ROOT / "bench" / "e2e_activations.py"), "--model", "digits-dit"],
         [py, str(ROOT / "bench" / "int8_rounding.py")],
         [py, str(ROOT / "bench" / "compare.py")],
+        [py, str(ROOT / "bench" / "gguf_quality.py"), "--markdown", str(out / "gguf_quality.md")],
+        [py, str(ROOT / "bench" / "gguf_e2e.py")],
         [py, str(ROOT / "bench" / "inference.py"), "--dir", str(out)],
     ]
     out.mkdir(exist_ok=True)
