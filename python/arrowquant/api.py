@@ -166,6 +166,14 @@ class ArrowQuantV2:
                 with tempfile.TemporaryDirectory(prefix="arrowquant-pickle-") as d:
                     converted = convert_pickle(model_path, Path(d))
                     return self._quantize_locked(converted, out, cfg, progress_callback)
+            if Path(model_path).suffix == ".gguf" and Path(model_path).is_file():
+                import tempfile
+
+                from arrowquant.gguf import convert_gguf
+
+                with tempfile.TemporaryDirectory(prefix="arrowquant-gguf-") as d:
+                    converted = convert_gguf(model_path, Path(d))
+                    return self._quantize_locked(converted, out, cfg, progress_callback)
             return self._quantize_locked(model_path, out, cfg, progress_callback, _calibration)
 
     def _quantize_locked(

@@ -353,6 +353,24 @@ def open_gguf(path: str | os.PathLike[str]) -> GgufModel:
     return GgufModel(p, [("", _core.GgufFile.open(os.fspath(p)))], source_names=False)
 
 
+def convert_gguf(path: str | os.PathLike[str], folder: Path) -> Path:
+    """A GGUF file as folder/model.safetensors for the quantizing job: every tensor under its
+    name in the file, block types decoded with ggml's arithmetic to float32, F16/F32 as stored
+    (BF16 as float32)."""
+    import safetensors.numpy
+
+    model = open_gguf(path)
+    tensors: dict[str, np.ndarray] = {}
+    for name in model.names():
+        if model.info(name)["type"] == "F16":
+            tensors[name] = model.raw(name).view(np.float16).reshape(model.info(name)["shape"])
+        else:
+            tensors[name] = model.dequantize(name)
+    out = folder / "model.safetensors"
+    safetensors.numpy.save_file(tensors, str(out), metadata={"arrowquant.source": str(path)})
+    return out
+
+
 def load_state_dict(
     path: str | os.PathLike[str], dtype: Any, threads: int | None, out: Any
 ) -> dict[str, Any]:

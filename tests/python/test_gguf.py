@@ -492,3 +492,37 @@ def test_export_refuses_what_has_no_gguf_layout(tmp_path: Path) -> None:
     assert r.returncode == 2 and "n.weight" in r.stderr and "rows of 96" in r.stderr, r.stderr
     r = _run("export", str(tmp_path / "n"), str(tmp_path / "n.bin"))
     assert r.returncode == 2 and ".gguf or .safetensors" in r.stderr
+
+
+def test_gguf_file_as_quantize_input(tmp_path: Path) -> None:
+    """A GGUF file converts to ArrowQuant's format: its tensors decoded (ggml's arithmetic),
+    quantized by the job under the file's names; a malformed one is one line and exit 2."""
+    src = _checkpoint(tmp_path / "m.safetensors")
+    assert (
+        _run(
+            "quantize",
+            str(tmp_path / "m.safetensors"),
+            str(tmp_path / "g"),
+            "--format",
+            "gguf",
+            "--gguf-type",
+            "Q8_0",
+            "--no-calibration",
+        ).returncode
+        == 0
+    )
+    out = tmp_path / "aq"
+    r = _run("quantize", str(tmp_path / "g" / "model.gguf"), str(out), "--no-calibration")
+    assert r.returncode == 0, r.stderr
+    m = aq.open(out)
+    assert sorted(m.names()) == sorted(src)
+    g = open_gguf(tmp_path / "g" / "model.gguf")
+    w = g.dequantize("blocks.0.proj.weight")
+    q = m.dequantize("blocks.0.proj.weight")
+    assert 0 < float(np.sqrt(((q - w) ** 2).sum() / (w**2).sum())) < 0.12
+    bias = aq.load_state_dict(out)["blocks.0.proj.bias"].float().numpy()
+    np.testing.assert_allclose(bias, src["blocks.0.proj.bias"], rtol=1e-3, atol=1e-6)
+    (tmp_path / "bad.gguf").write_bytes((tmp_path / "g" / "model.gguf").read_bytes()[:100])
+    r = _run("quantize", str(tmp_path / "bad.gguf"), str(tmp_path / "o2"), "--no-calibration")
+    assert r.returncode == 2 and "bad.gguf" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o2").exists()
