@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -141,6 +142,7 @@ class GgufFile {
   std::string path_;
   std::unique_ptr<MappedFile> map_;
   GgufHeader header_;
+  std::map<std::string, size_t, std::less<>> by_name_;
 };
 
 // One metadata value to write: its GGUF value type (4 = UINT32, 6 = FLOAT32, 7 = BOOL,

@@ -100,6 +100,11 @@ class QuantizedTensor:
 
     def measure_error(self, reference: Annotated[NDArray, dict(order='C', device='cpu', writable=False)], dtype: str, threads: int = 1) -> dict: ...
 
+def error_metrics(reference: Annotated[NDArray[numpy.float32], dict(order='C', device='cpu', writable=False)], values: Annotated[NDArray[numpy.float32], dict(order='C', device='cpu', writable=False)]) -> dict:
+    """
+    Error of `values` against `reference` (float32 arrays of equal size): the metrics quantization reports.
+    """
+
 def quantize(array: Annotated[NDArray, dict(order='C', device='cpu', writable=False)], dtype: str, name: str, bits: int, group_size: int, scheme: str, method: str, scale_dtype: str, threads: int = 1) -> QuantizedTensor: ...
 
 def dequantize_rows(codes: Annotated[NDArray[numpy.uint8], dict(shape=(None,), order='C', device='cpu', writable=False)], scales: Annotated[NDArray[numpy.uint8], dict(shape=(None,), order='C', device='cpu', writable=False)], zeros: Annotated[NDArray[numpy.uint8], dict(shape=(None,), order='C', device='cpu', writable=False)], super_scales: Annotated[NDArray[numpy.uint8], dict(shape=(None,), order='C', device='cpu', writable=False)], bits: int, group_size: int, scheme: int, scale_storage: int, scale_bits: int, rows: int, cols: int, begin: int, end: int, out: Annotated[NDArray, dict(order='C', device='cpu')], threads: int = 1) -> None: ...

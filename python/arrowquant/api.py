@@ -158,21 +158,20 @@ class ArrowQuantV2:
                     f"{out}: already exists (pass overwrite=True / --overwrite)"
                 )
             _remove_stale_temporaries(out)
+            from arrowquant.gguf import convert_gguf
             from arrowquant.pickle_import import convert_pickle, is_pickle_path
 
+            # Inputs that are not SafeTensors go through a temporary SafeTensors copy.
+            convert = None
             if allow_pickle and is_pickle_path(model_path):
+                convert = convert_pickle
+            elif Path(model_path).suffix == ".gguf" and Path(model_path).is_file():
+                convert = convert_gguf
+            if convert is not None:
                 import tempfile
 
-                with tempfile.TemporaryDirectory(prefix="arrowquant-pickle-") as d:
-                    converted = convert_pickle(model_path, Path(d))
-                    return self._quantize_locked(converted, out, cfg, progress_callback)
-            if Path(model_path).suffix == ".gguf" and Path(model_path).is_file():
-                import tempfile
-
-                from arrowquant.gguf import convert_gguf
-
-                with tempfile.TemporaryDirectory(prefix="arrowquant-gguf-") as d:
-                    converted = convert_gguf(model_path, Path(d))
+                with tempfile.TemporaryDirectory(prefix="arrowquant-convert-") as d:
+                    converted = convert(model_path, Path(d))
                     return self._quantize_locked(converted, out, cfg, progress_callback)
             return self._quantize_locked(model_path, out, cfg, progress_callback, _calibration)
 
@@ -309,27 +308,12 @@ class ArrowQuantV2:
             if hasattr(model, "tensor"):
                 err = model.tensor(name).error(ck.numpy(name))
             else:  # GGUF: decoded as a GGUF reader decodes it
-                err = _error(ck.numpy(name), model.dequantize(name))
+                import numpy as np
+
+                ref = np.ascontiguousarray(ck.numpy(name), dtype=np.float32)
+                err = _core.error_metrics(ref, model.dequantize(name))
             rows.append({"name": name, "format": info["spec"]["format"]} | err)
         return rows
-
-
-def _error(w: Any, q: Any) -> dict[str, float]:
-    """Error metrics of q against w, in float64 (validate_quality's columns)."""
-    import numpy as np
-
-    w = np.asarray(w, dtype=np.float64).reshape(-1)
-    q = np.asarray(q, dtype=np.float64).reshape(-1)
-    e = float(((w - q) ** 2).sum())
-    ww = float((w * w).sum())
-    qq = float((q * q).sum())
-    return {
-        "mse": e / max(1, w.size),
-        "rel_rmse": (e / ww) ** 0.5 if ww > 0 else 0.0,
-        "sqnr_db": 10 * float(np.log10(ww / e)) if e > 0 else float("inf"),
-        "cosine": float((w * q).sum()) / (ww * qq) ** 0.5 if ww > 0 and qq > 0 else 1.0,
-        "max_abs": float(np.abs(w - q).max()) if w.size else 0.0,
-    }
 
 
 def _publish(report: QuantizationReport, tmp: Path, out: Path) -> QuantizationReport:

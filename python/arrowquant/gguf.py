@@ -151,7 +151,7 @@ def _ldm_names(ck: Any, rows: list[dict[str, Any]]) -> None:
 
 
 def metadata(
-    recipe: dict[str, Any], model_path: str | os.PathLike[str], component: str, names: str
+    recipe: Any, model_path: str | os.PathLike[str], component: str, names: str | None
 ) -> list[tuple[str, int, str]]:
     """The file's key/values: what GGUF readers look for, then ArrowQuant's provenance."""
     from arrowquant import __version__
@@ -164,8 +164,9 @@ def metadata(
         ("arrowquant.tool_version", 8, json.dumps(f"arrowquant {__version__}")),
         ("arrowquant.recipe", 8, json.dumps(json.dumps(recipe))),
         ("arrowquant.source", 8, json.dumps(str(model_path))),
-        ("arrowquant.names", 8, json.dumps(names)),
     ]
+    if names is not None:
+        kv.append(("arrowquant.names", 8, json.dumps(names)))
     config = src / component / "config.json" if src.is_dir() else None
     if config is not None and config.is_file():
         kv.append(("diffusers.config", 8, json.dumps(config.read_text())))
@@ -235,20 +236,12 @@ def export_model(
     whose codes are a GGUF type's (int8-sym-g32-f16 -> Q8_0, int4-sym-g32-f16 -> Q4_0,
     int4-asym-g32-q6 -> Q4_K), kept tensors as stored; an error naming the first tensor that does
     not map, with nothing written. Names as stored in the model file."""
-    from arrowquant import __version__
     from arrowquant.model import open as open_model
     from arrowquant.model import resolve_model_path
 
     src = resolve_model_path(model)
-    meta = open_model(src).metadata
-    kv = [
-        ("general.architecture", 8, json.dumps("diffusers")),
-        ("general.name", 8, json.dumps(src.stem)),
-        ("general.quantization_version", 4, "2"),
-        ("arrowquant.tool_version", 8, json.dumps(f"arrowquant {__version__}")),
-        ("arrowquant.recipe", 8, json.dumps(json.dumps(meta.get("arrowquant.recipe", {})))),
-        ("arrowquant.source", 8, json.dumps(str(src))),
-    ]
+    recipe = open_model(src).metadata.get("arrowquant.recipe", {})
+    kv = metadata(recipe, src, "", names=None)
     return list(_core.export_model_gguf(str(src), os.fspath(dest), kv))
 
 

@@ -6,6 +6,7 @@
 #include "arrowquant/quantize.h"
 #include "bindings.h"
 #include "convert.h"
+#include "quant/error_sums.h"
 #include "status_error.h"
 
 namespace nb = nanobind;
@@ -101,6 +102,27 @@ void BindQuantize(nb::module_& m) {
           },
           nb::arg("reference"), nb::arg("dtype"), nb::arg("threads") = 1);
 
+  m.def(
+      "error_metrics",
+      [](nb::ndarray<nb::ro, float, nb::c_contig, nb::device::cpu> reference,
+         nb::ndarray<nb::ro, float, nb::c_contig, nb::device::cpu> values) {
+        if (reference.size() != values.size()) {
+          throw StatusError(Status(StatusCode::kSizeMismatch,
+                                   "error_metrics: " + std::to_string(reference.size()) +
+                                       " reference values, " + std::to_string(values.size()) +
+                                       " values"));
+        }
+        ErrorMetrics e;
+        {
+          nb::gil_scoped_release release;
+          e = quant::Combine({quant::SumsOf(reference.data(), values.data(), reference.size())},
+                             reference.size());
+        }
+        return MetricsDict(e);
+      },
+      nb::arg("reference"), nb::arg("values"),
+      "Error of `values` against `reference` (float32 arrays of equal size): the metrics "
+      "quantization reports.");
   m.def(
       "quantize",
       [](InArray a, const std::string& dtype, const std::string& name, int bits, int group_size,

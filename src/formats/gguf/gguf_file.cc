@@ -5,7 +5,9 @@
 namespace arrowquant {
 
 GgufFile::GgufFile(std::string path, std::unique_ptr<MappedFile> map, GgufHeader header)
-    : path_(std::move(path)), map_(std::move(map)), header_(std::move(header)) {}
+    : path_(std::move(path)), map_(std::move(map)), header_(std::move(header)) {
+  for (size_t i = 0; i < header_.tensors.size(); ++i) by_name_.emplace(header_.tensors[i].name, i);
+}
 
 GgufFile::~GgufFile() = default;
 
@@ -17,10 +19,8 @@ Result<std::shared_ptr<GgufFile>> GgufFile::Open(const std::string& path,
 }
 
 const GgufTensorInfo* GgufFile::Find(std::string_view name) const {
-  for (const GgufTensorInfo& t : header_.tensors) {
-    if (t.name == name) return &t;
-  }
-  return nullptr;
+  const auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : &header_.tensors[it->second];
 }
 
 std::span<const uint8_t> GgufFile::Data(const GgufTensorInfo& info) const {
