@@ -1,12 +1,17 @@
 """What the model generates from a GGUF file: ArrowQuant's codes against llama.cpp's reference
-encoder at the same per-tensor types (so the same bytes), weight-only, on the reference models.
+encoder at the same per-tensor types (so the same bytes), on the reference models.
 
     .venv/bin/python bench/gguf_e2e.py [--types Q4_K,Q3_K,Q2_K,Q4_0,Q8_0] [--samples 256]
 
-For each model and type: `arrowquant quantize MODEL --format gguf --gguf-type T
---no-calibration`; the reference file takes every tensor's type from that file and encodes the
-quantized ones with ggml-quants.c (bench/peers/ggml_ref.py), written by the gguf package's own
-writer; `arrowquant eval` samples both from the same noise (DDIM, paired PSNR to the FP model).
+For each model and type, four files with the same tensor types:
+- `ours`: `arrowquant quantize MODEL --format gguf --gguf-type T` (the default job: calibrated
+  on the FP model's own samples, codes by GPTQ on each layer's input second moments);
+- `ours-weights`: the same with --no-calibration (codes fitted to the weights);
+- `llama.cpp`: every tensor's type from `ours`, the quantized ones encoded by ggml-quants.c
+  (bench/peers/ggml_ref.py) without an importance matrix, as stable-diffusion.cpp converts;
+- `llama.cpp-imatrix`: the same with the importance matrix llama-quantize takes (each input's
+  mean square), from the same calibration run as `ours`.
+`arrowquant eval` samples all from the same noise (DDIM, paired PSNR to the FP model).
 """
 
 from __future__ import annotations
@@ -31,8 +36,24 @@ from arrowquant.gguf import open_gguf  # noqa: E402
 OUT = ROOT / "bench-out" / "gguf-e2e"
 
 
-def reference_file(model: Path, ours: Path, dest: Path) -> None:
-    """dest/<same names>.gguf: ours's tensors and types, quantized ones encoded by llama.cpp."""
+def importance(model: Path) -> dict[str, np.ndarray]:
+    """Per layer weight name: the mean square of each input (llama.cpp's imatrix), from the
+    default job's calibration (cached by it, so the same run)."""
+    from arrowquant import DiffusionQuantConfig
+    from arrowquant.gguf import _calibrate, resolve_calibration
+
+    cfg, path = resolve_calibration(model, DiffusionQuantConfig())
+    if path["path"] != "calibrated":
+        raise SystemExit(f"{model}: {path['why']}")
+    moments, _ = _calibrate(model, cfg)
+    return {k: np.asarray(f.diagonal()) / max(f.count, 1) for k, (f, _c) in moments.items()}
+
+
+def reference_file(
+    model: Path, ours: Path, dest: Path, imatrix: dict[str, np.ndarray] | None = None
+) -> None:
+    """dest/<same names>.gguf: ours's tensors and types, quantized ones encoded by llama.cpp
+    (with `imatrix` where it has the layer)."""
     ck = load_checkpoint(str(model))
     dest.mkdir(parents=True, exist_ok=True)
     for f in sorted(ours.glob("*.gguf")):
@@ -51,7 +72,10 @@ def reference_file(model: Path, ours: Path, dest: Path) -> None:
                 )
                 continue
             x = a.astype(np.float32).reshape(-1, a.shape[-1])
-            blocks = ggml_ref.quantize(x, info["type"])
+            im = None if imatrix is None else imatrix.get(prefix + name)
+            if im is not None and im.shape[0] != x.shape[1]:
+                im = None
+            blocks = ggml_ref.quantize(x, info["type"], imatrix=im)
             w.add_tensor(
                 name,
                 blocks,
@@ -80,34 +104,31 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--steps", type=int, default=25)
     args = p.parse_args()
+    names = ["ours", "ours-weights", "llama.cpp", "llama.cpp-imatrix"]
     rows = [
-        "| model | type | bits/w (file) ours / llama.cpp | PSNR dB ours / llama.cpp | "
-        "one-step error ours / llama.cpp |",
+        "| model | type | bits/w (file) | PSNR dB "
+        + " / ".join(names)
+        + " | one-step error "
+        + " / ".join(names)
+        + " |",
         "|---|---|---|---|---|",
     ]
     for m in args.models.split(","):
         model = ROOT / "models" / m
+        imatrix = importance(model)
         for t in args.types.split(","):
-            ours, ref = OUT / m / t / "ours", OUT / m / t / "llama.cpp"
-            ours.parent.mkdir(parents=True, exist_ok=True)
-            run(
-                "quantize",
-                str(model),
-                str(ours),
-                "--format",
-                "gguf",
-                "--gguf-type",
-                t,
-                "--no-calibration",
-                "--overwrite",
-            )
-            reference_file(model, ours, ref)
+            d = {n: OUT / m / t / n for n in names}
+            d["ours"].parent.mkdir(parents=True, exist_ok=True)
+            common = ["--format", "gguf", "--gguf-type", t, "--overwrite"]
+            run("quantize", str(model), str(d["ours"]), *common)
+            run("quantize", str(model), str(d["ours-weights"]), *common, "--no-calibration")
+            reference_file(model, d["ours"], d["llama.cpp"])
+            reference_file(model, d["ours"], d["llama.cpp-imatrix"], imatrix)
             doc = json.loads(
                 run(
                     "eval",
                     str(model),
-                    f"ours={ours}",
-                    f"llama.cpp={ref}",
+                    *[f"{n}={d[n]}" for n in names],
                     "--samples",
                     str(args.samples),
                     "--steps",
@@ -118,11 +139,12 @@ def main() -> None:
                 )
             )
             s = {r["name"]: r for r in doc["settings"]}
-            a, b = s["ours"], s["llama.cpp"]
             rows.append(
-                f"| {m} | {t} | {a['file_bits_per_weight']:.2f} / {b['file_bits_per_weight']:.2f} "
-                f"| {a['psnr']['mean']:.2f} / {b['psnr']['mean']:.2f} "
-                f"| {a['drift']['one_step_mean']:.4f} / {b['drift']['one_step_mean']:.4f} |"
+                f"| {m} | {t} | {s['ours']['file_bits_per_weight']:.2f} | "
+                + " / ".join(f"{s[n]['psnr']['mean']:.2f}" for n in names)
+                + " | "
+                + " / ".join(f"{s[n]['drift']['one_step_mean']:.4f}" for n in names)
+                + " |"
             )
             print(rows[-1], flush=True)
     print("\n".join(rows))

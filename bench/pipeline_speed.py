@@ -5,7 +5,7 @@ RSS (/usr/bin/time -v) and the weight error the job reports (rel-RMSE weighted b
 so a speed change that costs error shows up in the same table.
 
     .venv/bin/python bench/pipeline_speed.py [--dir bench-out] [--threads 2] [--repeat 1]
-        [--dtypes f16,f32] [--jobs local,cloud,edge,local-minmax]
+        [--dtypes f16,f32] [--jobs local,cloud,edge,local-minmax,gguf-q4k]
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ JOBS = {
     "edge": ["--profile", "edge"],
     "compact": ["--profile", "compact"],
     "local-minmax": ["--profile", "local", "--method", "minmax"],
+    # GGUF for stable-diffusion.cpp / ComfyUI-GGUF (docs/interop.md): Q4_K, 3x3 convs F16.
+    "gguf-q4k": ["--format", "gguf", "--gguf-type", "Q4_K"],
 }
 
 

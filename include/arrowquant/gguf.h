@@ -9,11 +9,13 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "arrowquant/gptq.h"
 #include "arrowquant/quantize.h"
 #include "arrowquant/status.h"
 #include "arrowquant/tensor.h"
@@ -60,6 +62,10 @@ bool GgufFits(GgufType t, uint64_t ne0);
 struct GgufEncodeOptions {
   Grid grid = Grid::kSearch;  // kMinMax: min/max scales, no search
   int threads = 1;
+  // The layer's input second moments over a row (FactorGptq without activation order): codes
+  // chosen by GPTQ to minimise the layer's output error instead of the weight error (the
+  // calibrated encoding; an importance matrix is H's diagonal, GPTQ uses all of H).
+  std::shared_ptr<const GptqFactor> gptq;
 };
 
 struct GgufEncoded {
@@ -190,6 +196,11 @@ struct GgufExportTensor {
   std::string name;    // its name in the GGUF file
   GgufType type = GgufType::kF16;
   std::vector<uint64_t> shape;  // stored shape (the same elements); empty: the source's
+  // Calibration (optional, block types only): the layer's input second moments over a stored
+  // row; `fit` chooses the codes by GPTQ (damped by `damp`), `check` (held-out rows) measures
+  // the relative output error the result reports.
+  std::shared_ptr<const SecondMoments> fit, check;
+  double damp = 0.01;
 };
 
 struct GgufExportResult {
@@ -198,7 +209,9 @@ struct GgufExportResult {
   std::vector<uint64_t> shape;
   std::string source_dtype;
   uint64_t source_bytes = 0, stored_bytes = 0;
-  ErrorMetrics metrics;  // ggml's decoding against the source
+  ErrorMetrics metrics;                // ggml's decoding against the source
+  bool gptq = false;                   // codes chosen by GPTQ on `fit`
+  std::optional<double> output_error;  // relative output error on `check`
 };
 
 // An ArrowQuant model file's tensors to GGUF without requantizing (GgufRepack; kept tensors as

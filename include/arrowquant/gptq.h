@@ -98,8 +98,15 @@ Result<RowOutputEnergy> OutputEnergyPerRow(const QuantizedTensor& q, const Tenso
                                            const SecondMoments& h, int threads = 1,
                                            bool signal = true);
 
+// The same from the weight's decoded values (rows x cols f32, e.g. a GGUF tensor's).
+Result<RowOutputEnergy> OutputEnergyPerRow(std::span<const float> deq, const TensorView& weight,
+                                           const SecondMoments& h, int threads = 1,
+                                           bool signal = true);
+
 // The layer's relative output error under H: sqrt(tr(E H E^T) / tr(W H W^T)), E = W - dequant(q).
 Result<double> RelativeOutputError(const QuantizedTensor& q, const TensorView& weight,
+                                   const SecondMoments& h, int threads = 1);
+Result<double> RelativeOutputError(std::span<const float> deq, const TensorView& weight,
                                    const SecondMoments& h, int threads = 1);
 
 }  // namespace arrowquant

@@ -339,6 +339,11 @@ class SecondMoments:
 
     def data(self) -> NDArray[numpy.float64]: ...
 
+    def diagonal(self) -> NDArray[numpy.float64]:
+        """
+        H's diagonal: each input's energy (what GGUF calls an importance matrix)
+        """
+
     def restore(self, data: Annotated[NDArray[numpy.float64], dict(shape=(None,), order='C', device='cpu', writable=False)], count: int) -> None: ...
 
 HISTOGRAM: dict = ...
@@ -367,7 +372,10 @@ def gguf_types() -> list[tuple[str, int, int, int, float]]: ...
 
 def gguf_fits(type: str, ne0: int) -> bool: ...
 
-def gguf_encode(array: Annotated[NDArray, dict(order='C', device='cpu', writable=False)], dtype: str, name: str, type: str, method: str = 'search', threads: int = 1) -> tuple: ...
+def gguf_encode(array: Annotated[NDArray, dict(order='C', device='cpu', writable=False)], dtype: str, name: str, type: str, method: str = 'search', threads: int = 1, moments: SecondMoments | None = None, damp: float = 0.01) -> tuple:
+    """
+    w's blocks in type t and ggml's decoding's error; with `moments` (the layer's input second moments over a row), codes chosen by GPTQ for the output error.
+    """
 
 def gguf_decode(type: str, bytes: Annotated[NDArray[numpy.uint8], dict(shape=(None,), order='C', device='cpu', writable=False)], shape: Sequence[int], threads: int = 1) -> NDArray[numpy.float32]: ...
 
@@ -394,6 +402,9 @@ class GgufFile:
 
     def decode(self, name: str, threads: int = 1) -> NDArray[numpy.float32]: ...
 
-def export_gguf(model_path: str, out_path: str, tensors: Sequence[tuple[str, str, str, Sequence[int]]], kv: Sequence[tuple[str, int, str]], method: str = 'search', threads: int = 1, progress: object | None = None) -> list: ...
+def export_gguf(model_path: str, out_path: str, tensors: Sequence[tuple[str, str, str, Sequence[int]]], kv: Sequence[tuple[str, int, str]], method: str = 'search', threads: int = 1, progress: object | None = None, moments: Mapping[str, tuple[SecondMoments, SecondMoments]] = {}, damp: float = 0.01) -> list:
+    """
+    The checkpoint's tensors (source, name, type, stored shape) encoded into one GGUF file; tensors named in `moments` ({source: (fit, check or None)}) by GPTQ.
+    """
 
 def export_model_gguf(model_path: str, out_path: str, kv: Sequence[tuple[str, int, str]]) -> list: ...

@@ -22,7 +22,7 @@ MODEL_FILE: str = _core.MODEL_FILE_NAME
 ProgressCallback = Callable[[int, int, str], Any]
 
 
-def _resolve_calibration(
+def resolve_calibration(
     model_path: str | os.PathLike[str], cfg: DiffusionQuantConfig
 ) -> tuple[DiffusionQuantConfig, dict[str, str]]:
     """The config with calibration "auto" resolved, and which path runs and why (the report and
@@ -206,7 +206,7 @@ class ArrowQuantV2:
                     quantize_job(model_path, out, tmp, cfg, progress_callback, t0), tmp, out
                 )
             if precomputed is None:
-                cfg, path = _resolve_calibration(model_path, cfg)
+                cfg, path = resolve_calibration(model_path, cfg)
             else:
                 path = {"path": "calibrated", "why": "quantize_module with calibrate=run"}
             chosen = cfg  # before the calibrated path's format defaults: components apply theirs

@@ -135,7 +135,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     cfg = DiffusionQuantConfig.resolve(profile=args.profile, config=args.config, **changes)
     if args.dry_run:
         return _dry_run(args, cfg)
-    if cfg.calibration == "auto" and cfg.output_format == "parquet" and not args.json:
+    gguf_weights_only = cfg.output_format == "gguf" and not cfg.gptq
+    if cfg.calibration == "auto" and not gguf_weights_only and not args.json:
         from arrowquant.diffusion import drivable
 
         if drivable(args.model)[0]:  # the default job will sample the model: say so first
@@ -433,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("--max-tensors", type=int, metavar="N")
     lim.add_argument("--max-tensor-bytes", type=int, metavar="N")
     lim.add_argument("--max-total-bytes", type=int, metavar="N")
-    gg = q.add_argument_group("GGUF output (docs/interop.md; weight-only)")
+    gg = q.add_argument_group(
+        "GGUF output (docs/interop.md; weights only: with calibration, codes by GPTQ)"
+    )
     gg.add_argument(
         "--format",
         choices=["parquet", "gguf"],

@@ -182,10 +182,15 @@ def export(
     threads: int,
     names: str = "diffusers",
     progress: Callable[[int, int, str], Any] | None = None,
+    moments: dict[str, Any] | None = None,
+    damp: float = 0.01,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Writes the planned files into out_dir (diffusers names: model.gguf for a lone model,
     COMPONENT.gguf per pipeline component; sdcpp: one model.gguf); returns the report's layer
-    rows and the files written."""
+    rows and the files written. `moments` ({source: (fit, held-out or None)}): those tensors'
+    codes by GPTQ where a row of the stored shape is the layer's input (the last dimension is
+    H's), validated on the held-out output error."""
+    moments = moments or {}
     by_file: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_file.setdefault(r["file"], []).append(r)
@@ -202,6 +207,14 @@ def export(
             method,
             threads,
             progress,
+            {
+                r["source"]: moments[r["source"]]
+                for r in stored
+                if r["source"] in moments
+                and r["type"] not in KEPT_TYPES
+                and moments[r["source"]][0].dim == r["stored_shape"][-1]
+            },
+            damp,
         )
         done = {o["source"]: o for o in out}
         for r in group:
@@ -218,9 +231,9 @@ def export(
                     "bits": types()[r["type"]]["bits_per_weight"] if r["type"] else 0,
                     "why": r["why"],
                     "fallbacks": r["notes"],
-                    "method": method if quantized else "",
-                    "validation": "weight",
-                    "output_error": None,
+                    "method": ("gptq" if o and o["gptq"] else method) if quantized else "",
+                    "validation": "output" if o and o["output_error"] is not None else "weight",
+                    "output_error": o["output_error"] if o else None,
                     "source_bytes": o["source_bytes"] if o else 0,
                     "stored_bytes": o["stored_bytes"] if o else 0,
                     "metrics": o["metrics"] if o and quantized else None,
@@ -403,16 +416,16 @@ def quantize_job(
     from arrowquant.report import QuantizationReport
 
     gguf_type = check_type(cfg.gguf_type) if cfg.gguf_type else WIDTH_TYPES[cfg.bits]
-    path = {
-        "path": "weight-only",
-        "why": "GGUF output: codes fitted to the weights (calibrated GGUF encoding: not built)",
-    }
+    cfg, path = resolve_calibration(model_path, cfg)
     recipe: dict[str, Any] = {
         "config": cfg.to_dict(),
         "tool": f"arrowquant {__version__}",
         "path": path,
         "gguf_type": gguf_type,
     }
+    moments: dict[str, Any] = {}
+    if path["path"] == "calibrated":
+        moments, recipe["calibration"] = _calibrate(model_path, cfg)
     profiles = component_profiles(model_path, cfg)
     if profiles:
         recipe["components"] = profiles
@@ -421,8 +434,19 @@ def quantize_job(
     rows = plan(model_path, core, gguf_type, cfg.bits, cfg.keep_dtype, cfg.gguf_names)
     method = cfg.method or "search"
     layers, files = export(
-        model_path, tmp, rows, recipe, method, core.threads, cfg.gguf_names, progress
+        model_path,
+        tmp,
+        rows,
+        recipe,
+        method,
+        core.threads,
+        cfg.gguf_names,
+        progress,
+        moments,
+        cfg.gptq_damp,
     )
+    if path["path"] == "calibrated":
+        recipe["calibration"].update(_whole_model_check(model_path, tmp, cfg))
     modality, reason = (
         (cfg.modality, "given") if cfg.modality else _core.detect_modality(str(model_path))
     )
@@ -447,5 +471,60 @@ def quantize_job(
         seconds=time.perf_counter() - t0,
         peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         extra={"path": path, "gguf": {"type": gguf_type, "names": cfg.gguf_names, "files": files}}
-        | ({"component_profiles": profiles} if profiles else {}),
+        | ({"component_profiles": profiles} if profiles else {})
+        | ({"calibration": recipe["calibration"]} if "calibration" in recipe else {}),
     )
+
+
+def resolve_calibration(model_path: str | os.PathLike[str], cfg: Any) -> tuple[Any, dict[str, str]]:
+    """Whether the GGUF job calibrates: as the Parquet job decides (a model the tool can sample,
+    or calibration data given), and only for GPTQ: GGUF runtimes compute activations in float,
+    so the file holds weights alone and calibration's only use is choosing their codes."""
+    import dataclasses
+
+    from arrowquant.api import resolve_calibration as resolve
+
+    if not cfg.gptq:
+        return dataclasses.replace(cfg, calibration=""), {
+            "path": "weight-only",
+            "why": "GGUF output with --no-gptq: codes fitted to the weights (GGUF runtimes "
+            "compute activations in float, so activation calibration has no use)",
+        }
+    cfg, path = resolve(model_path, cfg)
+    if path["path"] == "calibrated":
+        path = {
+            "path": "calibrated",
+            "why": f"{path['why']}; GPTQ on each layer's input second moments chooses the codes "
+            "(GGUF runtimes compute activations in float: no activation parameters stored)",
+        }
+    return cfg, path
+
+
+def _whole_model_check(model_path: str | os.PathLike[str], out: Path, cfg: Any) -> dict[str, Any]:
+    """The calibrated job's whole-model check on the GGUF files just written, as for Parquet
+    output: the one-step prediction error on fresh FP trajectories (NLL for a masked LM)."""
+    from arrowquant.masked_diffusion import is_masked_lm
+
+    if is_masked_lm(model_path):
+        from arrowquant.calibration.masked import nll_check
+
+        return {"nll_check": nll_check(model_path, out, cfg)}
+    from arrowquant.calibration.check import one_step_check
+
+    return {"one_step_check": one_step_check(model_path, out, cfg)}
+
+
+def _calibrate(model_path: str | os.PathLike[str], cfg: Any) -> tuple[dict[str, Any], Any]:
+    """{weight name: (fit, held-out)} input second moments from the FP model's calibration run
+    (inputs as the model sees them: no equalization, which a GGUF runtime would not apply), and
+    the calibration summary for the recipe."""
+    import dataclasses
+
+    from arrowquant.calibration import calibrate
+
+    moments: dict[str, Any] = {}
+    _plans, summary = calibrate(
+        model_path, dataclasses.replace(cfg, equalize=False), moments=moments
+    )
+    held_out = {k: (f, c if c.count else None) for k, (f, c) in moments.items()}
+    return held_out, summary

@@ -220,6 +220,17 @@ void BindCalibration(nb::module_& m) {
              return ToNumpy(std::vector<double>(h.data().begin(), h.data().end()));
            })
       .def(
+          "diagonal",
+          [](const SecondMoments& h) {
+            std::vector<double> d;
+            d.reserve(h.dim());
+            for (uint64_t b = 0; b < h.num_blocks(); ++b) {
+              for (uint64_t i = 0; i < h.BlockSize(b); ++i) d.push_back(h.UpperRow(b, i)[0]);
+            }
+            return ToNumpy(std::move(d));
+          },
+          "H's diagonal: each input's energy (what GGUF calls an importance matrix)")
+      .def(
           "restore",
           [](SecondMoments& h,
              const nb::ndarray<const double, nb::ndim<1>, nb::c_contig, nb::device::cpu>& data,

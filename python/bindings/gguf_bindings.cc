@@ -2,6 +2,8 @@
 // export (arrowquant.gguf is the Python face).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/map.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
@@ -9,6 +11,7 @@
 
 #include "arrowquant/checkpoint.h"
 #include "arrowquant/gguf.h"
+#include "arrowquant/gptq.h"
 #include "bindings.h"
 #include "convert.h"
 #include "progress.h"
@@ -74,6 +77,8 @@ nb::list ResultList(const std::vector<GgufExportResult>& results) {
     d["source_bytes"] = e.source_bytes;
     d["stored_bytes"] = e.stored_bytes;
     d["metrics"] = MetricsDict(e.metrics);
+    d["gptq"] = e.gptq;
+    d["output_error"] = e.output_error ? nb::cast(*e.output_error) : nb::none();
     out.append(d);
   }
   return out;
@@ -103,7 +108,8 @@ void BindGguf(nb::module_& m) {
   m.def(
       "gguf_encode",
       [](InArray a, const std::string& dtype, const std::string& name, const std::string& type,
-         const std::string& method, int threads) {
+         const std::string& method, int threads, std::shared_ptr<SecondMoments> moments,
+         double damp) {
         TensorView v;
         v.name = name;
         v.dtype = ParseDType(dtype);
@@ -120,13 +126,24 @@ void BindGguf(nb::module_& m) {
         Result<GgufEncoded> r = Status();
         {
           nb::gil_scoped_release release;
-          r = GgufEncode(v, t, o);
+          GptqOptions g;
+          g.damp = damp;
+          Status st;
+          if (moments) {
+            Result<std::shared_ptr<const GptqFactor>> f = FactorGptq(*moments, g);
+            if (f.ok()) o.gptq = *f;
+            st = f.status();
+          }
+          r = st.ok() ? GgufEncode(v, t, o) : Result<GgufEncoded>(st);
         }
         GgufEncoded e = ValueOrThrow(std::move(r));
         return nb::make_tuple(OwnBytes(std::move(e.bytes)), MetricsDict(e.metrics));
       },
       nb::arg("array"), nb::arg("dtype"), nb::arg("name"), nb::arg("type"),
-      nb::arg("method") = "search", nb::arg("threads") = 1);
+      nb::arg("method") = "search", nb::arg("threads") = 1, nb::arg("moments").none() = nb::none(),
+      nb::arg("damp") = 0.01,
+      "w's blocks in type t and ggml's decoding's error; with `moments` (the layer's input "
+      "second moments over a row), codes chosen by GPTQ for the output error.");
   m.def(
       "gguf_decode",
       [](const std::string& type, Bytes1D bytes, std::vector<uint64_t> shape, int threads) {
@@ -206,10 +223,19 @@ void BindGguf(nb::module_& m) {
          const std::vector<
              std::tuple<std::string, std::string, std::string, std::vector<uint64_t>>>& tensors,
          const std::vector<std::tuple<std::string, uint32_t, std::string>>& kv,
-         const std::string& method, int threads, nb::object progress) {
+         const std::string& method, int threads, nb::object progress,
+         const std::map<std::string, std::pair<std::shared_ptr<SecondMoments>,
+                                               std::shared_ptr<SecondMoments>>>& moments,
+         double damp) {
         std::vector<GgufExportTensor> items;
         for (const auto& [src, name, type, shape] : tensors) {
-          items.push_back({src, name, TypeOf(type), shape});
+          GgufExportTensor t{src, name, TypeOf(type), shape};
+          if (const auto it = moments.find(src); it != moments.end()) {
+            t.fit = it->second.first;
+            t.check = it->second.second;
+            t.damp = damp;
+          }
+          items.push_back(std::move(t));
         }
         const std::vector<GgufKV> kvs = KVs(kv);
         GgufEncodeOptions o;
@@ -230,8 +256,13 @@ void BindGguf(nb::module_& m) {
         return ResultList(ValueOrThrow(std::move(r)));
       },
       nb::arg("model_path"), nb::arg("out_path"), nb::arg("tensors"), nb::arg("kv"),
-      nb::arg("method") = "search", nb::arg("threads") = 1,
-      nb::arg("progress").none() = nb::none());
+      nb::arg("method") = "search", nb::arg("threads") = 1, nb::arg("progress").none() = nb::none(),
+      nb::arg("moments") =
+          std::map<std::string,
+                   std::pair<std::shared_ptr<SecondMoments>, std::shared_ptr<SecondMoments>>>{},
+      nb::arg("damp") = 0.01,
+      "The checkpoint's tensors (source, name, type, stored shape) encoded into one GGUF file; "
+      "tensors named in `moments` ({source: (fit, check or None)}) by GPTQ.");
   m.def(
       "export_model_gguf",
       [](const std::string& model_path, const std::string& out_path,

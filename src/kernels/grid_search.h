@@ -34,7 +34,29 @@ struct CodedGrid {
   float bias, qmax;
 };
 
+// The symmetric search with a float scale per group (FitRow's kF16/kF32 symmetric formats).
+struct SymSearch {
+  float bias;          // codes run from -bias to bias - 1 (stored + bias)
+  bool f16;            // scales stored as f16 (else f32, as computed)
+  bool keep_extremes;  // quant::Format::keep_extremes
+};
+
 namespace ref {
+// A scale as stored: f16 rounded to nearest (`up`: the smallest f16 >= s, for s >= 0, which
+// keeps the min/max grid's range covering the group), its bits in *bits; f32 as it is.
+float StoreScale(float s, bool f16, bool up, uint16_t* bits);
+// For `count` groups of n values (group j at x + j * n, its min mn[j] and max mx[j]), with
+// amax = max(|mn|, |mx|), candidates in this order, each scored by GroupSse at (s, s * bias)
+// with codes 0..2 bias - 1 and winning only if strictly lower than the best so far (from +inf):
+// 1. the min/max grid: amax / (bias - 1), stored rounding up;
+// 2. with keep_extremes and -mn >= mx: amax / bias, stored rounding up, if it keeps the extremes;
+// 3. if amax > 0, for k = 0..20: t = (bias - 1) + 1.5 k / 20, codes L = ClampRound(x / (amax / t)
+//    + bias, 2 bias - 1) - bias, the least-squares scale sum(L x) / sum(L L) (double sums in
+//    value order; only where both are > 0), stored to nearest, if it keeps the extremes.
+// "Keeps the extremes": keep_extremes is off, or mx <= (bias - 0.5) s and -mn <= (bias + 0.5) s.
+// Writes the winner's stored scale and, with f16, its bits (both 0 if none won).
+void SearchSymGroups(const float* x, size_t n, size_t count, const float* mn, const float* mx,
+                     const SymSearch& p, float* scale, uint16_t* bits);
 // Sum of squared errors of x[0..len) quantized to the nearest code of (scale, offset):
 // code = round(clamp((x + offset) / scale)), value = code * scale - offset. Float partial sums
 // k = i mod 8 over whole chunks of 8 values, the rest in double, combined in double (the rest
@@ -72,5 +94,7 @@ void CodedNeighbours(const float* x, size_t n, size_t count, const int* ls0, con
                      const CodedGrid& grid, uint8_t* ls, uint8_t* lm);
 void SearchAsymGroups(const float* x, size_t n, size_t count, const float* mn, const float* mx,
                       float qmax, float* scale, float* offset);
+void SearchSymGroups(const float* x, size_t n, size_t count, const float* mn, const float* mx,
+                     const SymSearch& p, float* scale, uint16_t* bits);
 
 }  // namespace arrowquant::kernels

@@ -454,6 +454,112 @@ void SearchAsymGroupsImpl(const float* HWY_RESTRICT x, size_t n, size_t count,
   }
 }
 
+void SearchSymGroupsImpl(const float* HWY_RESTRICT x, size_t n, size_t count,
+                         const float* HWY_RESTRICT mn, const float* HWY_RESTRICT mx,
+                         const SymSearch& p, float* HWY_RESTRICT scale,
+                         uint16_t* HWY_RESTRICT bits) {
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  const size_t batched = kBatched && N > 1 ? count : 0;
+#if HWY_TARGET != HWY_SCALAR
+  const DD dd;
+  const float bias = p.bias, qmax = 2.0f * bias - 1.0f;
+  float* xt = Scratch(n * N + 6 * N);
+  float* pad = xt + n * N;  // mn, mx, candidate scales, their bits, validity, results
+  float* cand = pad + 2 * N;
+  float* cbits = cand + N;
+  float* cok = cbits + N;
+  const VF vq = hn::Set(d, qmax), vbias = hn::Set(d, bias);
+  for (size_t j0 = 0; j0 < batched; j0 += N) {
+    const size_t valid = std::min(N, count - j0);
+    Transpose(x, n, j0, valid, N, xt);
+    const float* pmn = Padded(mn, j0, valid, N, pad);
+    const float* pmx = Padded(mx, j0, valid, N, pad + N);
+    VD best_lo = hn::Set(dd, HUGE_VAL), best_hi = best_lo;
+    VF best_s = hn::Zero(d), best_b = hn::Zero(d);
+    // Scores the stored candidates cand[] (lanes with cok[l] != 0) as the reference's consider.
+    auto consider = [&]() {
+      const auto ok = hn::Gt(hn::LoadU(d, cok), hn::Zero(d));
+      const VF cs = hn::IfThenElse(ok, hn::LoadU(d, cand), hn::Set(d, 1.0f));
+      VD sse0, sse1;
+      BatchSse(d, xt, n, cs, hn::Mul(cs, vbias), vq, &sse0, &sse1);
+      const VF okf = hn::IfThenElseZero(ok, hn::Set(d, 1.0f));
+      const auto win0 = hn::And(hn::Gt(Lo(okf), hn::Zero(dd)), hn::Lt(sse0, best_lo));
+      const auto win1 = hn::And(hn::Gt(Hi(okf), hn::Zero(dd)), hn::Lt(sse1, best_hi));
+      best_lo = hn::IfThenElse(win0, sse0, best_lo);
+      best_hi = hn::IfThenElse(win1, sse1, best_hi);
+      const auto win = ToFloatMask(win0, win1);
+      best_s = hn::IfThenElse(win, cs, best_s);
+      best_b = hn::IfThenElse(win, hn::LoadU(d, cbits), best_b);
+    };
+    auto keeps = [&](size_t l, float s) {
+      return !p.keep_extremes || (pmx[l] <= (bias - 0.5f) * s && -pmn[l] <= (bias + 0.5f) * s);
+    };
+    // The scale rounding to storage runs per lane (the reference's own function): one value per
+    // candidate, beside the n values each scoring reads.
+    float amax[hn::MaxLanes(d)];
+    for (size_t l = 0; l < N; ++l) amax[l] = std::max(std::fabs(pmn[l]), std::fabs(pmx[l]));
+    auto store = [&](size_t l, float s, bool up) {
+      uint16_t b = 0;
+      cand[l] = ref::StoreScale(s, p.f16, up, &b);
+      cbits[l] = static_cast<float>(b);
+    };
+    for (size_t l = 0; l < N; ++l) {
+      store(l, amax[l] / (bias - 1.0f), true);
+      cok[l] = 1.0f;
+    }
+    consider();
+    if (p.keep_extremes) {
+      for (size_t l = 0; l < N; ++l) {
+        store(l, amax[l] / bias, true);
+        cok[l] = -pmn[l] >= pmx[l] && keeps(l, cand[l]) ? 1.0f : 0.0f;
+      }
+      consider();
+    }
+    const VF vamax = hn::LoadU(d, amax);
+    const auto has = hn::Gt(vamax, hn::Zero(d));
+    if (!hn::AllFalse(d, has)) {
+      float ls[hn::MaxLanes(d)];
+      for (int is = 0; is <= kSteps; ++is) {
+        const float t = (bias - 1.0f) + 1.5f * static_cast<float>(is) / kSteps;
+        const VF inv = hn::Div(hn::Set(d, 1.0f), hn::Div(vamax, hn::Set(d, t)));
+        VD sxl0 = hn::Zero(dd), sxl1 = sxl0, sl20 = sxl0, sl21 = sxl0;
+        for (size_t i = 0; i < n; ++i) {  // double sums in value order, as the reference
+          const VF xv = hn::Load(d, xt + i * N);
+          const VF L = hn::Sub(ClampRound(d, hn::Add(hn::Mul(xv, inv), vbias), vq), vbias);
+          sxl0 = hn::Add(sxl0, hn::Mul(Lo(L), Lo(xv)));
+          sxl1 = hn::Add(sxl1, hn::Mul(Hi(L), Hi(xv)));
+          sl20 = hn::Add(sl20, hn::Mul(Lo(L), Lo(L)));
+          sl21 = hn::Add(sl21, hn::Mul(Hi(L), Hi(L)));
+        }
+        const auto ok0 = hn::And(hn::Gt(sl20, hn::Zero(dd)), hn::Gt(sxl0, hn::Zero(dd)));
+        const auto ok1 = hn::And(hn::Gt(sl21, hn::Zero(dd)), hn::Gt(sxl1, hn::Zero(dd)));
+        const auto ok = hn::And(has, ToFloatMask(ok0, ok1));
+        const VF cs = ToFloat(hn::Div(sxl0, sl20), hn::Div(sxl1, sl21));
+        hn::StoreU(cs, d, ls);
+        hn::StoreU(hn::IfThenElseZero(ok, hn::Set(d, 1.0f)), d, cok);
+        for (size_t l = 0; l < N; ++l) {
+          if (cok[l] == 0.0f) continue;
+          store(l, ls[l], false);
+          if (!keeps(l, cand[l])) cok[l] = 0.0f;
+        }
+        consider();
+      }
+    }
+    hn::StoreU(best_s, d, cand);
+    hn::StoreU(best_b, d, cbits);
+    for (size_t l = 0; l < valid; ++l) {
+      scale[j0 + l] = cand[l];
+      if (p.f16) bits[j0 + l] = static_cast<uint16_t>(cbits[l]);
+    }
+  }
+#endif
+  if (batched < count) {
+    ref::SearchSymGroups(x + batched * n, n, count - batched, mn + batched, mx + batched, p,
+                         scale + batched, bits == nullptr ? nullptr : bits + batched);
+  }
+}
+
 // NOLINTNEXTLINE(google-readability-namespace-comments)
 }  // namespace HWY_NAMESPACE
 }  // namespace arrowquant::kernels
@@ -464,6 +570,12 @@ namespace arrowquant::kernels {
 
 HWY_EXPORT(SearchAsymGroupsImpl);
 HWY_EXPORT(CodedNeighboursImpl);
+HWY_EXPORT(SearchSymGroupsImpl);
+
+void SearchSymGroups(const float* x, size_t n, size_t count, const float* mn, const float* mx,
+                     const SymSearch& p, float* scale, uint16_t* bits) {
+  HWY_DYNAMIC_DISPATCH(SearchSymGroupsImpl)(x, n, count, mn, mx, p, scale, bits);
+}
 
 void CodedNeighbours(const float* x, size_t n, size_t count, const int* ls0, const int* lm0,
                      const CodedGrid& grid, uint8_t* ls, uint8_t* lm) {

@@ -3,6 +3,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "arrowquant/dtype.h"
 #include "kernels/grid_search.h"
 #include "kernels/round.h"
 
@@ -233,6 +234,62 @@ void CodedNeighbours(const float* x, size_t n, size_t count, const int* ls0, con
     }
     ls[j] = static_cast<uint8_t>(ls0[j] + best_a);
     if (!grid.sym) lm[j] = static_cast<uint8_t>(lm0[j] + best_b);
+  }
+}
+
+float StoreScale(float s, bool f16, bool up, uint16_t* bits) {
+  if (!f16) return s;
+  uint16_t h = F32ToF16Bits(s);
+  if (up && F16BitsToF32(h) < s && h < 0x7c00u) ++h;
+  *bits = h;
+  return F16BitsToF32(h);
+}
+
+void SearchSymGroups(const float* x, size_t n, size_t count, const float* mn, const float* mx,
+                     const SymSearch& p, float* scale, uint16_t* bits) {
+  const float bias = p.bias, qmax = 2.0f * bias - 1.0f;
+  std::vector<float> L(n);
+  for (size_t j = 0; j < count; ++j) {
+    const float* xg = x + j * n;
+    double best = HUGE_VAL;
+    float best_s = 0;
+    uint16_t best_bits = 0;
+    auto keeps = [&](float s) {
+      return !p.keep_extremes || (mx[j] <= (bias - 0.5f) * s && -mn[j] <= (bias + 0.5f) * s);
+    };
+    auto consider = [&](float s, uint16_t b) {
+      const double e = GroupSse(xg, n, s, s * bias, qmax);
+      if (e < best) {
+        best = e;
+        best_s = s;
+        best_bits = b;
+      }
+    };
+    const float amax = std::max(std::fabs(mn[j]), std::fabs(mx[j]));
+    uint16_t b = 0;
+    const float s0 = StoreScale(amax / (bias - 1.0f), p.f16, /*up=*/true, &b);
+    consider(s0, b);
+    if (p.keep_extremes && -mn[j] >= mx[j]) {
+      const float se = StoreScale(amax / bias, p.f16, /*up=*/true, &b);
+      if (keeps(se)) consider(se, b);
+    }
+    if (amax > 0) {
+      for (int is = 0; is <= kSteps; ++is) {
+        const float t = (bias - 1.0f) + 1.5f * static_cast<float>(is) / kSteps;
+        const float inv = 1.0f / (amax / t);
+        double sxl = 0, sl2 = 0;
+        for (size_t i = 0; i < n; ++i) {
+          L[i] = ClampRound(xg[i] * inv + bias, qmax) - bias;
+          sxl += static_cast<double>(L[i]) * xg[i];
+          sl2 += static_cast<double>(L[i]) * L[i];
+        }
+        if (!(sl2 > 0 && sxl > 0)) continue;
+        const float ss = StoreScale(static_cast<float>(sxl / sl2), p.f16, /*up=*/false, &b);
+        if (keeps(ss)) consider(ss, b);
+      }
+    }
+    scale[j] = best_s;
+    if (p.f16) bits[j] = best_bits;
   }
 }
 

@@ -2,6 +2,7 @@
 // window of tensors and source bytes in flight, as the Parquet job), written in the given order.
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "arrowquant/checkpoint.h"
@@ -18,7 +19,35 @@ constexpr uint64_t kWindowBytes = uint64_t{256} << 20;
 struct Slot {
   Status status;
   GgufEncoded encoded;
+  std::optional<double> output_error;
 };
+
+bool IsBlockType(GgufType t) {
+  return t != GgufType::kF32 && t != GgufType::kF16 && t != GgufType::kBF16;
+}
+
+// One tensor encoded, by GPTQ where it has calibration, and its output error measured on the
+// held-out rows.
+Status Encode(const TensorView& view, const GgufExportTensor& t, const GgufEncodeOptions& options,
+              Slot& slot) {
+  GgufEncodeOptions o = options;
+  const bool calibrated = t.fit != nullptr && IsBlockType(t.type);
+  if (calibrated) {
+    GptqOptions g;
+    g.damp = t.damp;
+    AQ_ASSIGN_OR_RETURN(o.gptq, FactorGptq(*t.fit, g));
+  }
+  AQ_ASSIGN_OR_RETURN(slot.encoded, GgufEncode(view, t.type, o));
+  if (calibrated && t.check != nullptr && t.check->count() > 0) {
+    std::vector<float> deq(view.num_elements());
+    AQ_RETURN_IF_ERROR(GgufDecode(t.type, slot.encoded.bytes, deq.size(), deq.data()));
+    // GGUF's rows run along the last dimension, as H's columns.
+    const uint64_t ne0 = view.shape.back();
+    const TensorView rows{view.name, view.dtype, {deq.size() / ne0, ne0}, view.data};
+    AQ_ASSIGN_OR_RETURN(slot.output_error, RelativeOutputError(deq, rows, *t.check));
+  }
+  return Status::OK();
+}
 
 }  // namespace
 
@@ -69,12 +98,7 @@ Result<std::vector<GgufExportResult>> ExportGguf(const Checkpoint& ck, const std
     auto slot = std::make_unique<Slot>();
     const CheckpointTensor& t = *src[i];
     TensorView view{t.name, t.info->dtype, shapes[i], t.data()};
-    auto r = GgufEncode(view, tensors[i].type, one);
-    if (r.ok()) {
-      slot->encoded = std::move(*r);
-    } else {
-      slot->status = r.status();
-    }
+    slot->status = Encode(view, tensors[i], one, *slot);
     slots[i] = std::move(slot);
   };
   auto write = [&](size_t i) -> Status {
@@ -92,6 +116,8 @@ Result<std::vector<GgufExportResult>> ExportGguf(const Checkpoint& ck, const std
     res.source_bytes = t.info->nbytes();
     res.stored_bytes = slot->encoded.bytes.size();
     res.metrics = slot->encoded.metrics;
+    res.gptq = tensors[i].fit != nullptr && IsBlockType(tensors[i].type);
+    res.output_error = slot->output_error;
     results.push_back(std::move(res));
     done += t.info->nbytes();
     if (progress && !progress(done, total, t.name)) {

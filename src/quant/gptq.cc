@@ -24,12 +24,7 @@ using quant::RowParams;
 using quant::RowStored;
 
 constexpr size_t kLanes = kernels::kRowLanes;
-
-struct BlockFactor {
-  uint64_t c0 = 0, m = 0;
-  std::vector<float> u;         // upper Cholesky factor of the damped H^-1, row-major m x m
-  std::vector<uint64_t> order;  // sweep position -> column within the block
-};
+using quant::BlockFactor;
 
 Result<std::vector<BlockFactor>> Factor(const SecondMoments& h, double damp, bool act_order,
                                         std::vector<uint8_t>& dead) {
@@ -140,13 +135,6 @@ bool SweepTile(const Format& f, const quant::Layout& l, const std::vector<BlockF
 }
 
 }  // namespace
-
-struct GptqFactor {
-  uint64_t dim = 0, block = 0;
-  bool act_order = false;
-  std::vector<BlockFactor> blocks;
-  std::vector<uint8_t> dead;  // columns whose input never varied
-};
 
 Result<std::shared_ptr<const GptqFactor>> FactorGptq(const SecondMoments& h,
                                                      const GptqOptions& options) {
@@ -286,19 +274,31 @@ Result<RowOutputEnergy> OutputEnergyPerRow(const QuantizedTensor& q, const Tenso
   std::vector<float> deq(q.rows * q.cols);
   AQ_RETURN_IF_ERROR(Dequantize(q, DType::kF32, std::as_writable_bytes(std::span<float>(deq)),
                                 QuantOptions{threads}));
+  return OutputEnergyPerRow(deq, weight, h, threads, signal);
+}
+
+Result<RowOutputEnergy> OutputEnergyPerRow(std::span<const float> deq, const TensorView& weight,
+                                           const SecondMoments& h, int threads, bool signal) {
+  AQ_RETURN_IF_ERROR(quant::CheckWeight(weight));
+  uint64_t rows = 0, cols = 0;
+  quant::RowsCols(weight.shape, &rows, &cols);
+  if (h.dim() != cols || deq.size() != rows * cols) {
+    return Status(StatusCode::kSizeMismatch, "tensor '" + std::string(weight.name) +
+                                                 "': shapes of weight, its decoded values "
+                                                 "and second moments differ");
+  }
   const size_t esize = ElementBytes(weight.dtype);
-  RowOutputEnergy out{std::vector<double>(q.rows, 0.0),
-                      std::vector<double>(signal ? q.rows : 0, 0.0)};
-  const uint64_t tiles = (q.rows + kLanes - 1) / kLanes;
+  RowOutputEnergy out{std::vector<double>(rows, 0.0), std::vector<double>(signal ? rows : 0, 0.0)};
+  const uint64_t tiles = (rows + kLanes - 1) / kLanes;
   ParallelForEach(tiles, threads, [&](size_t tile) {
-    std::vector<float> x(q.cols);
-    std::vector<double> e(q.cols * kLanes, 0.0), w(signal ? q.cols * kLanes : 0, 0.0);
-    const uint64_t r0 = tile * kLanes, n = std::min<uint64_t>(kLanes, q.rows - r0);
+    std::vector<float> x(cols);
+    std::vector<double> e(cols * kLanes, 0.0), w(signal ? cols * kLanes : 0, 0.0);
+    const uint64_t r0 = tile * kLanes, n = std::min<uint64_t>(kLanes, rows - r0);
     for (uint64_t l = 0; l < n; ++l) {
       const uint64_t r = r0 + l;
-      kernels::ToF32(weight.dtype, weight.data.data() + r * q.cols * esize, q.cols, x.data());
-      for (uint64_t k = 0; k < q.cols; ++k) {
-        e[k * kLanes + l] = static_cast<double>(x[k]) - deq[r * q.cols + k];
+      kernels::ToF32(weight.dtype, weight.data.data() + r * cols * esize, cols, x.data());
+      for (uint64_t k = 0; k < cols; ++k) {
+        e[k * kLanes + l] = static_cast<double>(x[k]) - deq[r * cols + k];
         if (signal) w[k * kLanes + l] = x[k];
       }
     }
@@ -313,15 +313,29 @@ Result<RowOutputEnergy> OutputEnergyPerRow(const QuantizedTensor& q, const Tenso
   return out;
 }
 
-Result<double> RelativeOutputError(const QuantizedTensor& q, const TensorView& weight,
-                                   const SecondMoments& h, int threads) {
-  AQ_ASSIGN_OR_RETURN(RowOutputEnergy rows, OutputEnergyPerRow(q, weight, h, threads));
+namespace {
+
+double Relative(const RowOutputEnergy& rows) {
   double n = 0, d = 0;
-  for (uint64_t r = 0; r < q.rows; ++r) {
+  for (size_t r = 0; r < rows.error.size(); ++r) {
     n += rows.error[r];
     d += rows.signal[r];
   }
   return d > 0 ? std::sqrt(n / d) : (n > 0 ? INFINITY : 0.0);
+}
+
+}  // namespace
+
+Result<double> RelativeOutputError(const QuantizedTensor& q, const TensorView& weight,
+                                   const SecondMoments& h, int threads) {
+  AQ_ASSIGN_OR_RETURN(RowOutputEnergy rows, OutputEnergyPerRow(q, weight, h, threads));
+  return Relative(rows);
+}
+
+Result<double> RelativeOutputError(std::span<const float> deq, const TensorView& weight,
+                                   const SecondMoments& h, int threads) {
+  AQ_ASSIGN_OR_RETURN(RowOutputEnergy rows, OutputEnergyPerRow(deq, weight, h, threads));
+  return Relative(rows);
 }
 
 }  // namespace arrowquant

@@ -14,13 +14,10 @@ constexpr int kSteps = kernels::kSearchSteps;
 constexpr float kRMin = kernels::kSearchRMin;
 constexpr float kRDelta = kernels::kSearchRDelta;
 
-uint16_t F16Nearest(float v) {
-  return F32ToF16Bits(v);
-}
 // Smallest f16 >= v (v >= 0): keeps the min/max grid's range covering the group.
 uint16_t F16Up(float v) {
-  uint16_t h = F32ToF16Bits(v);
-  if (F16BitsToF32(h) < v && h < 0x7c00u) ++h;
+  uint16_t h = 0;
+  kernels::ref::StoreScale(v, /*f16=*/true, /*up=*/true, &h);
   return h;
 }
 bool F16Finite(uint16_t h) {
@@ -96,17 +93,6 @@ void SearchSym(const float* x, size_t n, float amax, float bias, std::vector<flo
 
 // --- kF16 / kF32: a float scale per group, integer zero-point --------------------------------
 
-struct FloatStore {
-  const Format& f;
-  bool f16;
-  // Stored scale (as f32) from a continuous one; `up` rounds up (min/max grid coverage).
-  float Store(float s, bool up, uint16_t* bits) const {
-    if (!f16) return s;
-    *bits = up ? F16Up(s) : F16Nearest(s);
-    return F16BitsToF32(*bits);
-  }
-};
-
 // The min/max grid needs no search: every step is a loop over the row's groups.
 void FitFloatRowMinMax(const Format& f, size_t groups, RowStored& st, const float* mn,
                        const float* mx, bool* ok) {
@@ -135,11 +121,44 @@ void FitFloatRowMinMax(const Format& f, size_t groups, RowStored& st, const floa
   }
 }
 
+// The symmetric search (kernels::SearchSymGroups): the row's whole groups side by side, a
+// shorter last group on its own.
+void FitFloatRowSym(const Format& f, const float* x, size_t n, size_t g, RowStored& st,
+                    const float* mn, const float* mx, bool* ok) {
+  const bool f16 = f.spec.scales == ScaleStorage::kF16;
+  const kernels::SymSearch p{f.bias, f16, f.keep_extremes};
+  const size_t whole = n / g, groups = (n + g - 1) / g;
+  thread_local std::vector<float> s;
+  s.resize(groups);
+  uint16_t* bits = f16 ? st.scale_f16.data() : nullptr;
+  kernels::SearchSymGroups(x, g, whole, mn, mx, p, s.data(), bits);
+  if (whole < groups) {
+    kernels::SearchSymGroups(x + whole * g, n - whole * g, 1, mn + whole, mx + whole, p,
+                             s.data() + whole, f16 ? bits + whole : nullptr);
+  }
+  for (size_t gi = 0; gi < groups; ++gi) {
+    // The min/max grid's scale overflows the storage: the values are too large for it.
+    const float amax = std::max(std::fabs(mn[gi]), std::fabs(mx[gi]));
+    uint16_t b = 0;
+    if (!std::isfinite(kernels::ref::StoreScale(amax / (f.bias - 1.0f), f16, true, &b))) {
+      *ok = false;
+    }
+    if (f16) {
+      if (!F16Finite(st.scale_f16[gi])) *ok = false;
+    } else {
+      st.scale_f32[gi] = s[gi];
+    }
+  }
+}
+
 void FitFloatRow(const Format& f, const float* x, size_t n, size_t g, RowStored& st,
                  const float* mn, const float* mx, std::vector<float>& L, bool* ok) {
+  if (f.sym) {
+    FitFloatRowSym(f, x, n, g, st, mn, mx, ok);
+    return;
+  }
   const bool f16 = f.spec.scales == ScaleStorage::kF16;
   const bool search = f.spec.grid == Grid::kSearch;
-  FloatStore store{f, f16};
   for (size_t start = 0, gi = 0; start < n; start += g, ++gi) {
     const size_t len = std::min(g, n - start);
     const float* xg = x + start;
@@ -148,7 +167,7 @@ void FitFloatRow(const Format& f, const float* x, size_t n, size_t g, RowStored&
     uint8_t best_z = 0;
     double best_sse = std::numeric_limits<double>::infinity();
     auto consider = [&](float s_store, uint16_t bits, float z) {
-      const float off = f.sym ? s_store * f.bias : s_store * z;
+      const float off = s_store * z;
       // The min/max grid has a single candidate: no need to measure it.
       const double sse = search ? GroupSse(xg, len, s_store, off, f.qmax) : 0.0;
       if (sse < best_sse) {
@@ -158,42 +177,21 @@ void FitFloatRow(const Format& f, const float* x, size_t n, size_t g, RowStored&
         best_z = static_cast<uint8_t>(z);
       }
     };
-    if (f.sym) {
-      const float amax = std::max(std::fabs(mn[gi]), std::fabs(mx[gi]));
-      uint16_t bits = 0;
-      const float s = store.Store(amax / (f.bias - 1.0f), /*up=*/true, &bits);
-      if (!std::isfinite(s)) *ok = false;
-      consider(s, bits, 0);
-      if (search && f.keep_extremes && -mn[gi] >= mx[gi]) {
-        uint16_t be = 0;
-        const float se = store.Store(amax / f.bias, /*up=*/true, &be);
-        if (KeepsExtremes(f, mn[gi], mx[gi], se)) consider(se, be, 0);
-      }
-      if (search) {
-        SearchSym(xg, len, amax, f.bias, L, [&](float cs) {
-          uint16_t b = 0;
-          const float ss = store.Store(cs, false, &b);
-          if (!KeepsExtremes(f, mn[gi], mx[gi], ss)) return;
-          consider(ss, b, 0);
-        });
-      }
-    } else {
-      const float lo = std::min(mn[gi], 0.0f) + 0.0f;  // + 0.0f: -0 -> +0
-      const float hi = std::max(mx[gi], 0.0f);
-      uint16_t bits = 0;
-      const float s = store.Store((hi - lo) / f.qmax, /*up=*/true, &bits);
-      if (!std::isfinite(s)) *ok = false;
-      const float z = s > 0 ? std::min(std::max(Nearest(-lo / s), 0.0f), f.qmax) : 0.0f;
-      consider(s, bits, z);
-      if (search) {
-        SearchAsym(xg, len, lo, hi, f.qmax, /*m_nonneg=*/true, L, [&](float cs, float coff) {
-          uint16_t b = 0;
-          const float ss = store.Store(cs, false, &b);
-          if (!(ss > 0)) return;
-          const float cz = std::min(std::max(Nearest(coff / ss), 0.0f), f.qmax);
-          consider(ss, b, cz);
-        });
-      }
+    const float lo = std::min(mn[gi], 0.0f) + 0.0f;  // + 0.0f: -0 -> +0
+    const float hi = std::max(mx[gi], 0.0f);
+    uint16_t bits = 0;
+    const float s = kernels::ref::StoreScale((hi - lo) / f.qmax, f16, /*up=*/true, &bits);
+    if (!std::isfinite(s)) *ok = false;
+    const float z = s > 0 ? std::min(std::max(Nearest(-lo / s), 0.0f), f.qmax) : 0.0f;
+    consider(s, bits, z);
+    if (search) {
+      SearchAsym(xg, len, lo, hi, f.qmax, /*m_nonneg=*/true, L, [&](float cs, float coff) {
+        uint16_t b = 0;
+        const float ss = kernels::ref::StoreScale(cs, f16, /*up=*/false, &b);
+        if (!(ss > 0)) return;
+        const float cz = std::min(std::max(Nearest(coff / ss), 0.0f), f.qmax);
+        consider(ss, b, cz);
+      });
     }
     if (f16) {
       st.scale_f16[gi] = best_bits;
@@ -201,7 +199,7 @@ void FitFloatRow(const Format& f, const float* x, size_t n, size_t g, RowStored&
     } else {
       st.scale_f32[gi] = best_s;
     }
-    if (!f.sym) st.zero[gi] = best_z;
+    st.zero[gi] = best_z;
   }
 }
 

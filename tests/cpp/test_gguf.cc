@@ -96,6 +96,85 @@ TEST(GgufCodec, SearchBeatsMinMaxAndThreadsDoNotChangeBytes) {
   }
 }
 
+// tr(E H E^T) / tr(W H W^T) for rows x cols weights, H dense (cols x cols, f64).
+double OutputError(const std::vector<float>& w, const std::vector<float>& y,
+                   const std::vector<double>& h, size_t cols) {
+  double e = 0, s = 0;
+  for (size_t r = 0; r < w.size() / cols; ++r) {
+    for (size_t i = 0; i < cols; ++i) {
+      for (size_t j = 0; j < cols; ++j) {
+        const size_t a = r * cols + i, b = r * cols + j;
+        e += (double(w[a]) - y[a]) * h[i * cols + j] * (double(w[b]) - y[b]);
+        s += double(w[a]) * h[i * cols + j] * w[b];
+      }
+    }
+  }
+  return std::sqrt(e / s);
+}
+
+TEST(GgufCodec, GptqLowersTheOutputErrorOfEveryBlockType) {
+  // Inputs with correlated channels of unequal energy (as activations are).
+  constexpr size_t kCols = 512, kRows = 16, kSamples = 2048;
+  const std::vector<float> z = Normal(kSamples * kCols, 1.0f, 3);
+  std::vector<float> x(kSamples * kCols);
+  for (size_t n = 0; n < kSamples; ++n) {
+    for (size_t c = 0; c < kCols; ++c) {
+      const float mix = c > 0 ? 0.6f * z[n * kCols + c - 1] : 0.0f;
+      x[n * kCols + c] = (z[n * kCols + c] + mix) * (0.2f + 2.0f * float(c % 7) / 7.0f);
+    }
+  }
+  auto h = SecondMoments::Make(kCols, 256);
+  ASSERT_TRUE(h.ok());
+  ASSERT_TRUE((*h)->Add(x, kSamples, 2).ok());
+  std::vector<double> dense(kCols * kCols, 0.0);
+  for (size_t b = 0; b < (*h)->num_blocks(); ++b) {
+    for (size_t i = 0; i < 256; ++i) {
+      for (size_t j = i; j < 256; ++j) {
+        dense[(b * 256 + i) * kCols + b * 256 + j] = dense[(b * 256 + j) * kCols + b * 256 + i] =
+            (*h)->UpperRow(b, i)[j - i];
+      }
+    }
+  }
+  auto factor = FactorGptq(**h);
+  ASSERT_TRUE(factor.ok());
+  const std::vector<float> w = Normal(kRows * kCols, 0.02f, 4);
+  for (GgufType t : GgufCodecs()) {
+    if (t == GgufType::kF16 || t == GgufType::kBF16 || t == GgufType::kF32) continue;
+    SCOPED_TRACE(std::string(GgufTypeName(t)));
+    auto rtn = GgufEncode(View(w, {kRows, kCols}), t);
+    GgufEncodeOptions o;
+    o.gptq = *factor;
+    o.threads = 2;
+    auto gptq = GgufEncode(View(w, {kRows, kCols}), t, o);
+    ASSERT_TRUE(rtn.ok() && gptq.ok());
+    ASSERT_EQ(gptq->bytes.size(), rtn->bytes.size());
+    const double er = OutputError(w, Decode(t, rtn->bytes, w.size()), dense, kCols);
+    const double eg = OutputError(w, Decode(t, gptq->bytes, w.size()), dense, kCols);
+    EXPECT_LT(eg, 0.95 * er);
+    // The library's own measure of the same quantity.
+    auto lib = RelativeOutputError(Decode(t, gptq->bytes, w.size()), View(w, {kRows, kCols}), **h);
+    ASSERT_TRUE(lib.ok());
+    EXPECT_NEAR(*lib, eg, 1e-6 + 1e-4 * eg);
+    // Rows are independent: the thread count does not change the bytes.
+    o.threads = 1;
+    auto one = GgufEncode(View(w, {kRows, kCols}), t, o);
+    ASSERT_TRUE(one.ok());
+    EXPECT_EQ(one->bytes, gptq->bytes);
+  }
+  // Moments over other columns, or in activation order: an error naming the tensor.
+  GgufEncodeOptions o;
+  o.gptq = *factor;
+  auto bad = GgufEncode(View(w, {kRows * 2, kCols / 2}), GgufType::kQ4_0, o);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("'w'"), std::string::npos);
+  GptqOptions act;
+  act.act_order = true;
+  auto ordered = FactorGptq(**h, act);
+  ASSERT_TRUE(ordered.ok());
+  o.gptq = *ordered;
+  EXPECT_FALSE(GgufEncode(View(w, {kRows, kCols}), GgufType::kQ4_0, o).ok());
+}
+
 TEST(GgufCodec, EdgeBlocksDecodeExactlyOrClose) {
   // Zeros, a constant, one spike, all negative, values near f16's smallest normal.
   std::vector<float> x(4 * 256, 0.0f);

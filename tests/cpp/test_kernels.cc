@@ -109,6 +109,58 @@ TEST_F(PerTarget, GridSearchMatchesReferenceBitForBit) {
   EXPECT_GT(tested, 0);
 }
 
+// The symmetric search (float scales, f16 or f32, extremes kept or not) on every target against
+// the reference, bit for bit: scales and their f16 bits.
+TEST_F(PerTarget, SymmetricSearchMatchesReferenceBitForBit) {
+  std::mt19937 rng(12);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  std::student_t_distribution<float> heavy(3.0f);
+  int tested = 0;
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(hwy::TargetName(target));
+    for (size_t n : {8u, 16u, 32u, 33u, 64u}) {
+      for (size_t count : {1u, 5u, 16u, 23u}) {
+        for (float bias : {2.0f, 4.0f, 8.0f, 16.0f, 128.0f}) {
+          std::vector<float> x(n * count);
+          for (size_t i = 0; i < x.size(); ++i) {
+            x[i] = (i / n) % 4 == 1 ? 0.01f * heavy(rng) : normal(rng);
+          }
+          // Edge groups: constant, all-zero, tiny (f16 subnormal scales), huge (f16 overflow).
+          if (count > 2) std::fill(x.begin() + n, x.begin() + 2 * n, -0.25f);
+          if (count > 3) std::fill(x.begin() + 2 * n, x.begin() + 3 * n, 0.0f);
+          if (count > 4) {
+            for (size_t i = 3 * n; i < 4 * n; ++i) x[i] *= 1e-4f;
+          }
+          if (count > 5) {
+            for (size_t i = 4 * n; i < 5 * n; ++i) x[i] *= 1e8f;
+          }
+          std::vector<float> mn(count), mx(count);
+          for (size_t j = 0; j < count; ++j) {
+            mn[j] = *std::min_element(x.begin() + j * n, x.begin() + (j + 1) * n);
+            mx[j] = *std::max_element(x.begin() + j * n, x.begin() + (j + 1) * n);
+          }
+          for (bool f16 : {true, false}) {
+            for (bool keep : {true, false}) {
+              const SymSearch p{bias, f16, keep};
+              std::vector<float> s(count, -1), rs(count, -2);
+              std::vector<uint16_t> b(count, 1), rb(count, 2);
+              SearchSymGroups(x.data(), n, count, mn.data(), mx.data(), p, s.data(), b.data());
+              ref::SearchSymGroups(x.data(), n, count, mn.data(), mx.data(), p, rs.data(),
+                                   rb.data());
+              ASSERT_EQ(0, std::memcmp(s.data(), rs.data(), count * 4))
+                  << "n " << n << " count " << count << " bias " << bias << " f16 " << f16;
+              if (f16) ASSERT_EQ(b, rb) << n << " " << count << " " << bias;
+              ++tested;
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(tested, 0);
+}
+
 // The coded-scale neighbour search on every target against the reference: codes at the edges of
 // the code range (candidates outside it skipped), symmetric and asymmetric, batches of every
 // length (short ones padded onto the vector).

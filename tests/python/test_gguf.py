@@ -526,3 +526,69 @@ def test_gguf_file_as_quantize_input(tmp_path: Path) -> None:
     r = _run("quantize", str(tmp_path / "bad.gguf"), str(tmp_path / "o2"), "--no-calibration")
     assert r.returncode == 2 and "bad.gguf" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o2").exists()
+
+
+def test_calibrated_gguf_codes_lower_each_layers_output_error(tmp_path: Path) -> None:
+    """With calibration (the default for a model the tool can sample), each layer's codes come
+    from GPTQ on its input second moments: the same types and bytes as the weight-only file,
+    lower output error on the held-out calibration rows; the report and the file say so."""
+    from arrowquant.calibration import calibrate
+
+    model = ROOT / "models" / "digits-dit"
+    base = {
+        "calibration_samples": 4,
+        "calibration_steps": 4,
+        "calibration_cache": str(tmp_path / "cache"),
+        "output_format": "gguf",
+        "gguf_type": "Q4_K",
+    }
+    api = aq.ArrowQuantV2()
+    g = api.quantize_diffusion_model(model, tmp_path / "g", aq.DiffusionQuantConfig(**base))
+    w = api.quantize_diffusion_model(
+        model, tmp_path / "w", aq.DiffusionQuantConfig(**base, calibration="")
+    )
+    assert g.extra["path"]["path"] == "calibrated" and "GPTQ" in g.extra["path"]["why"]
+    assert w.extra["path"]["path"] == "weight-only"
+    lg = {x["name"]: x for x in g.layers if x["action"] == "quantized"}
+    lw = {x["name"]: x for x in w.layers if x["action"] == "quantized"}
+    assert sorted(lg) == sorted(lw)
+    gptq = [n for n, x in lg.items() if x["method"] == "gptq"]
+    assert len(gptq) > 20 and {lg[n]["format"] for n in gptq} == {"Q4_K", "Q5_0"}
+    assert all(lg[n]["validation"] == "output" and lg[n]["output_error"] > 0 for n in gptq)
+    moments: dict = {}
+    calibrate(model, aq.DiffusionQuantConfig(**base, calibration="synthetic"), moments=moments)
+    fg, fw = open_gguf(tmp_path / "g"), open_gguf(tmp_path / "w")
+    wins = 0
+    for n in gptq:
+        assert lg[n]["format"] == lw[n]["format"] and lg[n]["stored_bytes"] == lw[n]["stored_bytes"]
+        wins += lg[n]["output_error"] < _output_error(fw.dequantize(n), model, n, moments)
+        # The report's figure is the file's: what ggml's arithmetic decodes.
+        assert lg[n]["output_error"] == pytest.approx(
+            _output_error(fg.dequantize(n), model, n, moments), rel=1e-3
+        )
+    assert wins >= 0.9 * len(gptq)
+    # The whole-model check, as for Parquet output: lower one-step error than the weight-only
+    # file's on the same fresh trajectories.
+    from arrowquant.calibration.check import one_step_check
+
+    check = g.extra["calibration"]["one_step_check"]
+    weights_only = one_step_check(model, tmp_path / "w", aq.DiffusionQuantConfig(**base))
+    assert 0 < check["mean"] < weights_only["mean"]
+    assert "whole-model check" in (tmp_path / "g" / "report.md").read_text()
+    meta = fg.metadata
+    assert json.loads(meta["arrowquant.recipe"])["path"]["path"] == "calibrated"
+    assert "calibration" in json.loads(meta["arrowquant.recipe"])
+
+
+def _output_error(deq: np.ndarray, model: Path, name: str, moments: dict) -> float:
+    """Held-out relative output error of decoded weights (rows along the last dimension)."""
+    from arrowquant.checkpoint import load_checkpoint
+
+    w = np.asarray(load_checkpoint(model).numpy(name), dtype=np.float64)
+    w = w.reshape(-1, w.shape[-1])
+    e = w - deq.reshape(w.shape)
+    check = moments[name][1]
+    h = np.zeros((check.dim, check.dim))
+    h[np.triu_indices(check.dim)] = check.data()  # one block: the packed upper triangle
+    h = h + np.triu(h, 1).T
+    return float(np.sqrt(np.einsum("ri,ij,rj->", e, h, e) / np.einsum("ri,ij,rj->", w, h, w)))

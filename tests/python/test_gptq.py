@@ -121,17 +121,17 @@ def _rtn_output_error(out: Path, model: Path, name: str, moments: dict) -> float
 def test_calibration_by_default_for_models_the_tool_can_sample(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from arrowquant.api import _resolve_calibration
+    from arrowquant.api import resolve_calibration
 
     cfg = aq.DiffusionQuantConfig()
     assert cfg.calibration == "auto"
-    got, path = _resolve_calibration(DIT, cfg)
+    got, path = resolve_calibration(DIT, cfg)
     assert got.calibration == "synthetic" and path["path"] == "calibrated"
     assert "DiTTransformer2DModel" in path["why"]
     unet_file = next((DDPM / "unet").glob("*.safetensors"))
-    got, path = _resolve_calibration(unet_file, cfg)
+    got, path = resolve_calibration(unet_file, cfg)
     assert got.calibration == "" and path["path"] == "weight-only" and "file" in path["why"]
-    got, path = _resolve_calibration(DIT, aq.DiffusionQuantConfig(calibration=""))
+    got, path = resolve_calibration(DIT, aq.DiffusionQuantConfig(calibration=""))
     assert path == {"path": "weight-only", "why": "calibration off"}
 
     from arrowquant.cli import main

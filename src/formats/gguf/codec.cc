@@ -18,6 +18,7 @@
 #include "kernels/pack.h"
 #include "kernels/row_kernels.h"
 #include "quant/error_sums.h"
+#include "quant/gptq_blocks.h"
 #include "quant/group_fit.h"
 #include "quant/layout.h"
 
@@ -310,6 +311,36 @@ void DecodeBlock(GgufType t, const uint8_t* in, float* y) {
   }
 }
 
+// Round to nearest on the fitted grid: one row's codes, stored parameters (one per super-block;
+// the row's for per-group types) and group signs.
+bool FitRowCodes(const Codec& codec, const quant::Format& f, const float* x, size_t ne0, size_t g,
+                 size_t super, std::vector<float>& flipped, std::vector<uint8_t>& codes,
+                 std::vector<quant::RowStored>& st, std::vector<quant::RowParams>& p,
+                 std::vector<int8_t>& sign) {
+  const float* xr = x;
+  if (codec.sym) {
+    // Symmetric codes run from -bias to bias - 1: each group's larger extreme goes to the
+    // negative side, its sign stored in the scale (as ggml's reference does; choosing the
+    // sign by both signs' fitted error instead measured the same error on N(0, 0.02) and
+    // Student-t weights at every symmetric type, at three times the work).
+    for (size_t j = 0; j < ne0 / g; ++j) {
+      const auto [lo, hi] = std::minmax_element(xr + j * g, xr + (j + 1) * g);
+      sign[j] = *hi > -*lo ? -1 : 1;
+      for (size_t i = j * g; i < (j + 1) * g; ++i) flipped[i] = sign[j] * xr[i];
+    }
+    xr = flipped.data();
+  }
+  // K-quants: super-blocks of 256, each its own d/dmin (all groups of the row fitted side by
+  // side first); the others: the row's groups, each its own f16 scale.
+  const bool ok = codec.row ? quant::FitSuperBlocks(f, xr, ne0, g, super, st, p)
+                            : quant::FitRow(f, xr, ne0, g, st[0], p[0]);
+  for (size_t k = 0; k < ne0 / super; ++k) {
+    kernels::QuantizeGroups(xr + k * super, super, g, p[k].inv_scale.data(), p[k].offset.data(),
+                            f.qmax, codes.data() + k * super);
+  }
+  return ok;
+}
+
 }  // namespace
 
 uint64_t GgufTensorInfo::num_elements() const {
@@ -428,6 +459,14 @@ Result<GgufEncoded> GgufEncode(const TensorView& w, GgufType t, const GgufEncode
     result.metrics = quant::Combine(sums, n);
     return result;
   }
+  const GptqFactor* gptq = options.gptq.get();
+  if (gptq != nullptr && (gptq->dim != ne0 || gptq->act_order)) {
+    return Status(StatusCode::kInvalidArgument,
+                  "tensor '" + name + "': input second moments over " + std::to_string(gptq->dim) +
+                      " columns" + (gptq->act_order ? " in activation order" : "") +
+                      "; GGUF's GPTQ sweeps the " + std::to_string(ne0) +
+                      " values of each row in order");
+  }
   std::vector<quant::RowSums> sums(rows);
   QuantSpec spec;
   spec.bits = codec->bits;
@@ -451,30 +490,20 @@ Result<GgufEncoded> GgufEncode(const TensorView& w, GgufType t, const GgufEncode
       kernels::ToF32(w.dtype, w.data.data() + r * ne0 * esize, ne0, x.data());
       bad[r] = kernels::CountNonFinite(x.data(), ne0);
       if (bad[r]) continue;
-      const float* xr = x.data();
-      if (codec->sym) {
-        // Symmetric codes run from -bias to bias - 1: each group's larger extreme goes to the
-        // negative side, its sign stored in the scale (as ggml's reference does; choosing the
-        // sign by both signs' fitted error instead measured the same error on N(0, 0.02) and
-        // Student-t weights at every symmetric type, at three times the work).
-        for (size_t j = 0; j < ne0 / g; ++j) {
-          const auto [lo, hi] = std::minmax_element(xr + j * g, xr + (j + 1) * g);
-          sign[j] = *hi > -*lo ? -1 : 1;
-          for (size_t i = j * g; i < (j + 1) * g; ++i) flipped[i] = sign[j] * xr[i];
-        }
-        xr = flipped.data();
-      }
-      // K-quants: super-blocks of 256, each its own d/dmin (all groups of the row fitted side by
-      // side first); the others: the row's groups, each its own f16 scale.
       const size_t super = codec->row ? static_cast<size_t>(codec->row) : ne0;
-      const bool ok = codec->row ? quant::FitSuperBlocks(f, xr, ne0, g, super, st, p)
-                                 : quant::FitRow(f, xr, ne0, g, st[0], p[0]);
-      if (!ok) overflow[r] = 1;
-      uint8_t* dst = out.data() + r * row_bytes;
-      for (size_t k = 0; k < ne0 / super; ++k) {
-        kernels::QuantizeGroups(xr + k * super, super, g, p[k].inv_scale.data(), p[k].offset.data(),
-                                f.qmax, codes.data() + k * super);
+      if (gptq != nullptr) {
+        // Codes that minimise the layer's output error (quant/gptq_blocks.h).
+        std::copy(x.begin(), x.end(), flipped.begin());
+        if (!quant::GptqSweepBlocks(f, g, super, *gptq, flipped.data(), ne0, codes.data(), st,
+                                    sign.data())) {
+          overflow[r] = 1;
+        }
+      } else {
+        if (!FitRowCodes(*codec, f, x.data(), ne0, g, super, flipped, codes, st, p, sign)) {
+          overflow[r] = 1;
+        }
       }
+      uint8_t* dst = out.data() + r * row_bytes;
       for (size_t b = 0; b < ne0 / info->block; ++b) {
         const size_t e0 = b * info->block, k = e0 / super;
         PackBlock(*codec, codes.data() + e0, st[k], (e0 - k * super) / g,
