@@ -5,7 +5,9 @@ RSS (/usr/bin/time -v) and the weight error the job reports (rel-RMSE weighted b
 so a speed change that costs error shows up in the same table.
 
     .venv/bin/python bench/pipeline_speed.py [--dir bench-out] [--threads 2] [--repeat 1]
-        [--dtypes f16,f32] [--jobs local,cloud,edge,local-minmax,gguf-q4k]
+        [--dtypes f16,f32,f16-ldm] [--jobs local,cloud,edge,local-minmax,gguf-q4k]
+
+`f16-ldm`: the f16 checkpoint's tensors under original single-file (LDM) names.
 """
 
 from __future__ import annotations
@@ -35,6 +37,21 @@ JOBS = {
     # GGUF for stable-diffusion.cpp / ComfyUI-GGUF (docs/interop.md): Q4_K, 3x3 convs F16.
     "gguf-q4k": ["--format", "gguf", "--gguf-type", "Q4_K"],
 }
+
+
+def build_ldm(src: Path, dst: Path) -> None:
+    """src's UNet under the names an original single file has (model.diffusion_model.*,
+    arrowquant.ldm_names), if absent."""
+    if dst.exists():
+        return
+    import safetensors.numpy
+    from sd15_shapes import SD15_UNET
+
+    from arrowquant import ldm_names
+
+    tensors = safetensors.numpy.load_file(str(src))
+    mapping = ldm_names.unet(list(tensors), dict(SD15_UNET))
+    safetensors.numpy.save_file({mapping[k]: v for k, v in tensors.items()}, str(dst))
 
 
 def cat_seconds(path: Path, repeat: int) -> float:
@@ -107,12 +124,16 @@ def main() -> int:
     rows = []
     print(f"threads: {args.threads}; warm page cache; best of {args.repeat}")
     hdr = (
-        f"{'input':5} {'job':13} {'wall s':>7} {'GB/s in':>8} {'x cat':>7} {'x memcpy':>8} "
+        f"{'input':7} {'job':13} {'wall s':>7} {'GB/s in':>8} {'x cat':>7} {'x memcpy':>8} "
         f"{'peak RSS':>9} {'RSS cap':>8} {'bits/w':>7} {'rel-RMSE':>9}"
     )
     for dtype in args.dtypes.split(","):
         ckpt = args.dir / f"sd15_{dtype}.safetensors"
-        largest = build(ckpt, dtype)
+        if dtype.endswith("-ldm"):  # the same tensors under original (LDM) single-file names
+            largest = build(args.dir / f"sd15_{dtype[:-4]}.safetensors", dtype[:-4])
+            build_ldm(args.dir / f"sd15_{dtype[:-4]}.safetensors", ckpt)
+        else:
+            largest = build(ckpt, dtype)
         size = ckpt.stat().st_size
         cat_s = cat_seconds(ckpt, 3)
         copy_s = memcpy_seconds(ckpt, 3)
@@ -136,7 +157,7 @@ def main() -> int:
             row.update(best)
             rows.append(row)
             print(
-                f"{dtype:5} {job:13} {best['wall']:7.2f} {size / best['wall'] / 1e9:8.3f} "
+                f"{dtype:7} {job:13} {best['wall']:7.2f} {size / best['wall'] / 1e9:8.3f} "
                 f"{best['wall'] / cat_s:7.1f} {best['wall'] / copy_s:8.1f} "
                 f"{best['rss'] / 2**30:7.2f}Gi {cap / 2**30:6.2f}Gi {best['bpw']:7.3f} "
                 f"{best['error']:9.5f}",

@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "arrowquant/naming.h"
 #include "arrowquant/safetensors.h"
 #include "arrowquant/status.h"
 
@@ -20,8 +21,10 @@ std::string_view CheckpointLayoutName(CheckpointLayout layout);
 // A tensor of the checkpoint. `file` and `info` are borrowed from the Checkpoint and live as
 // long as it does.
 struct CheckpointTensor {
-  std::string name;       // qualified: "unet/conv_in.weight" in a pipeline, plain otherwise
-  std::string component;  // "unet", or "" outside pipelines
+  std::string name;  // qualified: "unet/conv_in.weight" in a pipeline, plain otherwise
+  // "unet" in a pipeline; in a single file of several components (original/LDM, FLUX, SD3
+  // layouts: naming()), the component its prefix names, its name unchanged; else "".
+  std::string component;
   const SafeTensorsFile* file;
   const TensorInfo* info;
   std::span<const std::byte> data() const { return file->Data(*info); }
@@ -45,6 +48,8 @@ class Checkpoint {
   const std::string& path() const { return path_; }
   const std::string& model_index_json() const { return model_index_json_; }
   const std::vector<Component>& components() const { return components_; }
+  // How a lone model names its tensors (a pipeline's components: "diffusers").
+  const Naming& naming() const { return naming_; }
   // Every tensor, component by component, shard by shard, in file order.
   const std::vector<CheckpointTensor>& tensors() const { return tensors_; }
   const CheckpointTensor* Find(std::string_view name) const;
@@ -53,11 +58,14 @@ class Checkpoint {
  private:
   Checkpoint() = default;
   Status AddComponent(Component component, const ReaderLimits& limits);
+  // A lone model's naming layout, and each tensor's component under it.
+  void NameComponents();
 
   CheckpointLayout layout_ = CheckpointLayout::kSingleFile;
   std::string path_;
   std::string model_index_json_;
   std::vector<Component> components_;
+  Naming naming_;
   std::vector<CheckpointTensor> tensors_;
   std::map<std::string, size_t, std::less<>> by_name_;
 };

@@ -14,6 +14,7 @@
 #include "arrowquant/checkpoint.h"
 #include "arrowquant/gptq.h"
 #include "arrowquant/model_file.h"
+#include "arrowquant/naming.h"
 #include "arrowquant/quantize.h"
 #include "arrowquant/status.h"
 
@@ -34,7 +35,9 @@ struct SelectionRule {
 
 // Rules for tensors that stay in higher precision (norms, embeddings, time embedding, adaLN
 // modulation, first and last layers), for a modality ("image", "video", "audio", "text", "code").
-std::vector<SelectionRule> DefaultSelectionRules(const std::string& modality);
+// The rows of the checkpoint's role table (arrowquant/naming.h) with an action, in its order.
+std::vector<SelectionRule> DefaultSelectionRules(const std::string& modality,
+                                                 const Naming& naming = {});
 
 // What calibration found for one layer (keyed by the weight's qualified name). With spatial
 // equalization scales the weight is stored as W / s (quantized or kept) and the runtime multiplies
@@ -67,6 +70,7 @@ struct ComponentSettings {
   double max_rel_rmse = 0.12;
   double target_bpw = 0;
   bool allocate = false;
+  bool keep = false;  // the whole component stays unquantized (NAME=keep)
 };
 
 struct PipelineConfig {
@@ -104,6 +108,8 @@ struct PipelineConfig {
   // Per pipeline component (CheckpointTensor::component), settings that replace the ones above;
   // components not named here take the job's own.
   std::map<std::string, ComponentSettings> components;
+  // This config as a kept component sees it (ForComponent): every tensor stays unquantized.
+  bool keep_all = false;
 
   // This config as component `name` sees it (the job's own where it has no settings).
   PipelineConfig ForComponent(const std::string& name) const;
@@ -116,6 +122,7 @@ struct PipelineConfig {
 
 struct LayerReport {
   std::string name;
+  std::string component;  // CheckpointTensor::component
   std::vector<uint64_t> shape;
   std::string source_dtype;
   std::string action;  // "quantized" or "kept"

@@ -43,6 +43,12 @@ class Checkpoint:
 
     def components(self) -> list: ...
 
+    @property
+    def naming(self) -> dict:
+        """
+        How a lone model names its tensors: layout (diffusers, ldm, ldm-sdxl, flux, sd3), why, and its components by prefix
+        """
+
     def tensors(self) -> list: ...
 
     def info(self, arg: str, /) -> dict: ...
@@ -251,6 +257,9 @@ class PipelineConfig:
         Component `name` (a pipeline folder's subfolder) takes `own`'s width, format, threshold and size budget instead of this config's.
         """
 
+    def keep_component(self, name: str) -> None:
+        """Component `name` stays unquantized (NAME=keep)."""
+
     @property
     def components(self) -> list[str]:
         """Names of the components with their own settings."""
@@ -285,7 +294,15 @@ def plan(model_path: str, config: PipelineConfig) -> list[tuple[str, int, float,
 
 def detect_modality(model_path: str) -> tuple[str, str]: ...
 
-def default_rules(arg: str, /) -> list[tuple[str, int, str]]: ...
+def default_rules(modality: str, model_path: str = '') -> list[tuple[str, int, str]]:
+    """
+    The default selection rules for a modality, by the role table of the checkpoint's naming layout (diffusers' without a path).
+    """
+
+def tensor_roles(names: Sequence[str]) -> tuple:
+    """
+    (layout, why, [(name, component, role)]) of a list of tensor names: the naming layout they are in, each one's component and role (the table the selection rules use).
+    """
 
 class ActivationCollector:
     @staticmethod

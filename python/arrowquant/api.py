@@ -92,15 +92,19 @@ def _calibrated_format(cfg: DiffusionQuantConfig, calibrated: bool) -> Diffusion
 def component_profiles(
     model_path: str | os.PathLike[str], cfg: DiffusionQuantConfig
 ) -> dict[str, str]:
-    """Component -> profile ("keep": left unquantized) for a pipeline folder: the config's
-    `components` and the defaults for the components the folder has; {} for a lone model with
-    none named (a component named for one is the pipeline's error, naming what it has)."""
+    """Component -> profile ("keep": left unquantized) for a pipeline folder or a single file of
+    several components (by prefix: arrowquant.checkpoint.Checkpoint.naming): the config's
+    `components` and the defaults for the components it has; {} for a lone model with none
+    named (a component named for one is the pipeline's error, naming what it has)."""
+    from arrowquant.checkpoint import load_checkpoint
+
     root = Path(model_path)
     present: list[str] = []
     if (root / "model_index.json").is_file():
-        from arrowquant.checkpoint import load_checkpoint
-
         present = [c["name"] for c in load_checkpoint(os.fspath(root)).components if c["name"]]
+    elif root.is_dir() or root.suffix in (".safetensors", ".json"):
+        # A single file of several components (original/LDM, FLUX, SD3 layouts): by prefix.
+        present = [c["name"] for c in load_checkpoint(os.fspath(root)).naming["components"]]
     return cfg.component_profiles(present) if len(present) > 1 or cfg.components else {}
 
 
@@ -111,7 +115,8 @@ def set_components(
     (`core`), on top of `cfg` (the user's, before the calibrated path's format defaults); with
     a measured allocation, each component is sized by its own profile."""
     for name, profile in profiles.items():
-        if profile == "keep":  # a selection rule (DiffusionQuantConfig.rules)
+        if profile == "keep":
+            core.keep_component(name)
             continue
         own = _calibrated_format(cfg.for_component(profile), calibrated)
         own_core = own.to_core()

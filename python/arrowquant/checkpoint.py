@@ -69,6 +69,13 @@ class Checkpoint:
         return self._core.components()
 
     @property
+    def naming(self) -> dict[str, Any]:
+        """How a lone model names its tensors: {"layout": "diffusers" | "ldm" | "ldm-sdxl" |
+        "flux" | "sd3", "why": ..., "components": [{"name", "prefix", "kind"}]} (a single file
+        of several components: each found by its prefix)."""
+        return self._core.naming
+
+    @property
     def total_bytes(self) -> int:
         return self._core.total_tensor_bytes
 

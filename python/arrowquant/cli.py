@@ -44,6 +44,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         doc = {
             "path": ck.path,
             "layout": ck.layout,
+            "naming": ck.naming,
             "components": [
                 {k: c[k] for k in ("name", "library", "class_name", "folder")}
                 | {"files": [f["path"] for f in c["files"]]}
@@ -59,9 +60,24 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return EXIT_OK
     print(f"{ck.path}: {ck.layout}, {len(infos)} tensors, {_human(ck.total_bytes)}")
+    naming = ck.naming
     for c in ck.components:
-        label = c["name"] or "(model)"
-        print(f"  component {label}: {c['class_name'] or '?'}, {len(c['files'])} file(s)")
+        if c["name"] or not naming["components"]:
+            label = c["name"] or "(model)"
+            print(f"  component {label}: {c['class_name'] or '?'}, {len(c['files'])} file(s)")
+    if naming["components"]:
+        # A single file of several components: each found by its prefix.
+        print(f"  naming: {naming['layout']} ({naming['why']})")
+        for nc in naming["components"]:
+            own = [i for i in infos if i.component == nc["name"]]
+            size = _human(sum(i.nbytes for i in own))
+            print(
+                f"  component {nc['name']}: {nc['kind']} names under '{nc['prefix']}', "
+                f"{len(own)} tensors, {size}"
+            )
+        rest = [i for i in infos if not i.component]
+        if rest:
+            print(f"  outside the components: {len(rest)} tensors")
     width = max((len(i.name) for i in infos), default=4)
     print(f"{'name':<{width}}  {'dtype':<8} {'shape':<22} {'bytes':>12}")
     for i in infos:
@@ -184,7 +200,7 @@ def _dry_run(args: argparse.Namespace, cfg: Any) -> int:
     core = cfg.to_core()
     set_components(core, cfg, component_profiles(args.model, cfg), calibrated=False)
     plan = _core.plan(args.model, core)
-    rules = cfg.rules() + _core.default_rules(cfg.modality or "image")
+    rules = cfg.rules() + _core.default_rules(cfg.modality or "image", args.model)
     if args.json:
         rows = [{"name": n, "bits": b, "threshold": t, "why": w} for n, b, t, w in plan]
         json.dump({"rules": rules, "tensors": rows}, sys.stdout, indent=2)

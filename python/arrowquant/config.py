@@ -301,10 +301,6 @@ class DiffusionQuantConfig:
 
     def rules(self) -> list[tuple[str, int, str]]:
         out = []
-        for c in self.components:
-            name, _, profile = c.partition("=")
-            if profile == "keep":
-                out.append((f"^{re.escape(name)}/", 0, f"component {c}"))
         for o in self.overrides:
             m = _OVERRIDE.match(o)
             assert m

@@ -130,6 +130,14 @@ def drivable(path: str | os.PathLike[str]) -> tuple[bool, str]:
     configuration files alone (nothing is loaded)."""
     root = Path(path)
     if not root.is_dir():
+        naming = _single_file_naming(root)
+        if naming is not None:
+            comps = ", ".join(c["name"] for c in naming["components"])
+            return False, (
+                f"{root.name} is a single file in the {naming['layout']} layout ({comps}); "
+                "calibrating it needs its diffusers model built from the file, which is not "
+                "built yet: weight-only, selection by each tensor's role in that layout"
+            )
         return False, f"{root.name} is a file, not a diffusers folder with a sampler to drive"
     try:
         component, cls = _find_component(root)
@@ -137,6 +145,19 @@ def drivable(path: str | os.PathLike[str]) -> tuple[bool, str]:
         return False, str(e)
     where = f"{component}/" if component else "the folder"
     return True, f"{where} holds a diffusers {cls} the tool can sample"
+
+
+def _single_file_naming(path: Path) -> dict[str, Any] | None:
+    """The naming of a .safetensors single file of several components, if it is one."""
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from arrowquant.checkpoint import load_checkpoint
+
+    try:
+        naming = load_checkpoint(os.fspath(path)).naming
+    except ArrowQuantError:
+        return None  # the job reports a malformed file itself
+    return naming if naming["components"] else None
 
 
 def load_reference(path: str | os.PathLike[str]) -> Denoiser:

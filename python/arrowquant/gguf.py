@@ -85,12 +85,14 @@ def plan(
     rows: list[dict[str, Any]] = []
     for name, bits, _threshold, why in _core.plan(str(model_path), core_config):
         info = ck.info(name)
+        # A pipeline's component has its own file; a single file's components stay in one.
+        folder = bool(info.component) and name.startswith(info.component + "/")
         rows.append(
             {
                 "source": name,
                 "component": info.component,
-                "name": name.split("/", 1)[1] if info.component else name,
-                "file": f"{info.component}.gguf" if info.component else GGUF_FILE,
+                "name": name.split("/", 1)[1] if folder else name,
+                "file": f"{info.component}.gguf" if folder else GGUF_FILE,
                 "shape": list(info.shape),
                 "stored_shape": list(info.shape),
                 "dtype": info.dtype,
@@ -129,19 +131,13 @@ def _ldm_names(ck: Any, rows: list[dict[str, Any]]) -> None:
         cls = c["class_name"] if c else ""
         config = json.loads(c["config_json"]) if c and c["config_json"] else {}
         inner = [r["name"] for r in group]
-        if cls == "UNet2DConditionModel":
-            mapping = ldm_names.unet(inner, config)
-        elif cls == "AutoencoderKL":
-            mapping = ldm_names.vae(inner, config)
-        elif cls == "CLIPTextModel":
-            mapping = ldm_names.clip(inner)
-        elif all(n.startswith(ldm_names.PREFIXES) for n in inner):
+        mapping = ldm_names.for_class(cls, inner, config)
+        if mapping is None and all(n.startswith(ldm_names.PREFIXES) for n in inner):
             mapping = {n: n for n in inner}  # already an original-layout checkpoint
-        else:
+        if mapping is None:
             raise ConfigurationError(
                 f"--gguf-names sdcpp: no original (LDM) names for {comp or ck.path} "
-                f"({cls or 'unknown class'}); names are known for UNet2DConditionModel, "
-                "AutoencoderKL and CLIPTextModel"
+                f"({cls or 'unknown class'}); names are known for " + ", ".join(ldm_names.CLASSES)
             )
         for r in group:
             r["name"] = mapping[r["name"]]

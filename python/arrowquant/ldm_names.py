@@ -151,3 +151,18 @@ def clip(names: list[str]) -> dict[str, str]:
     return {
         n: CLIP_PREFIX + (n if n.startswith("text_model.") else "text_model." + n) for n in names
     }
+
+
+# The component classes with original (LDM) names, and their mapping.
+CLASSES = ("UNet2DConditionModel", "AutoencoderKL", "CLIPTextModel")
+
+
+def for_class(class_name: str, names: list[str], config: dict[str, Any]) -> dict[str, str] | None:
+    """Diffusers names -> LDM names for a component of `class_name` (None: no mapping known)."""
+    if class_name == "UNet2DConditionModel":
+        return unet(names, config)
+    if class_name == "AutoencoderKL":
+        return vae(names, config)
+    if class_name == "CLIPTextModel":
+        return clip(names)
+    return None

@@ -8,6 +8,14 @@ from pathlib import Path
 from typing import Any
 
 
+def _component(layer: dict[str, Any]) -> str:
+    """A layer's component: the job's record (a single file's components by prefix), else its
+    name's pipeline folder ("" for a lone model)."""
+    return str(
+        layer.get("component") or (layer["name"].split("/", 1)[0] if "/" in layer["name"] else "")
+    )
+
+
 @dataclass
 class QuantizationReport:
     model_path: str
@@ -36,14 +44,15 @@ class QuantizationReport:
         return 8 * self.stored_bytes / self.total_params if self.total_params else 0.0
 
     def components(self) -> dict[str, dict[str, Any]]:
-        """Per pipeline component (the tensor names' folder; "" outside pipelines): its profile,
+        """Per component (a pipeline's folder, a single file's component by prefix; "" for a lone
+        model of one component): its profile,
         tensors, parameters, bytes and bits per weight as stored, and formats."""
         import math
 
         profiles = self.extra.get("component_profiles", {})
         out: dict[str, dict[str, Any]] = {}
         for layer in self.layers:
-            name = layer["name"].split("/", 1)[0] if "/" in layer["name"] else ""
+            name = _component(layer)
             c = out.setdefault(
                 name,
                 {
@@ -142,7 +151,7 @@ class QuantizationReport:
         ]
         current: str | None = None
         for layer in self.layers:
-            comp = layer["name"].split("/", 1)[0] if "/" in layer["name"] else ""
+            comp = _component(layer)
             if comp != current:
                 current = comp
                 title = f"## {comp} ({comps[comp]['profile']})" if len(comps) > 1 else ""

@@ -116,6 +116,26 @@ void BindCheckpoint(nb::module_& m) {
              }
              return out;
            })
+      .def_prop_ro(
+          "naming",
+          [](const PyCheckpoint& s) {
+            const Naming& n = s.ck->naming();
+            nb::dict d;
+            d["layout"] = n.layout;
+            d["why"] = n.why;
+            nb::list comps;
+            for (const NamingComponent& c : n.components) {
+              nb::dict cd;
+              cd["name"] = c.name;
+              cd["prefix"] = c.prefix;
+              cd["kind"] = c.kind;
+              comps.append(cd);
+            }
+            d["components"] = comps;
+            return d;
+          },
+          "How a lone model names its tensors: layout (diffusers, ldm, ldm-sdxl, flux, sd3), "
+          "why, and its components by prefix")
       .def("tensors",
            [](const PyCheckpoint& s) {
              nb::list out;

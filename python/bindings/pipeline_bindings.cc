@@ -21,6 +21,7 @@ namespace {
 nb::dict LayerDict(const LayerReport& l) {
   nb::dict d;
   d["name"] = l.name;
+  d["component"] = l.component;
   d["shape"] = nb::cast(l.shape);
   d["source_dtype"] = l.source_dtype;
   d["action"] = l.action;
@@ -158,6 +159,10 @@ void BindConfig(nb::module_& m) {
           nb::arg("name"), nb::arg("own"),
           "Component `name` (a pipeline folder's subfolder) takes `own`'s width, format, "
           "threshold and size budget instead of this config's.")
+      .def(
+          "keep_component",
+          [](PipelineConfig& c, const std::string& name) { c.components[name].keep = true; },
+          nb::arg("name"), "Component `name` stays unquantized (NAME=keep).")
       .def_prop_ro(
           "components",
           [](const PipelineConfig& c) {
@@ -248,12 +253,37 @@ void BindPipeline(nb::module_& m) {
         return DetectModality(*ck);
       },
       nb::arg("model_path"));
-  m.def("default_rules", [](const std::string& modality) {
-    std::vector<RuleTuple> out;
-    for (const auto& r : DefaultSelectionRules(modality))
-      out.emplace_back(r.pattern, r.bits, r.why);
-    return out;
-  });
+  m.def(
+      "default_rules",
+      [](const std::string& modality, const std::string& model_path) {
+        Naming naming;
+        if (!model_path.empty()) {
+          nb::gil_scoped_release release;
+          naming = ValueOrThrow(Checkpoint::Open(model_path))->naming();
+        }
+        std::vector<RuleTuple> out;
+        for (const auto& r : DefaultSelectionRules(modality, naming))
+          out.emplace_back(r.pattern, r.bits, r.why);
+        return out;
+      },
+      nb::arg("modality"), nb::arg("model_path") = "",
+      "The default selection rules for a modality, by the role table of the checkpoint's naming "
+      "layout (diffusers' without a path).");
+  m.def(
+      "tensor_roles",
+      [](const std::vector<std::string>& names) {
+        const Naming naming = DetectNaming(names);
+        const std::vector<TensorRole> roles = RolesOf(naming, names);
+        std::vector<std::tuple<std::string, std::string, std::string>> out;
+        for (size_t i = 0; i < names.size(); ++i) {
+          const NamingComponent* c = ComponentOf(naming, names[i]);
+          out.emplace_back(names[i], c ? c->name : "", std::string(TensorRoleName(roles[i])));
+        }
+        return nb::make_tuple(naming.layout, naming.why, out);
+      },
+      nb::arg("names"),
+      "(layout, why, [(name, component, role)]) of a list of tensor names: the naming layout "
+      "they are in, each one's component and role (the table the selection rules use).");
 }
 
 }  // namespace arrowquant::py

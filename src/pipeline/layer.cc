@@ -84,6 +84,7 @@ void ProcessLayer(const CheckpointTensor& t, const PipelineConfig& c, const Comp
                   const BudgetChoice* forced, LayerOutcome& o) {
   LayerReport& r = o.report;
   r.name = t.name;
+  r.component = t.component;
   r.shape = t.info->shape;
   r.source_dtype = std::string(Traits(t.info->dtype).safetensors_name);
   r.source_bytes = t.info->nbytes();

@@ -40,11 +40,17 @@ Status CheckConfig(const PipelineConfig& config, const Checkpoint& ck) {
     const std::string& name = entry.first;
     const ComponentSettings& s = entry.second;
     AQ_RETURN_IF_ERROR(CheckSettings(s.bits, s.max_rel_rmse, "component '" + name + "': "));
-    const bool found = std::any_of(ck.components().begin(), ck.components().end(),
-                                   [&](const auto& c) { return c.name == name; });
+    const auto& single = ck.naming().components;
+    const bool found =
+        std::any_of(ck.components().begin(), ck.components().end(),
+                    [&](const auto& c) { return c.name == name; }) ||
+        std::any_of(single.begin(), single.end(), [&](const auto& c) { return c.name == name; });
     if (!found) {
       std::string have;
-      for (const auto& c : ck.components()) have += (have.empty() ? "" : ", ") + c.name;
+      for (const auto& c : ck.components()) {
+        if (!c.name.empty()) have += (have.empty() ? "" : ", ") + c.name;
+      }
+      for (const auto& c : single) have += (have.empty() ? "" : ", ") + c.name;
       return Status(
           StatusCode::kInvalidArgument,
           "component '" + name + "': " + ck.path() + " has no such component" +
@@ -136,7 +142,7 @@ Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_
     report.modality = config.modality;
     report.modality_reason = "given";
   }
-  AQ_ASSIGN_OR_RETURN(CompiledRules rules, CompileRules(config, report.modality));
+  AQ_ASSIGN_OR_RETURN(CompiledRules rules, CompileRules(config, report.modality, ck.naming()));
   for (const auto& [name, plan] : config.activations) {
     if (!ck.Find(name)) {
       return Status(StatusCode::kNotFound, "calibration results name tensor '" + name +

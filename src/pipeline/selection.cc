@@ -1,40 +1,48 @@
 // Which tensors are quantized, and how. The defaults give what users report as sensitive in
-// diffusion models more precision: the time embedding gets INT8 whatever the target width,
-// adaLN / scale-shift modulation a tighter threshold; norms, embeddings, first and last layers
-// stay unquantized. Every other linear and conv weight, convs included, takes the target width.
+// diffusion models more precision, by each tensor's role in its checkpoint's naming layout
+// (arrowquant/naming.h): the time embedding gets INT8 whatever the target width, adaLN /
+// scale-shift modulation a tighter threshold; norms, embeddings, first and last layers stay
+// unquantized. Every other linear and conv weight, convs included, takes the target width.
 #include "pipeline/selection.h"
 
 #include <map>
 
 namespace arrowquant {
 
-std::vector<SelectionRule> DefaultSelectionRules(const std::string& modality) {
-  std::vector<SelectionRule> rules = {
-      // Before the adaLN rule: a DiT block's norm1.emb holds its own label embedding table
-      // (norm1.emb.class_embedder.embedding_table), a lookup table like any embedding. (Its
-      // time embedding, norm1.emb.timestep_embedder, is 5-7% of a DiT's weights and stays with
-      // the modulation's tighter threshold.)
-      {R"((class_embedder|embedding_table)[./])", 0, "embedding"},
-      // Before the norm rule: norm1.linear is a modulation projection, not a norm.
-      // adaLN holds a third of a DiT's weights: INT8 for all of it would cost the size target, so
-      // it takes the target width but must meet 3/4 of the threshold, else it climbs.
-      {R"((adaLN_modulation|norm1\.linear|norm1_context\.linear|norm_out\.linear|)"
-       R"(scale_shift_table|\.emb\.|(^|/)proj_out_1\.))",
-       -1, "adaLN / scale-shift modulation (sensitive: 3/4 of the threshold)", 0.75},
-      {R"((^|[/.])(norm|norm\d*|ln_\w*|layer_?norm\w*|group_?norm\w*|rms_?norm\w*)[./])", 0,
-       "normalization"},
-      // The time embedding itself (not each block's time_emb_proj, quantized like any linear).
-      {R"((^|[/.])(time_embedding|time_embed|timestep_embedder|t_embedder|time_proj|)"
-       R"(time_text_embed)[./])",
-       8, "time embedding"},
-      {R"((embed_tokens|embeddings?[./]|wte|wpe|pos_embed|position_embedding|class_embedding|)"
-       R"(x_embedder|patch_embed|label_emb))",
-       0, "embedding"},
-      // A VAE's encoder and decoder each have their own first and last convolution.
-      {R"((^|/|(en|de)coder\.)(conv_in|conv_out|proj_out(_2)?|proj_in)\.)", 0,
-       "first or last layer"},
-      {R"((lm_head|final_layer|\bout_proj_final))", 0, "output head"},
-  };
+namespace {
+
+// What each role gets by default (roles without an entry take the job's target width).
+struct RoleRule {
+  TensorRole role;
+  int bits;
+  const char* why;
+  double threshold_scale;
+};
+// adaLN holds a third of a DiT's weights: INT8 for all of it would cost the size target, so it
+// takes the target width but must meet 3/4 of the threshold, else it climbs. The time embedding
+// gets INT8 whatever the target width; norms, embeddings, first and last layers stay unquantized.
+constexpr RoleRule kRoleRules[] = {
+    {TensorRole::kEmbedding, 0, "embedding", 1.0},
+    {TensorRole::kModulation, -1,
+     "adaLN / scale-shift modulation (sensitive: 3/4 of the threshold)", 0.75},
+    {TensorRole::kNorm, 0, "normalization", 1.0},
+    {TensorRole::kTimeEmbedding, 8, "time embedding", 1.0},
+    {TensorRole::kFirstLayer, 0, "first or last layer", 1.0},
+    {TensorRole::kLastLayer, 0, "first or last layer", 1.0},
+    {TensorRole::kOutputHead, 0, "output head", 1.0},
+};
+
+}  // namespace
+
+std::vector<SelectionRule> DefaultSelectionRules(const std::string& modality,
+                                                 const Naming& naming) {
+  std::vector<SelectionRule> rules;
+  for (const RolePattern& row : RoleTable(naming)) {
+    for (const RoleRule& r : kRoleRules) {
+      if (r.role != row.role) continue;
+      rules.push_back({row.pattern, r.bits, r.why, r.threshold_scale});
+    }
+  }
   if (modality == "audio") {
     rules.push_back({R"((^|/)(vocoder|mel)\w*)", 0, "audio front/back end"});
   }
@@ -45,6 +53,7 @@ std::vector<SelectionRule> DefaultSelectionRules(const std::string& modality) {
 PlannedTensor Decide(const CheckpointTensor& t, const PipelineConfig& c,
                      const CompiledRules& rules) {
   PlannedTensor p{t.name, c.bits, c.max_rel_rmse, "", true};
+  if (c.keep_all) return {t.name, 0, c.max_rel_rmse, "component " + t.component + "=keep", false};
   for (const auto& [re, rule] : rules) {
     if (std::regex_search(t.name, re)) {
       p.target_width = rule.bits < 0;
@@ -74,10 +83,11 @@ PlannedTensor Decide(const CheckpointTensor& t, const PipelineConfig& c,
   return p;
 }
 
-Result<CompiledRules> CompileRules(const PipelineConfig& config, const std::string& modality) {
+Result<CompiledRules> CompileRules(const PipelineConfig& config, const std::string& modality,
+                                   const Naming& naming) {
   CompiledRules rules;
   auto all_rules = config.rules;
-  for (auto& r : DefaultSelectionRules(modality)) all_rules.push_back(r);
+  for (auto& r : DefaultSelectionRules(modality, naming)) all_rules.push_back(r);
   for (const auto& r : all_rules) {
     try {
       rules.emplace_back(std::regex(r.pattern, std::regex::ECMAScript), r);
@@ -109,13 +119,14 @@ PipelineConfig PipelineConfig::ForComponent(const std::string& name) const {
   out.max_rel_rmse = s.max_rel_rmse;
   out.target_bpw = s.target_bpw;
   out.allocate = s.allocate;
+  out.keep_all = s.keep;
   return out;
 }
 
 Result<std::vector<PlannedTensor>> PlanSelection(const Checkpoint& ck,
                                                  const PipelineConfig& config) {
   const std::string modality = config.modality.empty() ? DetectModality(ck).first : config.modality;
-  AQ_ASSIGN_OR_RETURN(CompiledRules rules, CompileRules(config, modality));
+  AQ_ASSIGN_OR_RETURN(CompiledRules rules, CompileRules(config, modality, ck.naming()));
   std::vector<PlannedTensor> out;
   std::map<std::string, PipelineConfig> per;
   for (const auto& [name, _] : config.components) per.emplace(name, config.ForComponent(name));

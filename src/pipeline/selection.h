@@ -14,7 +14,8 @@ namespace arrowquant {
 using CompiledRules = std::vector<std::pair<std::regex, SelectionRule>>;
 
 // The user's rules, then the modality's defaults; an invalid regex is an error naming it.
-Result<CompiledRules> CompileRules(const PipelineConfig& config, const std::string& modality);
+Result<CompiledRules> CompileRules(const PipelineConfig& config, const std::string& modality,
+                                   const Naming& naming);
 
 // The first matching rule, then what no rule overrides: non-float dtypes, 1-D tensors and
 // tensors below min_elements are kept.

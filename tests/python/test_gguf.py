@@ -18,6 +18,9 @@ import arrowquant as aq
 import arrowquant._core as _core
 from arrowquant.gguf import open_gguf, types
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from models_util import sd_models  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK_TYPES = [t for t in types() if t not in ("F16", "BF16", "F32")]
 
@@ -289,7 +292,6 @@ def test_ldm_names_are_the_inverse_of_diffusers_conversion(layout: str) -> None:
     """Every UNet and VAE name ArrowQuant writes for stable-diffusion.cpp, converted back by
     diffusers' own single-file conversion, lands on the same tensor under its diffusers name."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import (
         convert_ldm_unet_checkpoint,
         convert_ldm_vae_checkpoint,
@@ -297,40 +299,7 @@ def test_ldm_names_are_the_inverse_of_diffusers_conversion(layout: str) -> None:
 
     from arrowquant import ldm_names
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    from sd15_shapes import SD15_UNET
-
-    if layout == "digits-t2i":
-        unet = UNet2DConditionModel.from_pretrained(ROOT / "models" / layout, subfolder="unet")
-        vae = AutoencoderKL.from_pretrained(ROOT / "models" / layout, subfolder="vae")
-    else:
-        cfg: dict[str, object] = dict(SD15_UNET)
-        if layout == "sdxl":
-            cfg.update(
-                block_out_channels=(32, 64, 64),
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                transformer_layers_per_block=(1, 2, 3),
-                attention_head_dim=(2, 4, 4),
-                use_linear_projection=True,
-                cross_attention_dim=64,
-                addition_embed_type="text_time",
-                addition_time_embed_dim=8,
-                projection_class_embeddings_input_dim=80,
-                norm_num_groups=16,
-            )
-        else:
-            cfg.update(
-                block_out_channels=(32, 64, 64, 64), cross_attention_dim=64, norm_num_groups=16
-            )
-        torch.manual_seed(0)
-        unet = UNet2DConditionModel(**cfg)  # type: ignore[arg-type]
-        vae = AutoencoderKL(
-            block_out_channels=(16, 32),
-            norm_num_groups=8,
-            down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2,
-        )
+    unet, vae = sd_models(layout)
     for model, name_map, convert in (
         (unet, ldm_names.unet, convert_ldm_unet_checkpoint),
         (vae, ldm_names.vae, convert_ldm_vae_checkpoint),

@@ -231,6 +231,17 @@ Status Checkpoint::AddComponent(Component comp, const ReaderLimits& limits) {
   return Status::OK();
 }
 
+void Checkpoint::NameComponents() {
+  std::vector<std::string> names;
+  names.reserve(tensors_.size());
+  for (const CheckpointTensor& t : tensors_) names.push_back(t.name);
+  naming_ = DetectNaming(names);
+  for (CheckpointTensor& t : tensors_) {
+    const NamingComponent* c = ComponentOf(naming_, t.name);
+    if (c != nullptr) t.component = c->name;
+  }
+}
+
 Result<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& path,
                                                      const ReaderLimits& limits) {
   std::unique_ptr<Checkpoint> ck(new Checkpoint());
@@ -249,6 +260,7 @@ Result<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& path,
     AQ_RETURN_IF_ERROR(LoadWeights(fs::absolute(p), sharded, limits, comp));
     ReadConfig(comp);
     AQ_RETURN_IF_ERROR(ck->AddComponent(std::move(comp), limits));
+    ck->NameComponents();
     return ck;
   }
   if (!fs::is_directory(st)) return Status(StatusCode::kNotAModel, path + ": not a file or folder");
@@ -262,6 +274,7 @@ Result<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& path,
     AQ_RETURN_IF_ERROR(LoadWeights(plan.file, plan.sharded, limits, comp));
     ReadConfig(comp);
     AQ_RETURN_IF_ERROR(ck->AddComponent(std::move(comp), limits));
+    ck->NameComponents();
     return ck;
   }
 
