@@ -53,6 +53,17 @@ TEST(Pack, RoundTripProperty) {
   }
 }
 
+// Each of `count` groups' minimum and maximum (group j: x[j * n, (j + 1) * n)).
+std::pair<std::vector<float>, std::vector<float>> GroupExtremes(const std::vector<float>& x,
+                                                                size_t n, size_t count) {
+  std::vector<float> mn(count), mx(count);
+  for (size_t j = 0; j < count; ++j) {
+    mn[j] = *std::min_element(x.begin() + j * n, x.begin() + (j + 1) * n);
+    mx[j] = *std::max_element(x.begin() + j * n, x.begin() + (j + 1) * n);
+  }
+  return {mn, mx};
+}
+
 class PerTarget : public ::testing::Test {
  protected:
   void TearDown() override { hwy::SetSupportedTargetsForTest(0); }
@@ -87,11 +98,7 @@ TEST_F(PerTarget, GridSearchMatchesReferenceBitForBit) {
           if (count > 12) {  // squares beyond float's range: residuals that are not finite
             for (size_t i = 11 * n; i < 12 * n; ++i) x[i] *= 1e21f;
           }
-          std::vector<float> mn(count), mx(count);
-          for (size_t j = 0; j < count; ++j) {
-            mn[j] = *std::min_element(x.begin() + j * n, x.begin() + (j + 1) * n);
-            mx[j] = *std::max_element(x.begin() + j * n, x.begin() + (j + 1) * n);
-          }
+          const auto [mn, mx] = GroupExtremes(x, n, count);
           std::vector<float> s(count), m(count), rs(count), rm(count);
           SearchAsymGroups(x.data(), n, count, mn.data(), mx.data(), qmax, s.data(), m.data());
           ref::SearchAsymGroups(x.data(), n, count, mn.data(), mx.data(), qmax, rs.data(),
@@ -135,11 +142,7 @@ TEST_F(PerTarget, SymmetricSearchMatchesReferenceBitForBit) {
           if (count > 5) {
             for (size_t i = 4 * n; i < 5 * n; ++i) x[i] *= 1e8f;
           }
-          std::vector<float> mn(count), mx(count);
-          for (size_t j = 0; j < count; ++j) {
-            mn[j] = *std::min_element(x.begin() + j * n, x.begin() + (j + 1) * n);
-            mx[j] = *std::max_element(x.begin() + j * n, x.begin() + (j + 1) * n);
-          }
+          const auto [mn, mx] = GroupExtremes(x, n, count);
           for (bool f16 : {true, false}) {
             for (bool keep : {true, false}) {
               const SymSearch p{bias, f16, keep};

@@ -294,3 +294,32 @@ def test_ldm_single_file_job_matches_the_pipeline_folder(tmp_path: Path) -> None
     with torch.no_grad():
         a, b = ref(x, 500, e).sample, unet(x.clone(), 500, e).sample
     assert float((a - b).norm() / a.norm()) < 0.05
+
+
+# Each role's treatment by the default rules at the local profile (4 bits, threshold t).
+TREATMENT = {
+    "first layer": (0, 1.0),
+    "last layer": (0, 1.0),
+    "embedding": (0, 1.0),
+    "norm": (0, 1.0),
+    "time embedding": (8, 1.0),
+    "modulation": (4, 0.75),
+    "attention": (4, 1.0),
+    "other": (4, 1.0),
+}
+
+
+@pytest.mark.parametrize("layout", ["flux", "sd3"])
+def test_single_file_roles_get_their_treatment(layout: str, tmp_path: Path) -> None:
+    """The job's plan for a FLUX or SD3 single file (2-D tensors of each name): every tensor
+    gets its role's treatment, whatever its layout calls it."""
+    roles = {n: ("transformer", r) for n, r in FLUX.items()} if layout == "flux" else dict(SD3)
+    rng = np.random.default_rng(0)
+    tensors = {n: rng.normal(0, 0.02, (64, 64)).astype(np.float16) for n in roles}
+    path = tmp_path / f"{layout}.safetensors"
+    safetensors.numpy.save_file(tensors, str(path))
+    plan = _plan(path)
+    t = aq.DiffusionQuantConfig.from_profile("local").max_rel_rmse
+    got = {n: (b, th / t if b else 1.0) for n, (b, th) in plan.items()}
+    want = {n: TREATMENT[role] for n, (_c, role) in roles.items()}
+    assert {n: (b, round(s, 3)) for n, (b, s) in got.items()} == want
