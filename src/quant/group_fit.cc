@@ -305,7 +305,19 @@ void ContinuousGroups(const Format& f, const float* x, size_t n, size_t g, const
   std::vector<ContinuousParams>& c = scratch.c;
   c.assign(groups, ContinuousParams{});
   size_t first = 0;
-  if (!f.sym && f.spec.grid == Grid::kSearch && n / g >= 1) {
+  if (f.sym && f.spec.grid == Grid::kSearch && n / g >= 1) {
+    // The continuous symmetric search is the kernel's with unrounded (f32) scales; where no
+    // candidate scores (squares beyond float's range) ContinuousGroup keeps the min/max scale.
+    std::vector<float>& s = scratch.s;
+    first = n / g;
+    s.resize(first);
+    kernels::SearchSymGroups(x, g, first, mn, mx, {f.bias, false, f.keep_extremes}, s.data(),
+                             nullptr);
+    for (size_t gi = 0; gi < first; ++gi) {
+      const float amax = std::max(std::fabs(mn[gi]), std::fabs(mx[gi]));
+      c[gi].s = s[gi] != 0.0f ? s[gi] : amax / (f.bias - 1.0f);
+    }
+  } else if (!f.sym && f.spec.grid == Grid::kSearch && n / g >= 1) {
     std::vector<float>& s = scratch.s;
     std::vector<float>& m = scratch.m;
     first = n / g;
