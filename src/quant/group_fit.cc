@@ -67,27 +67,13 @@ void SearchAsym(const float* x, size_t n, float lo, float hi, float qmax, bool m
   }
 }
 
-// Format::keep_extremes: whether scale s rounds the group's min and max inside the codes.
-bool KeepsExtremes(const Format& f, float mn, float mx, float s) {
-  return !f.keep_extremes || (mx <= (f.bias - 0.5f) * s && -mn <= (f.bias + 0.5f) * s);
-}
-
-template <typename Eval>
-void SearchSym(const float* x, size_t n, float amax, float bias, std::vector<float>& L,
-               Eval&& eval) {
-  if (!(amax > 0)) return;
-  L.resize(n);
-  for (int is = 0; is <= kSteps; ++is) {
-    const float t = (bias - 1.0f) + 1.5f * static_cast<float>(is) / kSteps;
-    const float s0 = amax / t;
-    const float inv = 1.0f / s0;
-    double sxl = 0, sl2 = 0;
-    for (size_t i = 0; i < n; ++i) {
-      L[i] = ClampRound(x[i] * inv + bias, 2.0f * bias - 1.0f) - bias;
-      sxl += static_cast<double>(L[i]) * x[i];
-      sl2 += static_cast<double>(L[i]) * L[i];
-    }
-    if (sl2 > 0 && sxl > 0) eval(static_cast<float>(sxl / sl2));
+// The continuous symmetric search of `count` groups of n values: the kernel's with unrounded
+// (f32) scales; where no candidate scores (squares beyond float's range) the min/max scale.
+void SymContinuous(const Format& f, const float* x, size_t n, size_t count, const float* mn,
+                   const float* mx, float* s) {
+  kernels::SearchSymGroups(x, n, count, mn, mx, {f.bias, false, f.keep_extremes}, s, nullptr);
+  for (size_t gi = 0; gi < count; ++gi) {
+    if (s[gi] == 0.0f) s[gi] = std::max(std::fabs(mn[gi]), std::fabs(mx[gi])) / (f.bias - 1.0f);
   }
 }
 
@@ -208,31 +194,15 @@ void FitFloatRow(const Format& f, const float* x, size_t n, size_t g, RowStored&
 }  // namespace
 
 void ContinuousGroup(const Format& f, const float* xg, size_t len, float mn, float mx,
-                     std::vector<float>& L, ContinuousParams* out) {
+                     ContinuousParams* out) {
   const bool search = f.spec.grid == Grid::kSearch;
   ContinuousParams& c = *out;
   if (f.sym) {
-    const float amax = std::max(std::fabs(mn), std::fabs(mx));
-    c.s = amax / (f.bias - 1.0f);
     c.m = 0;
     if (search) {
-      double best = GroupSse(xg, len, c.s, c.s * f.bias, f.qmax);
-      const float se = amax / f.bias;
-      if (f.keep_extremes && -mn >= mx && KeepsExtremes(f, mn, mx, se)) {
-        const double e = GroupSse(xg, len, se, se * f.bias, f.qmax);
-        if (e < best) {
-          best = e;
-          c.s = se;
-        }
-      }
-      SearchSym(xg, len, amax, f.bias, L, [&](float cs) {
-        if (!KeepsExtremes(f, mn, mx, cs)) return;
-        const double e = GroupSse(xg, len, cs, cs * f.bias, f.qmax);
-        if (e < best) {
-          best = e;
-          c.s = cs;
-        }
-      });
+      SymContinuous(f, xg, len, 1, &mn, &mx, &c.s);
+    } else {
+      c.s = std::max(std::fabs(mn), std::fabs(mx)) / (f.bias - 1.0f);
     }
     return;
   }
@@ -296,27 +266,19 @@ void CodeScalesSearch(const Format& f, const float* x, size_t g, size_t count,
 }
 
 // Stage 1 of a kCoded fit: continuous (scale, offset) of every group of x (n values) into
-// scratch.c; the asymmetric search runs the whole groups side by side (SIMD), a short last one
-// alone.
+// scratch.c; the searches run the whole groups side by side (SIMD), a short last one alone.
 void ContinuousGroups(const Format& f, const float* x, size_t n, size_t g, const float* mn,
                       const float* mx, RowScratch& scratch) {
   const size_t groups = (n + g - 1) / g;
-  std::vector<float>& L = scratch.L;
   std::vector<ContinuousParams>& c = scratch.c;
   c.assign(groups, ContinuousParams{});
   size_t first = 0;
   if (f.sym && f.spec.grid == Grid::kSearch && n / g >= 1) {
-    // The continuous symmetric search is the kernel's with unrounded (f32) scales; where no
-    // candidate scores (squares beyond float's range) ContinuousGroup keeps the min/max scale.
     std::vector<float>& s = scratch.s;
     first = n / g;
     s.resize(first);
-    kernels::SearchSymGroups(x, g, first, mn, mx, {f.bias, false, f.keep_extremes}, s.data(),
-                             nullptr);
-    for (size_t gi = 0; gi < first; ++gi) {
-      const float amax = std::max(std::fabs(mn[gi]), std::fabs(mx[gi]));
-      c[gi].s = s[gi] != 0.0f ? s[gi] : amax / (f.bias - 1.0f);
-    }
+    SymContinuous(f, x, g, first, mn, mx, s.data());
+    for (size_t gi = 0; gi < first; ++gi) c[gi].s = s[gi];
   } else if (!f.sym && f.spec.grid == Grid::kSearch && n / g >= 1) {
     std::vector<float>& s = scratch.s;
     std::vector<float>& m = scratch.m;
@@ -332,7 +294,7 @@ void ContinuousGroups(const Format& f, const float* x, size_t n, size_t g, const
   }
   for (size_t gi = first; gi < groups; ++gi) {
     const size_t start = gi * g;
-    ContinuousGroup(f, x + start, std::min(g, n - start), mn[gi], mx[gi], L, &c[gi]);
+    ContinuousGroup(f, x + start, std::min(g, n - start), mn[gi], mx[gi], &c[gi]);
   }
 }
 
@@ -489,7 +451,7 @@ bool FitGroup(const Format& f, const float* xg, size_t len, RowStored& st, size_
   bool ok = true;
   if (f.spec.scales == ScaleStorage::kCoded) {
     ContinuousParams c;
-    ContinuousGroup(f, xg, len, mn, mx, L, &c);
+    ContinuousGroup(f, xg, len, mn, mx, &c);
     if (!f.sym) CodeOffset(f, F16BitsToF32(st.dmin), st, gi, c);
     CodeScale(f, xg, len, c.s, st, gi);
     return ok;

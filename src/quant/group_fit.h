@@ -84,7 +84,7 @@ struct ContinuousParams {
   float s = 0, m = 0, hi = 0;
 };
 void ContinuousGroup(const Format& f, const float* xg, size_t len, float mn, float mx,
-                     std::vector<float>& L, ContinuousParams* out);
+                     ContinuousParams* out);
 void CodeOffset(const Format& f, float dmin, RowStored& st, size_t gi, ContinuousParams& c);
 void CodeScale(const Format& f, const float* xg, size_t len, float s, RowStored& st, size_t gi);
 
