@@ -24,6 +24,7 @@ def main() -> int:
         [py, str(ROOT / "bench" / "load_speed.py"), "--dir", str(out)],
         [py, str(ROOT / "bench" / "pipeline_rss.py"), "--dir", str(out)],
         [py, str(ROOT / "bench" / "pipeline_speed.py"), "--dir", str(out)],
+        [py, str(ROOT / "bench" / "single_file_build.py"), "--dir", str(out)],
         [py, str(ROOT / "bench" / "search_error.py")],
         [py, str(ROOT / "bench" / "time_aware.py")],
         [py, str(ROOT / "bench" / "e2e_activations.py")],

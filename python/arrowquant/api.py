@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import arrowquant._core as _core
+from arrowquant import single_file
 from arrowquant.config import GPTQ_2BIT_GROUP_SIZE, DiffusionQuantConfig
 from arrowquant.errors import ArrowQuantIOError, ConfigurationError, UnsupportedError
 from arrowquant.report import QuantizationReport
@@ -51,8 +52,8 @@ def resolve_calibration(
             "why": "auto: a masked diffusion LM the tool can drive (mask ratio as timestep); "
             "the FP model's own generations",
         }
-    ok, why = drivable(model_path)
-    if ok:
+    ok, why = drivable(model_path, cfg.model_config)
+    if ok and Path(model_path).is_dir():
         # A malformed file: the reader's typed error, as on the weight-only path.
         load_checkpoint(os.fspath(model_path))
         try:
@@ -202,6 +203,9 @@ class ArrowQuantV2:
                 f"{out}: cannot create the output ({e.strerror})", "IoError"
             ) from None
         t0 = time.perf_counter()
+        stack = contextlib.ExitStack()  # a single file's built pipeline, while calibration runs
+        built: single_file.Built | None = None
+        sampled: str | os.PathLike[str] = model_path  # what calibration samples
         try:
             if cfg.output_format == "gguf" and precomputed is None:
                 from arrowquant.gguf import quantize_job
@@ -232,12 +236,20 @@ class ArrowQuantV2:
             elif cfg.calibration:
                 from arrowquant.calibration import calibrate
 
+                if single_file.naming(model_path) is not None:
+                    # Sampled through the diffusers pipeline built from the file.
+                    built = stack.enter_context(single_file.built(model_path, cfg.model_config))
+                    sampled = built.folder
                 plans, recipe["calibration"] = calibrate(
-                    model_path,
+                    sampled,
                     cfg,
                     moments=moments if cfg.gptq else None,
                     sensitivity=sensitivity if cfg.gptq and cfg.allocate else None,
                 )
+                if built is not None:
+                    plans, moments = built.to_file(plans), built.to_file(moments)
+                    sensitivity = built.to_file(sensitivity)
+                    recipe["calibration"]["single_file"] = built.summary
             core = cfg.to_core(json.dumps(recipe))
             core.set_activations(plans)
             # No held-out rows (a layer called once with one row): validated on weight error.
@@ -269,7 +281,7 @@ class ArrowQuantV2:
                     from arrowquant.calibration.check import one_step_check
 
                     recipe["calibration"]["one_step_check"] = one_step_check(
-                        model_path, tmp / MODEL_FILE, cfg
+                        sampled, tmp / MODEL_FILE, cfg, built
                     )
             seconds = time.perf_counter() - t0
             report = QuantizationReport(
@@ -294,6 +306,7 @@ class ArrowQuantV2:
             )
             return _publish(report, tmp, out)
         finally:
+            stack.close()
             shutil.rmtree(tmp, ignore_errors=True)
 
     def validate_quality(

@@ -121,6 +121,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             "target_bpw": args.target_bpw,
             "calibration": args.calibration,
             "calibration_samples": args.calibration_samples,
+            "model_config": args.model_config,
             "calibration_steps": args.calibration_steps,
             "time_groups": args.time_groups,
             "adaptive_groups": args.adaptive_groups,
@@ -155,7 +156,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if cfg.calibration == "auto" and not gguf_weights_only and not args.json:
         from arrowquant.diffusion import drivable
 
-        if drivable(args.model)[0]:  # the default job will sample the model: say so first
+        if drivable(args.model, cfg.model_config)[
+            0
+        ]:  # the default job will sample the model: say so first
             sys.stderr.write(
                 f"arrowquant: calibrating on the model's own samples ({cfg.calibration_samples} "
                 f"x {cfg.calibration_steps} DDIM steps, cached); --no-calibration skips it\n"
@@ -397,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the weight-only path (no sampling, no GPTQ)",
     )
     c.add_argument("--calibration-samples", type=int, metavar="N")
+    c.add_argument(
+        "--model-config",
+        metavar="DIR",
+        help="a single file's diffusers pipeline folder (configs, tokenizer, scheduler) to "
+        "build the model it is calibrated on; default: read off the tensors' shapes",
+    )
     c.add_argument("--calibration-steps", type=int, metavar="S", help="DDIM steps sampled")
     c.add_argument("--time-groups", type=int, metavar="K")
     c.add_argument(

@@ -70,6 +70,9 @@ class DiffusionQuantConfig:
     calibration_samples: int = 64  # trajectories for plain "synthetic"
     calibration_steps: int = 25  # DDIM steps sampled; each is a calibration timestep
     calibration_cache: str = ""  # "" = $ARROW_QUANT_CACHE or ~/.cache/arrowquant/calibration
+    # A single file's diffusers configs, tokenizer and scheduler (a pipeline folder of the same
+    # model, as diffusers' from_single_file(config=) takes); "" = read off the shapes.
+    model_config: str = ""
     seed: int = 0
     time_groups: int = _FROM_PROFILE  # K timestep groups (the profile's), each its own grid
     adaptive_groups: bool = True  # merge adjacent timesteps by measured error (else uniform)
@@ -227,6 +230,8 @@ class DiffusionQuantConfig:
             bad("calibration_steps", "must be in 1..1000")
         if self.calibration_samples < 1:
             bad("calibration_samples", "must be at least 1")
+        if self.model_config and not os.path.isdir(self.model_config):
+            bad("model_config", f"{self.model_config}: no such folder")
         if self.modality not in ("", "image", "video", "audio", "text", "code"):
             bad("modality", "must be image, video, audio, text, code or empty (detect)")
         if self.keep_dtype not in QUANTIZABLE:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from arrowquant.errors import (
     ShapeMismatchError,
     UnsupportedError,
 )
+
+if TYPE_CHECKING:
+    from arrowquant.single_file import Built
 
 PROBE_STEPS = 10
 
@@ -125,39 +129,21 @@ def _find_component(root: Path) -> tuple[str, str]:
     raise ModelNotFoundError(f"{root}: no model_index.json or config.json (a diffusers folder)")
 
 
-def drivable(path: str | os.PathLike[str]) -> tuple[bool, str]:
+def drivable(path: str | os.PathLike[str], model_config: str = "") -> tuple[bool, str]:
     """(whether calibration and evaluation can sample this model, why), from its folder's
-    configuration files alone (nothing is loaded)."""
+    configuration files alone (nothing is loaded). A single file: whether its diffusers pipeline
+    can be built (arrowquant.single_file; `model_config`: a folder with the model's configs)."""
     root = Path(path)
     if not root.is_dir():
-        naming = _single_file_naming(root)
-        if naming is not None:
-            comps = ", ".join(c["name"] for c in naming["components"])
-            return False, (
-                f"{root.name} is a single file in the {naming['layout']} layout ({comps}); "
-                "calibrating it needs its diffusers model built from the file, which is not "
-                "built yet: weight-only, selection by each tensor's role in that layout"
-            )
-        return False, f"{root.name} is a file, not a diffusers folder with a sampler to drive"
+        from arrowquant.single_file import recognise
+
+        return recognise(root, model_config)
     try:
         component, cls = _find_component(root)
     except (ModelNotFoundError, UnsupportedError, ValueError, OSError) as e:
         return False, str(e)
     where = f"{component}/" if component else "the folder"
     return True, f"{where} holds a diffusers {cls} the tool can sample"
-
-
-def _single_file_naming(path: Path) -> dict[str, Any] | None:
-    """The naming of a .safetensors single file of several components, if it is one."""
-    if path.suffix != ".safetensors" or not path.is_file():
-        return None
-    from arrowquant.checkpoint import load_checkpoint
-
-    try:
-        naming = load_checkpoint(os.fspath(path)).naming
-    except ArrowQuantError:
-        return None  # the job reports a malformed file itself
-    return naming if naming["components"] else None
 
 
 def load_reference(path: str | os.PathLike[str]) -> Denoiser:
@@ -267,35 +253,55 @@ def synthetic_prompts(ref: Denoiser, n: int, seed: int) -> list[str]:
     ]
 
 
-def quantized_state(ref: Denoiser, quantized: str | os.PathLike[str]) -> dict[str, Any]:
+def quantized_state(
+    ref: Denoiser, quantized: str | os.PathLike[str], built: Built | None = None
+) -> dict[str, Any]:
     """The reference's state dict with every tensor read from an ArrowQuant model file (or the
-    output folder of `arrowquant quantize`)."""
+    output folder of `arrowquant quantize`). `built`: the pipeline built from the single file
+    the model file was quantized from (its names, and the parts of fused tensors)."""
     import arrowquant as aq
 
     qpath = aq.model.resolve_model_path(quantized)
-    names = set(aq.open(qpath).names())
+    stored = set(aq.open(qpath).names())
     prefix = f"{ref.component}/" if ref.component else ""
-    if prefix and not any(n.startswith(prefix) for n in names):
+    if built is None and prefix and not any(n.startswith(prefix) for n in stored):
         prefix = ""  # quantized from the component folder itself
-    return _state_from(qpath, names, prefix, ref.module, ref.path)
+    return _state_from(qpath, stored, prefix, ref.module, ref.path, built)
 
 
 def _state_from(
-    qpath: Path, names: set[str], prefix: str, module: Any, where: Path
+    qpath: Path,
+    stored: set[str],
+    prefix: str,
+    module: Any,
+    where: Path,
+    built: Built | None = None,
 ) -> dict[str, Any]:
     import torch
 
     import arrowquant as aq
 
     state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    missing = [k for k in state if prefix + k not in names]
+    names, fused = (built.names, built.fused) if built else ({}, {})
+    key = {k: names.get(prefix + k, prefix + k) for k in state}
+    missing = [k for k in state if key[k] not in stored]
     if missing:
         raise ShapeMismatchError(
-            f"{qpath}: lacks {len(missing)} tensor(s) of {where} (e.g. {prefix}{missing[0]}); "
+            f"{qpath}: lacks {len(missing)} tensor(s) of {where} (e.g. {key[missing[0]]}); "
             "was it quantized from this model?"
         )
-    out = {prefix + k: v for k, v in state.items()}
+    out = {key[k]: v for k, v in state.items() if prefix + k not in fused}
+    model = aq.open(qpath)
+    if built:  # the file's shapes (an LDM VAE's 1x1 convolutions are diffusers' Linear)
+        for k, v in out.items():
+            shape = tuple(model.info(k)["shape"])
+            if tuple(v.shape) != shape and v.numel() == math.prod(shape):
+                out[k] = v.view(shape)
     aq.load_state_dict(qpath, dtype=torch.float32, out=out)
+    for k, v in state.items():  # a third of a fused q/k/v tensor (OpenCLIP)
+        if prefix + k in fused:
+            whole = torch.from_numpy(model.dequantize(key[k]))
+            v.copy_(whole.chunk(3)[fused[prefix + k]].reshape(v.shape))
     return state
 
 
@@ -309,21 +315,23 @@ class Parts:
     vae: Any = None
 
 
-def quantized_parts(ref: Denoiser, quantized: str | os.PathLike[str]) -> Parts:
+def quantized_parts(
+    ref: Denoiser, quantized: str | os.PathLike[str], built: Built | None = None
+) -> Parts:
     """Every component the model file holds, loaded into copies of the reference's modules; a
     component the file lacks (quantized from the denoiser's folder alone) stays FP."""
     import arrowquant as aq
 
-    parts = Parts(ref.with_state(quantized_state(ref, quantized)))
+    parts = Parts(ref.with_state(quantized_state(ref, quantized, built)))
     if ref.text is None:
         return parts
     qpath = aq.model.resolve_model_path(quantized)
-    names = set(aq.open(qpath).names())
+    stored = set(aq.open(qpath).names())
     for key in ref.text.components:
         module = getattr(ref.text, key)
-        if any(n.startswith(f"{key}/") for n in names):
+        if any(n.startswith(f"{key}/") for n in (built.names if built else stored)):
             m = copy.deepcopy(module)
-            m.load_state_dict(_state_from(qpath, names, f"{key}/", module, ref.path / key))
+            m.load_state_dict(_state_from(qpath, stored, f"{key}/", module, ref.path / key, built))
             setattr(parts, key, m.eval())
     return parts
 

@@ -5,6 +5,7 @@ this module plans the per-tensor types and names and writes the report."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 import arrowquant._core as _core
+from arrowquant import single_file
 from arrowquant.errors import ConfigurationError
 
 GGUF_FILE = "model.gguf"
@@ -420,29 +422,38 @@ def quantize_job(
         "gguf_type": gguf_type,
     }
     moments: dict[str, Any] = {}
-    if path["path"] == "calibrated":
-        moments, recipe["calibration"] = _calibrate(model_path, cfg)
-    profiles = component_profiles(model_path, cfg)
-    if profiles:
-        recipe["components"] = profiles
-    core = cfg.to_core(json.dumps(recipe))
-    set_components(core, cfg, profiles, calibrated=False)
-    rows = plan(model_path, core, gguf_type, cfg.bits, cfg.keep_dtype, cfg.gguf_names)
-    method = cfg.method or "search"
-    layers, files = export(
-        model_path,
-        tmp,
-        rows,
-        recipe,
-        method,
-        core.threads,
-        cfg.gguf_names,
-        progress,
-        moments,
-        cfg.gptq_damp,
-    )
-    if path["path"] == "calibrated":
-        recipe["calibration"].update(_whole_model_check(model_path, tmp, cfg))
+    built: single_file.Built | None = None
+    sampled: str | os.PathLike[str] = model_path  # what calibration samples
+    with contextlib.ExitStack() as stack:  # a single file's built pipeline, while it is used
+        if path["path"] == "calibrated":
+            if single_file.naming(model_path) is not None:
+                built = stack.enter_context(single_file.built(model_path, cfg.model_config))
+                sampled = built.folder
+            moments, recipe["calibration"] = _calibrate(sampled, cfg)
+            if built is not None:
+                moments = built.to_file(moments)
+                recipe["calibration"]["single_file"] = built.summary
+        profiles = component_profiles(model_path, cfg)
+        if profiles:
+            recipe["components"] = profiles
+        core = cfg.to_core(json.dumps(recipe))
+        set_components(core, cfg, profiles, calibrated=False)
+        rows = plan(model_path, core, gguf_type, cfg.bits, cfg.keep_dtype, cfg.gguf_names)
+        method = cfg.method or "search"
+        layers, files = export(
+            model_path,
+            tmp,
+            rows,
+            recipe,
+            method,
+            core.threads,
+            cfg.gguf_names,
+            progress,
+            moments,
+            cfg.gptq_damp,
+        )
+        if path["path"] == "calibrated":
+            recipe["calibration"].update(_whole_model_check(sampled, tmp, cfg, built))
     modality, reason = (
         (cfg.modality, "given") if cfg.modality else _core.detect_modality(str(model_path))
     )
@@ -496,9 +507,12 @@ def resolve_calibration(model_path: str | os.PathLike[str], cfg: Any) -> tuple[A
     return cfg, path
 
 
-def _whole_model_check(model_path: str | os.PathLike[str], out: Path, cfg: Any) -> dict[str, Any]:
+def _whole_model_check(
+    model_path: str | os.PathLike[str], out: Path, cfg: Any, built: Any = None
+) -> dict[str, Any]:
     """The calibrated job's whole-model check on the GGUF files just written, as for Parquet
-    output: the one-step prediction error on fresh FP trajectories (NLL for a masked LM)."""
+    output: the one-step prediction error on fresh FP trajectories (NLL for a masked LM).
+    `built`: a single file's built pipeline (single_file.Built), if it was made from one."""
     from arrowquant.masked_diffusion import is_masked_lm
 
     if is_masked_lm(model_path):
@@ -507,7 +521,7 @@ def _whole_model_check(model_path: str | os.PathLike[str], out: Path, cfg: Any) 
         return {"nll_check": nll_check(model_path, out, cfg)}
     from arrowquant.calibration.check import one_step_check
 
-    return {"one_step_check": one_step_check(model_path, out, cfg)}
+    return {"one_step_check": one_step_check(model_path, out, cfg, built)}
 
 
 def _calibrate(model_path: str | os.PathLike[str], cfg: Any) -> tuple[dict[str, Any], Any]:

@@ -257,7 +257,7 @@ def test_ldm_single_file_job_matches_the_pipeline_folder(tmp_path: Path) -> None
     )
     for line in ("component unet: ldm-unet", "component vae: ldm-vae", "component text_encoder"):
         assert line in r.stdout, r.stdout
-    # Calibration is not built for single files: weight-only by the role rules, and it says so.
+    # Its widths do not fit the SD conventions (no --model-config): weight-only, and it says why.
     from arrowquant.api import resolve_calibration
 
     _cfg, path = resolve_calibration(src, aq.DiffusionQuantConfig())

@@ -5,7 +5,7 @@ text-to-image pipeline, conditioned by the stored text encoder's embeddings)."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,19 +19,26 @@ from arrowquant.diffusion import (
     synthetic_prompts,
 )
 
+if TYPE_CHECKING:
+    from arrowquant.single_file import Built
+
 SAMPLES = 8
 
 
 def one_step_check(
-    model_path: str | os.PathLike[str], quantized: str | os.PathLike[str], cfg: Any
+    model_path: str | os.PathLike[str],
+    quantized: str | os.PathLike[str],
+    cfg: Any,
+    built: Built | None = None,
 ) -> dict[str, Any]:
     """Relative error ||eps_q - eps_fp|| / ||eps_fp|| of the quantized weights' prediction at up
     to 10 timesteps of FP DDIM trajectories, per timestep and per timestep group (the profile's
-    number of groups, uniform over the training timesteps), and their mean."""
+    number of groups, uniform over the training timesteps), and their mean. `built`: the
+    pipeline built from the single file `quantized` was made from (single_file.built)."""
     import torch
 
     ref = load_reference(model_path)
-    parts = quantized_parts(ref, quantized)
+    parts = quantized_parts(ref, quantized, built)
     q = parts.denoiser
     seed = cfg.seed + 7919  # not calibration's noise
     prompts = synthetic_prompts(ref, SAMPLES, seed) if ref.text is not None else None
