@@ -51,6 +51,9 @@ struct ModelMetadata {
 // program that also uses pyarrow keeps its own settings (pyarrow.cpu_count()).
 struct ModelWriterOptions {
   uint64_t max_chunk_bytes = 1ull << 30;  // keeps every value far below Parquet's 2 GiB
+  // A scratch file that only MergeParts reads back (a part of a job run in parts): nothing
+  // compressed and no page checksums, so neither side spends time on what is thrown away.
+  bool scratch = false;
 };
 
 class ModelWriter {

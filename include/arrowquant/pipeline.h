@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
@@ -73,6 +74,21 @@ struct ComponentSettings {
   bool keep = false;  // the whole component stays unquantized (NAME=keep)
 };
 
+// The width the size budget gave a layer (0: kept) and, where calibration measured it, the
+// relative output error of exactly that quantization (held-out H): validation need not
+// measure it again.
+struct BudgetChoice {
+  int bits = 0;
+  double output_error = -1;  // < 0: not measured
+};
+
+// A whole job's size budgets (target_bpw / allocate; one per component with its own settings):
+// each free layer's width, and how the budgets were met.
+struct JobBudget {
+  std::map<std::string, BudgetChoice> widths;
+  std::string note;
+};
+
 struct PipelineConfig {
   int bits = 4;                      // target width; fallback climbs 2 -> 4 -> 8 -> keep
   std::optional<QuantSpec> spec;     // format at `bits` (default: QuantSpec::Recommended)
@@ -110,6 +126,12 @@ struct PipelineConfig {
   std::map<std::string, ComponentSettings> components;
   // This config as a kept component sees it (ForComponent): every tensor stays unquantized.
   bool keep_all = false;
+  // A job run in parts (scale-out): the budget assigned once for the whole job (AssignBudgets),
+  // and the tensors this run quantizes and writes, [part_begin, part_end) in checkpoint order.
+  // MergeParts writes the parts' files as one, as a single run would have.
+  std::optional<JobBudget> budget;
+  size_t part_begin = 0;
+  size_t part_end = SIZE_MAX;
 
   // This config as component `name` sees it (the job's own where it has no settings).
   PipelineConfig ForComponent(const std::string& name) const;
@@ -167,6 +189,17 @@ Result<std::vector<PlannedTensor>> PlanSelection(const Checkpoint& ck,
 
 // The modality and how it was decided.
 std::pair<std::string, std::string> DetectModality(const Checkpoint& ck);
+
+// The job's size budgets, as RunPipeline assigns them (empty without target_bpw / allocate):
+// computed once where a job runs in parts, each part given them in PipelineConfig::budget.
+Result<JobBudget> AssignBudgets(const Checkpoint& ck, const PipelineConfig& config);
+
+// Writes `out_path` from the model files of a job's parts (each RunPipeline with a part range),
+// given in tensor order: every tensor's record as the part wrote it, under the job's metadata,
+// so the file equals a single run's but for its creation time. Complete or not at all.
+Status MergeParts(const Checkpoint& ck, const std::vector<std::string>& parts,
+                  const std::string& out_path, const PipelineConfig& config,
+                  const std::string& modality);
 
 // Runs the job; the output appears complete or not at all. A cancelled run returns kCancelled,
 // a fail-fast run that misses a threshold kThresholdMissed; neither leaves a file behind.

@@ -288,7 +288,31 @@ class PipelineConfig:
 
     def set_activations(self, plans: dict) -> None: ...
 
+    def set_budget(self, widths: Mapping[str, tuple[int, float]], note: str) -> None:
+        """
+        The job's size budgets as assign_budgets returned them: a part uses them as they are.
+        """
+
+    @property
+    def part(self) -> tuple[int, int]:
+        """
+        (begin, end): the tensors this run quantizes and writes, in checkpoint order
+        """
+
+    @part.setter
+    def part(self, arg: tuple[int, int], /) -> None: ...
+
 def run_pipeline(model_path: str, out_path: str, config: PipelineConfig, progress: object | None, limits: tuple[int, int, int, int] = ...) -> dict: ...
+
+def assign_budgets(model_path: str, config: PipelineConfig) -> tuple[dict[str, tuple[int, float]], str]:
+    """
+    ({tensor: (bits, output error)}, note): the job's size budgets, computed once for a job run in parts (PipelineConfig.set_budget).
+    """
+
+def merge_parts(model_path: str, parts: Sequence[str], out_path: str, config: PipelineConfig, modality: str) -> None:
+    """
+    Writes out_path from a job's part files (in tensor order), as one run would have.
+    """
 
 def plan(model_path: str, config: PipelineConfig) -> list[tuple[str, int, float, str]]: ...
 

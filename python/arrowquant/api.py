@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -127,6 +128,35 @@ def set_components(
         core.set_component(name, own_core)
 
 
+@dataclasses.dataclass
+class CoreInputs:
+    """What the C++ pipeline's config is built from (picklable: a job run in parts on other
+    processes builds the same config from it)."""
+
+    cfg: DiffusionQuantConfig
+    chosen: DiffusionQuantConfig  # the user's, before the calibrated path's format defaults
+    recipe_json: str
+    plans: dict[str, Any]
+    moments: dict[str, Any]  # {name: (fit, check)} SecondMoments
+    sensitivity: dict[str, list[float]]
+    profiles: dict[str, str]
+    calibrated: bool
+
+    def core(self) -> Any:
+        cfg = self.cfg
+        core = cfg.to_core(self.recipe_json)
+        core.set_activations(self.plans)
+        # No held-out rows (a layer called once with one row): validated on weight error.
+        core.set_moments({k: (f, c if c.count else None) for k, (f, c) in self.moments.items()})
+        if self.sensitivity:
+            core.set_sensitivity(self.sensitivity)
+            if cfg.allocate and not cfg.fail_fast and not cfg.target_bpw:  # fail-fast: thresholds
+                core.allocate = True
+                core.target_bpw = cfg.size_bpw
+        set_components(core, self.chosen, self.profiles, self.calibrated)
+        return core
+
+
 def _import_plotting() -> None:
     import matplotlib
 
@@ -221,7 +251,7 @@ class ArrowQuantV2:
             chosen = cfg  # before the calibrated path's format defaults: components apply theirs
             cfg = _calibrated_format(cfg, path["path"] == "calibrated")
             recipe: dict[str, Any] = {
-                "config": cfg.to_dict(),
+                "config": cfg.recipe(),
                 "tool": f"arrowquant {__version__}",
                 "path": path,
             }
@@ -250,24 +280,33 @@ class ArrowQuantV2:
                     plans, moments = built.to_file(plans), built.to_file(moments)
                     sensitivity = built.to_file(sensitivity)
                     recipe["calibration"]["single_file"] = built.summary
-            core = cfg.to_core(json.dumps(recipe))
-            core.set_activations(plans)
-            # No held-out rows (a layer called once with one row): validated on weight error.
-            core.set_moments({k: (f, c if c.count else None) for k, (f, c) in moments.items()})
-            if sensitivity:
-                core.set_sensitivity({k: v.tolist() for k, v in sensitivity.items()})
-                if (
-                    cfg.allocate and not cfg.fail_fast and not cfg.target_bpw
-                ):  # fail-fast: thresholds
-                    core.allocate = True
-                    core.target_bpw = cfg.size_bpw
-            set_components(core, chosen, profiles, path["path"] == "calibrated")
+            job = CoreInputs(
+                cfg,
+                chosen,
+                json.dumps(recipe),
+                plans,
+                moments,
+                {k: v.tolist() for k, v in sensitivity.items()},
+                profiles,
+                path["path"] == "calibrated",
+            )
             # The report's plot needs matplotlib (~0.5 s to import): imported meanwhile, while
             # the pipeline runs without the GIL.
             threading.Thread(target=_import_plotting, daemon=True).start()
-            raw = _core.run_pipeline(
-                str(model_path), str(tmp / MODEL_FILE), core, progress_callback, cfg.limits()
-            )
+            if cfg.ray:
+                from arrowquant.scale_out import run_on_ray
+
+                raw = run_on_ray(
+                    str(model_path), tmp / MODEL_FILE, job, progress_callback, cfg.limits()
+                )
+            else:
+                raw = _core.run_pipeline(
+                    str(model_path),
+                    str(tmp / MODEL_FILE),
+                    job.core(),
+                    progress_callback,
+                    cfg.limits(),
+                )
             if cfg.calibration and precomputed is None:
                 from arrowquant.masked_diffusion import is_masked_lm
 
@@ -302,6 +341,7 @@ class ArrowQuantV2:
                 extra={"path": recipe["path"]}
                 | ({"component_profiles": profiles} if profiles else {})
                 | ({"budget": raw["budget_note"]} if raw["budget_note"] else {})
+                | ({"scale_out": raw["scale_out"]} if "scale_out" in raw else {})
                 | ({"calibration": recipe["calibration"]} if "calibration" in recipe else {}),
             )
             return _publish(report, tmp, out)

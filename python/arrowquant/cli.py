@@ -122,6 +122,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             "calibration": args.calibration,
             "calibration_samples": args.calibration_samples,
             "model_config": args.model_config,
+            "ray": args.ray,
             "calibration_steps": args.calibration_steps,
             "time_groups": args.time_groups,
             "adaptive_groups": args.adaptive_groups,
@@ -480,6 +481,14 @@ def build_parser() -> argparse.ArgumentParser:
         "loader); sdcpp: original (LDM) names, one file (stable-diffusion.cpp)",
     )
     q.add_argument("--threads", type=int)
+    q.add_argument(
+        "--ray",
+        nargs="?",
+        const="default",
+        metavar="ADDRESS",
+        help="run the job's tensors as Ray tasks: on the cluster at ADDRESS, or without one "
+        "where ray.init() finds it (RAY_ADDRESS, else a local cluster); docs/scale-out.md",
+    )
     q.add_argument("--fail-fast", action="store_true", help="exit 1 at the first layer that misses")
     q.add_argument("--overwrite", action="store_true")
     q.add_argument(

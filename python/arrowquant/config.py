@@ -109,6 +109,9 @@ class DiffusionQuantConfig:
     components: list[str] = field(default_factory=list)
     keep_dtype: str = "F16"
     threads: int = 0  # 0 = all cores
+    # Scale-out: the job's tensors as Ray tasks ("" = off; "default": ray.init()'s own choice,
+    # RAY_ADDRESS or a local cluster; else a cluster address). arrowquant.scale_out.
+    ray: str = ""
     min_elements: int = 1024
     fail_fast: bool = False
     # Caps on the input (0 = no cap): a file beyond one is refused with an error naming the cap.
@@ -347,6 +350,13 @@ class DiffusionQuantConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def recipe(self) -> dict[str, Any]:
+        """The fields a model file's recipe records: all but where the job ran (`ray`), so a
+        job run on a cluster writes the same file as one run here."""
+        out = self.to_dict()
+        del out["ray"]
+        return out
 
     @classmethod
     def _check_known(cls, d: dict[Any, Any]) -> None:

@@ -416,7 +416,7 @@ def quantize_job(
     gguf_type = check_type(cfg.gguf_type) if cfg.gguf_type else WIDTH_TYPES[cfg.bits]
     cfg, path = resolve_calibration(model_path, cfg)
     recipe: dict[str, Any] = {
-        "config": cfg.to_dict(),
+        "config": cfg.recipe(),
         "tool": f"arrowquant {__version__}",
         "path": path,
         "gguf_type": gguf_type,

@@ -198,7 +198,23 @@ void BindConfig(nb::module_& m) {
       .def(
           "set_activations",
           [](PipelineConfig& c, nb::dict plans) { c.activations = ParseActivationPlans(plans); },
-          nb::arg("plans"));
+          nb::arg("plans"))
+      .def(
+          "set_budget",
+          [](PipelineConfig& c, const std::map<std::string, std::pair<int, double>>& widths,
+             const std::string& note) {
+            JobBudget b{{}, note};
+            for (const auto& [name, w] : widths) b.widths[name] = {w.first, w.second};
+            c.budget = std::move(b);
+          },
+          nb::arg("widths"), nb::arg("note"),
+          "The job's size budgets as assign_budgets returned them: a part uses them as they are.")
+      .def_prop_rw(
+          "part", [](const PipelineConfig& c) { return std::make_pair(c.part_begin, c.part_end); },
+          [](PipelineConfig& c, std::pair<size_t, size_t> p) {
+            std::tie(c.part_begin, c.part_end) = p;
+          },
+          "(begin, end): the tensors this run quantizes and writes, in checkpoint order");
 }
 
 }  // namespace
@@ -233,6 +249,34 @@ void BindPipeline(nb::module_& m) {
       nb::arg("limits") =
           std::make_tuple(ReaderLimits{}.max_header_bytes, ReaderLimits{}.max_tensors,
                           ReaderLimits{}.max_tensor_bytes, ReaderLimits{}.max_total_bytes));
+  m.def(
+      "assign_budgets",
+      [](const std::string& model_path, const PipelineConfig& config) {
+        std::map<std::string, std::pair<int, double>> widths;
+        std::string note;
+        {
+          nb::gil_scoped_release release;
+          auto ck = ValueOrThrow(Checkpoint::Open(model_path));
+          JobBudget b = ValueOrThrow(AssignBudgets(*ck, config));
+          for (const auto& [name, w] : b.widths) widths[name] = {w.bits, w.output_error};
+          note = std::move(b.note);
+        }
+        return std::make_pair(widths, note);
+      },
+      nb::arg("model_path"), nb::arg("config"),
+      "({tensor: (bits, output error)}, note): the job's size budgets, computed once for a job "
+      "run in parts (PipelineConfig.set_budget).");
+  m.def(
+      "merge_parts",
+      [](const std::string& model_path, const std::vector<std::string>& parts,
+         const std::string& out_path, const PipelineConfig& config, const std::string& modality) {
+        nb::gil_scoped_release release;
+        auto ck = ValueOrThrow(Checkpoint::Open(model_path));
+        ThrowIfError(MergeParts(*ck, parts, out_path, config, modality));
+      },
+      nb::arg("model_path"), nb::arg("parts"), nb::arg("out_path"), nb::arg("config"),
+      nb::arg("modality"),
+      "Writes out_path from a job's part files (in tensor order), as one run would have.");
   m.def(
       "plan",
       [](const std::string& model_path, const PipelineConfig& config) {

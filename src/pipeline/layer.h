@@ -23,14 +23,6 @@ struct LayerOutcome {
   std::vector<float> equalized;          // W / s, when the plan equalizes this layer
 };
 
-// The width the size budget gave a layer (0: kept) and, where calibration measured it, the
-// relative output error of exactly that quantization (held-out H): validation need not
-// measure it again.
-struct BudgetChoice {
-  int bits = 0;
-  double output_error = -1;  // < 0: not measured
-};
-
 // The weight as it is quantized: W / s (f32, in `equalized`) when the layer's activation plan
 // equalizes it, else the checkpoint's own bytes. The view borrows `equalized` or the mmap.
 Result<TensorView> LayerView(const CheckpointTensor& t, const PipelineConfig& c,

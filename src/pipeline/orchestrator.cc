@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -98,7 +100,7 @@ Result<std::map<std::string, BudgetChoice>> Budgets(
 
 Result<std::unique_ptr<ModelWriter>> OpenWriter(const Checkpoint& ck, const std::string& out_path,
                                                 const PipelineConfig& config,
-                                                const std::string& modality) {
+                                                const std::string& modality, bool scratch) {
   ModelMetadata meta;
   meta.tool_version = config.tool_version;
   meta.recipe_json = config.recipe_json;
@@ -106,7 +108,9 @@ Result<std::unique_ptr<ModelWriter>> OpenWriter(const Checkpoint& ck, const std:
   meta.source_json = nlohmann::json{{"path", ck.path()},
                                     {"layout", std::string(CheckpointLayoutName(ck.layout()))}}
                          .dump();
-  return ModelWriter::Open(out_path, meta);
+  ModelWriterOptions options;
+  options.scratch = scratch;
+  return ModelWriter::Open(out_path, meta, options);
 }
 
 // The file's record for a finished layer (borrows from `o`, which outlives the write).
@@ -130,18 +134,76 @@ TensorRecord RecordOf(const CheckpointTensor& t, const LayerOutcome& o) {
   return rec;
 }
 
+std::pair<std::string, std::string> ModalityOf(const Checkpoint& ck, const PipelineConfig& c) {
+  if (c.modality.empty()) return DetectModality(ck);
+  return {c.modality, "given"};
+}
+
+// Each component's own config (built once: a layer's outcome points into its config's
+// activation plans until it is written).
+std::map<std::string, PipelineConfig> PerComponent(const PipelineConfig& config) {
+  std::map<std::string, PipelineConfig> per;
+  for (const auto& [name, _] : config.components) per.emplace(name, config.ForComponent(name));
+  return per;
+}
+
 }  // namespace
+
+Result<JobBudget> AssignBudgets(const Checkpoint& ck, const PipelineConfig& config) {
+  AQ_RETURN_IF_ERROR(CheckConfig(config, ck));
+  const auto modality = ModalityOf(ck, config).first;
+  AQ_ASSIGN_OR_RETURN(CompiledRules rules, CompileRules(config, modality, ck.naming()));
+  JobBudget out;
+  AQ_ASSIGN_OR_RETURN(out.widths, Budgets(ck, config, PerComponent(config), rules, &out.note));
+  return out;
+}
+
+Status MergeParts(const Checkpoint& ck, const std::vector<std::string>& parts,
+                  const std::string& out_path, const PipelineConfig& config,
+                  const std::string& modality) {
+  AQ_ASSIGN_OR_RETURN(std::unique_ptr<ModelWriter> writer,
+                      OpenWriter(ck, out_path, config, modality, /*scratch=*/false));
+  ModelReaderOptions scratch;
+  scratch.verify_checksums = false;  // written without (ModelWriterOptions::scratch)
+  auto copy = [&](const std::string& part) -> Status {
+    AQ_ASSIGN_OR_RETURN(auto reader, ModelReader::Open(part, scratch));
+    for (const ModelTensorInfo& info : reader->tensors()) {
+      TensorRecord rec;
+      rec.name = info.name;
+      rec.component = info.component;
+      rec.metrics = info.metrics;
+      rec.time_aware = info.time_aware;
+      rec.spatial = info.spatial;
+      rec.activation_stats = info.activation_stats;
+      std::optional<QuantizedTensor> q;
+      std::vector<std::byte> raw;
+      if (info.spec) {
+        AQ_ASSIGN_OR_RETURN(q, reader->ReadQuantized(info.name));
+        rec.quantized = &*q;
+      } else {
+        AQ_ASSIGN_OR_RETURN(raw, reader->ReadRaw(info.name));
+        rec.raw = raw;
+        rec.raw_dtype = info.raw_dtype;
+        rec.raw_shape = info.shape;
+      }
+      AQ_RETURN_IF_ERROR(writer->Write(rec));
+    }
+    return Status::OK();
+  };
+  for (const auto& part : parts) {
+    if (Status st = copy(part); !st.ok()) {
+      writer->Abort();
+      return st;
+    }
+  }
+  return writer->Close();
+}
 
 Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_path,
                                    const PipelineConfig& config, const ProgressFn& progress) {
   AQ_RETURN_IF_ERROR(CheckConfig(config, ck));
   PipelineReport report;
-  if (config.modality.empty()) {
-    std::tie(report.modality, report.modality_reason) = DetectModality(ck);
-  } else {
-    report.modality = config.modality;
-    report.modality_reason = "given";
-  }
+  std::tie(report.modality, report.modality_reason) = ModalityOf(ck, config);
   AQ_ASSIGN_OR_RETURN(CompiledRules rules, CompileRules(config, report.modality, ck.naming()));
   for (const auto& [name, plan] : config.activations) {
     if (!ck.Find(name)) {
@@ -149,18 +211,27 @@ Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_
                                                "', which " + ck.path() + " does not have");
     }
   }
+  // A part of a job run in parts writes a scratch file for MergeParts.
+  const bool part = config.part_begin != 0 || config.part_end != SIZE_MAX;
   AQ_ASSIGN_OR_RETURN(std::unique_ptr<ModelWriter> writer,
-                      OpenWriter(ck, out_path, config, report.modality));
-  // Built once: a layer's outcome points into its config's activation plans until it is written.
-  std::map<std::string, PipelineConfig> per;
-  for (const auto& [name, _] : config.components) per.emplace(name, config.ForComponent(name));
+                      OpenWriter(ck, out_path, config, report.modality, part));
+  const std::map<std::string, PipelineConfig> per = PerComponent(config);
   auto config_of = [&](const CheckpointTensor& t) -> const PipelineConfig& {
     const auto it = per.find(t.component);
     return it == per.end() ? config : it->second;
   };
-  AQ_ASSIGN_OR_RETURN(const auto forced, Budgets(ck, config, per, rules, &report.budget_note));
+  std::map<std::string, BudgetChoice> forced;
+  if (config.budget) {
+    forced = config.budget->widths;
+    report.budget_note = config.budget->note;
+  } else {
+    AQ_ASSIGN_OR_RETURN(forced, Budgets(ck, config, per, rules, &report.budget_note));
+  }
 
-  const auto& tensors = ck.tensors();
+  // This run's part of the tensors (all of them unless the job runs in parts).
+  const size_t begin = std::min(config.part_begin, ck.tensors().size());
+  const size_t end = std::clamp(config.part_end, begin, ck.tensors().size());
+  const std::span<const CheckpointTensor> tensors(ck.tensors().data() + begin, end - begin);
   uint64_t total = 0, done = 0;
   for (const auto& t : tensors) total += t.info->nbytes();
   std::vector<std::unique_ptr<LayerOutcome>> slots(tensors.size());

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <random>
@@ -224,6 +226,58 @@ TEST_F(PipelineTest, SizeBudgetAssignsBitsBySensitivity) {
   for (const auto& l : rep->layers) {
     if (l.action == "quantized") EXPECT_EQ(l.bits, 2) << l.name;
   }
+}
+
+// A job run in parts (scale-out): the budget assigned once, each part's tensors quantized into
+// a scratch file, the parts merged in order. The merged file is the single run's, byte for byte
+// but for its creation time.
+std::string WithoutCreated(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string key = "arrowquant.created";
+  const size_t at = bytes.find(key);
+  if (at != std::string::npos) bytes.erase(at, key.size() + 32);
+  return bytes;
+}
+
+TEST_F(PipelineTest, PartsMergedAreTheSingleRunsFile) {
+  auto ck = Checkpoint::Open((dir_ / "model").string());
+  ASSERT_TRUE(ck.ok());
+  PipelineConfig cfg;
+  cfg.target_bpw = 11.0;  // every width depends on every layer
+  cfg.threads = 2;
+  auto one = RunPipeline(**ck, (dir_ / "one.parquet").string(), cfg);
+  ASSERT_TRUE(one.ok()) << one.status().ToString();
+  auto budget = AssignBudgets(**ck, cfg);
+  ASSERT_TRUE(budget.ok());
+  EXPECT_EQ(budget->note, one->budget_note);
+  const size_t n = (*ck)->tensors().size();
+  std::vector<std::string> parts;
+  std::vector<LayerReport> layers;
+  for (auto [begin, end] : {std::pair<size_t, size_t>{0, 2}, {2, 3}, {3, n}}) {
+    PipelineConfig part = cfg;
+    part.budget = *budget;
+    part.part_begin = begin;
+    part.part_end = end;
+    parts.push_back((dir_ / ("part" + std::to_string(begin) + ".parquet")).string());
+    auto rep = RunPipeline(**ck, parts.back(), part);
+    ASSERT_TRUE(rep.ok()) << rep.status().ToString();
+    ASSERT_EQ(rep->layers.size(), end - begin);
+    EXPECT_EQ(rep->budget_note, one->budget_note);
+    for (auto& l : rep->layers) layers.push_back(l);
+  }
+  ASSERT_EQ(layers.size(), one->layers.size());
+  for (size_t i = 0; i < layers.size(); ++i) {
+    EXPECT_EQ(layers[i].name, one->layers[i].name);
+    EXPECT_EQ(layers[i].format, one->layers[i].format) << layers[i].name;
+  }
+  const auto merged = dir_ / "merged.parquet";
+  ASSERT_TRUE(MergeParts(**ck, parts, merged.string(), cfg, one->modality).ok());
+  EXPECT_EQ(WithoutCreated(merged), WithoutCreated(dir_ / "one.parquet"));
+  // A part that is not there: an error, and no output.
+  parts.push_back((dir_ / "missing.parquet").string());
+  EXPECT_FALSE(MergeParts(**ck, parts, (dir_ / "bad.parquet").string(), cfg, "image").ok());
+  EXPECT_FALSE(fs::exists(dir_ / "bad.parquet"));
 }
 
 // A pipeline folder whose components take their own settings: the VAE at 8 bits with its own

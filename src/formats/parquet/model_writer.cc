@@ -106,12 +106,16 @@ Result<std::unique_ptr<ModelWriter>> ModelWriter::Open(const std::string& path,
   // push-down): each costs footer bytes per column chunk.
   b.version(parquet::ParquetVersion::PARQUET_2_6)
       ->data_page_version(parquet::ParquetDataPageVersion::V2)
-      ->enable_page_checksum()
       ->disable_dictionary()
       ->disable_statistics()
       ->enable_statistics(col::kName)
       ->compression(arrow::Compression::ZSTD)
       ->compression(col::kData, arrow::Compression::UNCOMPRESSED);
+  if (options.scratch) {
+    b.compression(arrow::Compression::UNCOMPRESSED);
+  } else {
+    b.enable_page_checksum();
+  }
   // No stored Arrow schema (ARROW:schema, ~9 KB of footer): the Parquet schema gives back every
   // type but large_binary, and readers take the payload as binary or large_binary alike.
   auto arrow_props = parquet::ArrowWriterProperties::Builder().build();
