@@ -195,8 +195,25 @@ std::pair<std::string, std::string> DetectModality(const Checkpoint& ck);
 Result<JobBudget> AssignBudgets(const Checkpoint& ck, const PipelineConfig& config);
 
 // Writes `out_path` from the model files of a job's parts (each RunPipeline with a part range),
-// given in tensor order: every tensor's record as the part wrote it, under the job's metadata,
-// so the file equals a single run's but for its creation time. Complete or not at all.
+// appended in tensor order as they are ready: every tensor's record as the part wrote it, under
+// the job's metadata, so the file equals a single run's but for its creation time. Complete or
+// not at all: a merger destroyed before Close(), or one whose Append failed, leaves nothing.
+class PartMerger {
+ public:
+  static Result<std::unique_ptr<PartMerger>> Open(const Checkpoint& ck, const std::string& out_path,
+                                                  const PipelineConfig& config,
+                                                  const std::string& modality);
+  ~PartMerger();
+  Status Append(const std::string& part);
+  Status Close();
+
+ private:
+  struct Impl;
+  explicit PartMerger(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// PartMerger over `parts`, in one call.
 Status MergeParts(const Checkpoint& ck, const std::vector<std::string>& parts,
                   const std::string& out_path, const PipelineConfig& config,
                   const std::string& modality);

@@ -309,6 +309,18 @@ def assign_budgets(model_path: str, config: PipelineConfig) -> tuple[dict[str, t
     ({tensor: (bits, output error)}, note): the job's size budgets, computed once for a job run in parts (PipelineConfig.set_budget).
     """
 
+class PartMerger:
+    """
+    A job's model file written from its parts' files, appended in tensor order as they are ready (C++ PartMerger); nothing is left unless close() succeeds.
+    """
+
+    @staticmethod
+    def open(model_path: str, out_path: str, config: PipelineConfig, modality: str) -> PartMerger: ...
+
+    def append(self, part: str) -> None: ...
+
+    def close(self) -> None: ...
+
 def merge_parts(model_path: str, parts: Sequence[str], out_path: str, config: PipelineConfig, modality: str) -> None:
     """
     Writes out_path from a job's part files (in tensor order), as one run would have.

@@ -5,8 +5,9 @@ layer against every other), and cuts the checkpoint's tensors into contiguous pa
 equal source bytes. Each part is a Ray task: it memory-maps the checkpoint from storage every
 worker sees, builds the same config from the job's inputs (api.CoreInputs, shipped once through
 the object store), runs the C++ pipeline on its tensors and writes a part file in the output's
-temporary folder. The driver merges the part files in tensor order (C++ MergeParts): the model
-file a single process writes, byte for byte but for its creation time.
+temporary folder. The driver appends each part file to the model file as soon as the parts
+before it are in (C++ PartMerger), while the later parts still run: the model file a single
+process writes, byte for byte but for its creation time.
 
 A task whose worker dies is retried (Ray's max_retries; a part file appears whole or not at
 all); a failed job, a cancelled one (progress callback) and Ctrl-C cancel every task, and the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import copyreg
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -89,7 +91,10 @@ def _run_part(
     core.set_budget(*budget)
     core.part = part
     core.threads = 1  # one CPU per task; results do not depend on it
-    return dict(_core.run_pipeline(model_path, part_path, core, None, limits))
+    raw = dict(_core.run_pipeline(model_path, part_path, core, None, limits))
+    # The worker process's peak so far (workers are reused: every part it ran counts).
+    raw["worker_peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return raw
 
 
 def _init(address: str) -> bool:
@@ -144,32 +149,44 @@ def run_on_ray(
         index = {ref: i for i, ref in enumerate(refs)}
         results: list[dict[str, Any] | None] = [None] * len(refs)
         pending = list(refs)
-        done = 0
+        done, merged, merging, part_bytes = 0, 0, 0.0, 0
+        merger = None
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             for ref in ready:
-                results[index[ref]] = _get(ray, ref)
-                raw = results[index[ref]]
-                assert raw is not None
+                raw = results[index[ref]] = _get(ray, ref)
                 done += sum(int(x["source_bytes"]) for x in raw["layers"])
                 last = raw["layers"][-1]["name"] if raw["layers"] else ""
                 if progress is not None and progress(done, _total(results, done), last) is False:
                     raise CancelledError(f"{out_file}: cancelled")
-        raws = [r for r in results if r is not None]
-        part_bytes = sum(Path(p).stat().st_size for p in paths)
+            # Every part whose predecessors are in goes in now, while the others still run.
+            t = time.perf_counter()
+            while merged < len(results) and (head := results[merged]) is not None:
+                if merger is None:
+                    merger = _core.PartMerger.open(
+                        model_path, str(out_file), core, head["modality"]
+                    )
+                part_bytes += Path(paths[merged]).stat().st_size
+                merger.append(paths[merged])
+                Path(paths[merged]).unlink()
+                merged += 1
+            merging += time.perf_counter() - t
         t3 = time.perf_counter()
-        _core.merge_parts(model_path, paths, str(out_file), core, raws[0]["modality"])
+        assert merger is not None
+        merger.close()
         t4 = time.perf_counter()
-        out = _combined(raws)
+        out = _combined([r for r in results if r is not None])
         out["scale_out"] = {
             "parts": len(ranges),
             "cluster_cpus": cpus,
             "part_file_bytes": part_bytes,  # written by the tasks, read back by the merge
+            "worker_peak_rss": max(int(r["worker_peak_rss"]) for r in results if r),
             "seconds": {
                 "connect": round(t1 - t0, 3),
                 "budget": round(t2 - t1, 3),
-                "tasks": round(t3 - t2, 3),
-                "merge": round(t4 - t3, 3),
+                "tasks_and_merge": round(t3 - t2, 3),
+                "merging": round(merging, 3),  # of which appending parts, as they came in
+                "close": round(t4 - t3, 3),
             },
         }
         return out
@@ -205,6 +222,7 @@ def _get(ray: Any, ref: Any) -> dict[str, Any]:
 def _combined(raws: list[dict[str, Any]]) -> dict[str, Any]:
     """The parts' reports as one run's."""
     out = dict(raws[0])
+    del out["worker_peak_rss"]
     out["layers"] = [x for r in raws for x in r["layers"]]
     for key in ("source_bytes", "stored_bytes", "quantized_params", "total_params"):
         out[key] = sum(int(r[key]) for r in raws)

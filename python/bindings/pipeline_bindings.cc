@@ -5,6 +5,7 @@
 #include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
+#include <nanobind/stl/unique_ptr.h>
 #include <nanobind/stl/vector.h>
 
 #include "arrowquant/pipeline.h"
@@ -266,6 +267,38 @@ void BindPipeline(nb::module_& m) {
       nb::arg("model_path"), nb::arg("config"),
       "({tensor: (bits, output error)}, note): the job's size budgets, computed once for a job "
       "run in parts (PipelineConfig.set_budget).");
+  nb::class_<PartMerger>(m, "PartMerger",
+                         "A job's model file written from its parts' files, appended in tensor "
+                         "order as they are ready (C++ PartMerger); nothing is left unless "
+                         "close() succeeds.")
+      .def_static(
+          "open",
+          [](const std::string& model_path, const std::string& out_path,
+             const PipelineConfig& config, const std::string& modality) {
+            nb::gil_scoped_release release;
+            auto ck = ValueOrThrow(Checkpoint::Open(model_path));
+            return ValueOrThrow(PartMerger::Open(*ck, out_path, config, modality));
+          },
+          nb::arg("model_path"), nb::arg("out_path"), nb::arg("config"), nb::arg("modality"))
+      .def(
+          "append",
+          [](PartMerger& merger, const std::string& part) {
+            Status st;
+            {
+              nb::gil_scoped_release release;
+              st = merger.Append(part);
+            }
+            ThrowIfError(st);
+          },
+          nb::arg("part"))
+      .def("close", [](PartMerger& merger) {
+        Status st;
+        {
+          nb::gil_scoped_release release;
+          st = merger.Close();
+        }
+        ThrowIfError(st);
+      });
   m.def(
       "merge_parts",
       [](const std::string& model_path, const std::vector<std::string>& parts,

@@ -11,11 +11,10 @@
 #include <utility>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "arrowquant/pipeline.h"
 #include "core/parallel.h"
 #include "pipeline/budget.h"
+#include "pipeline/job_writer.h"
 #include "pipeline/layer.h"
 #include "pipeline/selection.h"
 
@@ -98,21 +97,6 @@ Result<std::map<std::string, BudgetChoice>> Budgets(
   return forced;
 }
 
-Result<std::unique_ptr<ModelWriter>> OpenWriter(const Checkpoint& ck, const std::string& out_path,
-                                                const PipelineConfig& config,
-                                                const std::string& modality, bool scratch) {
-  ModelMetadata meta;
-  meta.tool_version = config.tool_version;
-  meta.recipe_json = config.recipe_json;
-  meta.modality = modality;
-  meta.source_json = nlohmann::json{{"path", ck.path()},
-                                    {"layout", std::string(CheckpointLayoutName(ck.layout()))}}
-                         .dump();
-  ModelWriterOptions options;
-  options.scratch = scratch;
-  return ModelWriter::Open(out_path, meta, options);
-}
-
 // The file's record for a finished layer (borrows from `o`, which outlives the write).
 TensorRecord RecordOf(const CheckpointTensor& t, const LayerOutcome& o) {
   TensorRecord rec;
@@ -158,47 +142,6 @@ Result<JobBudget> AssignBudgets(const Checkpoint& ck, const PipelineConfig& conf
   return out;
 }
 
-Status MergeParts(const Checkpoint& ck, const std::vector<std::string>& parts,
-                  const std::string& out_path, const PipelineConfig& config,
-                  const std::string& modality) {
-  AQ_ASSIGN_OR_RETURN(std::unique_ptr<ModelWriter> writer,
-                      OpenWriter(ck, out_path, config, modality, /*scratch=*/false));
-  ModelReaderOptions scratch;
-  scratch.verify_checksums = false;  // written without (ModelWriterOptions::scratch)
-  auto copy = [&](const std::string& part) -> Status {
-    AQ_ASSIGN_OR_RETURN(auto reader, ModelReader::Open(part, scratch));
-    for (const ModelTensorInfo& info : reader->tensors()) {
-      TensorRecord rec;
-      rec.name = info.name;
-      rec.component = info.component;
-      rec.metrics = info.metrics;
-      rec.time_aware = info.time_aware;
-      rec.spatial = info.spatial;
-      rec.activation_stats = info.activation_stats;
-      std::optional<QuantizedTensor> q;
-      std::vector<std::byte> raw;
-      if (info.spec) {
-        AQ_ASSIGN_OR_RETURN(q, reader->ReadQuantized(info.name));
-        rec.quantized = &*q;
-      } else {
-        AQ_ASSIGN_OR_RETURN(raw, reader->ReadRaw(info.name));
-        rec.raw = raw;
-        rec.raw_dtype = info.raw_dtype;
-        rec.raw_shape = info.shape;
-      }
-      AQ_RETURN_IF_ERROR(writer->Write(rec));
-    }
-    return Status::OK();
-  };
-  for (const auto& part : parts) {
-    if (Status st = copy(part); !st.ok()) {
-      writer->Abort();
-      return st;
-    }
-  }
-  return writer->Close();
-}
-
 Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_path,
                                    const PipelineConfig& config, const ProgressFn& progress) {
   AQ_RETURN_IF_ERROR(CheckConfig(config, ck));
@@ -214,7 +157,7 @@ Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_
   // A part of a job run in parts writes a scratch file for MergeParts.
   const bool part = config.part_begin != 0 || config.part_end != SIZE_MAX;
   AQ_ASSIGN_OR_RETURN(std::unique_ptr<ModelWriter> writer,
-                      OpenWriter(ck, out_path, config, report.modality, part));
+                      OpenJobWriter(ck, out_path, config, report.modality, part));
   const std::map<std::string, PipelineConfig> per = PerComponent(config);
   auto config_of = [&](const CheckpointTensor& t) -> const PipelineConfig& {
     const auto it = per.find(t.component);

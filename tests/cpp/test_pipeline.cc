@@ -278,6 +278,15 @@ TEST_F(PipelineTest, PartsMergedAreTheSingleRunsFile) {
   parts.push_back((dir_ / "missing.parquet").string());
   EXPECT_FALSE(MergeParts(**ck, parts, (dir_ / "bad.parquet").string(), cfg, "image").ok());
   EXPECT_FALSE(fs::exists(dir_ / "bad.parquet"));
+  // A merger dropped before Close() (a cancelled job): nothing either.
+  {
+    auto merger = PartMerger::Open(**ck, (dir_ / "dropped.parquet").string(), cfg, "image");
+    ASSERT_TRUE(merger.ok());
+    ASSERT_TRUE((*merger)->Append(parts[0]).ok());
+  }
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    EXPECT_EQ(e.path().filename().string().find("dropped"), std::string::npos) << e.path();
+  }
 }
 
 // A pipeline folder whose components take their own settings: the VAE at 8 bits with its own

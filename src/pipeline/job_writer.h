@@ -1,0 +1,20 @@
+// The model file a job writes: its metadata (tool, recipe, source, modality) in one place, for
+// a whole run, a part of one and the merge of the parts alike.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "arrowquant/checkpoint.h"
+#include "arrowquant/model_file.h"
+#include "arrowquant/pipeline.h"
+
+namespace arrowquant {
+
+// `scratch`: a part's file, read back only by the merge (ModelWriterOptions::scratch).
+Result<std::unique_ptr<ModelWriter>> OpenJobWriter(const Checkpoint& ck,
+                                                   const std::string& out_path,
+                                                   const PipelineConfig& config,
+                                                   const std::string& modality, bool scratch);
+
+}  // namespace arrowquant
