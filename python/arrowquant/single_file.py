@@ -91,10 +91,18 @@ def naming(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 def recognise(path: str | os.PathLike[str], model_config: str = "") -> tuple[bool, str]:
     """(whether the file's diffusers pipeline can be built for calibration, why), from the
     layout, the components and the shapes (nothing is loaded)."""
+    modules, why = _recognised(path, model_config)
+    return modules is not None, why
+
+
+def _recognised(
+    path: str | os.PathLike[str], model_config: str
+) -> tuple[dict[str, tuple[Any, dict[str, tuple[str, int | None]]]] | None, str]:
+    """recognise's answer, with the modules it checked (parts) where it is yes."""
     found = naming(path)
     name = Path(path).name
     if found is None:
-        return False, f"{name} is a file, not a diffusers folder with a sampler to drive"
+        return None, f"{name} is a file, not a diffusers folder with a sampler to drive"
     layout = found["layout"]
     comps = {c["name"]: c for c in found["components"]}
     listed = ", ".join(comps)
@@ -104,20 +112,20 @@ def recognise(path: str | os.PathLike[str], model_config: str = "") -> tuple[boo
             "ldm-sdxl": "SDXL's added conditioning (pooled text, size and crop) is not driven "
             "by the sampler yet",
         }.get(layout, "the sampler drives UNet (Stable Diffusion 1.x-family) pipelines only")
-        return False, f"{where}; {reason}: weight-only, selection by each tensor's role"
+        return None, f"{where}; {reason}: weight-only, selection by each tensor's role"
     missing = [c for c in _PARTS if c not in comps]
     if missing:
-        return False, f"{where}; calibration needs {', '.join(missing)} too: weight-only"
+        return None, f"{where}; calibration needs {', '.join(missing)} too: weight-only"
     try:
-        parts(path, model_config)
+        modules = parts(path, model_config)
     except (UnsupportedError, KeyError, ValueError, StopIteration) as e:
-        return False, f"{where}; {e}: weight-only, selection by each tensor's role"
+        return None, f"{where}; {e}: weight-only, selection by each tensor's role"
     source = (
         f"configs from {model_config}"
         if model_config
         else f"configs from its shapes ({CONVENTIONS})"
     )
-    return True, f"{where}: its diffusers pipeline is built from the file, {source}"
+    return modules, f"{where}: its diffusers pipeline is built from the file, {source}"
 
 
 def _shapes(path: str | os.PathLike[str], prefix: str) -> dict[str, list[int]]:
@@ -424,12 +432,11 @@ def built(path: str | os.PathLike[str], model_config: str = "") -> Iterator[Buil
     import safetensors.torch
     from safetensors import safe_open
 
-    ok, why = recognise(path, model_config)
-    if not ok:
+    modules, why = _recognised(path, model_config)
+    if modules is None:
         raise UnsupportedError(why)
     found = naming(path)
     assert found is not None
-    modules = parts(path, model_config)
     with tempfile.TemporaryDirectory(prefix="arrowquant-single-file-") as d:
         folder = Path(d)
         names: dict[str, str] = {}
