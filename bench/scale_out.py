@@ -5,9 +5,10 @@ file, profile local). Reports each run's wall time (best of --repeat; the one-pr
 before the cluster starts and beside it, idle), their ratios, whether the model files are
 identical (creation time aside), and the Ray run's phases (size budget on the driver, tasks with
 the merge appending parts as they come in, close), parts, part-file bytes and the workers' peak
-RSS.
+RSS. With --shards K the checkpoint is first cut into K shards and an index (as
+`save_pretrained` writes big models), and both runs read the index.
 
-    .venv/bin/python bench/scale_out.py [--dir bench-out] [--repeat 2] [--cpus 2]
+    .venv/bin/python bench/scale_out.py [--dir bench-out] [--repeat 2] [--cpus 2] [--shards K]
 """
 
 from __future__ import annotations
@@ -28,11 +29,39 @@ from pipeline_rss import build  # noqa: E402  (the SD1.5-shaped checkpoint)
 CREATED = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
+def sharded(single: Path, k: int) -> Path:
+    """`single` cut into k shards of about equal bytes (tensor order kept) and their index."""
+    import safetensors.numpy
+
+    folder = single.parent / f"{single.stem}_{k}shards"
+    index = folder / "diffusion_pytorch_model.safetensors.index.json"
+    if index.exists():
+        return index
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = safetensors.numpy.load_file(str(single))
+    total = sum(t.nbytes for t in tensors.values())
+    weight_map: dict[str, str] = {}
+    shard: dict[str, Any] = {}
+    acc, i = 0, 0
+    names = list(tensors)
+    for j, name in enumerate(names):
+        shard[name] = tensors[name]
+        acc += tensors[name].nbytes
+        if acc * k >= total * (i + 1) or j == len(names) - 1:
+            file = f"diffusion_pytorch_model-{i + 1:05d}-of-{k:05d}.safetensors"
+            safetensors.numpy.save_file(shard, str(folder / file))
+            weight_map |= dict.fromkeys(shard, file)
+            shard, i = {}, i + 1
+    index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    return index
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", type=Path, default=Path("bench-out"))
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--shards", type=int, default=0, help="cut the checkpoint into K shards")
     args = ap.parse_args()
     import ray
 
@@ -41,6 +70,7 @@ def main() -> int:
     args.dir.mkdir(parents=True, exist_ok=True)
     ckpt = args.dir / "sd15_f16.safetensors"
     build(ckpt, "f16")
+    model = sharded(ckpt, args.shards) if args.shards else ckpt
     best: dict[str, float] = {"alone": math.inf, "local": math.inf, "ray": math.inf}
     phases: dict[str, Any] = {}
 
@@ -50,7 +80,7 @@ def main() -> int:
         shutil.rmtree(out, ignore_errors=True)
         cfg = aq.DiffusionQuantConfig(ray="default" if mode == "ray" else "")
         t = time.perf_counter()
-        rep = aq.ArrowQuantV2().quantize_diffusion_model(ckpt, out, cfg)
+        rep = aq.ArrowQuantV2().quantize_diffusion_model(model, out, cfg)
         seconds = time.perf_counter() - t
         if seconds < best[mode]:
             best[mode] = seconds
@@ -71,7 +101,8 @@ def main() -> int:
         for m in ("local", "ray")
     ]
     gb = ckpt.stat().st_size / 1e9
-    print(f"SD1.5-shaped f16 UNet ({gb:.2f} GB), default job, best of {args.repeat}")
+    how = f", {args.shards} shards and an index" if args.shards else ""
+    print(f"SD1.5-shaped f16 UNet ({gb:.2f} GB{how}), default job, best of {args.repeat}")
     print(f"  one process, no Ray running: {best['alone']:.2f} s")
     print(f"  one process, the Ray cluster idle beside it: {best['local']:.2f} s")
     print(

@@ -261,6 +261,10 @@ class ArrowQuantV2:
             plans: dict[str, Any] = {}
             moments: dict[str, Any] = {}
             sensitivity: dict[str, Any] = {}
+            if cfg.ray:  # one cluster session for calibration's batches and the job's tensors
+                from arrowquant import scale_out
+
+                stack.enter_context(scale_out.session(cfg.ray))
             if precomputed is not None:
                 plans, recipe["calibration"], moments, sensitivity = precomputed
             elif cfg.calibration:

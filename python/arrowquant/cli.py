@@ -124,6 +124,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             "model_config": args.model_config,
             "ray": args.ray,
             "calibration_steps": args.calibration_steps,
+            "calibration_batch": args.calibration_batch,
             "time_groups": args.time_groups,
             "adaptive_groups": args.adaptive_groups,
             "equalize": args.equalize or None,
@@ -408,6 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
         "build the model it is calibrated on; default: read off the tensors' shapes",
     )
     c.add_argument("--calibration-steps", type=int, metavar="S", help="DDIM steps sampled")
+    c.add_argument(
+        "--calibration-batch",
+        type=int,
+        metavar="B",
+        help="trajectories sampled together (default 64): calibration's unit of work, which "
+        "--ray spreads over the cluster",
+    )
     c.add_argument("--time-groups", type=int, metavar="K")
     c.add_argument(
         "--adaptive-groups",

@@ -69,6 +69,9 @@ class DiffusionQuantConfig:
     calibration: str = "auto"
     calibration_samples: int = 64  # trajectories for plain "synthetic"
     calibration_steps: int = 25  # DDIM steps sampled; each is a calibration timestep
+    # Trajectories sampled together: the unit calibration is recorded and merged in (each batch
+    # its own random streams), and what --ray spreads over workers.
+    calibration_batch: int = 64
     calibration_cache: str = ""  # "" = $ARROW_QUANT_CACHE or ~/.cache/arrowquant/calibration
     # A single file's diffusers configs, tokenizer and scheduler (a pipeline folder of the same
     # model, as diffusers' from_single_file(config=) takes); "" = read off the shapes.
@@ -231,6 +234,8 @@ class DiffusionQuantConfig:
             bad("equalize_alpha", "must be in [0, 1]")
         if not (1 <= self.calibration_steps <= 1000):
             bad("calibration_steps", "must be in 1..1000")
+        if not (1 <= self.calibration_batch <= 4096):
+            bad("calibration_batch", "must be in 1..4096")
         if self.calibration_samples < 1:
             bad("calibration_samples", "must be at least 1")
         if self.model_config and not os.path.isdir(self.model_config):

@@ -16,36 +16,158 @@ output's temporary folder goes with them: the output is complete or absent, as f
 
 from __future__ import annotations
 
-import copyreg
+import contextlib
 import os
 import resource
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import arrowquant._core as _core
+from arrowquant.calibration import recording  # noqa: F401  (the C++ accumulators pickle)
 from arrowquant.errors import ArrowQuantError, CancelledError
 
 # Test hook: "K" or "K:LOG" makes the first attempt of part K die as a killed worker would
-# (os._exit), appending a line to LOG first.
+# (os._exit), appending a line to LOG first; "cK" the first calibration batch K of the cluster's
+# life (it needs LOG); several, comma-separated.
 FAULT_ENV = "ARROWQUANT_SCALE_OUT_FAULT"
 PARTS_PER_CPU = 4  # parts a CPU of the cluster takes on average: stragglers even out
 MAX_RETRIES = 3
 
 
-def _restore_moments(dim: int, block: int, data: Any, count: int) -> Any:
-    h = _core.SecondMoments.make(dim, block)
-    h.restore(data, count)
-    return h
+def _fault(index: int, prefix: str, marker_of: Any) -> None:
+    """The test hook: dies as a killed worker on the first attempt of the chosen task."""
+    targets, _, log = os.environ.get(FAULT_ENV, "").partition(":")
+    if f"{prefix}{index}" not in targets.split(","):
+        return
+    marker = Path(marker_of(log))
+    if not marker.exists():
+        marker.touch()
+        if log:
+            with open(log, "a") as f:
+                f.write(f"{prefix}{index}\n")
+        os._exit(1)  # as a killed worker: Ray retries the task
 
 
-def _reduce_moments(h: Any) -> tuple[Any, tuple[Any, ...]]:
-    block = 0 if h.block >= h.dim else h.block  # 0: the full matrix
-    return _restore_moments, (h.dim, block, h.data(), h.count)
+@contextlib.contextmanager
+def session(address: str) -> Iterator[None]:
+    """Ray connected for the job: to `address` ("default": ray.init()'s own choice), unless it
+    already is (then left as it was); a cluster this call started is shut down after."""
+    try:
+        import ray
+    except ImportError:
+        from arrowquant.errors import ConfigurationError
+
+        raise ConfigurationError(
+            "--ray needs Ray: pip install 'arrowquant[ray]' (or ray)"
+        ) from None
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(
+        address=None if address == "default" else address,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
-# GPTQ's second moments travel to the workers with the job's other inputs.
-copyreg.pickle(_core.SecondMoments, _reduce_moments)
+def cluster_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
+
+
+class _Calibrator:
+    """A Ray actor holding the FP model: records calibration batches (capture.record_batch)."""
+
+    def __init__(self, path: str) -> None:
+        import torch
+
+        from arrowquant.diffusion import load_reference
+
+        torch.set_num_threads(1)  # one CPU per actor; results do not depend on it
+        self.ref = load_reference(path)
+
+    def record(self, calib: Any, spec: Any, b: int) -> Any:
+        from arrowquant.calibration.capture import record_batch
+
+        _fault(b, "c", lambda log: f"{log}.c{b}")
+        rec = record_batch(self.ref, calib, spec, b)
+        rec.worker_peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return rec
+
+
+class CalibrationPool:
+    """Calibration batches recorded on Ray actors, one a CPU of the cluster (at most one a
+    batch), each holding the FP model loaded from `path` (storage every worker sees), started
+    when the first batches are asked for (not at all when calibration comes from the cache).
+    Batches go to whichever actor is free and come back in batch order; an actor whose worker
+    dies is restarted and its batch retried. Each actor runs torch on one thread: the record
+    is the one a process running torch on one thread makes, whatever the number of actors
+    (oneDNN's convolutions round differently at other thread counts, docs/scale-out.md)."""
+
+    def __init__(self, path: str, batches: int, workers: int = 0) -> None:
+        self.path, self.batches, self.max_workers = path, batches, workers
+        self.actors: list[Any] = []
+        self.workers = 0
+        self.recorded = 0  # batches recorded on the actors
+        self.peak_rss = 0  # the actors' largest peak RSS, bytes
+
+    def record(self, calib: Any, spec: Any, batches: int) -> Iterator[Any]:
+        import dataclasses
+
+        import ray
+        from ray.util import ActorPool
+
+        if not self.actors:
+            actor = ray.remote(num_cpus=1, max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)(
+                _Calibrator
+            )
+            n = min(self.batches, self.max_workers or cluster_cpus())
+            self.actors = [actor.remote(self.path) for _ in range(n)]
+            self.workers = n
+        calib_ref = ray.put(calib)
+        one = dataclasses.replace(spec, threads=1)
+        pool = ActorPool(self.actors)
+        records = pool.map(lambda a, b: a.record.remote(calib_ref, one, b), list(range(batches)))
+        try:
+            for rec in records:
+                self.recorded += 1
+                self.peak_rss = max(self.peak_rss, rec.worker_peak_rss)
+                yield rec
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, ArrowQuantError):  # the user's mistake, as a local run's
+                raise e.cause from None
+            raise
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+
+
+@contextlib.contextmanager
+def calibration_pool(
+    path: str, address: str, batches: int, workers: int = 0
+) -> Iterator[CalibrationPool | None]:
+    """A CalibrationPool for a calibration set of `batches` batches (None for one: nothing to
+    split), within a Ray session; `workers`: at most that many actors (0: a CPU each)."""
+    if batches <= 1:
+        yield None
+        return
+    with session(address):
+        pool = CalibrationPool(path, batches, workers)
+        try:
+            yield pool
+        finally:
+            pool.close()
 
 
 def parts_of(model_path: str, n: int) -> list[tuple[int, int]]:
@@ -78,15 +200,7 @@ def _run_part(
     index: int,
 ) -> dict[str, Any]:
     """One Ray task: the job's pipeline on tensors [part) into `part_path`."""
-    part_k, _, log = os.environ.get(FAULT_ENV, "").partition(":")
-    if part_k == str(index):
-        marker = Path(part_path + ".fault")
-        if not marker.exists():
-            marker.touch()
-            if log:
-                with open(log, "a") as f:
-                    f.write(f"{part_path}\n")
-            os._exit(1)  # as a killed worker: Ray retries the task
+    _fault(index, "", lambda _log: part_path + ".fault")
     core = job.core()
     core.set_budget(*budget)
     core.part = part
@@ -97,21 +211,6 @@ def _run_part(
     return raw
 
 
-def _init(address: str) -> bool:
-    """Connects to (or starts) the cluster; True where this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    ray.init(
-        address=None if address == "default" else address,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    return True
-
-
 def run_on_ray(
     model_path: str,
     out_file: Path,
@@ -120,16 +219,41 @@ def run_on_ray(
     limits: tuple[int, int, int, int],
 ) -> dict[str, Any]:
     """`_core.run_pipeline`'s result for the job run as Ray tasks (see the module's doc)."""
-    try:
-        import ray
-    except ImportError:
-        from arrowquant.errors import ConfigurationError
+    with session(job.cfg.ray):
+        return _run(model_path, out_file, job, progress, limits)
 
-        raise ConfigurationError(
-            "--ray needs Ray: pip install 'arrowquant[ray]' (or ray)"
-        ) from None
+
+def part_jobs(model_path: str, job: Any, ranges: list[tuple[int, int]]) -> list[Any]:
+    """The job's inputs for each part: its tensors' activation plans and second moments only
+    (GPTQ's H are most of a calibrated job's inputs: a task gets its part's share)."""
+    import dataclasses
+
+    from arrowquant.checkpoint import load_checkpoint
+
+    names = load_checkpoint(model_path).names()
+    out = []
+    for begin, end in ranges:
+        mine = set(names[begin:end])
+        out.append(
+            dataclasses.replace(
+                job,
+                plans={k: v for k, v in job.plans.items() if k in mine},
+                moments={k: v for k, v in job.moments.items() if k in mine},
+            )
+        )
+    return out
+
+
+def _run(
+    model_path: str,
+    out_file: Path,
+    job: Any,
+    progress: Any,
+    limits: tuple[int, int, int, int],
+) -> dict[str, Any]:
+    import ray
+
     t0 = time.perf_counter()
-    started = _init(job.cfg.ray)
     folder = out_file.parent
     pending: list[Any] = []
     try:
@@ -137,13 +261,13 @@ def run_on_ray(
         core = job.core()
         budget = _core.assign_budgets(model_path, core)
         t2 = time.perf_counter()
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
+        cpus = cluster_cpus()
         ranges = parts_of(model_path, cpus * PARTS_PER_CPU)
         task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_run_part)
-        job_ref = ray.put(job)
+        jobs = part_jobs(model_path, job, ranges)
         paths = [str(folder / f"part-{i:05d}.parquet") for i in range(len(ranges))]
         refs = [
-            task.remote(model_path, paths[i], job_ref, budget, r, limits, i)
+            task.remote(model_path, paths[i], jobs[i], budget, r, limits, i)
             for i, r in enumerate(ranges)
         ]
         index = {ref: i for i, ref in enumerate(refs)}
@@ -181,6 +305,8 @@ def run_on_ray(
             "cluster_cpus": cpus,
             "part_file_bytes": part_bytes,  # written by the tasks, read back by the merge
             "worker_peak_rss": max(int(r["worker_peak_rss"]) for r in results if r),
+            # The largest part's inputs: second moments a task holds besides its tensors.
+            "part_moments_bytes_max": max(_moments_bytes(j) for j in jobs),
             "seconds": {
                 "connect": round(t1 - t0, 3),
                 "budget": round(t2 - t1, 3),
@@ -197,8 +323,12 @@ def run_on_ray(
     finally:
         for p in folder.glob("part-*.parquet*"):
             p.unlink(missing_ok=True)
-        if started:
-            ray.shutdown()
+
+
+def _moments_bytes(job: Any) -> int:
+    from arrowquant.calibration.capture import _h_bytes
+
+    return sum(_h_bytes(h.dim, h.block) for pair in job.moments.values() for h in pair)
 
 
 def _total(results: list[dict[str, Any] | None], done: int) -> int:

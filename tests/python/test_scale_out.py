@@ -27,8 +27,8 @@ CREATED = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A local Ray cluster of 2 CPUs on which part 1 of every job dies on its first attempt (a
-    killed worker, scale_out.FAULT_ENV): every job here runs through one retry. Yields the log
-    of those deaths (a line each)."""
+    killed worker, scale_out.FAULT_ENV), and the first calibration batch 1 recorded on it: every
+    job here runs through one retry. Yields the log of those deaths (a line each)."""
     import ray
 
     log = tmp_path_factory.mktemp("faults") / "killed.log"
@@ -38,7 +38,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
-        runtime_env={"env_vars": {scale_out.FAULT_ENV: f"1:{log}"}},
+        runtime_env={"env_vars": {scale_out.FAULT_ENV: f"1,c1:{log}"}},
     )
     yield log
     ray.shutdown()
@@ -114,19 +114,97 @@ def test_ray_weight_only_is_the_local_file(model: str, cluster: Path, tmp_path: 
     )
 
 
+def test_ray_calibration_batches_merge_to_the_local_record(cluster: Path) -> None:
+    """Calibration's batches recorded on the cluster's two workers (batch 1's worker killed
+    once, restarted, the batch retried) merge into the record one process makes with torch on
+    one thread, as the workers run it (oneDNN's convolutions round differently at other thread
+    counts): activation statistics, second moments, kept input rows and the call sample,
+    exactly. The DDPM: convolutions, attention and linear layers."""
+    import torch
+
+    from arrowquant.calibration import capture, load_calibration
+    from arrowquant.diffusion import load_reference
+
+    ref = load_reference(DDPM)
+    calib = load_calibration("synthetic", 10)  # batches of 4: 4, 4 and 2 trajectories
+
+    def record(pool: Any) -> tuple[Any, ...]:
+        moments: dict[str, Any] = {}
+        rows: dict[str, Any] = {}
+        calls: list[Any] = []
+        stats = capture(
+            ref, calib, 3, 0, batch=4, max_rows=48, moments=moments, row_samples=rows,
+            recorded_calls=calls, pool=pool, threads=2,
+        )  # fmt: skip
+        return stats, moments, rows, calls
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sa, ma, ra, ca = record(None)
+    finally:
+        torch.set_num_threads(threads)
+    with scale_out.calibration_pool(str(DDPM), "default", 3) as pool:
+        sb, mb, rb, cb = record(pool)
+        assert pool is not None and (pool.workers, pool.recorded) == (2, 3)
+    assert "c1" in cluster.read_text().splitlines()
+    assert list(sa) == list(sb)
+    for name in sa:
+        for x, y in zip(sa[name].stats(), sb[name].stats(), strict=True):
+            assert x.keys() == y.keys()
+            assert all(np.array_equal(x[k], y[k]) for k in x), name
+    assert list(ma) == list(mb) and ma
+    for name, (fit, check) in ma.items():
+        for h, g in zip((fit, check), mb[name], strict=True):
+            assert h.count == g.count and h.count > 0
+            assert np.array_equal(h.data(), g.data()), name
+    assert list(ra) == list(rb) and ra
+    assert all(ra[k].shape[0] <= 48 and bool((ra[k] == rb[k]).all()) for k in ra)
+    assert len(ca) == len(cb) > 0
+    assert repr(ca) == repr(cb)  # the same calls' tensors, in the same order
+
+
+def test_merged_call_sample_is_uniform() -> None:
+    """Merging two parts' samples (3 and 4 calls seen, up to 4 kept) keeps each call with
+    probability 4/7, as one sample over all 7 would."""
+    import random
+
+    from arrowquant.calibration.recording import merged_sample
+
+    rng = random.Random(0)
+    hits = [0] * 7
+    trials = 7000
+    for _ in range(trials):
+        got = merged_sample([0, 1, 2], 3, [3, 4, 5, 6], 4, 4, rng)
+        assert len(got) == 4 and len(set(got)) == 4
+        for x in got:
+            hits[x] += 1
+    assert all(abs(h / trials - 4 / 7) < 0.025 for h in hits), hits
+
+
 def test_ray_calibrated_job_is_the_local_one(cluster: Path, tmp_path: Path) -> None:
-    """The calibrated job (activation parameters, GPTQ second moments shipped to the workers,
-    the size allocator's widths): every tensor stored as the local run stores it."""
-    cache = str(tmp_path / "cache")
+    """The calibrated job, its calibration run in batches on the workers and on its own (not
+    from a shared cache), its tensors as Ray tasks (activation parameters and GPTQ's second
+    moments shipped with each part, the size allocator's widths): every tensor stored as the
+    local run stores it."""
     kw: dict[str, Any] = {
-        "calibration_samples": 4,
+        "calibration_samples": 8,
+        "calibration_batch": 4,
         "calibration_steps": 4,
-        "calibration_cache": cache,
     }
-    aq.ArrowQuantV2().quantize_diffusion_model(DIT, tmp_path / "one", aq.DiffusionQuantConfig(**kw))
-    aq.ArrowQuantV2().quantize_diffusion_model(
-        DIT, tmp_path / "ray", aq.DiffusionQuantConfig(ray="default", **kw)
+    one = aq.ArrowQuantV2().quantize_diffusion_model(
+        DIT, tmp_path / "one", aq.DiffusionQuantConfig(calibration_cache=str(tmp_path / "c1"), **kw)
     )
+    ray = aq.ArrowQuantV2().quantize_diffusion_model(
+        DIT,
+        tmp_path / "ray",
+        aq.DiffusionQuantConfig(ray="default", calibration_cache=str(tmp_path / "c2"), **kw),
+    )
+    cal = ray.extra["calibration"]
+    assert cal["cache"] == "miss" and cal["scale_out"]["workers"] == 2
+    assert cal["scale_out"]["batches_on_workers"] == 2 and cal["scale_out"]["worker_peak_rss"] > 0
+    assert one.extra["calibration"]["batches"] == 2
+    assert ray.extra["scale_out"]["part_moments_bytes_max"] > 0
     fa, fb = aq.open(tmp_path / "one"), aq.open(tmp_path / "ray")
     assert fa.names() == fb.names()
     for name in fa.names():
@@ -168,3 +246,48 @@ def test_ray_without_ray_installed_is_a_clear_error(monkeypatch: pytest.MonkeyPa
         aq.ArrowQuantV2().quantize_diffusion_model(
             DIT, Path(d) / "q", aq.DiffusionQuantConfig(calibration="", ray="default")
         )
+
+
+def test_cli_ctrl_c_on_ray_leaves_nothing(tmp_path: Path) -> None:
+    """`arrowquant quantize ... --ray` interrupted while the cluster's parts come in: exit 130
+    with one line, no output, no temporary folder or part file."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # 64 f16 tensors of 1024x1024 (128 MiB) in 8 parts on 2 CPUs: the interrupt lands while
+    # parts are still running.
+    rng = np.random.default_rng(0)
+    row = rng.normal(0, 0.02, (1024, 1024)).astype(np.float16)
+    weights = {f"blocks.{i}.ff.weight": np.roll(row, i, axis=1) for i in range(64)}
+    safetensors.numpy.save_file(weights, tmp_path / "m.safetensors")
+    out = tmp_path / "out"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "arrowquant", "quantize", str(tmp_path / "m.safetensors")]
+        + [str(out), "--ray", "--no-calibration"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def parts_in() -> bool:
+        try:
+            return any(
+                y.name.startswith("part-")
+                for x in tmp_path.iterdir()
+                if x.name.startswith(".out.tmp")
+                for y in x.iterdir()
+            )
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 120
+    while not parts_in():
+        assert time.monotonic() < deadline and p.poll() is None, p.communicate()
+        time.sleep(0.005)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["m.safetensors"]

@@ -9,7 +9,9 @@ provenance written into the file's recipe and the report.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import math
 import os
 import time
 from collections.abc import Callable
@@ -53,11 +55,15 @@ def capture_cached(
     threads: int = 1,
     calls: list[Any] | None = None,
     moments_cap: float = 0,
+    batch: int = 64,
+    pool: Any = None,
 ) -> tuple[dict[str, Any], bool]:
     """(collectors, cache hit). The key covers the model's bytes, the calibration rows, the
     sampler settings and the equalization scales applied. With `moments` (a dict to fill), the
-    layers' input second moments too, cached beside the statistics."""
+    layers' input second moments too, cached beside the statistics. `pool`: capture's."""
     settings: dict[str, Any] = {"steps": steps, "seed": seed}
+    if calib.count > batch:  # several batches, each recorded on its own (recording.py)
+        settings["batch"] = batch
     m_settings = cache.MOMENT_SETTINGS | ({"cap": moments_cap} if moments_cap else {})
     if scales is not None:
         h = np.concatenate([scales[k] for k in sorted(scales)]).astype(np.float32).tobytes()
@@ -85,6 +91,8 @@ def capture_cached(
         threads=threads,
         recorded_calls=calls,
         moments_cap=moments_cap,
+        batch=batch,
+        pool=pool,
     )
     cache.save(path, collectors)
     if moments is not None:
@@ -191,6 +199,7 @@ def searched_equalization(
     rows: dict[str, Any],
     specs: dict[str, dict[str, Any]],
     log: Callable[[str], None] | None,
+    pool: Any = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], bool]:
     """Per-layer equalization chosen on real calibration inputs (spatial.py); cached by model,
     calibration set and the quantizers it was chosen for."""
@@ -207,7 +216,8 @@ def searched_equalization(
             "formats": sorted((k, v["format"]) for k, v in specs.items()),
             "act_bits": cfg.act_bits,
             "candidates": candidates,
-        },
+        }
+        | ({"batch": cfg.calibration_batch} if calib.count > cfg.calibration_batch else {}),
     )
     path = cache.cache_dir(cfg.calibration_cache) / f"{key}.npz"
     got = cache.load_arrays(path)
@@ -215,7 +225,16 @@ def searched_equalization(
         return got[0], got[1]["choices"], True
     if not rows:  # statistics came from the cache: sample the inputs again
         rows = {}
-        capture(ref, calib, cfg.calibration_steps, cfg.seed, log=log, row_samples=rows)
+        capture(
+            ref,
+            calib,
+            cfg.calibration_steps,
+            cfg.seed,
+            batch=cfg.calibration_batch,
+            log=log,
+            row_samples=rows,
+            pool=pool,
+        )
     scales, choices = choose_equalization(ref, raw, rows, specs, cfg.act_bits, candidates)
     cache.save_arrays(path, scales, {"choices": choices})
     return scales, choices, False
@@ -250,6 +269,7 @@ def measured_sensitivity(
     digest: str,
     calls: list[Any],
     log: Callable[[str], None] | None,
+    pool: Any = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Each layer's sensitivity (sensitivity.py) on FP calls recorded while sampling; cached by
     model, calibration set and sampler settings. Without recorded calls (the statistics came
@@ -263,7 +283,7 @@ def measured_sensitivity(
         "seed": cfg.seed,
         "calls": sensitivity.MAX_CALLS,
         "probes": sensitivity.PROBES,
-    }
+    } | ({"batch": cfg.calibration_batch} if calib.count > cfg.calibration_batch else {})
     path = (
         cache.cache_dir(cfg.calibration_cache)
         / f"{cache.cache_key(digest, calib.digest, settings)}.npz"
@@ -272,7 +292,16 @@ def measured_sensitivity(
     if got is not None:
         return got[0], got[1]["summary"] | {"cache": "hit"}
     if not calls:
-        capture(ref, calib, cfg.calibration_steps, cfg.seed, log=log, recorded_calls=calls)
+        capture(
+            ref,
+            calib,
+            cfg.calibration_steps,
+            cfg.seed,
+            batch=cfg.calibration_batch,
+            log=log,
+            recorded_calls=calls,
+            pool=pool,
+        )
     if log:
         log(f"calibration: sensitivity from {len(calls)} recorded calls")
     values, summary = sensitivity.measure(
@@ -293,7 +322,6 @@ def calibrate(
     With `moments` (a dict to fill), each layer's input second moments as the runtime will see
     its inputs (equalized where equalization was chosen): (fit, held-out) for GPTQ. With
     `sensitivity` (a dict to fill), each layer's measured sensitivity per output row."""
-    from arrowquant.diffusion import load_reference
     from arrowquant.masked_diffusion import is_masked_lm
 
     if is_masked_lm(model_path):
@@ -302,6 +330,37 @@ def calibrate(
         return calibrate_masked(model_path, cfg, log, moments, sensitivity)
     t0 = time.perf_counter()
     calib = load_calibration(cfg.calibration, cfg.calibration_samples)
+    batches = math.ceil(calib.count / cfg.calibration_batch)
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if cfg.ray:  # the batches on the cluster's workers
+            from arrowquant.scale_out import calibration_pool
+
+            pool = stack.enter_context(calibration_pool(os.fspath(model_path), cfg.ray, batches))
+        plans, summary = _calibrate(model_path, cfg, calib, log, moments, sensitivity, pool)
+        summary["batches"] = batches
+        if pool is not None:
+            summary["scale_out"] = {
+                "workers": pool.workers,
+                "batches_on_workers": pool.recorded,
+                "worker_peak_rss": pool.peak_rss,
+            }
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        return plans, summary
+
+
+def _calibrate(
+    model_path: str | os.PathLike[str],
+    cfg: Any,
+    calib: CalibrationSet,
+    log: Callable[[str], None] | None,
+    moments: dict[str, tuple[Any, Any]] | None,
+    sensitivity: dict[str, np.ndarray] | None,
+    pool: Any,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """calibrate()'s work for a diffusion model, batches on `pool` (or here: None)."""
+    from arrowquant.diffusion import load_reference
+
     ref = load_reference(model_path)
     digest = cache.model_digest(Path(model_path))
     steps, seed = cfg.calibration_steps, cfg.seed
@@ -324,6 +383,8 @@ def calibrate(
         threads=threads,
         calls=calls if sensitivity is not None else None,
         moments_cap=cap,
+        batch=cfg.calibration_batch,
+        pool=pool,
     )
     scales: dict[str, np.ndarray] | None = None
     choices: dict[str, Any] = {}
@@ -331,7 +392,7 @@ def calibrate(
     if cfg.equalize and cfg.equalize_search:
         specs = layer_specs(model_path, cfg)
         scales, choices, hit_eq = searched_equalization(
-            ref, calib, cfg, digest, raw, rows, specs, log
+            ref, calib, cfg, digest, raw, rows, specs, log, pool
         )
         alphas = {k: v["alpha"] for k, v in choices.items() if v["alpha"] is not None}
         hit = hit and hit_eq
@@ -352,6 +413,8 @@ def calibrate(
             moments=moments,
             threads=threads,
             moments_cap=cap,
+            batch=cfg.calibration_batch,
+            pool=pool,
         )
     plans = fit_plans(
         used,
@@ -367,7 +430,7 @@ def calibrate(
     )
     sens_summary = None
     if sensitivity is not None:
-        values, sens_summary = measured_sensitivity(ref, calib, cfg, digest, calls, log)
+        values, sens_summary = measured_sensitivity(ref, calib, cfg, digest, calls, log, pool)
         sensitivity.update(values)
     summary = calib.summary()
     if ref.num_classes and calib.labels is None:
@@ -391,6 +454,5 @@ def calibrate(
         "second_moments": moments_summary(moments),
         "sensitivity": sens_summary,
         "cache": "hit" if hit and hit2 else "miss",
-        "seconds": round(time.perf_counter() - t0, 2),
     }
     return plans, summary

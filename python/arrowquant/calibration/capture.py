@@ -8,13 +8,16 @@ kept between calls, so memory stays bounded by the collectors, whatever the numb
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 import arrowquant._core as _core
 from arrowquant.calibration.data import CalibrationSet
+from arrowquant.calibration.recording import Recording, rows_cap
 from arrowquant.diffusion import Denoiser, encode_prompts, sample, synthetic_prompts
 from arrowquant.errors import UnsupportedError
 
@@ -183,31 +186,46 @@ class Recorder:
             h.remove()
 
 
-def capture(
-    ref: Denoiser,
-    calib: CalibrationSet,
-    steps: int,
-    seed: int,
-    scales: dict[str, np.ndarray] | None = None,
-    batch: int = 64,
-    log: Callable[[str], None] | None = None,
-    row_samples: dict[str, Any] | None = None,
-    max_rows: int = 512,
-    moments: dict[str, tuple[Any, Any]] | None = None,
-    threads: int = 1,
-    recorded_calls: list[Any] | None = None,
-    moments_cap: float = 0,
-) -> dict[str, Any]:
-    """Weight name -> ActivationCollector over `steps` DDIM timesteps of the FP model (see
-    Recorder for `scales`, `row_samples` and `moments`). With `recorded_calls` (a list to fill), a
-    seeded sample of the denoiser's forward calls (sensitivity.CallRecorder)."""
+@dataclass(frozen=True)
+class CaptureSpec:
+    """What a capture records, batch by batch (picklable: batches may run on other workers)."""
+
+    steps: int
+    seed: int
+    scales: dict[str, np.ndarray] | None
+    batch: int
+    max_rows: int
+    rows: bool  # keep input rows (equalization search)
+    moments: bool  # second moments (GPTQ's H)
+    calls: bool  # a sample of the denoiser's calls (sensitivity)
+    threads: int
+    moments_cap: float  # 0: MOMENTS_CAP
+
+    def batches(self, count: int) -> int:
+        return math.ceil(count / self.batch)
+
+
+def batch_seed(seed: int, b: int) -> int:
+    """Batch b's random streams (batch 0: the run's own seed)."""
+    return seed + (b << 32)
+
+
+def record_batch(ref: Denoiser, calib: CalibrationSet, spec: CaptureSpec, b: int) -> Recording:
+    """Batch b of the calibration set (trajectories [b * batch, (b + 1) * batch)) sampled by the
+    FP model with every layer recorded from scratch (recording.Recording)."""
     import torch
 
     from arrowquant.calibration.sensitivity import CallRecorder
     from arrowquant.torch import TimestepState, TimestepTracker
 
-    count, labels = conditioning(ref, calib, seed)
-    calls = steps * math.ceil(count / batch)
+    count, labels = conditioning(ref, calib, spec.seed)
+    nb = spec.batches(count)
+    calls = spec.steps * nb
+    # Several batches hold a batch's H besides the sum (recording.py): half the cap each.
+    share = 1.0 if nb == 1 else 0.5
+    seed = batch_seed(spec.seed, b)
+    rows: dict[str, Any] | None = {} if spec.rows else None
+    moments: dict[str, tuple[Any, Any]] | None = {} if spec.moments else None
     tracker = TimestepTracker(ref.module)
 
     # A pipeline's text encoder and VAE run outside the denoising loop: their layers' inputs do
@@ -223,11 +241,11 @@ def capture(
             seed,
             None,
             moments,
-            row_samples,
-            max(1, math.ceil(max_rows / math.ceil(count / batch))),
-            max_rows,
-            threads,
-            moments_cap_bytes(getattr(ref.text, key), 0),
+            rows,
+            max(1, math.ceil(spec.max_rows / nb)),
+            spec.max_rows,
+            spec.threads,
+            share * moments_cap_bytes(getattr(ref.text, key), 0),
         )
         for key in (ref.text.components if ref.text is not None else ())
     ]
@@ -236,37 +254,97 @@ def capture(
         lambda n: weight_name(ref, n),
         tracker.state,
         seed,
-        scales,
+        spec.scales,
         moments,
-        row_samples,
-        max(1, math.ceil(max_rows / calls)),
-        max_rows,
-        threads,
-        moments_cap or MOMENTS_CAP,
+        rows,
+        max(1, math.ceil(spec.max_rows / calls)),
+        spec.max_rows,
+        spec.threads,
+        share * (spec.moments_cap or MOMENTS_CAP),
     )
-    call_rec = CallRecorder(ref.module, seed=seed) if recorded_calls is not None else None
+    call_rec = CallRecorder(ref.module, seed=seed) if spec.calls else None
     try:
-        g_noise = torch.Generator().manual_seed(seed)
-        for start in range(0, count, batch):
-            n = min(batch, count - start)
+        # The noise of the batches before this one is drawn too: one stream for the whole set.
+        g_noise = torch.Generator().manual_seed(spec.seed)
+        for start in range(0, b * spec.batch + 1, spec.batch):
+            n = min(spec.batch, count - start)
             noise = torch.randn((n, ref.channels, ref.size, ref.size), generator=g_noise)
-            lab = None if labels is None else labels[start : start + n]
-            if ref.text is not None:  # the prompts through the pipeline's own text encoder
-                lab = encode_prompts(ref, ref.text.text_encoder, list(lab or []))
-            sample(ref, ref.module, noise, lab, steps)
-            if log:
-                log(f"calibration: {start + n}/{count} trajectories x {steps} timesteps")
+        start = b * spec.batch
+        lab = None if labels is None else labels[start : start + n]
+        if ref.text is not None:  # the prompts through the pipeline's own text encoder
+            lab = encode_prompts(ref, ref.text.text_encoder, list(lab or []))
+        sample(ref, ref.module, noise, lab, spec.steps)
     finally:
         for r in (rec, *others):
             r.remove()
         tracker.remove()
         if call_rec is not None:
             call_rec.remove()
-            recorded_calls.extend(call_rec.calls)  # type: ignore[union-attr]
-    collectors = dict(rec.collectors)
+    out = Recording(dict(rec.collectors), moments or {}, rows or {})
     for r in others:
-        collectors |= r.collectors
-    return collectors
+        out.collectors |= r.collectors
+    if call_rec is not None:
+        out.calls, out.seen = call_rec.calls, call_rec.seen
+    return out
+
+
+def capture(
+    ref: Denoiser,
+    calib: CalibrationSet,
+    steps: int,
+    seed: int,
+    scales: dict[str, np.ndarray] | None = None,
+    batch: int = 64,
+    log: Callable[[str], None] | None = None,
+    row_samples: dict[str, Any] | None = None,
+    max_rows: int = 512,
+    moments: dict[str, tuple[Any, Any]] | None = None,
+    threads: int = 1,
+    recorded_calls: list[Any] | None = None,
+    moments_cap: float = 0,
+    pool: Any = None,
+) -> dict[str, Any]:
+    """Weight name -> ActivationCollector over `steps` DDIM timesteps of the FP model (see
+    Recorder for `scales`, `row_samples` and `moments`). With `recorded_calls` (a list to fill), a
+    seeded sample of the denoiser's forward calls (sensitivity.CallRecorder). The set runs in
+    batches of `batch` trajectories merged in order (recording.py); with `pool`
+    (scale_out.CalibrationPool) the batches run on its workers, with the same result."""
+    from arrowquant.calibration.sensitivity import replay_budget
+
+    spec = CaptureSpec(
+        steps,
+        seed,
+        scales,
+        batch,
+        max_rows,
+        row_samples is not None,
+        moments is not None,
+        recorded_calls is not None,
+        threads,
+        moments_cap,
+    )
+    count, _ = conditioning(ref, calib, seed)
+    nb = spec.batches(count)
+    max_calls = replay_budget(ref.module)[0]
+    if pool is not None and nb > 1:
+        records = pool.record(calib, spec, nb)
+    else:
+        records = (record_batch(ref, calib, spec, b) for b in range(nb))
+    total = Recording()
+    for b, rec in enumerate(records):
+        if b == 0:
+            total = rec
+        else:
+            total.merge(rec, max_rows, max_calls, random.Random(batch_seed(seed, b)))
+        if log:
+            log(f"calibration: {min(count, (b + 1) * batch)}/{count} trajectories x {steps} steps")
+    if row_samples is not None:
+        row_samples.update(total.rows)
+    if moments is not None:
+        moments.update(total.moments)
+    if recorded_calls is not None:
+        recorded_calls.extend(total.calls)
+    return total.collectors
 
 
 def moment_block(dim: int) -> int:
@@ -420,7 +498,7 @@ def _keep_rows(
     dim = layer_dim(m)
     if dim is None:
         return
-    cap = min(max_rows, max(1, (8 << 20) // (4 * dim)))
+    cap = rows_cap(dim, max_rows)
     have = out.get(name)
     room = cap - (0 if have is None else have.shape[0])
     if room <= 0:
