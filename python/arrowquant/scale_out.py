@@ -34,6 +34,7 @@ from arrowquant.errors import ArrowQuantError, CancelledError
 FAULT_ENV = "ARROWQUANT_SCALE_OUT_FAULT"
 PARTS_PER_CPU = 4  # parts a CPU of the cluster takes on average: stragglers even out
 MAX_RETRIES = 3
+CANCEL_WAIT_S = 120  # a cancelled job waits at most this long for its running parts
 
 
 def _fault(index: int, prefix: str, marker_of: Any) -> None:
@@ -317,8 +318,14 @@ def _run(
         }
         return out
     except BaseException:
+        # Not force=True: killing a worker whose reply is already on its way aborts the driver
+        # in Ray's task bookkeeping (Ray 2.60, seen under load). Queued parts are dropped,
+        # running ones finish (a part takes seconds); waiting for them means nothing writes
+        # into the output's temporary folder once it is removed.
         for ref in pending:
-            ray.cancel(ref, force=True)
+            ray.cancel(ref, force=False)
+        if pending:
+            ray.wait(pending, num_returns=len(pending), timeout=CANCEL_WAIT_S)
         raise
     finally:
         for p in folder.glob("part-*.parquet*"):

@@ -13,8 +13,10 @@ targets=("$@")
 limit="-max_total_time=$seconds"
 [ -n "${FUZZ_RUNS:-}" ] && limit="-runs=$FUZZ_RUNS"
 root=$(cd "$(dirname "$0")/../.." && pwd)
-bin=$root/build/fuzz/tests/fuzz
-work=$root/build/fuzz/corpus
+# FUZZ_BUILD: the build folder of the targets (make test's short runs: build/fuzz-smoke).
+build=$root/${FUZZ_BUILD:-build/fuzz}
+bin=$build/tests/fuzz
+work=$build/corpus
 mkdir -p "$work"
 # Arrow's own allocator (jemalloc) keeps freed memory; with malloc, ASan sees every allocation and
 # the fuzzer's RSS reflects what is really live.
@@ -28,9 +30,9 @@ summary=()
 run() {  # name, command...
   local name=$1; shift
   mkdir -p "$work/$name"
-  local log=$root/build/fuzz/$name.log
+  local log=$build/$name.log
   local t0=$SECONDS
-  if ! (cd "$root/build/fuzz" && "$@" "$limit" -print_final_stats=1 \
+  if ! (cd "$build" && "$@" "$limit" -print_final_stats=1 \
         -rss_limit_mb=2048 -timeout=20 "$work/$name" "$root/tests/fuzz/corpus/$name") >"$log" 2>&1; then
     tail -n 40 "$log"
     echo "fuzz target $name FAILED (log: $log)"
