@@ -84,6 +84,7 @@ def main() -> int:
             for _ in range(args.repeat):
                 on_ray = min(on_ray, run(pool)[0])
             workers = pool.workers if pool is not None else 0
+            rss = pool.peak_rss if pool is not None else 0
         same = _same(c, b) and _same(a1, b)
         ok &= same
         # One batch on one thread, its record's size, and the driver's merge of it.
@@ -105,7 +106,8 @@ def main() -> int:
         print(f"  one process ({args.cpus} threads): {local:.2f} s")
         print(
             f"  Ray, {workers} workers of 1 CPU: {on_ray:.2f} s ({on_ray / local:.2f}x; the "
-            f"first run {first:.2f} s, with the workers loading the model)"
+            f"first run {first:.2f} s, with the workers loading the model); the workers' peak "
+            f"RSS {rss / 2**30:.2f} GiB"
         )
         print(
             f"  merged records identical: Ray 1 worker = {workers} workers = one process at 1 "

@@ -494,8 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="default",
         metavar="ADDRESS",
-        help="run the job's tensors as Ray tasks: on the cluster at ADDRESS, or without one "
-        "where ray.init() finds it (RAY_ADDRESS, else a local cluster); docs/scale-out.md",
+        help="run calibration's batches and the job's tensors as Ray tasks: on the cluster at "
+        "ADDRESS ('auto': the one `ray start` started here), or without one on the cluster "
+        "RAY_ADDRESS names, else a local cluster started for the job; docs/scale-out.md",
     )
     q.add_argument("--fail-fast", action="store_true", help="exit 1 at the first layer that misses")
     q.add_argument("--overwrite", action="store_true")

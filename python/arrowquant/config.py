@@ -112,8 +112,9 @@ class DiffusionQuantConfig:
     components: list[str] = field(default_factory=list)
     keep_dtype: str = "F16"
     threads: int = 0  # 0 = all cores
-    # Scale-out: the job's tensors as Ray tasks ("" = off; "default": ray.init()'s own choice,
-    # RAY_ADDRESS or a local cluster; else a cluster address). arrowquant.scale_out.
+    # Scale-out: calibration's batches and the job's tensors as Ray tasks ("" = off; "default":
+    # the cluster RAY_ADDRESS names, else a local one started for the job; else a cluster
+    # address, "auto" for a `ray start` cluster here). arrowquant.scale_out.
     ray: str = ""
     min_elements: int = 1024
     fail_fast: bool = False

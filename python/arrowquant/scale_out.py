@@ -30,16 +30,19 @@ from arrowquant.errors import ArrowQuantError, CancelledError
 
 # Test hook: "K" or "K:LOG" makes the first attempt of part K die as a killed worker would
 # (os._exit), appending a line to LOG first; "cK" the first calibration batch K of the cluster's
-# life (it needs LOG); several, comma-separated.
+# life (it needs LOG); "sK" makes part K stall (sleep) until it is cancelled; several,
+# comma-separated.
 FAULT_ENV = "ARROWQUANT_SCALE_OUT_FAULT"
 PARTS_PER_CPU = 4  # parts a CPU of the cluster takes on average: stragglers even out
 MAX_RETRIES = 3
-CANCEL_WAIT_S = 120  # a cancelled job waits at most this long for its running parts
+_owned = False  # whether this process started the cluster it is connected to (session)
 
 
 def _fault(index: int, prefix: str, marker_of: Any) -> None:
     """The test hook: dies as a killed worker on the first attempt of the chosen task."""
     targets, _, log = os.environ.get(FAULT_ENV, "").partition(":")
+    if prefix == "" and f"s{index}" in targets.split(","):
+        time.sleep(600)  # a part still running when the job is cancelled
     if f"{prefix}{index}" not in targets.split(","):
         return
     marker = Path(marker_of(log))
@@ -53,8 +56,9 @@ def _fault(index: int, prefix: str, marker_of: Any) -> None:
 
 @contextlib.contextmanager
 def session(address: str) -> Iterator[None]:
-    """Ray connected for the job: to `address` ("default": ray.init()'s own choice), unless it
-    already is (then left as it was); a cluster this call started is shut down after."""
+    """Ray connected for the job, unless it already is (then left as it was): to `address`
+    ("default": the cluster RAY_ADDRESS names, else a local cluster started here, shut down
+    after)."""
     try:
         import ray
     except ImportError:
@@ -63,18 +67,25 @@ def session(address: str) -> Iterator[None]:
         raise ConfigurationError(
             "--ray needs Ray: pip install 'arrowquant[ray]' (or ray)"
         ) from None
+    global _owned
     if ray.is_initialized():
         yield
         return
+    # "default": the cluster RAY_ADDRESS names, else a local one started for this job (an
+    # existing `ray start` cluster is reached with "auto" or its address).
+    env = os.environ.get("RAY_ADDRESS", "")
+    target = (env or "local") if address == "default" else address
     ray.init(
-        address=None if address == "default" else address,
+        address=target,
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
     )
+    _owned = target == "local"
     try:
         yield
     finally:
+        _owned = False
         ray.shutdown()
 
 
@@ -318,14 +329,13 @@ def _run(
         }
         return out
     except BaseException:
-        # Not force=True: killing a worker whose reply is already on its way aborts the driver
-        # in Ray's task bookkeeping (Ray 2.60, seen under load). Queued parts are dropped,
-        # running ones finish (a part takes seconds); waiting for them means nothing writes
-        # into the output's temporary folder once it is removed.
-        for ref in pending:
-            ray.cancel(ref, force=False)
-        if pending:
-            ray.wait(pending, num_returns=len(pending), timeout=CANCEL_WAIT_S)
+        # A cluster this job started goes down with it (session), its workers with it. On
+        # another cluster the queued parts are dropped; running ones finish and find the
+        # output's temporary folder gone. Not force=True: killing a worker whose reply is
+        # already on its way aborted the driver in Ray's task bookkeeping (Ray 2.60, under load).
+        if not _owned:
+            for ref in pending:
+                ray.cancel(ref, force=False)
         raise
     finally:
         for p in folder.glob("part-*.parquet*"):
