@@ -30,11 +30,12 @@ from arrowquant.errors import ArrowQuantError, CancelledError
 
 # Test hook: "K" or "K:LOG" makes the first attempt of part K die as a killed worker would
 # (os._exit), appending a line to LOG first; "cK" the first calibration batch K of the cluster's
-# life (it needs LOG); "sK" makes part K stall (sleep) until it is cancelled; several,
+# life (it needs LOG); "sK" makes part K take 20 s longer (a long part); several,
 # comma-separated.
 FAULT_ENV = "ARROWQUANT_SCALE_OUT_FAULT"
 PARTS_PER_CPU = 4  # parts a CPU of the cluster takes on average: stragglers even out
 MAX_RETRIES = 3
+WAIT_S = 0.2  # the driver's longest wait on the cluster without looking at signals
 _owned = False  # whether this process started the cluster it is connected to (session)
 
 
@@ -42,7 +43,7 @@ def _fault(index: int, prefix: str, marker_of: Any) -> None:
     """The test hook: dies as a killed worker on the first attempt of the chosen task."""
     targets, _, log = os.environ.get(FAULT_ENV, "").partition(":")
     if prefix == "" and f"s{index}" in targets.split(","):
-        time.sleep(600)  # a part still running when the job is cancelled
+        time.sleep(20)  # a long part, still running when the job is interrupted
     if f"{prefix}{index}" not in targets.split(","):
         return
     marker = Path(marker_of(log))
@@ -288,7 +289,8 @@ def _run(
         done, merged, merging, part_bytes = 0, 0, 0.0, 0
         merger = None
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
+            # In short waits: Python runs its Ctrl-C handler only between them.
+            ready, pending = ray.wait(pending, num_returns=1, timeout=WAIT_S)
             for ref in ready:
                 raw = results[index[ref]] = _get(ray, ref)
                 done += sum(int(x["source_bytes"]) for x in raw["layers"])

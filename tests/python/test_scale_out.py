@@ -249,9 +249,9 @@ def test_ray_without_ray_installed_is_a_clear_error(monkeypatch: pytest.MonkeyPa
 
 
 def test_cli_ctrl_c_on_ray_leaves_nothing(tmp_path: Path) -> None:
-    """`arrowquant quantize ... --ray` interrupted while parts are in (part 1 stalls until it is
-    cancelled: scale_out.FAULT_ENV "s1"): the running part is interrupted, exit 130 with one
-    line, no output, no temporary folder or part file."""
+    """`arrowquant quantize ... --ray` interrupted while the driver waits on a long part (part 1
+    takes 20 s more: scale_out.FAULT_ENV "s1") with the later parts in: exit 130 with one line,
+    no output, no temporary folder or part file."""
     import os
     import signal
     import subprocess
@@ -272,25 +272,28 @@ def test_cli_ctrl_c_on_ray_leaves_nothing(tmp_path: Path) -> None:
         env=os.environ | {scale_out.FAULT_ENV: "s1"},
     )
 
-    def parts_after_the_stalled_one() -> bool:
+    def parts_after_the_stalled_one() -> int:
         try:
-            return any(
+            return sum(
                 y.name.startswith("part-") and y.name > "part-00001"
                 for x in tmp_path.iterdir()
                 if x.name.startswith(".out.tmp")
                 for y in x.iterdir()
             )
         except FileNotFoundError:
-            return False
+            return 0
 
+    # Until the other parts are in (their count steady for 2 s): the driver then waits on the
+    # stalled part alone, where a wait that ignores signals would hang.
     deadline = time.monotonic() + 120
-    while not parts_after_the_stalled_one():
+    seen, since = 0, time.monotonic()
+    while (n := parts_after_the_stalled_one()) == 0 or n != seen or time.monotonic() - since < 2:
         assert time.monotonic() < deadline and p.poll() is None, p.communicate()
+        if n != seen:
+            seen, since = n, time.monotonic()
         time.sleep(0.01)
-    t = time.monotonic()
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
-    assert time.monotonic() - t < 60  # the stalled part was interrupted, not waited for
     assert sorted(x.name for x in tmp_path.iterdir()) == ["m.safetensors"]
