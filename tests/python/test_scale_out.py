@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import safetensors.numpy
+from child_process import default_sigint
 
 import arrowquant as aq
 import arrowquant._core as _core
@@ -270,6 +271,7 @@ def test_cli_ctrl_c_on_ray_leaves_nothing(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
         env=os.environ | {scale_out.FAULT_ENV: "s1"},
+        preexec_fn=default_sigint,
     )
 
     def parts_after_the_stalled_one() -> int:
