@@ -6,9 +6,13 @@ before the cluster starts and beside it, idle), their ratios, whether the model 
 identical (creation time aside), and the Ray run's phases (size budget on the driver, tasks with
 the merge appending parts as they come in, close), parts, part-file bytes and the workers' peak
 RSS. With --shards K the checkpoint is first cut into K shards and an index (as
-`save_pretrained` writes big models), and both runs read the index.
+`save_pretrained` writes big models), and both runs read the index. The Ray job runs twice:
+workers reading the checkpoint from storage, and getting their tensors (and sending their part
+files back) through the object store (--ray-transfer object-store: nodes without shared
+storage), with the bytes it sent. --max-file-size SIZE: every run writes a Parquet dataset.
 
     .venv/bin/python bench/scale_out.py [--dir bench-out] [--repeat 2] [--cpus 2] [--shards K]
+        [--max-file-size SIZE]
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--shards", type=int, default=0, help="cut the checkpoint into K shards")
+    ap.add_argument("--max-file-size", default="", help="write Parquet datasets (e.g. 200MB)")
     args = ap.parse_args()
     import ray
 
@@ -71,21 +76,25 @@ def main() -> int:
     ckpt = args.dir / "sd15_f16.safetensors"
     build(ckpt, "f16")
     model = sharded(ckpt, args.shards) if args.shards else ckpt
-    best: dict[str, float] = {"alone": math.inf, "local": math.inf, "ray": math.inf}
+    modes = ("alone", "local", "ray", "ship")
+    best: dict[str, float] = dict.fromkeys(modes, math.inf)
     phases: dict[str, Any] = {}
 
     def run(mode: str) -> None:
-        nonlocal phases
         out = args.dir / f"scale_out_{'local' if mode == 'alone' else mode}"
         shutil.rmtree(out, ignore_errors=True)
-        cfg = aq.DiffusionQuantConfig(ray="default" if mode == "ray" else "")
+        cfg = aq.DiffusionQuantConfig(
+            ray="default" if mode in ("ray", "ship") else "",
+            ray_transfer="object-store" if mode == "ship" else "storage",
+            max_file_size=args.max_file_size,
+        )
         t = time.perf_counter()
         rep = aq.ArrowQuantV2().quantize_diffusion_model(model, out, cfg)
         seconds = time.perf_counter() - t
         if seconds < best[mode]:
             best[mode] = seconds
-            if mode == "ray":
-                phases = rep.extra["scale_out"]
+            if mode in ("ray", "ship"):
+                phases[mode] = rep.extra["scale_out"]
 
     for _ in range(args.repeat):  # before the cluster exists: its idle processes take CPU too
         run("alone")
@@ -95,11 +104,17 @@ def main() -> int:
     for _ in range(args.repeat):
         for mode in ("local", "ray"):
             run(mode)
+    for _ in range(args.repeat):  # after: the workers' peak RSS is each process's whole life
+        run("ship")
     ray.shutdown()
-    files = [
-        CREATED.sub(b"", (args.dir / f"scale_out_{m}" / "model.aq.parquet").read_bytes())
-        for m in ("local", "ray")
-    ]
+
+    def content(m: str) -> list[bytes]:  # the model file, or a dataset's files
+        p = args.dir / f"scale_out_{m}" / "model.aq.parquet"
+        files = sorted(p.iterdir()) if p.is_dir() else [p]
+        return [CREATED.sub(b"", f.read_bytes()) for f in files]
+
+    files = [content(m) for m in ("local", "ray", "ship")]
+    same = files[0] == files[1] == files[2]
     gb = ckpt.stat().st_size / 1e9
     how = f", {args.shards} shards and an index" if args.shards else ""
     print(f"SD1.5-shaped f16 UNet ({gb:.2f} GB{how}), default job, best of {args.repeat}")
@@ -110,9 +125,16 @@ def main() -> int:
         f"({best['ray'] / best['alone']:.2f}x the first, {best['ray'] / best['local']:.2f}x the "
         f"second; the cluster's start, {start:.1f} s, not counted)"
     )
-    print(f"  model files identical (creation time aside): {files[0] == files[1]}")
-    print(f"  Ray run: {json.dumps(phases)}")
-    return 0 if files[0] == files[1] else 1
+    print(
+        f"  Ray, tensors and part files through the object store: {best['ship']:.2f} s "
+        f"({best['ship'] / best['alone']:.2f}x the first, {best['ship'] / best['ray']:.2f}x "
+        f"reading from storage; {phases['ship']['checkpoint_bytes_shipped'] / 1e9:.2f} GB sent)"
+    )
+    dataset = f", a dataset of {len(files[0])} files" if args.max_file_size else ""
+    print(f"  model files identical (creation time aside{dataset}): {same}")
+    for mode in ("ray", "ship"):
+        print(f"  {mode} run: {json.dumps(phases[mode])}")
+    return 0 if same else 1
 
 
 if __name__ == "__main__":

@@ -73,6 +73,40 @@ class ModelWriter {
   std::unique_ptr<Impl> impl_;
 };
 
+// A model written as a Parquet dataset: a folder of model files named
+// model-00001-of-0000N.parquet (kDatasetFilePattern), each holding a run of consecutive tensors
+// (never part of one), under the job's metadata; their rows in file order are the single file's
+// rows. pyarrow.dataset, DuckDB and Spark read the folder as one table; ModelReader opens it as
+// one model. A file starts before the tensor whose payload would take the current file's past
+// `max_file_bytes` (payload before compression: codes, scales, zero-points, or raw bytes), so the
+// split depends on the tensors alone, never on how the job ran.
+struct ModelDatasetOptions {
+  uint64_t max_file_bytes = 0;  // 0: no dataset, one file at the path (ModelWriter)
+  ModelWriterOptions file;
+};
+
+// The file name of file `index` (1-based) of `count`.
+std::string DatasetFileName(int index, int count);
+
+class ModelDatasetWriter {
+ public:
+  // Writes `<path>.tmp-<pid>/` and renames it to `path` on Close() (a previous `path` is
+  // replaced); destroying an unclosed writer removes the folder. max_file_bytes 0: exactly a
+  // ModelWriter at `path`.
+  static Result<std::unique_ptr<ModelDatasetWriter>> Open(const std::string& path,
+                                                          ModelMetadata metadata,
+                                                          const ModelDatasetOptions& options);
+  ~ModelDatasetWriter();
+  Status Write(const TensorRecord& record);
+  Status Close();
+  void Abort();
+
+ private:
+  struct Impl;
+  explicit ModelDatasetWriter(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
 struct ModelTensorInfo {
   std::string name;
   std::string component;
@@ -87,8 +121,10 @@ struct ModelTensorInfo {
   std::optional<SpatialParams> spatial;
   std::optional<ActivationStats> activation_stats;
   uint64_t stored_bytes = 0;  // payload bytes (codes + scales + zero-points + super-scales)
-  // Where its rows are: (row group, row within the group), in chunk order.
+  // Where its rows are: (row group, row within the group), in chunk order, in file `file` of a
+  // dataset (0 for a single file).
   std::vector<std::pair<int, int64_t>> rows;
+  int file = 0;
 };
 
 struct ModelReaderOptions {
@@ -108,8 +144,9 @@ inline constexpr size_t kSharedRowGroupRows = 256;
 // super-scale buffers as the writer compresses them (zstd). What a size budget counts.
 Result<uint64_t> StoredPayloadBytes(const QuantizedTensor& q);
 
-// The model file a path names: the path itself when it is a file, `<folder>/model.aq.parquet`
-// when it is the folder that `arrowquant quantize` writes. NotFound when there is neither.
+// The model a path names: the path itself when it is a file or a dataset folder,
+// `<folder>/model.aq.parquet` (a file, or a dataset folder of that name) when it is the folder
+// that `arrowquant quantize` writes. NotFound when there is neither.
 inline constexpr const char* kModelFileName = "model.aq.parquet";
 Result<std::string> ResolveModelPath(const std::string& path);
 
@@ -123,11 +160,15 @@ struct LoadRequest {
 
 class ModelReader {
  public:
+  // A model file, a dataset folder, or the folder `arrowquant quantize` wrote.
   static Result<std::unique_ptr<ModelReader>> Open(const std::string& path,
                                                    const ModelReaderOptions& options = {});
   ~ModelReader();
 
+  // The file, or the dataset's folder.
   const std::string& path() const;
+  // The files read: the path itself, or the dataset's files in order.
+  std::vector<std::string> files() const;
   // True for files in the seed project's base V2 schema (read-only compatibility).
   bool legacy() const;
   const std::map<std::string, std::string>& metadata() const;
@@ -135,6 +176,9 @@ class ModelReader {
   const ModelTensorInfo* Find(const std::string& name) const;
 
   Result<QuantizedTensor> ReadQuantized(const std::string& name) const;
+  // The same into `q`, reusing its buffers' capacity (a loop over many tensors then does not
+  // pay for fresh, kernel-zeroed pages each time).
+  Status ReadQuantizedInto(const std::string& name, QuantizedTensor& q) const;
   // The bytes of a raw (unquantized) tensor, in its stored dtype.
   Result<std::vector<std::byte>> ReadRaw(const std::string& name) const;
   // Any tensor to F32/F16/BF16; `out` holds num_params values of `dtype`. Equalized tensors

@@ -132,6 +132,10 @@ struct PipelineConfig {
   std::optional<JobBudget> budget;
   size_t part_begin = 0;
   size_t part_end = SIZE_MAX;
+  // > 0: the model is written as a Parquet dataset of files of at most this many payload bytes
+  // (ModelDatasetOptions; one tensor larger than that gets a file of its own). A part's scratch
+  // file is always one file.
+  uint64_t max_file_bytes = 0;
 
   // This config as component `name` sees it (the job's own where it has no settings).
   PipelineConfig ForComponent(const std::string& name) const;
@@ -194,10 +198,11 @@ std::pair<std::string, std::string> DetectModality(const Checkpoint& ck);
 // computed once where a job runs in parts, each part given them in PipelineConfig::budget.
 Result<JobBudget> AssignBudgets(const Checkpoint& ck, const PipelineConfig& config);
 
-// Writes `out_path` from the model files of a job's parts (each RunPipeline with a part range),
-// appended in tensor order as they are ready: every tensor's record as the part wrote it, under
-// the job's metadata, so the file equals a single run's but for its creation time. Complete or
-// not at all: a merger destroyed before Close(), or one whose Append failed, leaves nothing.
+// Writes `out_path` (a file, or a dataset with max_file_bytes) from the model files of a job's
+// parts (each RunPipeline with a part range), appended in tensor order as they are ready: every
+// tensor's record as the part wrote it, under the job's metadata, so the file equals a single run's
+// but for its creation time. Complete or not at all: a merger destroyed before Close(), or one
+// whose Append failed, leaves nothing.
 class PartMerger {
  public:
   static Result<std::unique_ptr<PartMerger>> Open(const Checkpoint& ck, const std::string& out_path,

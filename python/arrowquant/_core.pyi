@@ -144,6 +144,10 @@ class ModelReader:
     def path(self) -> str: ...
 
     @property
+    def files(self) -> list[str]:
+        """The files read: the model file, or a dataset's files in order."""
+
+    @property
     def legacy(self) -> bool: ...
 
     @property
@@ -231,6 +235,13 @@ class PipelineConfig:
 
     @tool_version.setter
     def tool_version(self, arg: str, /) -> None: ...
+
+    @property
+    def max_file_bytes(self) -> int:
+        """> 0: a Parquet dataset of files of at most this many payload bytes"""
+
+    @max_file_bytes.setter
+    def max_file_bytes(self, arg: int, /) -> None: ...
 
     @property
     def keep_dtype(self) -> str: ...

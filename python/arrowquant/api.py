@@ -18,6 +18,7 @@ import arrowquant._core as _core
 from arrowquant import single_file
 from arrowquant.config import GPTQ_2BIT_GROUP_SIZE, DiffusionQuantConfig
 from arrowquant.errors import ArrowQuantIOError, ConfigurationError, UnsupportedError
+from arrowquant.model import file_bytes
 from arrowquant.report import QuantizationReport
 
 MODEL_FILE: str = _core.MODEL_FILE_NAME
@@ -336,7 +337,7 @@ class ArrowQuantV2:
                 layers=raw["layers"],
                 source_bytes=raw["source_bytes"],
                 stored_bytes=raw["stored_bytes"],
-                file_bytes=(tmp / MODEL_FILE).stat().st_size,
+                file_bytes=file_bytes(tmp / MODEL_FILE),
                 quantized_params=raw["quantized_params"],
                 total_params=raw["total_params"],
                 threshold_missed=raw["threshold_missed"],
@@ -393,7 +394,11 @@ def _publish(report: QuantizationReport, tmp: Path, out: Path) -> QuantizationRe
 
 
 def _fsync_tree(folder: Path) -> None:
+    """Every file under `folder` (a Parquet dataset's folder too) and the folders on disk."""
     for f in folder.iterdir():
+        if f.is_dir():
+            _fsync_tree(f)
+            continue
         with f.open("rb") as fh:
             os.fsync(fh.fileno())
     fd = os.open(folder, os.O_RDONLY)

@@ -141,6 +141,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             "output_format": args.format,
             "gguf_type": args.gguf_type,
             "gguf_names": args.gguf_names,
+            "max_file_size": args.max_file_size,
+            "ray_transfer": args.ray_transfer,
         }.items()
         if v is not None
     }
@@ -488,6 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="diffusers: the checkpoint's names, a file per pipeline component (diffusers' GGUF "
         "loader); sdcpp: original (LDM) names, one file (stable-diffusion.cpp)",
     )
+    q.add_argument(
+        "--max-file-size",
+        metavar="SIZE",
+        help="write the model as a Parquet dataset: OUT/model.aq.parquet/ holds files "
+        "model-00001-of-0000N.parquet of at most SIZE each (2GB, 500MB, 1.5GiB); every reader "
+        "here, pyarrow.dataset and DuckDB open the folder",
+    )
     q.add_argument("--threads", type=int)
     q.add_argument(
         "--ray",
@@ -497,6 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run calibration's batches and the job's tensors as Ray tasks: on the cluster at "
         "ADDRESS ('auto': the one `ray start` started here), or without one on the cluster "
         "RAY_ADDRESS names, else a local cluster started for the job; docs/scale-out.md",
+    )
+    q.add_argument(
+        "--ray-transfer",
+        choices=["storage", "object-store"],
+        help="how Ray workers get the checkpoint: storage (they read the path the driver reads; "
+        "default) or object-store (the driver sends each task its tensors and gets its output "
+        "back: workers without shared storage)",
     )
     q.add_argument("--fail-fast", action="store_true", help="exit 1 at the first layer that misses")
     q.add_argument("--overwrite", action="store_true")

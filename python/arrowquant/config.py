@@ -48,6 +48,22 @@ _COMPONENT = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)=(?P<profile>[a-z]+)$")
 DEFAULT_COMPONENT_PROFILES = {"vae": "cloud"}
 
 
+_SIZE = re.compile(r"^\s*(?P<n>\d+(\.\d+)?)\s*(?P<unit>[KMGT]i?B|B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size as people write it: "2GB" (10^9), "1.5GiB" (2^30), "500MB", "4096"."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a size (e.g. 2GB, 500MB, 1.5GiB, or bytes)")
+    unit = (m.group("unit") or "B").upper()
+    power = "BKMGT".index(unit[0])
+    n = int(float(m.group("n")) * (1024 if "I" in unit else 1000) ** power)
+    if n < 1:
+        raise ValueError(f"{text!r} is less than a byte")
+    return n
+
+
 def _check_profile(name: object) -> None:
     """A YAML file can hold any value here (a list is unhashable, so test the type first)."""
     if not isinstance(name, str) or name not in PROFILES:
@@ -116,6 +132,10 @@ class DiffusionQuantConfig:
     # the cluster RAY_ADDRESS names, else a local one started for the job; else a cluster
     # address, "auto" for a `ray start` cluster here). arrowquant.scale_out.
     ray: str = ""
+    # How Ray workers get the checkpoint: "storage" (they read it where the driver does: a file
+    # system every node mounts) or "object-store" (the driver sends each task its tensors' bytes
+    # and gets the part files back through Ray's object store: nodes without shared storage).
+    ray_transfer: str = "storage"
     min_elements: int = 1024
     fail_fast: bool = False
     # Caps on the input (0 = no cap): a file beyond one is refused with an error naming the cap.
@@ -131,6 +151,10 @@ class DiffusionQuantConfig:
     output_format: str = "parquet"
     gguf_type: str = ""
     gguf_names: str = "diffusers"
+    # "" = one model file; else the model as a Parquet dataset (a folder model.aq.parquet/ of
+    # files model-00001-of-0000N.parquet) of files of at most this size: "2GB", "500MB",
+    # "1.5GiB" or bytes (tensors payload before compression; a tensor larger gets a file alone).
+    max_file_size: str = ""
 
     def __post_init__(self) -> None:
         _check_profile(self.profile)
@@ -264,6 +288,15 @@ class DiffusionQuantConfig:
                 bad("gguf_type", str(e).split(": ", 1)[1])
         if self.gguf_names not in ("diffusers", "sdcpp"):
             bad("gguf_names", "must be diffusers or sdcpp")
+        if self.ray_transfer not in ("storage", "object-store"):
+            bad("ray_transfer", "must be storage or object-store")
+        if self.max_file_size:
+            try:
+                parse_size(self.max_file_size)
+            except ValueError as e:
+                bad("max_file_size", str(e))
+            if self.output_format != "parquet":
+                bad("max_file_size", "splits Parquet output only (GGUF: a file per component)")
         seen: set[str] = set()
         for c in self.components:
             m = _COMPONENT.match(c)
@@ -342,6 +375,7 @@ class DiffusionQuantConfig:
         c.gptq_act_order = self.gptq_act_order
         c.recipe_json = recipe_json
         c.tool_version = __version__
+        c.max_file_bytes = parse_size(self.max_file_size) if self.max_file_size else 0
         if any(
             v is not None for v in (self.group_size, self.scheme, self.method, self.scale_dtype)
         ):
@@ -358,10 +392,12 @@ class DiffusionQuantConfig:
         return dataclasses.asdict(self)
 
     def recipe(self) -> dict[str, Any]:
-        """The fields a model file's recipe records: all but where the job ran (`ray`), so a
-        job run on a cluster writes the same file as one run here."""
+        """The fields a model file's recipe records: all but where the job ran (`ray`,
+        `ray_transfer`) and how
+        its output is cut into files (`max_file_size`), so a job run on a cluster, or written
+        as a dataset, stores the same recipe as one run here into one file."""
         out = self.to_dict()
-        del out["ray"]
+        del out["ray"], out["ray_transfer"], out["max_file_size"]
         return out
 
     @classmethod

@@ -105,8 +105,9 @@ class QuantizedModel:
 
 
 def resolve_model_path(path: str | os.PathLike[str]) -> Path:
-    """The model file of `path`: the file itself, or model.aq.parquet in the output folder of
-    `arrowquant quantize` (ModelNotFoundError when there is neither). The C++ reader resolves
+    """The model of `path`: the file itself, a Parquet dataset's folder, or model.aq.parquet (a
+    file or a dataset folder) in the output folder of `arrowquant quantize`
+    (ModelNotFoundError when there is none). The C++ reader resolves
     paths with the same function, so every entry point accepts either. GGUF: the .gguf file, or
     the output folder itself (its files' tensors under the checkpoint's names)."""
     from arrowquant.gguf import is_gguf
@@ -117,9 +118,14 @@ def resolve_model_path(path: str | os.PathLike[str]) -> Path:
 
 
 def file_bytes(path: str | os.PathLike[str]) -> int:
-    """Bytes of the model file(s) at `path` (every .gguf of a GGUF output folder)."""
+    """Bytes of the model file(s) at `path` (every file of a Parquet dataset, every .gguf of a
+    GGUF output folder)."""
     p = resolve_model_path(path)
-    return sum(f.stat().st_size for f in p.glob("*.gguf")) if p.is_dir() else p.stat().st_size
+    if not p.is_dir():
+        return p.stat().st_size
+    if any(p.glob("*.gguf")):
+        return sum(f.stat().st_size for f in p.glob("*.gguf"))
+    return sum(os.path.getsize(f) for f in _core.ModelReader.open(os.fspath(p)).files)
 
 
 def open(path: str | os.PathLike[str], verify_checksums: bool = True) -> Any:  # noqa: A001

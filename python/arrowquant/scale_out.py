@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import arrowquant._core as _core
 from arrowquant.calibration import recording  # noqa: F401  (the C++ accumulators pickle)
 from arrowquant.errors import ArrowQuantError, CancelledError
@@ -35,6 +37,8 @@ from arrowquant.errors import ArrowQuantError, CancelledError
 FAULT_ENV = "ARROWQUANT_SCALE_OUT_FAULT"
 PARTS_PER_CPU = 4  # parts a CPU of the cluster takes on average: stragglers even out
 MAX_RETRIES = 3
+SHIPPED_PARTS_PER_CPU = 8  # when tensors go through the object store
+SHIPPED_PER_CPU = 2  # parts sent ahead per CPU, then
 WAIT_S = 0.2  # the driver's longest wait on the cluster without looking at signals
 _owned = False  # whether this process started the cluster it is connected to (session)
 
@@ -99,13 +103,24 @@ def cluster_cpus() -> int:
 class _Calibrator:
     """A Ray actor holding the FP model: records calibration batches (capture.record_batch)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, replica: Any = None) -> None:
         import torch
 
         from arrowquant.diffusion import load_reference
 
         torch.set_num_threads(1)  # one CPU per actor; results do not depend on it
+        self.copy = None
+        if replica is not None:  # no shared storage: the model came through the object store
+            from arrowquant.replica import Built
+
+            self.copy = Built(replica)
+            path = self.copy.path
         self.ref = load_reference(path)
+
+    def close(self) -> None:
+        """Removes the model's local copy (an actor killed by ray.kill runs no destructor)."""
+        if self.copy is not None:
+            self.copy.close()
 
     def record(self, calib: Any, spec: Any, b: int) -> Any:
         from arrowquant.calibration.capture import record_batch
@@ -125,8 +140,8 @@ class CalibrationPool:
     is the one a process running torch on one thread makes, whatever the number of actors
     (oneDNN's convolutions round differently at other thread counts, docs/scale-out.md)."""
 
-    def __init__(self, path: str, batches: int, workers: int = 0) -> None:
-        self.path, self.batches, self.max_workers = path, batches, workers
+    def __init__(self, path: str, batches: int, workers: int = 0, ship: bool = False) -> None:
+        self.path, self.batches, self.max_workers, self.ship = path, batches, workers, ship
         self.actors: list[Any] = []
         self.workers = 0
         self.recorded = 0  # batches recorded on the actors
@@ -143,7 +158,12 @@ class CalibrationPool:
                 _Calibrator
             )
             n = min(self.batches, self.max_workers or cluster_cpus())
-            self.actors = [actor.remote(self.path) for _ in range(n)]
+            replica = None
+            if self.ship:  # the whole model, once into the object store, to every actor
+                from arrowquant.replica import replica_of
+
+                replica = ray.put(replica_of(self.path, None))
+            self.actors = [actor.remote(self.path, replica) for _ in range(n)]
             self.workers = n
         calib_ref = ray.put(calib)
         one = dataclasses.replace(spec, threads=1)
@@ -162,21 +182,26 @@ class CalibrationPool:
     def close(self) -> None:
         import ray
 
+        if self.ship and self.actors:
+            # Their local copies of the model go first (a dead actor's is left to its node's tmp).
+            with contextlib.suppress(Exception):
+                ray.get([a.close.remote() for a in self.actors], timeout=60)
         for a in self.actors:
             ray.kill(a)
 
 
 @contextlib.contextmanager
 def calibration_pool(
-    path: str, address: str, batches: int, workers: int = 0
+    path: str, address: str, batches: int, workers: int = 0, ship: bool = False
 ) -> Iterator[CalibrationPool | None]:
     """A CalibrationPool for a calibration set of `batches` batches (None for one: nothing to
-    split), within a Ray session; `workers`: at most that many actors (0: a CPU each)."""
+    split), within a Ray session; `workers`: at most that many actors (0: a CPU each); `ship`:
+    the model goes to the actors through the object store (workers without shared storage)."""
     if batches <= 1:
         yield None
         return
     with session(address):
-        pool = CalibrationPool(path, batches, workers)
+        pool = CalibrationPool(path, batches, workers, ship)
         try:
             yield pool
         finally:
@@ -204,23 +229,38 @@ def parts_of(model_path: str, n: int) -> list[tuple[int, int]]:
 
 
 def _run_part(
-    model_path: str,
+    model_path: str | None,
     part_path: str,
     job: Any,
     budget: tuple[dict[str, tuple[int, float]], str],
     part: tuple[int, int],
     limits: tuple[int, int, int, int],
     index: int,
+    replica: Any = None,
 ) -> dict[str, Any]:
-    """One Ray task: the job's pipeline on tensors [part) into `part_path`."""
+    """One Ray task: the job's pipeline on tensors [part) into `part_path`. With `replica`
+    (workers without the driver's storage): on a local copy of the part's tensors, the part
+    file's bytes returned in "part_file" instead."""
     _fault(index, "", lambda _log: part_path + ".fault")
     core = job.core()
     core.set_budget(*budget)
     core.part = part
     core.threads = 1  # one CPU per task; results do not depend on it
-    raw = dict(_core.run_pipeline(model_path, part_path, core, None, limits))
+    if replica is None:
+        assert model_path is not None
+        raw = dict(_core.run_pipeline(model_path, part_path, core, None, limits))
+    else:
+        from arrowquant.replica import Built
+
+        with Built(replica) as copy:
+            local = copy.folder / "part.parquet"
+            raw = dict(_core.run_pipeline(copy.path, str(local), core, None, limits))
+            raw["part_file"] = np.fromfile(local, np.uint8)  # a view of the store on the driver
     # The worker process's peak so far (workers are reused: every part it ran counts).
     raw["worker_peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # Of its resident memory now, the object store's shared pages it has touched (which the
+    # OS counts in its RSS: they are the store's, not the worker's own).
+    raw["worker_shared_rss"] = _shared_rss()
     return raw
 
 
@@ -236,14 +276,18 @@ def run_on_ray(
         return _run(model_path, out_file, job, progress, limits)
 
 
+def load_checkpoint_names(model_path: str) -> list[str]:
+    from arrowquant.checkpoint import load_checkpoint
+
+    return load_checkpoint(model_path).names()
+
+
 def part_jobs(model_path: str, job: Any, ranges: list[tuple[int, int]]) -> list[Any]:
     """The job's inputs for each part: its tensors' activation plans and second moments only
     (GPTQ's H are most of a calibrated job's inputs: a task gets its part's share)."""
     import dataclasses
 
-    from arrowquant.checkpoint import load_checkpoint
-
-    names = load_checkpoint(model_path).names()
+    names = load_checkpoint_names(model_path)
     out = []
     for begin, end in ranges:
         mine = set(names[begin:end])
@@ -275,17 +319,38 @@ def _run(
         budget = _core.assign_budgets(model_path, core)
         t2 = time.perf_counter()
         cpus = cluster_cpus()
-        ranges = parts_of(model_path, cpus * PARTS_PER_CPU)
+        ship = job.cfg.ray_transfer == "object-store"
+        # Shipped parts are smaller: those sent ahead sit in the object store (a quarter of the
+        # checkpoint at most, SHIPPED_PER_CPU / SHIPPED_PARTS_PER_CPU).
+        ranges = parts_of(model_path, cpus * (SHIPPED_PARTS_PER_CPU if ship else PARTS_PER_CPU))
         task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_run_part)
         jobs = part_jobs(model_path, job, ranges)
         paths = [str(folder / f"part-{i:05d}.parquet") for i in range(len(ranges))]
-        refs = [
-            task.remote(model_path, paths[i], jobs[i], budget, r, limits, i)
-            for i, r in enumerate(ranges)
-        ]
-        index = {ref: i for i, ref in enumerate(refs)}
-        results: list[dict[str, Any] | None] = [None] * len(refs)
-        pending = list(refs)
+        names = load_checkpoint_names(model_path) if ship else []
+        shipped = 0  # checkpoint bytes sent through the object store
+        index: dict[Any, int] = {}
+
+        def submit(i: int) -> None:
+            nonlocal shipped
+            replica = None
+            if ship:
+                from arrowquant.replica import replica_of
+
+                r = replica_of(model_path, set(names[ranges[i][0] : ranges[i][1]]))
+                shipped += r.nbytes
+                replica = ray.put(r)
+            # Shipped: the task gets no path of the driver's to read.
+            where = None if ship else model_path
+            ref = task.remote(where, paths[i], jobs[i], budget, ranges[i], limits, i, replica)
+            index[ref] = i
+            pending.append(ref)
+
+        # Shipped parts wait in the object store: at most SHIPPED_PER_CPU a CPU are out at once.
+        window = cpus * SHIPPED_PER_CPU if ship else len(ranges)
+        submitted = min(window, len(ranges))
+        for i in range(submitted):
+            submit(i)
+        results: list[dict[str, Any] | None] = [None] * len(ranges)
         done, merged, merging, part_bytes = 0, 0, 0.0, 0
         merger = None
         while pending:
@@ -293,6 +358,11 @@ def _run(
             ready, pending = ray.wait(pending, num_returns=1, timeout=WAIT_S)
             for ref in ready:
                 raw = results[index[ref]] = _get(ray, ref)
+                if "part_file" in raw:  # a worker without shared storage sent it back
+                    raw.pop("part_file").tofile(paths[index[ref]])
+                if submitted < len(ranges):
+                    submit(submitted)
+                    submitted += 1
                 done += sum(int(x["source_bytes"]) for x in raw["layers"])
                 last = raw["layers"][-1]["name"] if raw["layers"] else ""
                 if progress is not None and progress(done, _total(results, done), last) is False:
@@ -318,7 +388,10 @@ def _run(
             "parts": len(ranges),
             "cluster_cpus": cpus,
             "part_file_bytes": part_bytes,  # written by the tasks, read back by the merge
+            "transfer": job.cfg.ray_transfer,
+            "checkpoint_bytes_shipped": shipped,  # through the object store (object-store)
             "worker_peak_rss": max(int(r["worker_peak_rss"]) for r in results if r),
+            "worker_shared_rss": max(int(r["worker_shared_rss"]) for r in results if r),
             # The largest part's inputs: second moments a task holds besides its tensors.
             "part_moments_bytes_max": max(_moments_bytes(j) for j in jobs),
             "seconds": {
@@ -342,6 +415,18 @@ def _run(
     finally:
         for p in folder.glob("part-*.parquet*"):
             p.unlink(missing_ok=True)
+
+
+def _shared_rss() -> int:
+    """RssShmem of this process (Linux; 0 elsewhere): shared memory it has touched."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssShmem:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _moments_bytes(job: Any) -> int:
@@ -371,7 +456,7 @@ def _get(ray: Any, ref: Any) -> dict[str, Any]:
 def _combined(raws: list[dict[str, Any]]) -> dict[str, Any]:
     """The parts' reports as one run's."""
     out = dict(raws[0])
-    del out["worker_peak_rss"]
+    del out["worker_peak_rss"], out["worker_shared_rss"]
     out["layers"] = [x for r in raws for x in r["layers"]]
     for key in ("source_bytes", "stored_bytes", "quantized_params", "total_params"):
         out[key] = sum(int(r[key]) for r in raws)

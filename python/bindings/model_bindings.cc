@@ -160,6 +160,9 @@ void BindModelFile(nb::module_& m) {
           },
           nb::arg("path"), nb::arg("verify_checksums") = true)
       .def_prop_ro("path", [](const PyReader& s) { return s.r->path(); })
+      .def_prop_ro(
+          "files", [](const PyReader& s) { return s.r->files(); },
+          "The files read: the model file, or a dataset's files in order.")
       .def_prop_ro("legacy", [](const PyReader& s) { return s.r->legacy(); })
       .def_prop_ro("metadata", [](const PyReader& s) { return s.r->metadata(); })
       .def("tensors",

@@ -122,6 +122,8 @@ void BindConfig(nb::module_& m) {
       .def_rw("allocate", &PipelineConfig::allocate)
       .def_rw("recipe_json", &PipelineConfig::recipe_json)
       .def_rw("tool_version", &PipelineConfig::tool_version)
+      .def_rw("max_file_bytes", &PipelineConfig::max_file_bytes,
+              "> 0: a Parquet dataset of files of at most this many payload bytes")
       .def_prop_rw(
           "keep_dtype",
           [](const PipelineConfig& c) {

@@ -4,10 +4,11 @@
 
 namespace arrowquant {
 
-Result<std::unique_ptr<ModelWriter>> OpenJobWriter(const Checkpoint& ck,
-                                                   const std::string& out_path,
-                                                   const PipelineConfig& config,
-                                                   const std::string& modality, bool scratch) {
+Result<std::unique_ptr<ModelDatasetWriter>> OpenJobWriter(const Checkpoint& ck,
+                                                          const std::string& out_path,
+                                                          const PipelineConfig& config,
+                                                          const std::string& modality,
+                                                          bool scratch) {
   ModelMetadata meta;
   meta.tool_version = config.tool_version;
   meta.recipe_json = config.recipe_json;
@@ -15,9 +16,10 @@ Result<std::unique_ptr<ModelWriter>> OpenJobWriter(const Checkpoint& ck,
   meta.source_json = nlohmann::json{{"path", ck.path()},
                                     {"layout", std::string(CheckpointLayoutName(ck.layout()))}}
                          .dump();
-  ModelWriterOptions options;
-  options.scratch = scratch;
-  return ModelWriter::Open(out_path, meta, options);
+  ModelDatasetOptions options;
+  options.file.scratch = scratch;
+  options.max_file_bytes = scratch ? 0 : config.max_file_bytes;
+  return ModelDatasetWriter::Open(out_path, meta, options);
 }
 
 }  // namespace arrowquant

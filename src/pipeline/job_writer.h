@@ -1,5 +1,5 @@
-// The model file a job writes: its metadata (tool, recipe, source, modality) in one place, for
-// a whole run, a part of one and the merge of the parts alike.
+// The model file (or dataset) a job writes: its metadata (tool, recipe, source, modality) in one
+// place, for a whole run, a part of one and the merge of the parts alike.
 #pragma once
 
 #include <memory>
@@ -11,10 +11,12 @@
 
 namespace arrowquant {
 
-// `scratch`: a part's file, read back only by the merge (ModelWriterOptions::scratch).
-Result<std::unique_ptr<ModelWriter>> OpenJobWriter(const Checkpoint& ck,
-                                                   const std::string& out_path,
-                                                   const PipelineConfig& config,
-                                                   const std::string& modality, bool scratch);
+// `scratch`: a part's file, read back only by the merge (ModelWriterOptions::scratch), always one
+// file; otherwise a dataset when config.max_file_bytes > 0.
+Result<std::unique_ptr<ModelDatasetWriter>> OpenJobWriter(const Checkpoint& ck,
+                                                          const std::string& out_path,
+                                                          const PipelineConfig& config,
+                                                          const std::string& modality,
+                                                          bool scratch);
 
 }  // namespace arrowquant

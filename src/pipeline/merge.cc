@@ -12,8 +12,9 @@
 namespace arrowquant {
 
 struct PartMerger::Impl {
-  std::unique_ptr<ModelWriter> writer;
+  std::unique_ptr<ModelDatasetWriter> writer;
   bool done = false;
+  QuantizedTensor q;  // reused from tensor to tensor
 };
 
 PartMerger::PartMerger(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -45,11 +46,10 @@ Status PartMerger::Append(const std::string& part) {
       rec.time_aware = info.time_aware;
       rec.spatial = info.spatial;
       rec.activation_stats = info.activation_stats;
-      std::optional<QuantizedTensor> q;
       std::vector<std::byte> raw;
       if (info.spec) {
-        AQ_ASSIGN_OR_RETURN(q, reader->ReadQuantized(info.name));
-        rec.quantized = &*q;
+        AQ_RETURN_IF_ERROR(reader->ReadQuantizedInto(info.name, m.q));
+        rec.quantized = &m.q;
       } else {
         AQ_ASSIGN_OR_RETURN(raw, reader->ReadRaw(info.name));
         rec.raw = raw;

@@ -156,7 +156,7 @@ Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_
   }
   // A part of a job run in parts writes a scratch file for MergeParts.
   const bool part = config.part_begin != 0 || config.part_end != SIZE_MAX;
-  AQ_ASSIGN_OR_RETURN(std::unique_ptr<ModelWriter> writer,
+  AQ_ASSIGN_OR_RETURN(std::unique_ptr<ModelDatasetWriter> writer,
                       OpenJobWriter(ck, out_path, config, report.modality, part));
   const std::map<std::string, PipelineConfig> per = PerComponent(config);
   auto config_of = [&](const CheckpointTensor& t) -> const PipelineConfig& {

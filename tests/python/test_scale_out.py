@@ -115,6 +115,65 @@ def test_ray_weight_only_is_the_local_file(model: str, cluster: Path, tmp_path: 
     )
 
 
+def test_replica_holds_the_part_and_nothing_else(tmp_path: Path) -> None:
+    """A replica of a sharded checkpoint for some tensors: the index and the shards at their
+    sizes, those tensors' bytes, holes elsewhere (sparse), and what travels is their bytes and
+    the headers and index only."""
+    from arrowquant.replica import Built, replica_of
+
+    path = _sharded(tmp_path)
+    ck = aq.load_checkpoint(path)
+    names = ck.names()
+    part = set(names[3:9])
+    r = replica_of(str(path), part)
+    headers = sum(len(b) for rel, (_, ranges) in r.files.items() for o, b in ranges if o == 0)
+    assert r.nbytes == headers + sum(ck.info(n).nbytes for n in part)
+    with Built(r) as copy:
+        assert Path(copy.path).name == path.name
+        other = aq.load_checkpoint(copy.path)
+        assert other.names() == names
+        for n in names:
+            want = np.asarray(ck.raw(n)) if n in part else np.zeros(ck.info(n).nbytes, np.uint8)
+            assert np.array_equal(np.asarray(other.raw(n)), want), n
+        for shard in tmp_path.glob("*.safetensors"):
+            copied = copy.folder / shard.name
+            assert copied.stat().st_size == shard.stat().st_size
+            assert copied.stat().st_blocks * 512 < shard.stat().st_size  # holes take no disk
+    assert not copy.folder.exists()
+
+
+def test_ray_object_store_transfer_is_the_local_file(cluster: Path, tmp_path: Path) -> None:
+    """Workers that get the tensors through the object store (and never the driver's path)
+    and send their part files back: the local run's file; every tensor byte sent once."""
+    path = _sharded(tmp_path)
+    a = aq.ArrowQuantV2().quantize_diffusion_model(
+        path, tmp_path / "one", aq.DiffusionQuantConfig(calibration="")
+    )
+    cfg = aq.DiffusionQuantConfig(calibration="", ray="default", ray_transfer="object-store")
+    b = aq.ArrowQuantV2().quantize_diffusion_model(path, tmp_path / "ray", cfg)
+    assert _file(tmp_path / "one") == _file(tmp_path / "ray")
+    assert [x["name"] for x in a.layers] == [x["name"] for x in b.layers]
+    so = b.extra["scale_out"]
+    assert so["transfer"] == "object-store"
+    tensors = aq.load_checkpoint(path).total_bytes
+    assert tensors <= so["checkpoint_bytes_shipped"] < tensors + 64 * 1024 * so["parts"]
+
+
+def test_ray_dataset_is_the_local_dataset(cluster: Path, tmp_path: Path) -> None:
+    """With max_file_size the merge writes the dataset a local run writes: the same files, each
+    byte for byte but its creation time (part 1 killed once and retried)."""
+    killed = len(cluster.read_text().splitlines())
+    for out, ray in (("one", ""), ("ray", "default")):
+        cfg = aq.DiffusionQuantConfig(calibration="", max_file_size="200KB", ray=ray)
+        aq.ArrowQuantV2().quantize_diffusion_model(DDPM, tmp_path / out, cfg)
+    a = sorted((tmp_path / "one" / aq.api.MODEL_FILE).iterdir())
+    b = sorted((tmp_path / "ray" / aq.api.MODEL_FILE).iterdir())
+    assert len(a) > 2 and [p.name for p in a] == [p.name for p in b]
+    for x, y in zip(a, b, strict=True):
+        assert CREATED.sub(b"", x.read_bytes()) == CREATED.sub(b"", y.read_bytes()), x.name
+    assert len(cluster.read_text().splitlines()) == killed + 1
+
+
 def test_ray_calibration_batches_merge_to_the_local_record(cluster: Path) -> None:
     """Calibration's batches recorded on the cluster's two workers (batch 1's worker killed
     once, restarted, the batch retried) merge into the record one process makes with torch on
@@ -145,24 +204,26 @@ def test_ray_calibration_batches_merge_to_the_local_record(cluster: Path) -> Non
         sa, ma, ra, ca = record(None)
     finally:
         torch.set_num_threads(threads)
-    with scale_out.calibration_pool(str(DDPM), "default", 3) as pool:
-        sb, mb, rb, cb = record(pool)
-        assert pool is not None and (pool.workers, pool.recorded) == (2, 3)
-    assert "c1" in cluster.read_text().splitlines()
-    assert list(sa) == list(sb)
-    for name in sa:
-        for x, y in zip(sa[name].stats(), sb[name].stats(), strict=True):
-            assert x.keys() == y.keys()
-            assert all(np.array_equal(x[k], y[k]) for k in x), name
-    assert list(ma) == list(mb) and ma
-    for name, (fit, check) in ma.items():
-        for h, g in zip((fit, check), mb[name], strict=True):
-            assert h.count == g.count and h.count > 0
-            assert np.array_equal(h.data(), g.data()), name
-    assert list(ra) == list(rb) and ra
-    assert all(ra[k].shape[0] <= 48 and bool((ra[k] == rb[k]).all()) for k in ra)
-    assert len(ca) == len(cb) > 0
-    assert repr(ca) == repr(cb)  # the same calls' tensors, in the same order
+    # The actors read the model where the driver does, then get it through the object store.
+    for ship in (False, True):
+        with scale_out.calibration_pool(str(DDPM), "default", 3, ship=ship) as pool:
+            sb, mb, rb, cb = record(pool)
+            assert pool is not None and (pool.workers, pool.recorded) == (2, 3)
+        assert "c1" in cluster.read_text().splitlines()
+        assert list(sa) == list(sb)
+        for name in sa:
+            for x, y in zip(sa[name].stats(), sb[name].stats(), strict=True):
+                assert x.keys() == y.keys()
+                assert all(np.array_equal(x[k], y[k]) for k in x), name
+        assert list(ma) == list(mb) and ma
+        for name, (fit, check) in ma.items():
+            for h, g in zip((fit, check), mb[name], strict=True):
+                assert h.count == g.count and h.count > 0
+                assert np.array_equal(h.data(), g.data()), name
+        assert list(ra) == list(rb) and ra
+        assert all(ra[k].shape[0] <= 48 and bool((ra[k] == rb[k]).all()) for k in ra)
+        assert len(ca) == len(cb) > 0
+        assert repr(ca) == repr(cb)  # the same calls' tensors, in the same order
 
 
 def test_merged_call_sample_is_uniform() -> None:

@@ -336,7 +336,14 @@ def calibrate(
         if cfg.ray:  # the batches on the cluster's workers
             from arrowquant.scale_out import calibration_pool
 
-            pool = stack.enter_context(calibration_pool(os.fspath(model_path), cfg.ray, batches))
+            pool = stack.enter_context(
+                calibration_pool(
+                    os.fspath(model_path),
+                    cfg.ray,
+                    batches,
+                    ship=cfg.ray_transfer == "object-store",
+                )
+            )
         plans, summary = _calibrate(model_path, cfg, calib, log, moments, sensitivity, pool)
         summary["batches"] = batches
         if pool is not None:

@@ -88,13 +88,13 @@ def evaluate_masked(
         if callable(getattr(s, "forward", None)):
             prepared.append((name, s.eval(), {"source": type(s).__name__}))
             continue
-        from arrowquant.model import resolve_model_path
+        from arrowquant.model import file_bytes, resolve_model_path
 
-        f = resolve_model_path(s)
+        size = file_bytes(s)
         info = {
-            "source": str(f),
-            "file_bytes": f.stat().st_size,
-            "file_bits_per_weight": 8.0 * f.stat().st_size / n_weights,
+            "source": str(resolve_model_path(s)),
+            "file_bytes": size,
+            "file_bits_per_weight": 8.0 * size / n_weights,
         }
         prepared.append((name, quantized_module(ref, s), info))
     t0 = time.perf_counter()

@@ -48,6 +48,7 @@ void ModelReader::Impl::Return(std::unique_ptr<parquet::arrow::FileReader> r) co
 // Arrow array in between. The low-level reader reports damage by throwing; it is caught here.
 Status ModelReader::Impl::ReadPayload(const ModelTensorInfo& t, const char* column,
                                       std::vector<uint8_t>& out) const {
+  if (!files.empty()) return Holder(t).ReadPayload(t, column, out);
   out.clear();
   const auto it = columns.find(column);
   if (it == columns.end()) {
@@ -158,6 +159,12 @@ ModelReader::~ModelReader() = default;
 const std::string& ModelReader::path() const {
   return impl_->path;
 }
+std::vector<std::string> ModelReader::files() const {
+  if (impl_->files.empty()) return {impl_->path};
+  std::vector<std::string> out;
+  for (const auto& f : impl_->files) out.push_back(f->path);
+  return out;
+}
 bool ModelReader::legacy() const {
   return impl_->legacy;
 }
@@ -178,6 +185,12 @@ Result<QuantizedTensor> ModelReader::ReadQuantized(const std::string& name) cons
   QuantizedTensor q;
   AQ_RETURN_IF_ERROR(impl_->ReadQuantizedInto(*t, q));
   return q;
+}
+
+Status ModelReader::ReadQuantizedInto(const std::string& name, QuantizedTensor& q) const {
+  const ModelTensorInfo* t = Find(name);
+  if (!t) return impl_->Err(StatusCode::kNotFound, "no tensor named '" + name + "'");
+  return impl_->ReadQuantizedInto(*t, q);
 }
 
 Result<std::vector<std::byte>> ModelReader::ReadRaw(const std::string& name) const {

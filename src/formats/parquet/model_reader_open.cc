@@ -2,6 +2,7 @@
 // formats, metrics, calibration fields) of every row into ModelTensorInfo. No payload is read.
 // Two schemas: ArrowQuant's own, and the seed project's base V2 schema (legacy, read-only).
 #include <algorithm>
+#include <filesystem>
 #include <map>
 #include <string>
 
@@ -341,10 +342,10 @@ Status ParseRows(ModelReader::Impl& impl, const Columns& columns, int64_t table_
 
 }  // namespace
 
-Result<std::unique_ptr<ModelReader>> ModelReader::Open(const std::string& path,
-                                                       const ModelReaderOptions& options) {
-  auto impl = std::make_unique<Impl>();
-  AQ_ASSIGN_OR_RETURN(impl->path, ResolveModelPath(path));
+Result<std::unique_ptr<ModelReader::Impl>> OpenModelFile(const std::string& file,
+                                                         const ModelReaderOptions& options) {
+  auto impl = std::make_unique<ModelReader::Impl>();
+  impl->path = file;
   std::unique_ptr<parquet::arrow::FileReader> reader;
   AQ_RETURN_IF_ERROR(OpenFile(*impl, options, reader));
   std::shared_ptr<arrow::Schema> schema;
@@ -354,6 +355,19 @@ Result<std::unique_ptr<ModelReader>> ModelReader::Open(const std::string& path,
   AQ_ASSIGN_OR_RETURN(auto light, ReadLightColumns(*impl, *reader));
   AQ_RETURN_IF_ERROR(ParseRows(*impl, light.first, light.second));
   impl->Return(std::move(reader));  // the first pooled reader
+  return impl;
+}
+
+Result<std::unique_ptr<ModelReader>> ModelReader::Open(const std::string& path,
+                                                       const ModelReaderOptions& options) {
+  AQ_ASSIGN_OR_RETURN(std::string resolved, ResolveModelPath(path));
+  std::error_code ec;
+  std::unique_ptr<Impl> impl;
+  if (std::filesystem::is_directory(resolved, ec)) {
+    AQ_ASSIGN_OR_RETURN(impl, OpenModelDataset(resolved, options));
+  } else {
+    AQ_ASSIGN_OR_RETURN(impl, OpenModelFile(resolved, options));
+  }
   return std::unique_ptr<ModelReader>(new ModelReader(std::move(impl)));
 }
 

@@ -63,6 +63,8 @@ inline constexpr const char* kModality = "arrowquant.modality";
 inline constexpr const char* kDiffusion = "arrowquant.is_diffusion_model";
 inline constexpr const char* kCreated = "arrowquant.created";
 inline constexpr const char* kTotals = "arrowquant.totals";
+// In each file of a dataset: its index (1-based), which its name repeats.
+inline constexpr const char* kDatasetFile = "arrowquant.dataset_file";
 }  // namespace key
 
 Status FromArrow(const arrow::Status& st, const std::string& context,

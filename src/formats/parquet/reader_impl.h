@@ -20,6 +20,9 @@ namespace arrowquant {
 
 struct ModelReader::Impl {
   std::string path;
+  // A dataset: each file's own state (its rows, columns, readers); `tensors` are theirs in file
+  // order, each naming its file. Empty for a single file.
+  std::vector<std::unique_ptr<Impl>> files;
   bool legacy = false;
   // Tensors are read from several threads; Parquet readers are not shared between threads, so
   // each read borrows one from this pool (all over the same memory map and parsed footer).
@@ -39,6 +42,10 @@ struct ModelReader::Impl {
   };
   std::map<std::string, SeedParams> seed_params;
 
+  // The state that holds a tensor's rows: its file's.
+  const Impl& Holder(const ModelTensorInfo& t) const {
+    return files.empty() ? *this : *files[t.file];
+  }
   Status Err(StatusCode code, const std::string& msg) const {
     return Status(code, path + ": " + msg);
   }
@@ -54,5 +61,12 @@ struct ModelReader::Impl {
   Status DecodeSeedRow(const ModelTensorInfo& t, std::vector<float>& out) const;
   Status DecodeRawFloat(const ModelTensorInfo& t, std::vector<float>& out) const;
 };
+
+// One model file, opened (the light columns parsed; no payload read).
+Result<std::unique_ptr<ModelReader::Impl>> OpenModelFile(const std::string& file,
+                                                         const ModelReaderOptions& options);
+// The dataset in `folder`, its files opened and checked as one model.
+Result<std::unique_ptr<ModelReader::Impl>> OpenModelDataset(const std::string& folder,
+                                                            const ModelReaderOptions& options);
 
 }  // namespace arrowquant
