@@ -264,18 +264,6 @@ def _run_part(
     return raw
 
 
-def run_on_ray(
-    model_path: str,
-    out_file: Path,
-    job: Any,
-    progress: Any,
-    limits: tuple[int, int, int, int],
-) -> dict[str, Any]:
-    """`_core.run_pipeline`'s result for the job run as Ray tasks (see the module's doc)."""
-    with session(job.cfg.ray):
-        return _run(model_path, out_file, job, progress, limits)
-
-
 def load_checkpoint_names(model_path: str) -> list[str]:
     from arrowquant.checkpoint import load_checkpoint
 
@@ -301,13 +289,15 @@ def part_jobs(model_path: str, job: Any, ranges: list[tuple[int, int]]) -> list[
     return out
 
 
-def _run(
+def run_on_ray(
     model_path: str,
     out_file: Path,
     job: Any,
     progress: Any,
     limits: tuple[int, int, int, int],
 ) -> dict[str, Any]:
+    """`_core.run_pipeline`'s result for the job run as Ray tasks (see the module's doc), in
+    the caller's Ray session (session())."""
     import ray
 
     t0 = time.perf_counter()

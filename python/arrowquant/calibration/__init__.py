@@ -217,7 +217,7 @@ def searched_equalization(
             "act_bits": cfg.act_bits,
             "candidates": candidates,
         }
-        | ({"batch": cfg.calibration_batch} if calib.count > cfg.calibration_batch else {}),
+        | _batch_key(calib, cfg),
     )
     path = cache.cache_dir(cfg.calibration_cache) / f"{key}.npz"
     got = cache.load_arrays(path)
@@ -225,19 +225,39 @@ def searched_equalization(
         return got[0], got[1]["choices"], True
     if not rows:  # statistics came from the cache: sample the inputs again
         rows = {}
-        capture(
-            ref,
-            calib,
-            cfg.calibration_steps,
-            cfg.seed,
-            batch=cfg.calibration_batch,
-            log=log,
-            row_samples=rows,
-            pool=pool,
-        )
+        _resample(ref, calib, cfg, log, pool, row_samples=rows)
     scales, choices = choose_equalization(ref, raw, rows, specs, cfg.act_bits, candidates)
     cache.save_arrays(path, scales, {"choices": choices})
     return scales, choices, False
+
+
+def _batch_key(calib: CalibrationSet, cfg: Any) -> dict[str, int]:
+    """A cache key's batch size: only where the set runs in more than one batch (the results
+    of one batch are the unbatched run's)."""
+    return {"batch": cfg.calibration_batch} if calib.count > cfg.calibration_batch else {}
+
+
+def _resample(
+    ref: Any,
+    calib: CalibrationSet,
+    cfg: Any,
+    log: Callable[[str], None] | None,
+    pool: Any,
+    **record: Any,
+) -> None:
+    """The FP model samples the calibration set again, as calibration did, recording what
+    `record` names (row_samples=, recorded_calls=): for a result not in the cache when the
+    statistics were."""
+    capture(
+        ref,
+        calib,
+        cfg.calibration_steps,
+        cfg.seed,
+        batch=cfg.calibration_batch,
+        log=log,
+        pool=pool,
+        **record,
+    )
 
 
 def layer_specs(model_path: str | os.PathLike[str], cfg: Any) -> dict[str, dict[str, Any]]:
@@ -283,7 +303,7 @@ def measured_sensitivity(
         "seed": cfg.seed,
         "calls": sensitivity.MAX_CALLS,
         "probes": sensitivity.PROBES,
-    } | ({"batch": cfg.calibration_batch} if calib.count > cfg.calibration_batch else {})
+    } | _batch_key(calib, cfg)
     path = (
         cache.cache_dir(cfg.calibration_cache)
         / f"{cache.cache_key(digest, calib.digest, settings)}.npz"
@@ -292,16 +312,7 @@ def measured_sensitivity(
     if got is not None:
         return got[0], got[1]["summary"] | {"cache": "hit"}
     if not calls:
-        capture(
-            ref,
-            calib,
-            cfg.calibration_steps,
-            cfg.seed,
-            batch=cfg.calibration_batch,
-            log=log,
-            recorded_calls=calls,
-            pool=pool,
-        )
+        _resample(ref, calib, cfg, log, pool, recorded_calls=calls)
     if log:
         log(f"calibration: sensitivity from {len(calls)} recorded calls")
     values, summary = sensitivity.measure(
