@@ -1,17 +1,19 @@
 """The quantize job as Ray tasks (arrowquant.scale_out) against the same job in one process, in
 the same script, on the SD1.5-shaped f16 UNet checkpoint (bench/pipeline_rss.py; 1.72 GB): a
 local Ray cluster of --cpus CPUs on this machine, the default job (weight-only for a lone UNet
-file, profile local). Reports each run's wall time (best of --repeat; the one-process run both
-before the cluster starts and beside it, idle), their ratios, whether the model files are
-identical (creation time aside), and the Ray run's phases (size budget on the driver, tasks with
-the merge appending parts as they come in, close), parts, part-file bytes and the workers' peak
-RSS. With --shards K the checkpoint is first cut into K shards and an index (as
-`save_pretrained` writes big models), and both runs read the index. The Ray job runs twice:
-workers reading the checkpoint from storage, and getting their tensors (and sending their part
-files back) through the object store (--ray-transfer object-store: nodes without shared
-storage), with the bytes it sent. --max-file-size SIZE: every run writes a Parquet dataset.
+file, profile local). --rounds rounds, each: the one-process run before a cluster exists, then
+a fresh local cluster (its workers start and import arrowquant in the first Ray run, as for
+each `arrowquant quantize --ray`) with the Ray run reading storage, the one-process run beside
+the idle cluster, the Ray run again (workers started), and the Ray run with tensors and part
+files through the object store (--ray-transfer object-store: nodes without shared storage).
+Reports every run's wall time, the rounds' paired ratios (median, range), whether the model
+files are identical (creation time aside), and the fastest Ray runs' phases (size budget on
+the driver, tasks with the merge appending parts as they come in, close), parts, part-file
+bytes, bytes sent and the workers' peak RSS. With --shards K the checkpoint is first cut into
+K shards and an index (as `save_pretrained` writes big models), and every run reads the index.
+--max-file-size SIZE: every run writes a Parquet dataset.
 
-    .venv/bin/python bench/scale_out.py [--dir bench-out] [--repeat 2] [--cpus 2] [--shards K]
+    .venv/bin/python bench/scale_out.py [--dir bench-out] [--rounds 3] [--cpus 2] [--shards K]
         [--max-file-size SIZE]
 """
 
@@ -19,9 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -63,7 +65,7 @@ def sharded(single: Path, k: int) -> Path:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", type=Path, default=Path("bench-out"))
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--shards", type=int, default=0, help="cut the checkpoint into K shards")
     ap.add_argument("--max-file-size", default="", help="write Parquet datasets (e.g. 200MB)")
@@ -76,64 +78,74 @@ def main() -> int:
     ckpt = args.dir / "sd15_f16.safetensors"
     build(ckpt, "f16")
     model = sharded(ckpt, args.shards) if args.shards else ckpt
-    modes = ("alone", "local", "ray", "ship")
-    best: dict[str, float] = dict.fromkeys(modes, math.inf)
+    modes = ("alone", "local", "ray", "warm", "ship")
+    times: dict[str, list[float]] = {m: [] for m in modes}
     phases: dict[str, Any] = {}
 
     def run(mode: str) -> None:
         out = args.dir / f"scale_out_{'local' if mode == 'alone' else mode}"
         shutil.rmtree(out, ignore_errors=True)
         cfg = aq.DiffusionQuantConfig(
-            ray="default" if mode in ("ray", "ship") else "",
+            ray="default" if mode in ("ray", "warm", "ship") else "",
             ray_transfer="object-store" if mode == "ship" else "storage",
             max_file_size=args.max_file_size,
         )
         t = time.perf_counter()
         rep = aq.ArrowQuantV2().quantize_diffusion_model(model, out, cfg)
-        seconds = time.perf_counter() - t
-        if seconds < best[mode]:
-            best[mode] = seconds
-            if mode in ("ray", "ship"):
-                phases[mode] = rep.extra["scale_out"]
+        times[mode].append(time.perf_counter() - t)
+        if mode in ("warm", "ship") and times[mode][-1] == min(times[mode]):
+            phases[mode] = rep.extra["scale_out"]
 
-    for _ in range(args.repeat):  # before the cluster exists: its idle processes take CPU too
-        run("alone")
-    t = time.perf_counter()
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-    start = time.perf_counter() - t
-    for _ in range(args.repeat):
-        for mode in ("local", "ray"):
+    starts = []
+    for _ in range(args.rounds):
+        run("alone")  # before the cluster exists: its idle processes take CPU too
+        t = time.perf_counter()
+        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        starts.append(time.perf_counter() - t)
+        # A fresh cluster each round: its workers start and import arrowquant in the first
+        # Ray run, as they do for each `arrowquant quantize --ray` with a local cluster.
+        for mode in ("ray", "local", "warm", "ship"):
             run(mode)
-    for _ in range(args.repeat):  # after: the workers' peak RSS is each process's whole life
-        run("ship")
-    ray.shutdown()
+        ray.shutdown()
 
     def content(m: str) -> list[bytes]:  # the model file, or a dataset's files
         p = args.dir / f"scale_out_{m}" / "model.aq.parquet"
         files = sorted(p.iterdir()) if p.is_dir() else [p]
         return [CREATED.sub(b"", f.read_bytes()) for f in files]
 
-    files = [content(m) for m in ("local", "ray", "ship")]
+    files = [content(m) for m in ("local", "warm", "ship")]
     same = files[0] == files[1] == files[2]
+
+    def ratio(a: str, b: str) -> str:  # the rounds' paired ratios: median (min-max)
+        r = sorted(x / y for x, y in zip(times[a], times[b], strict=True))
+        return f"{statistics.median(r):.2f}x ({r[0]:.2f}-{r[-1]:.2f})"
+
+    def secs(m: str) -> str:
+        return " / ".join(f"{x:.2f}" for x in times[m]) + " s"
+
     gb = ckpt.stat().st_size / 1e9
     how = f", {args.shards} shards and an index" if args.shards else ""
-    print(f"SD1.5-shaped f16 UNet ({gb:.2f} GB{how}), default job, best of {args.repeat}")
-    print(f"  one process, no Ray running: {best['alone']:.2f} s")
-    print(f"  one process, the Ray cluster idle beside it: {best['local']:.2f} s")
+    print(f"SD1.5-shaped f16 UNet ({gb:.2f} GB{how}), default job, {args.rounds} rounds")
+    print(f"  one process, no Ray running: {secs('alone')}")
+    print(f"  one process, the Ray cluster idle beside it: {secs('local')}")
     print(
-        f"  Ray, local cluster of {args.cpus} CPUs: {best['ray']:.2f} s "
-        f"({best['ray'] / best['alone']:.2f}x the first, {best['ray'] / best['local']:.2f}x the "
-        f"second; the cluster's start, {start:.1f} s, not counted)"
+        f"  Ray, a fresh local cluster of {args.cpus} CPUs each round (its start, "
+        f"{min(starts):.1f}-{max(starts):.1f} s, not counted), its workers' first job: "
+        f"{secs('ray')}: {ratio('ray', 'alone')} the first, {ratio('ray', 'local')} the second"
     )
     print(
-        f"  Ray, tensors and part files through the object store: {best['ship']:.2f} s "
-        f"({best['ship'] / best['alone']:.2f}x the first, {best['ship'] / best['ray']:.2f}x "
-        f"reading from storage; {phases['ship']['checkpoint_bytes_shipped'] / 1e9:.2f} GB sent)"
+        f"  Ray again, the workers started: {secs('warm')}: {ratio('warm', 'alone')} the first, "
+        f"{ratio('warm', 'local')} the second"
+    )
+    print(
+        f"  Ray, tensors and part files through the object store: {secs('ship')}: "
+        f"{ratio('ship', 'alone')} the first, {ratio('ship', 'warm')} reading from storage; "
+        f"{phases['ship']['checkpoint_bytes_shipped'] / 1e9:.2f} GB sent"
     )
     dataset = f", a dataset of {len(files[0])} files" if args.max_file_size else ""
     print(f"  model files identical (creation time aside{dataset}): {same}")
-    for mode in ("ray", "ship"):
-        print(f"  {mode} run: {json.dumps(phases[mode])}")
+    for mode in ("warm", "ship"):
+        print(f"  {mode} run (fastest): {json.dumps(phases[mode])}")
     return 0 if same else 1
 
 

@@ -88,6 +88,19 @@ struct ModelDatasetOptions {
 // The file name of file `index` (1-based) of `count`.
 std::string DatasetFileName(int index, int count);
 
+// The split rule: the index of each file's first tensor, for tensors of these payload bytes in
+// order (QuantizedTensor::nbytes(), or a raw tensor's bytes: LayerReport::stored_bytes).
+std::vector<size_t> DatasetFileStarts(std::span<const uint64_t> payload_bytes,
+                                      uint64_t max_file_bytes);
+
+// A dataset written file by file (ModelDatasetWriter, or scale-out's tasks, one a file): file
+// `index` is written to `<folder>/DatasetPendingName(index)` under DatasetFileMetadata(job,
+// index); FinishDataset gives the `count` files their names and moves the folder to `path` (a
+// previous `path` is replaced).
+std::string DatasetPendingName(int index);
+ModelMetadata DatasetFileMetadata(ModelMetadata job, int index);
+Status FinishDataset(const std::string& folder, const std::string& path, int count);
+
 class ModelDatasetWriter {
  public:
   // Writes `<path>.tmp-<pid>/` and renames it to `path` on Close() (a previous `path` is

@@ -223,6 +223,15 @@ Status MergeParts(const Checkpoint& ck, const std::vector<std::string>& parts,
                   const std::string& out_path, const PipelineConfig& config,
                   const std::string& modality);
 
+// File `index` (1-based) of a job's dataset written on its own from the parts' scratch files
+// (scale-out: the files written at once by several tasks): the tensors [first, first + count)
+// of the parts' tensors in order, under the job's metadata, into `out_path` (whole or not at
+// all). The file a ModelDatasetWriter writes as its file `index` (the split from
+// DatasetFileStarts over the layers' stored_bytes), byte for byte but its creation time.
+Status WriteDatasetFile(const Checkpoint& ck, const std::vector<std::string>& parts, size_t first,
+                        size_t count, const std::string& out_path, const PipelineConfig& config,
+                        const std::string& modality, int index);
+
 // Runs the job; the output appears complete or not at all. A cancelled run returns kCancelled,
 // a fail-fast run that misses a threshold kThresholdMissed; neither leaves a file behind.
 Result<PipelineReport> RunPipeline(const Checkpoint& ck, const std::string& out_path,

@@ -337,6 +337,21 @@ def merge_parts(model_path: str, parts: Sequence[str], out_path: str, config: Pi
     Writes out_path from a job's part files (in tensor order), as one run would have.
     """
 
+def write_dataset_file(model_path: str, parts: Sequence[str], first: int, count: int, out_path: str, config: PipelineConfig, modality: str, index: int) -> None:
+    """
+    File `index` of a job's dataset: the parts' tensors [first, first + count).
+    """
+
+def dataset_file_starts(payload_bytes: Sequence[int], max_file_bytes: int) -> list[int]:
+    """
+    Each dataset file's first tensor, for tensors of these payload bytes (stored_bytes).
+    """
+
+def dataset_pending_name(index: int) -> str: ...
+
+def finish_dataset(folder: str, path: str, count: int) -> None:
+    """Names the dataset's written files and moves `folder` to `path`."""
+
 def plan(model_path: str, config: PipelineConfig) -> list[tuple[str, int, float, str]]: ...
 
 def detect_modality(model_path: str) -> tuple[str, str]: ...

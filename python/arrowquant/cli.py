@@ -237,7 +237,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     version = meta.get("arrowquant.format_version", "?")
     tool = meta.get("arrowquant.tool_version", "?")
     legacy = " (seed schema)" if model.legacy else ""
-    print(f"{model.path}: {len(infos)} tensors, format {version}{legacy}, tool {tool}")
+    files = f", {len(model.files)} files (a Parquet dataset)" if len(model.files) > 1 else ""
+    print(f"{model.path}: {len(infos)} tensors{files}, format {version}{legacy}, tool {tool}")
     width = max((len(i["name"]) for i in infos), default=4)
     for i in infos:
         fmt = i["spec"]["format"] if i["spec"] else f"{i['quant_type']} {i['dtype']}"

@@ -38,6 +38,11 @@ class QuantizedModel:
         return self._core.path
 
     @property
+    def files(self) -> list[str]:
+        """The files read: the model file, or a Parquet dataset's files in order."""
+        return list(self._core.files)
+
+    @property
     def legacy(self) -> bool:
         """True for files in the seed project's base V2 schema."""
         return self._core.legacy
@@ -125,12 +130,13 @@ def file_bytes(path: str | os.PathLike[str]) -> int:
         return p.stat().st_size
     if any(p.glob("*.gguf")):
         return sum(f.stat().st_size for f in p.glob("*.gguf"))
-    return sum(os.path.getsize(f) for f in _core.ModelReader.open(os.fspath(p)).files)
+    return sum(os.path.getsize(f) for f in open(p).files)
 
 
 def open(path: str | os.PathLike[str], verify_checksums: bool = True) -> Any:  # noqa: A001
-    """Opens a model file, or the output folder of `arrowquant quantize` (validates footer,
-    schema and version; reads no payload); GGUF output as an arrowquant.gguf.GgufModel."""
+    """Opens a model file, a Parquet dataset's folder, or the output folder of `arrowquant
+    quantize` (validates footer, schema and version; reads no payload); GGUF output as an
+    arrowquant.gguf.GgufModel."""
     from arrowquant.gguf import is_gguf, open_gguf
 
     if is_gguf(path):

@@ -8,6 +8,7 @@ the same output."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import tempfile
@@ -48,8 +49,14 @@ class Replica:
         return str(where / self.model)
 
 
+def _abs(path: str | Path) -> Path:
+    """Absolute, symbolic links kept: a Hugging Face cache's snapshot folder links each file to
+    a blob elsewhere, and the copy keeps the folder's names."""
+    return Path(os.path.abspath(path))
+
+
 def _root(model_path: str) -> tuple[Path, str]:
-    p = Path(model_path).resolve()
+    p = _abs(model_path)
     return (p, ".") if p.is_dir() else (p.parent, p.name)
 
 
@@ -68,6 +75,12 @@ def _safetensors_header(path: Path) -> np.ndarray:
     return _read(path, 0, 8 + n)
 
 
+def _entries(root: Path, model: str) -> list[Path]:
+    """The files of the model's folder (recursively), or beside its file."""
+    found = root.rglob("*") if model == "." else root.iterdir()
+    return [x for x in found if x.is_file()]
+
+
 def replica_of(model_path: str, names: set[str] | None) -> Replica:
     """The copy of `model_path` that a job on tensors `names` (None: every tensor, e.g. to load
     the whole model) needs."""
@@ -77,32 +90,35 @@ def replica_of(model_path: str, names: set[str] | None) -> Replica:
     root, model = _root(model_path)
     ck = load_checkpoint(model_path)
     out = Replica(model)
-    tensor_files = {Path(f["path"]).resolve() for c in ck.components for f in c["files"]}
+    entries = _entries(root, model)
+    # The reader names a tensor file by its real path; the copy needs the name the model's
+    # folder gives it (a link's, in a Hugging Face cache).
+    named: dict[str, str] = {}
+    for x in sorted(entries, key=lambda x: not x.is_symlink()):  # links first
+        named.setdefault(os.path.realpath(x), str(x.relative_to(root)))
 
-    def rel(p: Path) -> str:
-        try:
-            return str(p.relative_to(root))
-        except ValueError:
+    def rel(path: str) -> str:
+        r = named.get(os.path.realpath(path))
+        if r is None:
             raise ConfigurationError(
-                f"{model_path}: {p} is outside the model's folder; it cannot be sent to workers "
-                "without the driver's storage"
-            ) from None
+                f"{model_path}: {path} is outside the model's folder; it cannot be sent to "
+                "workers without the driver's storage"
+            )
+        return r
 
-    for p in sorted(tensor_files):
-        out.files[rel(p)] = (p.stat().st_size, [(0, _safetensors_header(p))])
+    tensor_files = sorted({f["path"] for c in ck.components for f in c["files"]})
+    for f in tensor_files:
+        out.files[rel(f)] = (os.path.getsize(f), [(0, _safetensors_header(Path(f)))])
     for info in ck.infos():
         if names is None or info.name in names:
             data = _read(info.file, info.offset, info.nbytes)
-            out.files[rel(Path(info.file).resolve())][1].append((info.offset, data))
+            out.files[rel(info.file)][1].append((info.offset, data))
     # Everything else the job may read: a folder's configs, indexes and vocabularies; beside a
-    # file (a lone .safetensors, an index), its JSON files (config.json).
-    others = (
-        [x for x in root.rglob("*") if x.is_file()]
-        if model == "."
-        else [root / model, *root.glob("*.json")]
-    )
-    for p in others:
-        r = rel(p.resolve())
+    # file (a lone .safetensors, an index), the file itself and its JSON files (config.json).
+    for p in entries:
+        r = str(p.relative_to(root))
+        if model != "." and r != model and p.suffix != ".json":
+            continue
         if r in out.files or p.suffix in _WEIGHTS or p.suffix == ".safetensors":
             continue
         size = p.stat().st_size

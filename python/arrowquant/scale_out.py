@@ -7,7 +7,10 @@ worker sees, builds the same config from the job's inputs (api.CoreInputs, shipp
 the object store), runs the C++ pipeline on its tensors and writes a part file in the output's
 temporary folder. The driver appends each part file to the model file as soon as the parts
 before it are in (C++ PartMerger), while the later parts still run: the model file a single
-process writes, byte for byte but for its creation time.
+process writes, byte for byte but for its creation time. A Parquet dataset (max_file_size) is
+written by tasks instead, a file each (_DatasetFiles). Workers without the driver's storage
+(ray_transfer "object-store") get their tensors through the object store (replica.py) and send
+their part files back.
 
 A task whose worker dies is retried (Ray's max_retries; a part file appears whole or not at
 all); a failed job, a cancelled one (progress callback) and Ctrl-C cancel every task, and the
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,9 +35,9 @@ from arrowquant.calibration import recording  # noqa: F401  (the C++ accumulator
 from arrowquant.errors import ArrowQuantError, CancelledError
 
 # Test hook: "K" or "K:LOG" makes the first attempt of part K die as a killed worker would
-# (os._exit), appending a line to LOG first; "cK" the first calibration batch K of the cluster's
-# life (it needs LOG); "sK" makes part K take 20 s longer (a long part); several,
-# comma-separated.
+# (os._exit), appending a line to LOG first; "fK" the same for dataset file K's task; "cK" the
+# first calibration batch K of the cluster's life (it needs LOG); "sK" makes part K take 20 s
+# longer (a long part); several, comma-separated.
 FAULT_ENV = "ARROWQUANT_SCALE_OUT_FAULT"
 PARTS_PER_CPU = 4  # parts a CPU of the cluster takes on average: stragglers even out
 MAX_RETRIES = 3
@@ -303,6 +307,7 @@ def run_on_ray(
     t0 = time.perf_counter()
     folder = out_file.parent
     pending: list[Any] = []
+    files: _DatasetFiles | None = None
     try:
         t1 = time.perf_counter()
         core = job.core()
@@ -343,10 +348,19 @@ def run_on_ray(
         results: list[dict[str, Any] | None] = [None] * len(ranges)
         done, merged, merging, part_bytes = 0, 0, 0.0, 0
         merger = None
+        # A dataset on shared storage: its files written by tasks, several at once (below).
+        files = (
+            _DatasetFiles(model_path, out_file, job, paths)
+            if core.max_file_bytes and not ship
+            else None
+        )
         while pending:
             # In short waits: Python runs its Ctrl-C handler only between them.
             ready, pending = ray.wait(pending, num_returns=1, timeout=WAIT_S)
             for ref in ready:
+                if ref not in index:  # a dataset file's task
+                    _get(ray, ref)
+                    continue
                 raw = results[index[ref]] = _get(ray, ref)
                 if "part_file" in raw:  # a worker without shared storage sent it back
                     raw.pop("part_file").tofile(paths[index[ref]])
@@ -360,25 +374,34 @@ def run_on_ray(
             # Every part whose predecessors are in goes in now, while the others still run.
             t = time.perf_counter()
             while merged < len(results) and (head := results[merged]) is not None:
+                part_bytes += Path(paths[merged]).stat().st_size
+                if files is not None:  # its files that are now known go to tasks
+                    pending += files.add_part(head, last=merged == len(results) - 1)
+                    merged += 1
+                    continue
                 if merger is None:
                     merger = _core.PartMerger.open(
                         model_path, str(out_file), core, head["modality"]
                     )
-                part_bytes += Path(paths[merged]).stat().st_size
                 merger.append(paths[merged])
                 Path(paths[merged]).unlink()
                 merged += 1
             merging += time.perf_counter() - t
         t3 = time.perf_counter()
-        assert merger is not None
-        merger.close()
+        if files is not None:
+            files.finish()
+        else:
+            assert merger is not None
+            merger.close()
         t4 = time.perf_counter()
         out = _combined([r for r in results if r is not None])
         out["scale_out"] = {
             "parts": len(ranges),
             "cluster_cpus": cpus,
             "part_file_bytes": part_bytes,  # written by the tasks, read back by the merge
+            # (or by the dataset's file tasks)
             "transfer": job.cfg.ray_transfer,
+            "dataset_files_by_tasks": files.count if files is not None else 0,
             "checkpoint_bytes_shipped": shipped,  # through the object store (object-store)
             "worker_peak_rss": max(int(r["worker_peak_rss"]) for r in results if r),
             "worker_shared_rss": max(int(r["worker_shared_rss"]) for r in results if r),
@@ -405,6 +428,87 @@ def run_on_ray(
     finally:
         for p in folder.glob("part-*.parquet*"):
             p.unlink(missing_ok=True)
+        if files is not None:
+            shutil.rmtree(files.folder, ignore_errors=True)  # gone on success (finish)
+
+
+def _write_file(
+    model_path: str, parts: list[str], first: int, count: int, path: str, job: Any,
+    modality: str, index: int,
+) -> dict[str, int]:  # fmt: skip
+    """One Ray task: file `index` of the job's dataset from the parts' scratch files."""
+    # The test hook's marker beside the part files (removed with them).
+    _fault(index, "f", lambda _log: str(Path(path).parent.parent / f"part-f{index}.parquet.fault"))
+    _core.write_dataset_file(model_path, parts, first, count, path, job.core(), modality, index)
+    return {"file": index}
+
+
+class _DatasetFiles:
+    """The job's dataset written by Ray tasks, a file each, several at once, instead of by the
+    driver in order (shared storage only: the tasks read the part files). The parts, taken in
+    order, give the tensors' payload bytes; the split (C++ DatasetFileStarts, the local
+    writer's rule) fixes a file once the next one has started, or the parts are all in; its
+    task then copies its tensors from the part files that hold them. The files are the local
+    run's, byte for byte but their creation time; FinishDataset names them at the end."""
+
+    def __init__(self, model_path: str, out_file: Path, job: Any, paths: list[str]) -> None:
+        import dataclasses
+
+        import ray
+
+        self.model_path, self.out_file, self.paths = model_path, out_file, paths
+        # The files need the job's metadata only, not its plans and second moments.
+        self.job = dataclasses.replace(job, plans={}, moments={}, sensitivity={})
+        self.max_bytes = int(job.core().max_file_bytes)
+        self.folder = Path(f"{out_file}.tmp-{os.getpid()}")
+        self.folder.mkdir()
+        self.task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_write_file)
+        self.sizes: list[int] = []  # payload bytes of the tensors of the parts in, in order
+        self.part_starts: list[int] = []  # each part's first tensor among them
+        self.modality = ""
+        self.count = 0  # files given to tasks
+        self.refs: list[Any] = []
+
+    def add_part(self, raw: dict[str, Any], last: bool) -> list[Any]:
+        """The next part's report; returns the tasks started for the files now known."""
+        self.modality = raw["modality"]
+        self.part_starts.append(len(self.sizes))
+        self.sizes += [int(x["stored_bytes"]) for x in raw["layers"]]
+        starts = list(_core.dataset_file_starts(self.sizes, self.max_bytes))
+        bounds = [*starts, len(self.sizes)]
+        known = len(starts) if last else len(starts) - 1
+        new = []
+        for f in range(self.count, known):
+            first, end = bounds[f], bounds[f + 1]
+            # The parts holding tensors [first, end): from the last one starting at or before
+            # `first` (a part may hold no tensors at all) to the last one starting before `end`.
+            a = max(i for i, p in enumerate(self.part_starts) if p <= first)
+            b = max([i for i, p in enumerate(self.part_starts) if p < end] + [a])
+            ref = self.task.remote(
+                self.model_path,
+                self.paths[a : b + 1],
+                first - self.part_starts[a],
+                end - first,
+                str(self.folder / _core.dataset_pending_name(f + 1)),
+                self.job,
+                self.modality,
+                f + 1,
+            )
+            new.append(ref)
+        self.count = max(self.count, known)
+        self.refs += new
+        return new
+
+    def finish(self) -> None:
+        """After every file's task is done: the files named, the folder moved into place."""
+        import ray
+
+        left = list(self.refs)
+        while left:
+            ready, left = ray.wait(left, num_returns=len(left), timeout=WAIT_S)
+            for ref in ready:
+                _get(ray, ref)
+        _core.finish_dataset(str(self.folder), str(self.out_file), self.count)
 
 
 def _shared_rss() -> int:

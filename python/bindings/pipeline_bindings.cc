@@ -313,6 +313,34 @@ void BindPipeline(nb::module_& m) {
       nb::arg("modality"),
       "Writes out_path from a job's part files (in tensor order), as one run would have.");
   m.def(
+      "write_dataset_file",
+      [](const std::string& model_path, const std::vector<std::string>& parts, size_t first,
+         size_t count, const std::string& out_path, const PipelineConfig& config,
+         const std::string& modality, int index) {
+        nb::gil_scoped_release release;
+        auto ck = ValueOrThrow(Checkpoint::Open(model_path));
+        ThrowIfError(WriteDatasetFile(*ck, parts, first, count, out_path, config, modality, index));
+      },
+      nb::arg("model_path"), nb::arg("parts"), nb::arg("first"), nb::arg("count"),
+      nb::arg("out_path"), nb::arg("config"), nb::arg("modality"), nb::arg("index"),
+      "File `index` of a job's dataset: the parts' tensors [first, first + count).");
+  m.def(
+      "dataset_file_starts",
+      [](const std::vector<uint64_t>& payload_bytes, uint64_t max_file_bytes) {
+        return DatasetFileStarts(payload_bytes, max_file_bytes);
+      },
+      nb::arg("payload_bytes"), nb::arg("max_file_bytes"),
+      "Each dataset file's first tensor, for tensors of these payload bytes (stored_bytes).");
+  m.def("dataset_pending_name", &DatasetPendingName, nb::arg("index"));
+  m.def(
+      "finish_dataset",
+      [](const std::string& folder, const std::string& path, int count) {
+        nb::gil_scoped_release release;
+        ThrowIfError(FinishDataset(folder, path, count));
+      },
+      nb::arg("folder"), nb::arg("path"), nb::arg("count"),
+      "Names the dataset's written files and moves `folder` to `path`.");
+  m.def(
       "plan",
       [](const std::string& model_path, const PipelineConfig& config) {
         std::vector<std::tuple<std::string, int, double, std::string>> out;

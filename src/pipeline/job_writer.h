@@ -11,6 +11,10 @@
 
 namespace arrowquant {
 
+// The metadata every file of the job carries: tool, recipe, source, modality.
+ModelMetadata JobMetadata(const Checkpoint& ck, const PipelineConfig& config,
+                          const std::string& modality);
+
 // `scratch`: a part's file, read back only by the merge (ModelWriterOptions::scratch), always one
 // file; otherwise a dataset when config.max_file_bytes > 0.
 Result<std::unique_ptr<ModelDatasetWriter>> OpenJobWriter(const Checkpoint& ck,

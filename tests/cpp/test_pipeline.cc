@@ -289,6 +289,52 @@ TEST_F(PipelineTest, PartsMergedAreTheSingleRunsFile) {
   }
 }
 
+// Written file by file from the parts (as scale-out's tasks write a dataset at once), with the
+// split from the layers' stored bytes: the files a single run writes as a dataset.
+TEST_F(PipelineTest, DatasetFilesWrittenAloneAreTheSingleRunsDataset) {
+  auto ck = Checkpoint::Open((dir_ / "model").string());
+  ASSERT_TRUE(ck.ok());
+  PipelineConfig cfg;
+  cfg.threads = 2;
+  cfg.max_file_bytes = 8 << 10;
+  auto one = RunPipeline(**ck, (dir_ / "one").string(), cfg);
+  ASSERT_TRUE(one.ok()) << one.status().ToString();
+  const size_t n = (*ck)->tensors().size();
+  std::vector<std::string> parts;
+  std::vector<uint64_t> sizes;
+  for (auto [begin, end] : {std::pair<size_t, size_t>{0, 2}, {2, 3}, {3, n}}) {
+    PipelineConfig part = cfg;
+    part.part_begin = begin;
+    part.part_end = end;
+    parts.push_back((dir_ / ("part" + std::to_string(begin) + ".parquet")).string());
+    auto rep = RunPipeline(**ck, parts.back(), part);
+    ASSERT_TRUE(rep.ok()) << rep.status().ToString();
+    for (const auto& l : rep->layers) sizes.push_back(l.stored_bytes);
+  }
+  std::vector<size_t> starts = DatasetFileStarts(sizes, cfg.max_file_bytes);
+  ASSERT_GT(starts.size(), 1u);
+  const fs::path pending = dir_ / "pending";
+  fs::create_directories(pending);
+  starts.push_back(n);
+  const int files = static_cast<int>(starts.size()) - 1;
+  for (int f = files; f >= 1; --f) {  // in any order
+    ASSERT_TRUE(WriteDatasetFile(**ck, parts, starts[f - 1], starts[f] - starts[f - 1],
+                                 (pending / DatasetPendingName(f)).string(), cfg, one->modality, f)
+                    .ok());
+  }
+  ASSERT_TRUE(FinishDataset(pending.string(), (dir_ / "set").string(), files).ok());
+  EXPECT_FALSE(fs::exists(pending));
+  for (int f = 1; f <= files; ++f) {
+    const std::string name = DatasetFileName(f, files);
+    EXPECT_EQ(WithoutCreated(dir_ / "set" / name), WithoutCreated(dir_ / "one" / name)) << name;
+  }
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_ / "one"), fs::directory_iterator()), files);
+  // More tensors than the parts hold: an error, and no file.
+  EXPECT_FALSE(
+      WriteDatasetFile(**ck, parts, 1, n, (dir_ / "bad.parquet").string(), cfg, "image", 1).ok());
+  EXPECT_FALSE(fs::exists(dir_ / "bad.parquet"));
+}
+
 // A pipeline folder whose components take their own settings: the VAE at 8 bits with its own
 // size budget, the denoiser at 2, a component without settings at the job's width; a component
 // the folder lacks is an error naming the ones it has.

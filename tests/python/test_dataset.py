@@ -106,7 +106,8 @@ def test_cli_max_file_size(tmp_path: Path) -> None:
     files = sorted((tmp_path / "q" / "model.aq.parquet").iterdir())
     assert len(files) > 1
     r = _cli("inspect", str(tmp_path / "q"))
-    assert r.returncode == 0 and f"{len(aq.open(tmp_path / 'q').names())} tensors" in r.stdout
+    n = len(aq.open(tmp_path / "q").names())
+    assert r.returncode == 0 and f"{n} tensors, {len(files)} files (a Parquet dataset)" in r.stdout
     r = _cli("export", str(tmp_path / "q"), str(tmp_path / "x.safetensors"))
     assert r.returncode == 0, r.stderr
     for bad, says in (("2XB", "is not a size"), ("0", "less than a byte")):

@@ -28,8 +28,9 @@ CREATED = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A local Ray cluster of 2 CPUs on which part 1 of every job dies on its first attempt (a
-    killed worker, scale_out.FAULT_ENV), and the first calibration batch 1 recorded on it: every
-    job here runs through one retry. Yields the log of those deaths (a line each)."""
+    killed worker, scale_out.FAULT_ENV), and dataset file 1's task, and the first calibration
+    batch 1 recorded on it: every job here runs through a retry. Yields the log of those deaths
+    (a line each)."""
     import ray
 
     log = tmp_path_factory.mktemp("faults") / "killed.log"
@@ -39,7 +40,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
-        runtime_env={"env_vars": {scale_out.FAULT_ENV: f"1,c1:{log}"}},
+        runtime_env={"env_vars": {scale_out.FAULT_ENV: f"1,f1,c1:{log}"}},
     )
     yield log
     ray.shutdown()
@@ -118,7 +119,8 @@ def test_ray_weight_only_is_the_local_file(model: str, cluster: Path, tmp_path: 
 def test_replica_holds_the_part_and_nothing_else(tmp_path: Path) -> None:
     """A replica of a sharded checkpoint for some tensors: the index and the shards at their
     sizes, those tensors' bytes, holes elsewhere (sparse), and what travels is their bytes and
-    the headers and index only."""
+    the headers and index only. A lone file that is a link (a Hugging Face cache's snapshot
+    links its files to blobs elsewhere): copied under the link's name."""
     from arrowquant.replica import Built, replica_of
 
     path = _sharded(tmp_path)
@@ -140,6 +142,13 @@ def test_replica_holds_the_part_and_nothing_else(tmp_path: Path) -> None:
             assert copied.stat().st_size == shard.stat().st_size
             assert copied.stat().st_blocks * 512 < shard.stat().st_size  # holes take no disk
     assert not copy.folder.exists()
+    (tmp_path / "snapshot").mkdir()
+    link = tmp_path / "snapshot" / "diffusion_pytorch_model.safetensors"
+    link.symlink_to(tmp_path / "model-00001-of-00002.safetensors")
+    first = aq.load_checkpoint(link).names()
+    with Built(replica_of(str(link), set(first[:2]))) as copy:
+        assert Path(copy.path).name == link.name
+        assert aq.load_checkpoint(copy.path).names() == first
 
 
 def test_ray_object_store_transfer_is_the_local_file(cluster: Path, tmp_path: Path) -> None:
@@ -159,19 +168,32 @@ def test_ray_object_store_transfer_is_the_local_file(cluster: Path, tmp_path: Pa
     assert tensors <= so["checkpoint_bytes_shipped"] < tensors + 64 * 1024 * so["parts"]
 
 
-def test_ray_dataset_is_the_local_dataset(cluster: Path, tmp_path: Path) -> None:
-    """With max_file_size the merge writes the dataset a local run writes: the same files, each
-    byte for byte but its creation time (part 1 killed once and retried)."""
-    killed = len(cluster.read_text().splitlines())
+@pytest.mark.parametrize("transfer", ["storage", "object-store"])
+def test_ray_dataset_is_the_local_dataset(transfer: str, cluster: Path, tmp_path: Path) -> None:
+    """With max_file_size the Ray job writes the dataset a local run writes: the same files,
+    each byte for byte but its creation time. Reading storage, its files are written by tasks,
+    several at once (file 1's killed once and retried, as part 1's); through the object store,
+    by the driver's merge."""
+    killed = cluster.read_text().splitlines()
     for out, ray in (("one", ""), ("ray", "default")):
-        cfg = aq.DiffusionQuantConfig(calibration="", max_file_size="200KB", ray=ray)
-        aq.ArrowQuantV2().quantize_diffusion_model(DDPM, tmp_path / out, cfg)
+        cfg = aq.DiffusionQuantConfig(
+            calibration="", max_file_size="200KB", ray=ray, ray_transfer=transfer
+        )
+        rep = aq.ArrowQuantV2().quantize_diffusion_model(DDPM, tmp_path / out, cfg)
     a = sorted((tmp_path / "one" / aq.api.MODEL_FILE).iterdir())
     b = sorted((tmp_path / "ray" / aq.api.MODEL_FILE).iterdir())
     assert len(a) > 2 and [p.name for p in a] == [p.name for p in b]
     for x, y in zip(a, b, strict=True):
         assert CREATED.sub(b"", x.read_bytes()) == CREATED.sub(b"", y.read_bytes()), x.name
-    assert len(cluster.read_text().splitlines()) == killed + 1
+    by_tasks = rep.extra["scale_out"]["dataset_files_by_tasks"]
+    new = cluster.read_text().splitlines()[len(killed) :]
+    if transfer == "storage":
+        assert by_tasks == len(a) and sorted(new) == ["1", "f1"]
+    else:
+        assert by_tasks == 0 and new == ["1"]
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir()
+    )
 
 
 def test_ray_calibration_batches_merge_to_the_local_record(cluster: Path) -> None:

@@ -1,6 +1,7 @@
 // A model as a Parquet dataset (model_file.h, ModelDatasetOptions): ModelWriters one after the
 // other in a temporary folder, renamed to their final names (which carry the count) and moved
-// into place at the end.
+// into place at the end; the split rule and the finishing steps, shared with scale-out's file
+// tasks.
 #include <unistd.h>
 
 #include <filesystem>
@@ -14,6 +15,67 @@ namespace arrowquant {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// What a record adds to its file's payload before compression: the split rule's measure.
+uint64_t PayloadBytes(const TensorRecord& r) {
+  return r.quantized ? r.quantized->nbytes() : r.raw.size();
+}
+
+// Whether a tensor of `next` bytes starts a new file after `in_file` bytes.
+bool StartsFile(uint64_t in_file, uint64_t next, uint64_t max_file_bytes) {
+  return in_file > 0 && in_file + next > max_file_bytes;
+}
+
+}  // namespace
+
+std::vector<size_t> DatasetFileStarts(std::span<const uint64_t> payload_bytes,
+                                      uint64_t max_file_bytes) {
+  std::vector<size_t> starts{0};
+  uint64_t in_file = 0;
+  for (size_t i = 0; i < payload_bytes.size(); ++i) {
+    if (StartsFile(in_file, payload_bytes[i], max_file_bytes)) {
+      starts.push_back(i);
+      in_file = 0;
+    }
+    in_file += payload_bytes[i];
+  }
+  return starts;
+}
+
+std::string DatasetPendingName(int index) {
+  return "file-" + std::to_string(index) + ".parquet";
+}
+
+ModelMetadata DatasetFileMetadata(ModelMetadata job, int index) {
+  job.extra[pq::key::kDatasetFile] = std::to_string(index);
+  return job;
+}
+
+Status FinishDataset(const std::string& folder, const std::string& path, int count) {
+  std::error_code ec;
+  for (int i = 1; i <= count; ++i) {
+    fs::rename(fs::path(folder) / DatasetPendingName(i),
+               fs::path(folder) / DatasetFileName(i, count), ec);
+    if (ec) return Status(StatusCode::kIoError, path + ": cannot name file " + std::to_string(i));
+  }
+  // A previous output moves aside first: a folder is not replaced by rename(2).
+  const std::string old = path + ".old-" + std::to_string(::getpid());
+  const bool had = fs::exists(path, ec);
+  if (had) fs::rename(path, old, ec);
+  if (!ec) {
+    fs::rename(folder, path, ec);
+    std::error_code back;
+    if (ec && had) fs::rename(old, path, back);
+  }
+  if (ec) {
+    return Status(StatusCode::kIoError,
+                  path + ": cannot move the finished dataset into place (" + ec.message() + ")");
+  }
+  if (had) fs::remove_all(old, ec);
+  return Status::OK();
+}
+
 struct ModelDatasetWriter::Impl {
   std::string path, tmp;
   ModelMetadata meta;
@@ -25,29 +87,15 @@ struct ModelDatasetWriter::Impl {
   std::set<std::string> names;  // across files (each ModelWriter checks its own)
   bool done = false;
 
-  // A file's name while the count is not known yet.
-  std::string Numbered(int i) const {
-    return (fs::path(tmp) / ("file-" + std::to_string(i) + ".parquet")).string();
-  }
   Status Next() {
-    ModelMetadata m = meta;
-    m.extra[pq::key::kDatasetFile] = std::to_string(++files);
-    AQ_ASSIGN_OR_RETURN(current, ModelWriter::Open(Numbered(files), std::move(m), opt.file));
+    ++files;
+    AQ_ASSIGN_OR_RETURN(current,
+                        ModelWriter::Open((fs::path(tmp) / DatasetPendingName(files)).string(),
+                                          DatasetFileMetadata(meta, files), opt.file));
     current_bytes = 0;
     return Status::OK();
   }
 };
-
-namespace {
-
-// What a record adds to its file's payload before compression: the split rule's measure.
-uint64_t PayloadBytes(const TensorRecord& r) {
-  if (!r.quantized) return r.raw.size();
-  const QuantizedTensor& q = *r.quantized;
-  return q.codes.size() + q.scales.size() + q.zeros.size() + q.super_scales.size();
-}
-
-}  // namespace
 
 ModelDatasetWriter::ModelDatasetWriter(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ModelDatasetWriter::~ModelDatasetWriter() {
@@ -92,7 +140,7 @@ Status ModelDatasetWriter::Write(const TensorRecord& record) {
   }
   const uint64_t bytes = PayloadBytes(record);
   Status st;
-  if (m.current && m.current_bytes > 0 && m.current_bytes + bytes > m.opt.max_file_bytes) {
+  if (m.current && StartsFile(m.current_bytes, bytes, m.opt.max_file_bytes)) {
     st = m.current->Close();
     m.current.reset();
   }
@@ -117,27 +165,7 @@ Status ModelDatasetWriter::Close() {
     if (!m.current) AQ_RETURN_IF_ERROR(m.Next());  // no tensors: one empty file
     AQ_RETURN_IF_ERROR(m.current->Close());
     m.current.reset();
-    std::error_code ec;
-    for (int i = 1; i <= m.files; ++i) {
-      fs::rename(m.Numbered(i), fs::path(m.tmp) / DatasetFileName(i, m.files), ec);
-      if (ec)
-        return Status(StatusCode::kIoError, m.path + ": cannot name file " + std::to_string(i));
-    }
-    // A previous output moves aside first: a folder is not replaced by rename(2).
-    const std::string old = m.path + ".old-" + std::to_string(::getpid());
-    const bool had = fs::exists(m.path, ec);
-    if (had) fs::rename(m.path, old, ec);
-    if (!ec) {
-      fs::rename(m.tmp, m.path, ec);
-      std::error_code back;
-      if (ec && had) fs::rename(old, m.path, back);
-    }
-    if (ec)
-      return Status(
-          StatusCode::kIoError,
-          m.path + ": cannot move the finished dataset into place (" + ec.message() + ")");
-    if (had) fs::remove_all(old, ec);
-    return Status::OK();
+    return FinishDataset(m.tmp, m.path, m.files);
   };
   Status st = finish();
   if (!st.ok()) {
