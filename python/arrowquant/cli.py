@@ -225,6 +225,7 @@ def _dry_run(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from arrowquant.model import QuantizedModel
     from arrowquant.model import open as open_model
 
     model = open_model(args.path)
@@ -237,7 +238,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     version = meta.get("arrowquant.format_version", "?")
     tool = meta.get("arrowquant.tool_version", "?")
     legacy = " (seed schema)" if model.legacy else ""
-    files = f", {len(model.files)} files (a Parquet dataset)" if len(model.files) > 1 else ""
+    dataset = isinstance(model, QuantizedModel) and len(model.files) > 1
+    files = f", {len(model.files)} files (a Parquet dataset)" if dataset else ""
     print(f"{model.path}: {len(infos)} tensors{files}, format {version}{legacy}, tool {tool}")
     width = max((len(i["name"]) for i in infos), default=4)
     for i in infos:
